@@ -1,0 +1,30 @@
+# Two entry points, each idempotent on a fresh machine:
+#   make play   -- the main job (collect a small CoinRun dataset and summarise it; later: train and play)
+#   make test   -- lint and the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: play test install lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned, so that no requirement can pull a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+play: $(STAMP)
+	$(VENV)/bin/playworld collect procgen --game coinrun --policy mix --episodes 64 --out data/coinrun-demo
+	$(VENV)/bin/playworld data info data/coinrun-demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q

@@ -1,0 +1,21 @@
+"""Error types. Each message names the file or value at fault and what is wrong with it."""
+
+
+class PlayworldError(Exception):
+    """Base of every error playworld raises on purpose (the CLI prints these without a traceback)."""
+
+
+class ConfigError(PlayworldError, ValueError):
+    """A configuration value, key or file is wrong."""
+
+
+class DatasetError(PlayworldError):
+    """A dataset directory, shard, manifest or input video is missing, corrupt or inconsistent."""
+
+
+class CheckpointError(PlayworldError):
+    """A checkpoint is missing, corrupt, or does not match the model/config it is loaded into."""
+
+
+class TrainingError(PlayworldError):
+    """Training cannot go on (for example a NaN/inf loss); the last good checkpoint is kept."""
