@@ -15,10 +15,9 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-T = TypeVar("T")
-
-
 from playworld.errors import ConfigError
+
+T = TypeVar("T")
 
 __all__ = ["ConfigError", "field", "to_dict", "from_dict", "apply_overrides", "replace_path",
            "save_json", "load_json", "add_dataclass_args", "dataclass_from_args"]
