@@ -1,0 +1,1 @@
+"""The three Genie models: video tokenizer, latent action model, dynamics model."""

@@ -1,0 +1,37 @@
+"""What every trainable playworld model gives the training engine.
+
+A model is an ``nn.Module`` with a ``config`` dataclass and ``compute_loss(video)``; the engine
+(`playworld.train`) owns the loop, so models differ only in their loss (STYLE.md, habit 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LossOutput:
+    """loss: scalar to minimise; metrics: detached scalars to log (name -> 0-dim tensor)."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    config: Any
+
+    def compute_loss(self, video: Tensor) -> LossOutput:
+        """video: (B, T, H, W, C) float in [0, 1] -> LossOutput."""
+        ...
+
+
+def to_unit(video_u8: Tensor) -> Tensor:
+    """(B, T, H, W, C) uint8 -> float32 in [0, 1]."""
+    if video_u8.dtype != torch.uint8:
+        raise TypeError(f"expected a uint8 video, got {video_u8.dtype}")
+    return video_u8.float().div_(255.0)
