@@ -12,6 +12,7 @@ _COMMAND_MODULES = (
     "playworld.cli.collect",
     "playworld.cli.ingest",
     "playworld.cli.data",
+    "playworld.cli.train",
 )
 
 

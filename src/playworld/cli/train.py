@@ -1,0 +1,91 @@
+"""`playworld train tokenizer|lam|dynamics|all` -- also under torchrun for DDP:
+
+    torchrun --nproc_per_node 2 -m playworld train tokenizer --data DIR --preset small --out RUN
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+KINDS = ("tokenizer", "lam", "dynamics")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from playworld.presets import preset_names
+
+    p = sub.add_parser(
+        "train", help="train a model (tokenizer, lam, dynamics) or all three in turn",
+        description="Train playworld models. Every run is resumable: re-running the same command continues "
+        "from the latest checkpoint in --out. Override any config value with --set section.key=value "
+        "(sections: model, optim, data, train), e.g. --set model.dim=256 --set train.steps=5000.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="multi-GPU / multi-process: torchrun --nproc_per_node N -m playworld train ...\n"
+        "multi-node: torchrun --nnodes M --node_rank R --master_addr HOST --master_port 29500 "
+        "--nproc_per_node N -m playworld train ...",
+    )
+    p.add_argument("what", choices=(*KINDS, "all"), help="which model to train")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--out", required=True, help="run directory (for `all`: parent of tokenizer/, lam/, dynamics/)")
+    p.add_argument("--preset", default="tiny", choices=preset_names(), help="size preset (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. model.dim=256 (repeatable; for `all`, prefix with "
+                   "the kind: tokenizer.train.steps=100)")
+    p.add_argument("--steps", type=int, default=None, help="shorthand for --set train.steps=N")
+    p.add_argument("--tokenizer", default=None, help="dynamics: tokenizer run directory (default: OUT/../tokenizer)")
+    p.add_argument("--lam", default=None, help="dynamics: LAM run directory (default: OUT/../lam)")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run directory")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _overrides_for(kind: str, args: argparse.Namespace, scoped: bool) -> list[str]:
+    out = []
+    for item in args.overrides:
+        head = item.split(".", 1)[0]
+        if scoped and head in KINDS:
+            if head == kind:
+                out.append(item.split(".", 1)[1])
+        elif not scoped or head not in KINDS:
+            out.append(item)
+    if args.steps is not None:
+        out.append(f"train.steps={args.steps}")
+    return out
+
+
+def _train_one(kind: str, out: Path, args: argparse.Namespace, scoped: bool, deps: dict[str, str]) -> int:
+    from playworld.errors import ConfigError
+    from playworld.presets import build_run_config
+    from playworld.train import Trainer
+
+    cfg = build_run_config(kind, args.preset, data_path=args.data, overrides=_overrides_for(kind, args, scoped),
+                           deps=deps)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    if args.no_resume and (out / "checkpoints").exists():
+        raise ConfigError(f"{out}: already holds a run; remove it or drop --no-resume")
+    result = Trainer(cfg, out, progress=not args.no_progress).fit(resume=True)
+    if result.interrupted:
+        print(f"{kind}: stopped at step {result.step}; checkpoint saved in {out}. Re-run to continue.")
+        return 130
+    print(f"{kind}: done at step {result.step}: {out}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.what == "all":
+        deps = {"tokenizer": str(out / "tokenizer"), "lam": str(out / "lam")}
+        for kind in KINDS:
+            code = _train_one(kind, out / kind, args, True, deps if kind == "dynamics" else {})
+            if code:
+                return code
+        return 0
+    deps = {}
+    if args.what == "dynamics":
+        deps = {"tokenizer": args.tokenizer or str(out.parent / "tokenizer"),
+                "lam": args.lam or str(out.parent / "lam")}
+    return _train_one(args.what, out, args, False, deps)

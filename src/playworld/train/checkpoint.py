@@ -1,0 +1,265 @@
+"""Checkpoints without pickle: safetensors for tensors, JSON for everything else.
+
+Two kinds (STYLE.md habit 7):
+- release weights: ``DIR/model.safetensors`` + ``DIR/config.json`` (the run config), loadable with
+  :func:`load_model`;
+- resume state: ``RUN/checkpoints/step-NNNNNNN/`` holding model, optimizer, EMA and RNG tensors
+  (safetensors) and ``state.json`` (step, loader position, Python/NumPy RNG, sha256 of every file).
+
+Every write goes to a temporary name and is renamed into place, so a crash (or SIGKILL) in the
+middle of saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from playworld.errors import CheckpointError
+from playworld.io import atomic_write, atomic_write_text
+
+STATE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- tensors
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a safetensors file (tensors copied to contiguous CPU memory)."""
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write(Path(path), lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing or corrupt file raises CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Raise CheckpointError listing missing, unexpected and wrongly shaped entries."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s), e.g. {missing[:4]}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} tensor(s), e.g. {unexpected[:4]}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): " + "; ".join(shapes[:4]))
+    if problems:
+        raise CheckpointError(f"{where}: weights do not match the model built from its config: "
+                              + ", ".join(problems))
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (safetensors) and JSON (param groups, scalars)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{name}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           meta: dict[str, Any], where: str) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, st in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(st)
+    groups = meta["param_groups"]
+    current = opt.state_dict()["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
+        raise CheckpointError(f"{where}: optimizer parameter groups differ from the model's "
+                              f"({[len(g['params']) for g in groups]} vs {[len(g['params']) for g in current]})")
+    try:
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{where}: optimizer state does not fit the model ({e})") from e
+
+
+# ----------------------------------------------------------------------------- RNG
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    py = random.getstate()
+    meta = {"python": [py[0], list(py[1]), py[2]], "numpy": _np_state_to_json(np.random.get_state())}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    v, state, gauss = meta["python"]
+    random.setstate((v, tuple(state), gauss))
+    np.random.set_state(_np_state_from_json(meta["numpy"]))
+
+
+def _np_state_to_json(st: tuple) -> list:
+    return [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])]
+
+
+def _np_state_from_json(st: list) -> tuple:
+    return (st[0], np.asarray(st[1], dtype=np.uint32), st[2], st[3], st[4])
+
+
+# ----------------------------------------------------------------------------- resume state
+
+@dataclass
+class ResumeState:
+    """What a resumable checkpoint restores besides weights."""
+
+    step: int
+    loader: dict[str, Any]
+    extra: dict[str, Any]
+
+
+class CheckpointManager:
+    """Resumable checkpoints under ``RUN/checkpoints``; ``latest`` names the newest complete one."""
+
+    def __init__(self, run_dir: Path, keep: int = 2) -> None:
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        pointer = self.root / "latest"
+        if not pointer.is_file():
+            return None
+        path = self.root / pointer.read_text().strip()
+        if not path.is_dir():
+            raise CheckpointError(f"{pointer}: points to {path.name}, which does not exist")
+        return path
+
+    def save(self, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+             ema: dict[str, torch.Tensor] | None, loader: dict[str, Any], config: dict[str, Any],
+             extra: dict[str, Any] | None = None) -> Path:
+        name = f"step-{step:08d}"
+        final = self.root / name
+        tmp = self.root / f".{name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_tensors(tmp / "model.safetensors", model.state_dict())
+        opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+        save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+        if ema is not None:
+            save_tensors(tmp / "ema.safetensors", ema)
+        rng_tensors, rng_meta = rng_state()
+        save_tensors(tmp / "rng.safetensors", rng_tensors)
+        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        state = {"version": STATE_VERSION, "step": step, "loader": loader, "optimizer": opt_meta,
+                 "rng": rng_meta, "extra": extra or {}, "sha256": files}
+        atomic_write_text(tmp / "state.json", json.dumps(state) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        atomic_write_text(self.root / "latest", name + "\n")
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        done = sorted(p for p in self.root.glob("step-*") if p.is_dir())
+        for old in done[: max(len(done) - self.keep, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+             device: torch.device) -> tuple[ResumeState, dict[str, torch.Tensor] | None]:
+        """Restore model, optimizer and RNG in place; returns the resume state and EMA tensors."""
+        path = Path(path)
+        state_file = path / "state.json"
+        try:
+            state = json.loads(state_file.read_text())
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{state_file}: missing; {path} is not a complete checkpoint") from e
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{state_file}: corrupt JSON ({e})") from e
+        if state.get("version") != STATE_VERSION:
+            raise CheckpointError(f"{state_file}: unsupported checkpoint version {state.get('version')}")
+        for fname, digest in state["sha256"].items():
+            f = path / fname
+            if not f.is_file():
+                raise CheckpointError(f"{f}: listed in state.json but missing")
+            if sha256_file(f) != digest:
+                raise CheckpointError(f"{f}: checksum mismatch (file corrupt or modified)")
+        weights = load_tensors(path / "model.safetensors", device)
+        check_state_dict(model, weights, str(path / "model.safetensors"))
+        model.load_state_dict(weights)
+        optimizer_from_tensors(optimizer, load_tensors(path / "optimizer.safetensors", device),
+                               state["optimizer"], str(path / "optimizer.safetensors"))
+        ema = load_tensors(path / "ema.safetensors", device) if (path / "ema.safetensors").is_file() else None
+        set_rng_state(load_tensors(path / "rng.safetensors"), state["rng"])
+        return ResumeState(step=int(state["step"]), loader=state["loader"], extra=state.get("extra", {})), ema
+
+
+def read_checkpoint_config(path: Path) -> dict[str, Any]:
+    f = Path(path) / "config.json"
+    try:
+        return json.loads(f.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{f}: missing") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f}: corrupt JSON ({e})") from e
+
+
+# ----------------------------------------------------------------------------- release weights
+
+def save_release(out_dir: Path, weights: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` (each atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_tensors(out_dir / "model.safetensors", weights, metadata={"format": "pt", "kind": config["kind"]})
+    atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def load_model(model_dir: Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Build the released model in ``model_dir`` from its config and load its weights (eval mode)."""
+    from playworld.train.config import RunConfig
+    from playworld.train.registry import get_spec
+
+    model_dir = Path(model_dir)
+    cfg = RunConfig.from_dict(read_checkpoint_config(model_dir), where=str(model_dir / "config.json"))
+    module = get_spec(cfg.kind).build_release(cfg.model)
+    weights = load_tensors(model_dir / "model.safetensors", device)
+    check_state_dict(module, weights, str(model_dir / "model.safetensors"))
+    module.load_state_dict(weights)
+    return module.to(device).eval()

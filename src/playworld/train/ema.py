@@ -1,0 +1,40 @@
+"""Exponential moving average of trainable weights (Polyak averaging)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """shadow <- decay * shadow + (1 - decay) * param, for the trainable parameters of ``module``.
+
+    Buffers (e.g. a VQ codebook updated by EMA itself) are copied as they are at export time.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for n, p in module.named_parameters():
+            if n in self.shadow:
+                self.shadow[n].lerp_(p.detach(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise KeyError(f"EMA state lacks {sorted(missing)[:5]}")
+        for n in self.shadow:
+            self.shadow[n].copy_(state[n])
+
+    def export(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The module's state dict with EMA weights in place of the trainable parameters."""
+        out = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        for n, v in self.shadow.items():
+            out[n] = v.clone()
+        return out

@@ -1,0 +1,329 @@
+"""One training loop for every playworld model (STYLE.md habit 6: models differ only in their loss).
+
+AdamW with warmup + cosine, gradient clipping and accumulation, optional EMA, bf16 autocast where it
+is faster, optional torch.compile, NaN/inf detection, JSONL + TensorBoard logs, periodic validation
+with sample images, atomic resumable checkpoints every N steps and on SIGINT/SIGTERM, exact resume,
+and DDP under torchrun (rank 0 alone writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from playworld.errors import CheckpointError, DatasetError, TrainingError
+from playworld.models.base import to_unit
+from playworld.train.checkpoint import CheckpointManager, read_checkpoint_config, save_release
+from playworld.train.config import RunConfig
+from playworld.train.distributed import DistInfo, all_reduce_mean, init_distributed
+from playworld.train.ema import EMA
+from playworld.train.logger import MetricsLogger
+from playworld.train.registry import ModelSpec, get_spec
+from playworld.train.schedule import lr_at
+
+# Fields that may change between a run and its resumption without changing what is trained.
+_RESUME_MUTABLE = {"train.steps", "train.log_every", "train.val_every", "train.val_batches", "train.ckpt_every",
+                   "train.keep_checkpoints", "train.compile", "train.device", "data.num_workers", "data.path",
+                   "deps.tokenizer", "deps.lam"}
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)  # loss of every step this call ran (rank-averaged)
+    interrupted: bool = False
+    run_dir: Path | None = None
+
+
+class _LossModule(nn.Module):
+    """Wraps ``model.compute_loss`` as ``forward`` so that DDP and torch.compile see it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.model.compute_loss(video)
+        return out.loss, out.metrics
+
+
+def pick_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_info.local_rank if dist_info else 0)
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only; never norms, biases, embeddings, position tables, codebooks, or frozen
+    parameters (frozen sub-models are not in the optimizer at all, unlike jafar)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lowered = name.lower()
+        if p.ndim < 2 or any(tag in lowered for tag in ("pos", "embed", "codebook", "mask_token", "norm")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ (ignoring ones that may change on resume)."""
+    a, b = _flatten(saved), _flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in keys
+            if a.get(k) != b.get(k) and k not in _RESUME_MUTABLE]
+
+
+class Trainer:
+    """Trains ``cfg.kind``'s model on ``cfg.data`` into ``run_dir``.
+
+    ``model`` may be given (already built) instead of being built from the registry.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, model: nn.Module | None = None,
+                 progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.dist = init_distributed(pick_device(cfg.train.device).type)
+        self.device = pick_device(cfg.train.device, self.dist)
+        self.progress = progress and self.dist.is_main
+        self.spec: ModelSpec = get_spec(cfg.kind)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(cfg.train.seed)  # identical init on every rank
+        np.random.seed(cfg.train.seed % (2**32))
+        self.model = (model if model is not None else self.spec.build_trainable(cfg, self.device)).to(self.device)
+        self.release = self.spec.release_module(self.model)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+            betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
+            fused=self.device.type == "cuda")
+        self.ema = EMA(self.release, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.ckpt = CheckpointManager(self.run_dir, keep=cfg.train.keep_checkpoints)
+        self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)
+        self.step = 0
+        self._stop = threading.Event()
+        self._forward = self._build_forward()
+
+    # ------------------------------------------------------------------ set-up
+    def _build_forward(self) -> nn.Module:
+        module: nn.Module = _LossModule(self.model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DDP(module, device_ids=ids,
+                         find_unused_parameters=bool(getattr(self.model, "ddp_find_unused", False)))
+        if self.cfg.train.compile:
+            module = torch.compile(module)  # type: ignore[assignment]
+        return module
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        p = self.cfg.train.precision
+        if p == "bf16" or (p == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()):
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _loader(self, split: str, seed: int):
+        from playworld.data.loader import ClipLoader
+
+        d = self.cfg.data
+        if not d.path:
+            raise DatasetError("data.path is empty: pass --data DIR")
+        return ClipLoader(d.path, clip_len=d.clip_len, batch_size=d.batch_size, split=split, seed=seed,
+                          rank=self.dist.rank, world_size=self.dist.world_size, num_workers=d.num_workers)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, loader: Any) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        path = self.ckpt.save(step=self.step, model=self.model, optimizer=self.optimizer,
+                              ema=self.ema.state_dict() if self.ema else None, loader=loader.state_dict(),
+                              config=self.cfg.to_dict())
+        self.save_release()
+        return path
+
+    def save_release(self) -> None:
+        """Release weights (EMA if enabled) + config at the run's root: what `playworld.load` reads."""
+        if not self.dist.is_main:
+            return
+        weights = self.ema.export(self.release) if self.ema else self.release.state_dict()
+        save_release(self.run_dir, weights, self.cfg.to_dict())
+
+    def _resume(self, loader: Any) -> None:
+        path = self.ckpt.latest()
+        if path is None:
+            return
+        diffs = config_differences(read_checkpoint_config(path), self.cfg.to_dict())
+        if diffs:
+            raise CheckpointError(f"{path}: config differs from the run being resumed: " + "; ".join(diffs))
+        state, ema = self.ckpt.load(path, model=self.model, optimizer=self.optimizer, device=self.device)
+        if self.ema is not None:
+            if ema is None:
+                raise CheckpointError(f"{path}: no EMA weights, but train.ema_decay > 0")
+            self.ema.load_state_dict(ema)
+        self.step = state.step
+        loader.load_state_dict(state.loader)
+
+    # ------------------------------------------------------------------ loop
+    def _install_signals(self) -> list[tuple[int, Any]]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        previous = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous.append((sig, signal.getsignal(sig)))
+            signal.signal(sig, lambda *_: self._stop.set())
+        return previous
+
+    def fit(self, *, resume: bool = True, stop_after: int | None = None) -> TrainResult:
+        """Train until ``train.steps``; ``stop_after`` ends this call early after that many steps
+        (as SIGINT would: a checkpoint is written). With ``resume``, continue from the latest
+        checkpoint in the run directory."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        loader = self._loader(cfg.data.split, cfg.train.seed)
+        if resume:
+            self._resume(loader)
+        result = TrainResult(step=self.step, run_dir=self.run_dir)
+        if self.step >= cfg.train.steps:
+            self.save_release()
+            return result
+        previous = self._install_signals()
+        bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not self.progress,
+                   desc=f"train {cfg.kind}", dynamic_ncols=True, smoothing=0.05)
+        batches: Iterator[torch.Tensor] = iter(loader)
+        ran = 0
+        window_t, window_clips = time.perf_counter(), 0
+        tokens_per_clip = cfg.data.clip_len * int(getattr(self.release, "tokens_per_frame", 0) or 0)
+        try:
+            self.model.train()
+            while self.step < cfg.train.steps:
+                metrics = self._train_step(batches)
+                loss = metrics["loss"]
+                result.losses.append(loss)
+                self.step += 1
+                ran += 1
+                window_clips += cfg.data.batch_size * cfg.train.grad_accum * self.dist.world_size
+                bar.update(1)
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    dt = max(time.perf_counter() - window_t, 1e-9)
+                    metrics["clips_per_s"] = window_clips / dt
+                    if tokens_per_clip:
+                        metrics["tokens_per_s"] = window_clips * tokens_per_clip / dt
+                    window_t, window_clips = time.perf_counter(), 0
+                    self.logger.log(self.step, metrics)
+                    bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{metrics['clips_per_s']:.1f}")
+                if cfg.train.val_every and self.step % cfg.train.val_every == 0:
+                    self.validate()
+                done = self.step >= cfg.train.steps
+                stopping = self._stop.is_set() or (stop_after is not None and ran >= stop_after)
+                if done or stopping or self.step % cfg.train.ckpt_every == 0:
+                    self.save_checkpoint(loader)
+                if stopping and not done:
+                    result.interrupted = True
+                    break
+        finally:
+            bar.close()
+            for sig, handler in previous:
+                signal.signal(sig, handler)
+            self.logger.close()
+        result.step = self.step
+        return result
+
+    def _train_step(self, batches: Iterator[torch.Tensor]) -> dict[str, float]:
+        cfg = self.cfg
+        lr = lr_at(self.step, lr=cfg.optim.lr, warmup=cfg.optim.warmup_steps, total=cfg.train.steps,
+                   min_ratio=cfg.optim.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        accum = cfg.train.grad_accum
+        for micro in range(accum):
+            video = to_unit(next(batches).to(self.device, non_blocking=True))
+            sync = contextlib.nullcontext()
+            if self.dist.enabled and micro < accum - 1:
+                sync = self._forward.no_sync()  # type: ignore[operator]
+            with sync:
+                with self._autocast():
+                    loss, metrics = self._forward(video)
+                (loss / accum).backward()
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / accum
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / accum
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        totals = all_reduce_mean(totals, self.dist, self.device)
+        if not (math.isfinite(totals["loss"]) and math.isfinite(grad_norm)):
+            latest = self.ckpt.latest() if self.dist.is_main else None
+            raise TrainingError(
+                f"non-finite {'loss' if not math.isfinite(totals['loss']) else 'gradient norm'} at step "
+                f"{self.step + 1} (loss={totals['loss']}, grad_norm={grad_norm}); stopped without saving. "
+                f"Last good checkpoint: {latest or 'none yet'}. Try a lower optim.lr or train.precision=fp32.")
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.release)
+        totals["lr"] = lr
+        totals["grad_norm"] = grad_norm
+        return totals
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        """Mean metrics over ``val_batches`` fixed batches of the validation split; saves samples."""
+        cfg = self.cfg
+        if not cfg.data.val_split:
+            return None
+        try:
+            loader = self._loader(cfg.data.val_split, seed=1234)
+        except DatasetError as e:
+            if self.dist.is_main:
+                tqdm.write(f"validation skipped: {e}")
+            cfg.train.val_every = 0
+            return None
+        self.model.eval()
+        totals: dict[str, float] = {}
+        first = None
+        it = iter(loader)
+        for _ in range(cfg.train.val_batches):
+            video = to_unit(next(it).to(self.device))
+            first = video if first is None else first
+            with self._autocast():
+                out = self.model.compute_loss(video)
+            totals["loss"] = totals.get("loss", 0.0) + float(out.loss) / cfg.train.val_batches
+            for k, v in out.metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / cfg.train.val_batches
+        totals = all_reduce_mean(totals, self.dist, self.device)
+        self.logger.log(self.step, totals, prefix="val")
+        visualize = getattr(self.model, "visualize", None)
+        if self.dist.is_main and visualize is not None and first is not None:
+            self.logger.image(self.step, "val", visualize(first[:4]))
+        self.model.train()
+        return totals

@@ -1,0 +1,76 @@
+"""Which model each run kind trains, and how to rebuild it. Imports are lazy so that loading a
+tokenizer never imports the dynamics code."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from playworld.errors import ConfigError
+
+
+def _attr(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str
+    config_path: str  # "module:ConfigClass"
+    model_path: str  # "module:ModelClass", built as ModelClass(config)
+    trainable: Callable[[Any, Any], nn.Module] | None = None  # (run_config, device) -> module with compute_loss
+
+    @property
+    def config_cls(self) -> type:
+        return _attr(self.config_path)
+
+    def build_release(self, model_cfg: Any) -> nn.Module:
+        return _attr(self.model_path)(model_cfg)
+
+    def build_trainable(self, run_cfg: Any, device: Any) -> nn.Module:
+        if self.trainable is not None:
+            return self.trainable(run_cfg, device)
+        return self.build_release(run_cfg.model)
+
+    @staticmethod
+    def release_module(trainable: nn.Module) -> nn.Module:
+        """The part of a trainable module whose weights are released (the wrapped model, if any)."""
+        return getattr(trainable, "trainable_module", trainable)
+
+
+def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
+    from playworld.models.dynamics import DynamicsTrainer
+    from playworld.train.checkpoint import load_model
+
+    for dep in ("tokenizer", "lam"):
+        if dep not in run_cfg.deps:
+            raise ConfigError(f"a dynamics run needs deps.{dep}: the {dep} run directory to use (frozen)")
+    tok = load_model(_release_dir(run_cfg.deps["tokenizer"]), device)
+    lam = load_model(_release_dir(run_cfg.deps["lam"]), device)
+    return DynamicsTrainer(run_cfg.model, tokenizer=tok, lam=lam)
+
+
+def _release_dir(path: str) -> Path:
+    return Path(path)
+
+
+SPECS: dict[str, ModelSpec] = {
+    "tokenizer": ModelSpec("tokenizer", "playworld.models.tokenizer:TokenizerConfig",
+                           "playworld.models.tokenizer:VideoTokenizer"),
+    "lam": ModelSpec("lam", "playworld.models.lam:LAMConfig", "playworld.models.lam:LatentActionModel"),
+    "dynamics": ModelSpec("dynamics", "playworld.models.dynamics:DynamicsConfig",
+                          "playworld.models.dynamics:DynamicsModel", trainable=_dynamics_trainable),
+}
+
+
+def get_spec(kind: str) -> ModelSpec:
+    try:
+        return SPECS[kind]
+    except KeyError:
+        raise ConfigError(f"unknown model kind {kind!r}; known: {sorted(SPECS)}") from None
