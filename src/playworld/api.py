@@ -1,0 +1,64 @@
+"""`playworld.load(RUN)`: the trained models of a run directory, with their configs.
+
+A run directory is either one model's directory (``model.safetensors`` + ``config.json``, what
+`playworld train tokenizer|lam|dynamics --out DIR` writes) or the parent that
+`playworld train all --out RUN` writes: ``RUN/tokenizer``, ``RUN/lam``, ``RUN/dynamics``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from playworld.errors import CheckpointError
+
+PARTS = ("tokenizer", "lam", "dynamics")
+
+
+@dataclass
+class LoadedRun:
+    """The models found in a run (None where a part is absent) and each part's run config."""
+
+    path: Path
+    tokenizer: nn.Module | None = None
+    lam: nn.Module | None = None
+    dynamics: nn.Module | None = None
+    configs: dict[str, Any] = field(default_factory=dict)
+
+    def require(self, *parts: str) -> None:
+        missing = [p for p in parts if getattr(self, p) is None]
+        if missing:
+            raise CheckpointError(f"{self.path}: no trained {', '.join(missing)} here "
+                                  f"(expected {', '.join(str(self.path / p) for p in missing)})")
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+
+
+def load(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Load every trained model in ``run`` (eval mode, on ``device``)."""
+    from playworld.train.checkpoint import load_model, read_checkpoint_config
+    from playworld.train.config import RunConfig
+
+    path = Path(run)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory")
+    out = LoadedRun(path=path)
+    dirs = {p: path / p for p in PARTS if _is_model_dir(path / p)}
+    if _is_model_dir(path):
+        kind = read_checkpoint_config(path).get("kind")
+        if kind not in PARTS:
+            raise CheckpointError(f"{path / 'config.json'}: unknown kind {kind!r}")
+        dirs[kind] = path
+    if not dirs:
+        raise CheckpointError(f"{path}: holds no released model (model.safetensors + config.json), "
+                              f"neither directly nor in {', '.join(PARTS)}/")
+    for part, d in dirs.items():
+        setattr(out, part, load_model(d, device))
+        out.configs[part] = RunConfig.from_dict(read_checkpoint_config(d), where=str(d / "config.json"))
+    return out
