@@ -1,0 +1,278 @@
+"""Turn video files (anything PyAV decodes: mp4, webm, gif, ...) and folders of images into a dataset.
+
+Each input is resized to ``size x size`` keeping its aspect (center crop or pad), resampled to ``fps`` by
+timestamps (the frame nearest each 1/fps tick is kept), cut into episodes at scene cuts and at
+``max_episode_frames``; episodes shorter than ``min_episode_frames`` are dropped. Ingested episodes have
+no actions and no level seed; their source is the input path, and they are split by episode.
+
+A file that is empty, corrupt, truncated or unreadable is reported by name with the reason and skipped
+(or aborts the whole ingest with ``strict``); the dataset is only renamed into place once complete.
+Memory: one input at a time is held at the target size (64x64: 12 KiB a frame, ~660 MB per hour at 15 fps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import shutil
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import av
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from playworld.config import field, to_dict
+from playworld.data.format import MANIFEST, DatasetWriter, Episode, EpisodeData, ShardEntry, partial_dir
+from playworld.data.split import SplitRule
+from playworld.errors import ConfigError, DatasetError
+
+__all__ = ["IngestConfig", "FileResult", "IngestReport", "ingest", "fit_image", "resample", "scene_cuts"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+# What decoding a bad file can raise: FFmpeg errors, I/O errors, and Pillow's (SyntaxError, struct.error
+# for broken PNG chunks). Anything else is a bug and propagates.
+_UNREADABLE = (av.error.FFmpegError, OSError, ValueError, EOFError, SyntaxError, struct.error,
+               Image.DecompressionBombError)
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """How videos become episodes."""
+
+    size: int = field(64, help="output frames are size x size RGB")
+    fps: float = field(15.0, help="output frame rate; the frame nearest each 1/fps tick is kept")
+    fit: Literal["crop", "pad"] = field("crop", help="keep aspect by center-cropping or by padding with black")
+    cut_threshold: float = field(
+        40.0, help="scene cut where the mean abs difference of consecutive 16x16 thumbnails (0-255) exceeds "
+        "this; 0 disables")
+    max_episode_frames: int | None = field(1000, help="split longer runs into episodes of at most this length")
+    min_episode_frames: int = field(16, help="drop episodes shorter than this")
+    image_fps: float | None = field(None, help="frame rate of image folders (default: --fps, every image kept)")
+    shard_frames: int = field(8192, help="frames per shard (an episode is never split across shards)")
+    strict: bool = field(False, help="abort on the first unreadable input instead of skipping it")
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ConfigError(f"size={self.size} must be >= 8")
+        for name in ("fps", "image_fps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}={value} must be > 0")
+        if self.fit not in ("crop", "pad"):
+            raise ConfigError(f"fit={self.fit!r} must be 'crop' or 'pad'")
+        if self.cut_threshold < 0:
+            raise ConfigError(f"cut_threshold={self.cut_threshold} must be >= 0 (0 disables cut detection)")
+        if self.min_episode_frames < 1 or self.shard_frames < 1:
+            raise ConfigError(f"min_episode_frames={self.min_episode_frames} and shard_frames={self.shard_frames} "
+                              "must be >= 1")
+        if self.max_episode_frames is not None and self.max_episode_frames < self.min_episode_frames:
+            raise ConfigError(f"max_episode_frames={self.max_episode_frames} is below "
+                              f"min_episode_frames={self.min_episode_frames}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FileResult:
+    path: str
+    error: str | None = None  # why the input was skipped; None if it was read
+    episodes: int = 0
+    frames: int = 0
+    dropped: int = 0  # episodes shorter than min_episode_frames
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestReport:
+    out: Path
+    files: tuple[FileResult, ...]
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [f for f in self.files if f.error is not None]
+
+    def summary(self) -> str:
+        ok = [f for f in self.files if f.error is None]
+        lines = [f"ingested {len(ok)} of {len(self.files)} input(s) into {self.out}: "
+                 f"{sum(f.episodes for f in ok)} episodes, {sum(f.frames for f in ok)} frames, "
+                 f"{sum(f.dropped for f in ok)} short episode(s) dropped"]
+        lines += [f"  skipped {f.path}: {f.error}" for f in self.failed]
+        return "\n".join(lines)
+
+
+def fit_image(img: Image.Image, size: int, fit: str) -> np.ndarray:
+    """Resize keeping aspect: 'crop' fills size x size and center-crops, 'pad' fits inside and pads black.
+
+    Returns (size, size, 3) uint8.
+    """
+    img = img.convert("RGB")
+    w, h = img.size
+    if fit == "crop":
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0))
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    out = np.zeros((size, size, 3), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0))
+    return out
+
+
+def resample(items: Iterable[tuple[float, T]], fps: float) -> Iterator[T]:
+    """From ``(time, item)`` in time order, yield for each tick ``t0 + k / fps`` (t0 = first time, up to
+    the last time) the item nearest to it; earlier on ties. Frames repeat if the source is slower."""
+    t0: float | None = None
+    prev: tuple[float, T] | None = None
+    k = 0
+    for t, item in items:
+        if t0 is None:
+            t0 = t
+        if prev is not None:
+            t = max(t, prev[0])  # tolerate a non-monotonic timestamp
+        while t0 + k / fps <= t + 1e-9:
+            tick = t0 + k / fps
+            yield prev[1] if prev is not None and tick - prev[0] <= t - tick else item
+            k += 1
+        prev = (t, item)
+
+
+def scene_cuts(frames: np.ndarray, threshold: float) -> list[int]:
+    """Indices ``t`` where a new scene starts: frames (L, S, S, 3) uint8 -> sorted list of t in [1, L).
+
+    The score of t is the mean abs difference (0-255) between 16x16 block-mean thumbnails of frames t-1, t.
+    """
+    if threshold <= 0 or len(frames) < 2:
+        return []
+    n, s = len(frames), frames.shape[1]
+    b = max(1, s // 16)
+    g = s // b
+    thumbs = frames[:, :g * b, :g * b].reshape(n, g, b, g, b, 3).mean(axis=(2, 4), dtype=np.float32)  # (L,g,g,3)
+    score = np.abs(np.diff(thumbs, axis=0)).mean(axis=(1, 2, 3))  # (L-1,)
+    return [int(t) + 1 for t in np.nonzero(score > threshold)[0]]
+
+
+def _decode_video(path: Path, cfg: IngestConfig) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or cfg.fps)
+
+        def timed() -> Iterator[tuple[float, av.VideoFrame]]:
+            for i, frame in enumerate(container.decode(stream)):
+                yield (frame.time if frame.time is not None else i / rate), frame
+
+        frames, last = [], None
+        for frame in resample(timed(), cfg.fps):
+            frames.append(fit_image(frame.to_image(), cfg.size, cfg.fit))
+            last = frame.time
+        duration = container.duration / 1e6 if container.duration else None  # seconds
+        start = container.start_time / 1e6 if container.start_time else 0.0
+    if frames and duration is not None and last is not None and \
+            (last - start) < duration - max(1.0, 0.05 * duration):
+        raise ValueError(f"truncated: frames stop at {last - start:.2f} s of {duration:.2f} s")
+    return frames
+
+
+def _decode_images(folder: Path, cfg: IngestConfig) -> list[np.ndarray]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")
+    rate = cfg.image_fps or cfg.fps
+    frames = []
+    for p in resample(((i / rate, p) for i, p in enumerate(paths)), cfg.fps):
+        try:
+            with Image.open(p) as img:
+                frames.append(fit_image(img, cfg.size, cfg.fit))
+        except _UNREADABLE as e:
+            raise ValueError(f"image {p.name}: {e}") from e
+    return frames
+
+
+def _episodes(frames: np.ndarray, cfg: IngestConfig) -> tuple[list[np.ndarray], int]:
+    """Split (L, S, S, 3) at scene cuts and every ``max_episode_frames``; returns (kept, dropped count)."""
+    bounds = [0, *scene_cuts(frames, cfg.cut_threshold), len(frames)]
+    kept, dropped = [], 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        step = cfg.max_episode_frames or (b - a)
+        for s in range(a, b, step):
+            piece = frames[s:min(s + step, b)]
+            if len(piece) >= cfg.min_episode_frames:
+                kept.append(piece)
+            else:
+                dropped += 1
+    return kept, dropped
+
+
+def _read(path: Path, cfg: IngestConfig) -> np.ndarray:
+    """Decode one input to (L, S, S, 3) uint8, or raise ValueError/_UNREADABLE with the reason."""
+    if not path.exists():
+        raise FileNotFoundError("no such file or folder")
+    if path.is_dir():
+        frames = _decode_images(path, cfg)
+    elif path.stat().st_size == 0:
+        raise ValueError("empty file")
+    else:
+        frames = _decode_video(path, cfg)
+    if not frames:
+        raise ValueError("no frames could be decoded")
+    return np.stack(frames)
+
+
+def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, overwrite: bool = False,
+           progress: bool = True) -> IngestReport:
+    """Ingest ``paths`` (video files and image folders) into the dataset directory ``out``."""
+    out = Path(out)
+    if not paths:
+        raise ConfigError("ingest: no input paths given")
+    if out.exists() and not overwrite:
+        raise DatasetError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise DatasetError(f"{out}: exists and is not a playworld dataset; refusing to overwrite it")
+    shutil.rmtree(partial_dir(out), ignore_errors=True)  # ingest does not resume: start clean
+    writer = DatasetWriter(out, frame_shape=(cfg.size, cfg.size, 3), num_actions=None, source={},
+                           rule=SplitRule(by="episode"))
+    results: list[FileResult] = []
+    shards: list[ShardEntry] = []
+    rows: list[Episode] = []
+    pending: list[EpisodeData] = []
+
+    def flush() -> None:
+        shard, new = writer.write_shard(len(shards), pending, first_index=len(rows))
+        shards.append(shard)
+        rows.extend(new)
+        pending.clear()
+
+    try:
+        for raw in tqdm(paths, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
+            path = Path(raw)
+            try:
+                frames = _read(path, cfg)
+            except _UNREADABLE as e:
+                reason = str(e) or type(e).__name__
+                if cfg.strict:
+                    raise DatasetError(f"{path}: {reason} (--strict: nothing was written)") from e
+                results.append(FileResult(str(path), error=reason))
+                continue
+            kept, dropped = _episodes(frames, cfg)
+            results.append(FileResult(str(path), None, len(kept), sum(len(k) for k in kept), dropped))
+            for ep in kept:
+                pending.append(EpisodeData(ep, None, None, level_seed=None, source=str(path)))
+                if sum(len(p.frames) for p in pending) >= cfg.shard_frames:
+                    flush()
+        if pending:
+            flush()
+        report = IngestReport(out, tuple(results))
+        if not rows:
+            raise DatasetError(f"{out}: no episodes to write\n{report.summary()}")
+        writer.source = {"kind": "ingest", "config": to_dict(cfg),
+                         "files": [f.path for f in results if f.error is None],
+                         "skipped": [[f.path, f.error] for f in report.failed]}
+        writer.finalize(shards, rows, created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+    except BaseException:
+        writer.abort()
+        raise
+    return report
