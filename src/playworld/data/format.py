@@ -268,17 +268,36 @@ def _write_npy(root: Path, rel: str, shape: tuple[int, ...], dtype: np.dtype,
 
 
 class DatasetWriter:
-    """Writes shards into ``.DIR.partial`` and, on :meth:`finalize`, the manifest and the rename to ``DIR``.
+    """Builds a dataset in ``.DIR.partial``; :meth:`finalize` writes the manifest and renames it to ``DIR``.
 
-    The writer holds no episode state: callers (collection resumes unit by unit, ingest accumulates)
-    pass the shards and index rows they collected to :meth:`finalize`.
+    Either :meth:`add` episodes (a shard is written whenever ``shard_frames`` are buffered), or write
+    whole shards with :meth:`write_shard`, which keeps no state, and pass every shard and row to
+    :meth:`finalize` (collection does this, as it resumes unit by unit).
     """
 
     def __init__(self, out: Path, *, frame_shape: tuple[int, int, int], num_actions: int | None,
-                 source: dict[str, Any], rule: SplitRule) -> None:
+                 source: dict[str, Any], rule: SplitRule, shard_frames: int = 8192) -> None:
         self.out, self.partial = Path(out), partial_dir(out)
         self.frame_shape, self.num_actions, self.source, self.rule = tuple(frame_shape), num_actions, source, rule
+        self.shard_frames = shard_frames
+        self.shards: list[ShardEntry] = []
+        self.rows: list[Episode] = []
+        self._pending: list[EpisodeData] = []
         self.partial.mkdir(parents=True, exist_ok=True)
+
+    def add(self, episode: EpisodeData) -> None:
+        """Buffer one episode; write a shard once ``shard_frames`` frames are buffered."""
+        self._pending.append(episode)
+        if sum(len(e.frames) for e in self._pending) >= self.shard_frames:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered episodes (if any) as the next shard."""
+        if self._pending:
+            shard, rows = self.write_shard(len(self.shards), self._pending, first_index=len(self.rows))
+            self.shards.append(shard)
+            self.rows.extend(rows)
+            self._pending = []
 
     def write_shard(self, index: int, data: Sequence[EpisodeData], *, first_index: int
                     ) -> tuple[ShardEntry, list[Episode]]:
@@ -316,9 +335,13 @@ class DatasetWriter:
             offset += len(ep.frames)
         return shard, rows
 
-    def finalize(self, shards: Sequence[ShardEntry], episodes: Sequence[Episode], *, created_at: str | None = None,
-                 scratch: Sequence[str] = ()) -> Manifest:
-        """Write the manifest, rename ``.DIR.partial`` to ``DIR``, then delete ``scratch`` paths from it."""
+    def finalize(self, shards: Sequence[ShardEntry] | None = None, episodes: Sequence[Episode] | None = None, *,
+                 created_at: str | None = None, scratch: Sequence[str] = ()) -> Manifest:
+        """Write the manifest of ``shards``/``episodes`` (default: those :meth:`add` wrote), rename
+        ``.DIR.partial`` to ``DIR``, then delete the ``scratch`` paths from it."""
+        if shards is None or episodes is None:
+            self.flush()
+            shards, episodes = self.shards, self.rows
         manifest = Manifest(self.frame_shape, self.num_actions, self.source, self.rule,  # type: ignore[arg-type]
                             tuple(shards), tuple(episodes), created_at)
         manifest = Manifest.from_json(json.loads(manifest.to_json()), str(self.partial / MANIFEST))  # self-check

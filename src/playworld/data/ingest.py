@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from playworld.config import field, to_dict
-from playworld.data.format import MANIFEST, DatasetWriter, Episode, EpisodeData, ShardEntry, partial_dir
+from playworld.data.format import MANIFEST, DatasetWriter, EpisodeData, partial_dir
 from playworld.data.split import SplitRule
 from playworld.errors import ConfigError, DatasetError
 
@@ -222,6 +222,14 @@ def _read(path: Path, cfg: IngestConfig) -> np.ndarray:
     return np.stack(frames)
 
 
+def _reason(e: BaseException) -> str:
+    if isinstance(e, av.error.InvalidDataError):
+        return f"cannot decode ({e.strerror}): corrupt, truncated or not a video"
+    if isinstance(e, av.error.FFmpegError):
+        return f"cannot decode ({e.strerror})"
+    return str(e) or type(e).__name__
+
+
 def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, overwrite: bool = False,
            progress: bool = True) -> IngestReport:
     """Ingest ``paths`` (video files and image folders) into the dataset directory ``out``."""
@@ -234,25 +242,15 @@ def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, o
         raise DatasetError(f"{out}: exists and is not a playworld dataset; refusing to overwrite it")
     shutil.rmtree(partial_dir(out), ignore_errors=True)  # ingest does not resume: start clean
     writer = DatasetWriter(out, frame_shape=(cfg.size, cfg.size, 3), num_actions=None, source={},
-                           rule=SplitRule(by="episode"))
+                           rule=SplitRule(by="episode"), shard_frames=cfg.shard_frames)
     results: list[FileResult] = []
-    shards: list[ShardEntry] = []
-    rows: list[Episode] = []
-    pending: list[EpisodeData] = []
-
-    def flush() -> None:
-        shard, new = writer.write_shard(len(shards), pending, first_index=len(rows))
-        shards.append(shard)
-        rows.extend(new)
-        pending.clear()
-
     try:
         for raw in tqdm(paths, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
             path = Path(raw)
             try:
                 frames = _read(path, cfg)
             except _UNREADABLE as e:
-                reason = str(e) or type(e).__name__
+                reason = _reason(e)
                 if cfg.strict:
                     raise DatasetError(f"{path}: {reason} (--strict: nothing was written)") from e
                 results.append(FileResult(str(path), error=reason))
@@ -260,18 +258,14 @@ def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, o
             kept, dropped = _episodes(frames, cfg)
             results.append(FileResult(str(path), None, len(kept), sum(len(k) for k in kept), dropped))
             for ep in kept:
-                pending.append(EpisodeData(ep, None, None, level_seed=None, source=str(path)))
-                if sum(len(p.frames) for p in pending) >= cfg.shard_frames:
-                    flush()
-        if pending:
-            flush()
+                writer.add(EpisodeData(ep, None, None, level_seed=None, source=str(path)))
         report = IngestReport(out, tuple(results))
-        if not rows:
+        if not any(f.episodes for f in results):
             raise DatasetError(f"{out}: no episodes to write\n{report.summary()}")
         writer.source = {"kind": "ingest", "config": to_dict(cfg),
                          "files": [f.path for f in results if f.error is None],
                          "skipped": [[f.path, f.error] for f in report.failed]}
-        writer.finalize(shards, rows, created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+        writer.finalize(created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     except BaseException:
         writer.abort()
         raise

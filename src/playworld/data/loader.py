@@ -141,7 +141,7 @@ class ClipLoader:
         stride: step between the frames of a clip. drop_short: skip (True) or reject (False) short episodes.
     """
 
-    def __init__(self, dataset_dir: str | Path, *, clip_len: int = 16, batch_size: int, split: str = "train",
+    def __init__(self, dataset_dir: str | Path, *, clip_len: int = 16, batch_size: int, split: str | None = "train",
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0, stride: int = 1,
                  drop_short: bool = True) -> None:
         for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
