@@ -20,6 +20,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +39,7 @@ from playworld.data.format import (
     partial_dir,
     read_manifest,
 )
-from playworld.data.policies import ACTION_NAMES, NUM_ACTIONS, POLICIES, make_policy
+from playworld.data.policies import ACTION_NAMES, NUM_ACTIONS, POLICIES, Policy, make_policy
 from playworld.errors import ConfigError, DatasetError
 from playworld.io import atomic_write_text
 
@@ -141,11 +142,21 @@ def play_unit(cfg: CollectConfig, unit: int, n_episodes: int,
     stepping (their steps are discarded) until every slot is done.
     """
     rand_seed, slot_seeds = _unit_seeds(cfg, unit)
-    env = _make_env(cfg, rand_seed)
     policy = make_policy(cfg.policy, cfg.game, slot_seeds, sticky_prob=cfg.sticky_prob)
-    num, source = cfg.num_envs, f"procgen:{cfg.game}"
-    share = math.ceil(n_episodes / num)
-    want = [min(max(n_episodes - s * share, 0), share) for s in range(num)]
+    share = math.ceil(n_episodes / cfg.num_envs)
+    want = [min(max(n_episodes - s * share, 0), share) for s in range(cfg.num_envs)]
+    env = _make_env(cfg, rand_seed)
+    try:  # close explicitly: a gym3 env finalised by the GC inside another env's cffi dlopen deadlocks
+        done = _record(env, policy, want, cfg, on_episode, keep)
+    finally:
+        env.close()
+    return [ep for slot in done for ep in slot] if keep else []
+
+
+def _record(env: Any, policy: Policy, want: list[int], cfg: CollectConfig,
+            on_episode: Callable[[EpisodeData], None] | None, keep: bool) -> list[list[EpisodeData]]:
+    """Step ``env`` until slot ``s`` has finished ``want[s]`` episodes; returns them per slot."""
+    num, source = len(want), f"procgen:{cfg.game}"
     done: list[list[EpisodeData]] = [[] for _ in range(num)]
     rec: list[dict[str, Any] | None] = [None] * num  # open episode of each slot: frames, actions, rewards
 
@@ -159,7 +170,7 @@ def play_unit(cfg: CollectConfig, unit: int, n_episodes: int,
             start(s, infos[s])
     while any(len(d) < w for d, w in zip(done, want)):
         actions = policy(first)  # (N,) int64
-        rgb = obs["rgb"].copy()  # (N, 64, 64, 3) uint8; slots keep views of it
+        rgb = obs["rgb"]  # (N, 64, 64, 3) uint8, a fresh array each step (gym3 copies), so slots keep views
         for s, r in enumerate(rec):
             if r is not None:
                 r["frames"].append(rgb[s])
@@ -183,7 +194,7 @@ def play_unit(cfg: CollectConfig, unit: int, n_episodes: int,
                         on_episode(ep)
             if first[s] and rec[s] is None and len(done[s]) < want[s]:
                 start(s, infos[s])
-    return [ep for slot in done for ep in slot] if keep else []
+    return done
 
 
 def _source(cfg: CollectConfig) -> dict[str, Any]:
@@ -211,6 +222,14 @@ def _unit_is_done(partial: Path, unit: int) -> bool:
     shard, _ = _load_unit(record)
     return all((partial / f.path).is_file() and (partial / f.path).stat().st_size == f.bytes
                for f in shard.files().values())
+
+
+def _write_unit(writer: DatasetWriter, unit: int, data: list[EpisodeData], first_index: int) -> int:
+    """Shard files first, then the unit record that marks them complete; returns the episode count."""
+    shard, rows = writer.write_shard(unit, data, first_index=first_index)
+    record = {"unit": unit, "shard": to_dict(shard), "episodes": [dataclasses.asdict(r) for r in rows]}
+    atomic_write_text(writer.partial / _UNITS_DIR / f"{unit:05d}.json", json.dumps(record) + "\n")
+    return len(rows)
 
 
 def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_units: int | None = None,
@@ -247,7 +266,7 @@ def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_u
         atomic_write_text(config_file, json.dumps({"config": to_dict(cfg)}, indent=2) + "\n")
     todo = [u for u in range(len(sizes)) if not _unit_is_done(partial, u)]
     done_before = len(sizes) - len(todo)
-    episodes = frames = units_written = 0
+    episodes = frames = units_written = 0  # in this call
     bar = tqdm(total=cfg.episodes, initial=sum(sizes) - sum(sizes[u] for u in todo), unit="ep",
                desc=f"collect {cfg.game}/{cfg.policy}", disable=not progress, dynamic_ncols=True)
 
@@ -256,20 +275,24 @@ def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_u
         frames += len(ep.frames)
         bar.set_postfix(frames=frames, fps=f"{frames / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
 
-    try:
-        for u in todo:
-            if max_units is not None and units_written >= max_units:
-                break
-            data = play_unit(cfg, u, sizes[u], on_episode=count)
-            shard, rows = writer.write_shard(u, data, first_index=u * cfg.episodes_per_shard)
-            record = {"unit": u, "shard": to_dict(shard), "episodes": [dataclasses.asdict(r) for r in rows]}
-            atomic_write_text(partial / _UNITS_DIR / f"{u:05d}.json", json.dumps(record) + "\n")
-            episodes, units_written = episodes + len(data), units_written + 1
-            bar.update(len(data))
+    # Shard writing and hashing release the GIL: unit u is written by a thread while unit u + 1 plays.
+    in_flight: tuple[int, Future[int]] | None = None
+
+    def settle() -> None:
+        nonlocal in_flight, episodes, units_written
+        if in_flight is not None:
+            u, written = in_flight[0], in_flight[1].result()
+            in_flight, episodes, units_written = None, episodes + written, units_written + 1
+            bar.update(written)
             if on_unit_done is not None:
                 on_unit_done(u)
-    finally:
-        bar.close()
+
+    with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="playworld-shards") as pool:
+        for u in todo[:max_units]:
+            data = play_unit(cfg, u, sizes[u], on_episode=count)
+            settle()
+            in_flight = (u, pool.submit(_write_unit, writer, u, data, u * cfg.episodes_per_shard))
+        settle()
     units_done = done_before + units_written
     if units_done < len(sizes):
         return CollectResult(out, "interrupted", units_done, len(sizes), episodes, frames,

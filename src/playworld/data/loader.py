@@ -82,13 +82,18 @@ class ClipDataset(tud.Dataset):
         pos, start = self._locate(np.array([index]))
         return self.episodes[int(pos[0])].index, int(start[0])
 
-    def get_batch(self, indices: Sequence[int]) -> torch.Tensor:
-        """Frames of clips ``indices``: (B, T, H, W, C) uint8, one copy out of the memmaps."""
+    def batch_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.clip_len, *self.dataset.frame_shape)
+
+    def get_batch(self, indices: Sequence[int], out: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames of clips ``indices``: (B, T, H, W, C) uint8, one copy out of the memmaps (into ``out``)."""
         pos, start = self._locate(np.asarray(indices, dtype=np.int64))
-        out = np.empty((len(pos), self.clip_len, *self.dataset.frame_shape), dtype=np.uint8)
+        # np.empty, not torch.empty: malloc reuses the freed block of the previous batch, torch's allocator
+        # returns it to the OS and page-faults a fresh one every time (5x slower here).
+        dst = np.empty(self.batch_shape(len(pos)), dtype=np.uint8) if out is None else out.numpy()
         for j, (shard, first) in enumerate(zip(self._shard[pos], self._offset[pos] + start)):
-            out[j] = self.dataset.shard_arrays(int(shard))[0][first:first + self.span:self.stride]
-        return torch.from_numpy(out)
+            dst[j] = self.dataset.shard_arrays(int(shard))[0][first:first + self.span:self.stride]
+        return torch.from_numpy(dst) if out is None else out
 
     def clip_actions(self, index: int) -> np.ndarray:
         """Recorded actions of clip ``index``: (T,) int64, ``actions[t]`` taken at frame t; -1 if absent."""
@@ -108,7 +113,11 @@ class _Batches(tud.Dataset):
         self.clips = clips
 
     def __getitem__(self, indices: list[int]) -> torch.Tensor:
-        return self.clips.get_batch(indices)
+        # Fill a shared-memory tensor directly, as torch's default collate does in workers: without it the
+        # batch is copied once more on its way to the main process.
+        nbytes = int(np.prod(self.clips.batch_shape(len(indices))))
+        out = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+        return self.clips.get_batch(indices, out.view(self.clips.batch_shape(len(indices))))
 
 
 def _worker_init(_: int) -> None:
