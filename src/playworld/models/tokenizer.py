@@ -1,0 +1,268 @@
+"""Video tokenizer: the ST-ViViT VQ-VAE of Genie (arXiv 2402.15391, sec. 2.1 and appendix).
+
+Frames are cut into p x p patches, embedded, encoded by a spatio-temporal transformer that is causal
+in time, projected to a small code width and quantized (VQ, or FSQ: arXiv 2309.15505); the codes are
+projected back up and decoded by a second causal ST-transformer into patch pixels. Because both
+transformers are causal, the tokens and the reconstruction of frame t depend on frames <= t only, so
+frames can be encoded and decoded one at a time with a temporal KV cache (``encode_step`` /
+``decode_step``), which is what play time does.
+
+Pixels: inputs are (B, T, H, W, C) float in [0, 1]; the network sees them mapped to [-1, 1]; the
+decoder predicts [-1, 1] values, mapped back to [0, 1] (and clamped only when decoding for use). The
+reconstruction loss is the MSE in [0, 1] units, so ``recon_mse`` and ``psnr = -10 log10(recon_mse)``
+are the usual 8-bit-image figures.
+
+Shapes: B batch, T frames, H x W pixels, C channels, p patch, h x w = H/p x W/p token grid,
+S = h*w tokens per frame, D model width, E code width (``code_dim`` for VQ, len(fsq_levels) for FSQ).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from playworld.config import field
+from playworld.errors import ConfigError
+from playworld.models.base import LossOutput
+from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
+from playworld.nn.fsq import FSQ
+from playworld.nn.quantize import QuantizeOutput
+from playworld.nn.vq import VectorQuantizer
+
+
+@dataclass
+class TokenizerConfig:
+    """Size and quantizer of the video tokenizer. Defaults are the ``small`` CPU recipe."""
+
+    image_size: int = field(64, help="frame height and width in pixels (square frames)")
+    channels: int = field(3, help="colour channels per pixel")
+    patch: int = field(4, help="patch side in pixels; one token per patch (64 / 4 -> 16 x 16 tokens)")
+    dim: int = field(192, help="transformer width")
+    enc_depth: int = field(4, help="ST-transformer blocks in the encoder")
+    dec_depth: int = field(4, help="ST-transformer blocks in the decoder")
+    heads: int = field(6, help="attention heads (dim / heads must be even: temporal RoPE)")
+    mlp_ratio: float = field(4.0, help="MLP hidden width as a multiple of dim")
+    quantizer: Literal["vq", "fsq"] = field("vq", help="'vq' (learned codebook) or 'fsq' (fixed grid)")
+    num_codes: int = field(1024, help="VQ codebook size (FSQ: prod(fsq_levels) instead)")
+    code_dim: int = field(32, help="VQ code width (FSQ: len(fsq_levels) instead)")
+    l2_codes: bool = field(True, help="VQ: l2-normalise latents and codes (cosine similarity; keeps usage high)")
+    ema_codebook: bool = field(True, help="VQ: update the codebook by EMA (else learn it with a codebook loss)")
+    ema_decay: float = field(0.99, help="VQ: EMA decay of the codebook and usage statistics")
+    commitment: float = field(0.25, help="VQ: weight of the commitment loss ||z - sg(q)||^2")
+    dead_code_threshold: float = field(0.03, help="VQ: restart codes used less than this fraction of the "
+                                       "uniform share (0 disables restarts)")
+    fsq_levels: tuple[int, ...] = field((8, 5, 5, 5), help="FSQ: levels per channel (8,5,5,5 -> 1000 codes)")
+    dropout: float = field(0.0, help="dropout in attention and MLPs")
+    grad_checkpoint: bool = field(False, help="recompute blocks in backward to save activation memory")
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "channels", "patch", "dim", "enc_depth", "dec_depth", "heads", "code_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"tokenizer.{name} must be a positive integer, got {value!r}")
+        if self.image_size % self.patch:
+            raise ConfigError(f"tokenizer.image_size {self.image_size} is not divisible by patch {self.patch}")
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ConfigError(f"tokenizer.dim {self.dim} / heads {self.heads} must be an even integer "
+                              "(per-head width, rotary embeddings)")
+        if self.quantizer not in ("vq", "fsq"):
+            raise ConfigError(f"tokenizer.quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.num_codes < 2:
+            raise ConfigError(f"tokenizer.num_codes must be >= 2, got {self.num_codes}")
+        self.fsq_levels = tuple(self.fsq_levels)
+        if not self.fsq_levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 2
+                                      for v in self.fsq_levels):
+            raise ConfigError(f"tokenizer.fsq_levels must be integers >= 2, got {self.fsq_levels}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"tokenizer.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.commitment < 0:
+            raise ConfigError(f"tokenizer.commitment must be >= 0, got {self.commitment}")
+        if not 0.0 <= self.dead_code_threshold < 1.0:
+            raise ConfigError(f"tokenizer.dead_code_threshold must be in [0, 1), got {self.dead_code_threshold}")
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"tokenizer.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"tokenizer.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of distinct tokens (the dynamics model's vocabulary)."""
+        return self.num_codes if self.quantizer == "vq" else math.prod(self.fsq_levels)
+
+
+@dataclass
+class TokenizerEncoding:
+    """indices: (B, T, h, w) long token ids; quantized: (B, T, h*w, E) their codes (straight-through)."""
+
+    indices: Tensor
+    quantized: Tensor
+
+
+@dataclass
+class TokenizerCache:
+    """Temporal KV caches for frame-by-frame encoding and decoding (from ``VideoTokenizer.new_cache``)."""
+
+    encoder: TemporalKVCache
+    decoder: TemporalKVCache
+
+
+class VideoTokenizer(nn.Module):
+    """ST-ViViT VQ-VAE over (B, T, H, W, C) videos in [0, 1]; causal in time.
+
+    encode(video) -> TokenizerEncoding; decode(indices) -> video; compute_loss(video) -> LossOutput.
+    ``encode``, ``decode``, ``reconstruct`` and the ``*_step`` methods run without gradients and never
+    update the quantizer's statistics; call ``eval()`` first to disable dropout.
+    """
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        h = w = c.image_size // c.patch
+        self.grid = (h, w)
+        self.tokens_per_frame = h * w
+        patch_dim = c.patch * c.patch * c.channels
+        self.patch_in = nn.Linear(patch_dim, c.dim)
+        self.encoder = STTransformer(c.dim, c.enc_depth, c.heads, h * w, c.mlp_ratio, c.dropout, causal=True,
+                                     grad_checkpoint=c.grad_checkpoint)
+        self.quantizer: VectorQuantizer | FSQ
+        if c.quantizer == "vq":
+            self.quantizer = VectorQuantizer(c.num_codes, c.code_dim, commitment=c.commitment, ema=c.ema_codebook,
+                                             decay=c.ema_decay, dead_code_threshold=c.dead_code_threshold,
+                                             l2_normalize=c.l2_codes)
+        else:
+            self.quantizer = FSQ(c.fsq_levels)
+        self.to_code = nn.Linear(c.dim, self.quantizer.dim)
+        self.from_code = nn.Linear(self.quantizer.dim, c.dim)
+        self.decoder = STTransformer(c.dim, c.dec_depth, c.heads, h * w, c.mlp_ratio, c.dropout, causal=True,
+                                     grad_checkpoint=c.grad_checkpoint)
+        self.patch_out = nn.Linear(c.dim, patch_dim)
+        init_weights(self)
+        # unit-variance latents at init (the encoder ends in a LayerNorm): FSQ's grid then starts spread
+        # over its levels instead of every latent rounding to the centre code
+        nn.init.normal_(self.to_code.weight, std=c.dim**-0.5)
+
+    @property
+    def num_codes(self) -> int:
+        """Number of distinct tokens, in [0, num_codes)."""
+        return self.quantizer.num_codes
+
+    # -- shapes ---------------------------------------------------------------------------------------
+
+    def _check_video(self, video: Tensor) -> None:
+        c = self.config
+        if video.ndim != 5 or tuple(video.shape[2:]) != (c.image_size, c.image_size, c.channels):
+            raise ValueError(f"VideoTokenizer expects video (B, T, {c.image_size}, {c.image_size}, {c.channels}), "
+                             f"got {tuple(video.shape)}")
+        if not video.is_floating_point():
+            raise TypeError(f"VideoTokenizer expects a float video in [0, 1], got {video.dtype} "
+                            "(use playworld.models.base.to_unit for uint8)")
+
+    def _check_indices(self, indices: Tensor) -> None:
+        h, w = self.grid
+        if indices.ndim != 4 or tuple(indices.shape[2:]) != (h, w):
+            raise ValueError(f"VideoTokenizer expects indices (B, T, {h}, {w}), got {tuple(indices.shape)}")
+        if indices.dtype != torch.long:
+            raise TypeError(f"VideoTokenizer expects long indices, got {indices.dtype}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_codes):
+            raise ValueError(f"token ids must lie in [0, {self.num_codes}), got range "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+
+    def patchify(self, video: Tensor) -> Tensor:
+        """(B, T, H, W, C) -> (B, T, S, p*p*C)."""
+        p = self.config.patch
+        return rearrange(video, "b t (h p1) (w p2) c -> b t (h w) (p1 p2 c)", p1=p, p2=p)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """(B, T, S, p*p*C) -> (B, T, H, W, C)."""
+        p, (h, w) = self.config.patch, self.grid
+        return rearrange(patches, "b t (h w) (p1 p2 c) -> b t (h p1) (w p2) c", h=h, w=w, p1=p, p2=p)
+
+    # -- the two halves -------------------------------------------------------------------------------
+
+    def _latents(self, video: Tensor, cache: TemporalKVCache | None = None, commit: bool = True) -> Tensor:
+        """(B, T, H, W, C) in [0, 1] -> pre-quantization latents (B, T, S, E)."""
+        self._check_video(video)
+        x = self.patch_in(self.patchify(video * 2.0 - 1.0))  # (B, T, S, D)
+        return self.to_code(self.encoder(x, cache=cache, commit=commit))  # (B, T, S, E)
+
+    def _pixels(self, codes: Tensor, cache: TemporalKVCache | None = None, commit: bool = True) -> Tensor:
+        """codes (B, T, S, E) -> unclamped video (B, T, H, W, C), ~[0, 1]."""
+        x = self.decoder(self.from_code(codes), cache=cache, commit=commit)  # (B, T, S, D)
+        return self.unpatchify(self.patch_out(x)) * 0.5 + 0.5
+
+    def _quantize(self, latents: Tensor) -> QuantizeOutput:
+        """Quantize (B, T, S, E) without touching the quantizer's statistics (inference paths)."""
+        was_training = self.quantizer.training
+        self.quantizer.eval()
+        try:
+            return self.quantizer(latents)
+        finally:
+            self.quantizer.train(was_training)
+
+    def _encoding(self, q: QuantizeOutput) -> TokenizerEncoding:
+        h, w = self.grid
+        return TokenizerEncoding(indices=rearrange(q.indices, "b t (h w) -> b t h w", h=h, w=w),
+                                 quantized=q.quantized)
+
+    # -- public API -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, video: Tensor) -> TokenizerEncoding:
+        """video (B, T, H, W, C) float in [0, 1] -> indices (B, T, h, w), quantized (B, T, h*w, E)."""
+        return self._encoding(self._quantize(self._latents(video)))
+
+    @torch.no_grad()
+    def decode(self, indices: Tensor) -> Tensor:
+        """indices (B, T, h, w) long -> video (B, T, H, W, C) float in [0, 1] (clamped)."""
+        self._check_indices(indices)
+        codes = self.quantizer.lookup(rearrange(indices, "b t h w -> b t (h w)"))  # (B, T, S, E)
+        return self._pixels(codes).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def reconstruct(self, video: Tensor) -> Tensor:
+        """video (B, T, H, W, C) in [0, 1] -> its reconstruction through the tokens, clamped to [0, 1]."""
+        return self._pixels(self._quantize(self._latents(video)).quantized).clamp(0.0, 1.0)
+
+    def new_cache(self, max_frames: int) -> TokenizerCache:
+        """Empty caches for ``encode_step``/``decode_step``; each frame sees at most ``max_frames``
+        frames (itself included). With max_frames >= the clip length, steps equal the full pass."""
+        return TokenizerCache(encoder=self.encoder.new_cache(max_frames), decoder=self.decoder.new_cache(max_frames))
+
+    @torch.no_grad()
+    def encode_step(self, frames: Tensor, cache: TokenizerCache, commit: bool = True) -> TokenizerEncoding:
+        """The next frames (B, T', H, W, C) after those in ``cache.encoder`` -> their encoding (T' often 1).
+
+        With ``commit`` the frames' keys/values are appended to the cache.
+        """
+        return self._encoding(self._quantize(self._latents(frames, cache.encoder, commit)))
+
+    @torch.no_grad()
+    def decode_step(self, indices: Tensor, cache: TokenizerCache, commit: bool = True) -> Tensor:
+        """Tokens (B, T', h, w) of the next frames after those in ``cache.decoder`` -> frames (B, T', H, W, C)."""
+        self._check_indices(indices)
+        codes = self.quantizer.lookup(rearrange(indices, "b t h w -> b t (h w)"))
+        return self._pixels(codes, cache.decoder, commit).clamp(0.0, 1.0)
+
+    def compute_loss(self, video: Tensor) -> LossOutput:
+        """video (B, T, H, W, C) in [0, 1] -> LossOutput(MSE in [0, 1] units + quantizer loss).
+
+        metrics: recon_mse, psnr (dB, of the clamped reconstruction), quant_loss, codebook_usage
+        (fraction of codes used in the batch), perplexity (of the batch's code histogram).
+        """
+        q = self.quantizer(self._latents(video))  # updates codebook statistics in training mode
+        recon = self._pixels(q.quantized).float()  # (B, T, H, W, C)
+        mse = F.mse_loss(recon, video.float())
+        with torch.no_grad():
+            clamped_mse = F.mse_loss(recon.clamp(0.0, 1.0), video.float())
+            psnr = -10.0 * torch.log10(clamped_mse.clamp_min(1e-10))
+        return LossOutput(
+            loss=mse + q.loss,
+            metrics={"recon_mse": mse.detach(), "psnr": psnr, "quant_loss": q.loss.detach(),
+                     "codebook_usage": q.usage, "perplexity": q.perplexity},
+        )
