@@ -70,7 +70,8 @@ class CollectConfig:
     start_level: int = field(0, help="first level seed")
     num_levels: int = field(0, help="number of distinct levels (0 = unbounded)")
     seed: int = field(0, help="seed of the env rand seeds and of the policies' streams")
-    num_envs: int = field(16, help="parallel env slots")
+    num_envs: int = field(8, help="parallel env slots (8: on few cores, fewer slots each playing more "
+                          "episodes of a unit waste fewer steps waiting for the slowest slot)")
     max_episode_frames: int | None = field(
         None, help="truncate episodes to this many frames (the rest is played but not kept)")
     sticky_prob: float = field(0.75, help="random policy: probability of repeating the previous action")
@@ -232,6 +233,37 @@ def _write_unit(writer: DatasetWriter, unit: int, data: list[EpisodeData], first
     return len(rows)
 
 
+def _is_complete(cfg: CollectConfig, out: Path) -> bool:
+    """True if ``out`` is a finished dataset of ``cfg``; raises if ``out`` holds anything else."""
+    if (out / MANIFEST).exists():
+        old = read_manifest(out).source
+        if old == _source(cfg):
+            return True
+        raise DatasetError(f"{out}: already holds a dataset made with other settings "
+                           f"({_diff(old.get('config', {}), to_dict(cfg))}); choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise DatasetError(f"{out}: exists and is not a playworld dataset; choose another --out")
+    return False
+
+
+def _open_partial(cfg: CollectConfig, out: Path) -> Path:
+    """The partial directory of ``out``, created with ``cfg`` recorded, or checked to hold ``cfg``'s run."""
+    partial = partial_dir(out)
+    config_file = partial / _CONFIG_FILE
+    if not config_file.exists():
+        atomic_write_text(config_file, json.dumps({"config": to_dict(cfg)}, indent=2) + "\n")
+        return partial
+    try:
+        stored = json.loads(config_file.read_text())["config"]
+    except (OSError, KeyError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{config_file}: unreadable ({e}); delete {partial} to start over") from e
+    if stored != to_dict(cfg):
+        raise DatasetError(f"{partial} holds an unfinished collection with other arguments "
+                           f"({_diff(stored, to_dict(cfg))}); re-run with the same arguments to resume, "
+                           f"or delete {partial} to start over")
+    return partial
+
+
 def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_units: int | None = None,
             on_unit_done: Callable[[int], None] | None = None) -> CollectResult:
     """Record ``cfg.episodes`` episodes into the dataset directory ``out``, resuming a partial run.
@@ -241,29 +273,11 @@ def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_u
     """
     out, t0 = Path(out), time.perf_counter()
     sizes = unit_sizes(cfg)
-    if (out / MANIFEST).exists():
-        old = read_manifest(out).source
-        if old == _source(cfg):
-            return CollectResult(out, "already complete", len(sizes), len(sizes), 0, 0, 0.0)
-        raise DatasetError(f"{out}: already holds a dataset made with other settings "
-                           f"({_diff(old.get('config', {}), to_dict(cfg))}); choose another --out")
-    if out.exists() and any(out.iterdir()):
-        raise DatasetError(f"{out}: exists and is not a playworld dataset; choose another --out")
-    partial = partial_dir(out)
-    config_file = partial / _CONFIG_FILE
-    if config_file.exists():
-        try:
-            stored = json.loads(config_file.read_text())["config"]
-        except (OSError, KeyError, json.JSONDecodeError) as e:
-            raise DatasetError(f"{config_file}: unreadable ({e}); delete {partial} to start over") from e
-        if stored != to_dict(cfg):
-            raise DatasetError(f"{partial} holds an unfinished collection with other arguments "
-                               f"({_diff(stored, to_dict(cfg))}); re-run with the same arguments to resume, "
-                               f"or delete {partial} to start over")
+    if _is_complete(cfg, out):
+        return CollectResult(out, "already complete", len(sizes), len(sizes), 0, 0, 0.0)
+    partial = _open_partial(cfg, out)
     writer = DatasetWriter(out, frame_shape=(64, 64, 3), num_actions=NUM_ACTIONS, source=_source(cfg),
                            rule=SplitRule(by="level"))
-    if not config_file.exists():
-        atomic_write_text(config_file, json.dumps({"config": to_dict(cfg)}, indent=2) + "\n")
     todo = [u for u in range(len(sizes)) if not _unit_is_done(partial, u)]
     done_before = len(sizes) - len(todo)
     episodes = frames = units_written = 0  # in this call
@@ -274,6 +288,7 @@ def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_u
         nonlocal frames
         frames += len(ep.frames)
         bar.set_postfix(frames=frames, fps=f"{frames / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+        bar.update(0)  # redraws at most every mininterval; episodes are counted when their unit is written
 
     # Shard writing and hashing release the GIL: unit u is written by a thread while unit u + 1 plays.
     in_flight: tuple[int, Future[int]] | None = None
