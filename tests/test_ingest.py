@@ -113,7 +113,7 @@ def test_scene_cuts_max_and_min_episode_frames(tmp_path: Path) -> None:
     report = ingest([video], tmp_path / "ds", cfg, progress=False)
     lengths = [e.length for e in Dataset(tmp_path / "ds").episodes()]
     assert lengths == [20, 20, 20, 20] and report.files[0].dropped == 3  # 45 = 20+20+5; the 6-frame scene
-    no_cuts = IngestConfig(fps=30, cut_threshold=0, max_episode_frames=None, min_episode_frames=8)
+    no_cuts = IngestConfig(fps=30, cut_threshold=0, max_episode_frames=0, min_episode_frames=8)
     ingest([video], tmp_path / "ds2", no_cuts, progress=False)
     assert [e.length for e in Dataset(tmp_path / "ds2").episodes()] == [96]
 
@@ -144,7 +144,7 @@ def test_scene_cut_score() -> None:
 def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="fps=0"):
         IngestConfig(fps=0)
-    with pytest.raises(ConfigError, match="max_episode_frames=4"):
+    with pytest.raises(ConfigError, match="max_episode_frames=4 must be 0 \\(no limit\\) or at least"):
         IngestConfig(max_episode_frames=4, min_episode_frames=8)
 
 

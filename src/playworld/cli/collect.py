@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from playworld.config import add_dataclass_args, dataclass_from_args
@@ -36,10 +37,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise ConfigError("collect procgen: --out DIR is required (or pass --policy-report)")
-    result = collect(cfg, args.out, progress=args.progress)
+    try:
+        result = collect(cfg, args.out, progress=args.progress)
+    except KeyboardInterrupt:
+        print(f"{args.out}: stopped; finished units are kept, re-run the same command to resume",
+              file=sys.stderr)
+        raise
     if result.status == "already complete":
         print(f"{result.out}: already complete ({cfg.episodes} episodes); nothing to do")
     else:
         print(f"{result.out}: {result.status}, {result.episodes} episodes / {result.frames} frames recorded "
-              f"in {result.seconds:.1f} s ({result.frames / max(result.seconds, 1e-9):.0f} frames/s)")
+              f"in {result.seconds:.1f} s ({result.frames / max(result.seconds, 1e-9):.0f} frames/s; "
+              f"{100 * result.frames / max(result.stepped_frames, 1):.0f}% of the frames stepped were kept)")
     return 0 if result.status != "interrupted" else 1

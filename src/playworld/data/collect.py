@@ -43,7 +43,7 @@ from playworld.data.policies import ACTION_NAMES, NUM_ACTIONS, POLICIES, Policy,
 from playworld.errors import ConfigError, DatasetError
 from playworld.io import atomic_write_text
 
-__all__ = ["PROCGEN_GAMES", "CollectConfig", "CollectResult", "collect", "play_unit", "unit_sizes",
+__all__ = ["PROCGEN_GAMES", "CollectConfig", "CollectResult", "collect", "PlayedUnit", "play_unit", "unit_sizes",
            "PolicyStats", "policy_report", "format_policy_report"]
 
 PROCGEN_GAMES = ("bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot",
@@ -107,6 +107,7 @@ class CollectResult:
     units_total: int
     episodes: int  # recorded by this call
     frames: int  # recorded by this call
+    stepped_frames: int  # env frames stepped by this call: recorded + discarded (truncated, slots waiting)
     seconds: float
 
 
@@ -133,9 +134,15 @@ def _make_env(cfg: CollectConfig, rand_seed: int) -> Any:
                           rand_seed=rand_seed, **levels)
 
 
+@dataclasses.dataclass(frozen=True)
+class PlayedUnit:
+    episodes: list[EpisodeData]  # in (slot, k) order; empty if played with keep=False
+    steps: int  # env steps taken (each steps every slot, recorded or not)
+
+
 def play_unit(cfg: CollectConfig, unit: int, n_episodes: int,
-              on_episode: Callable[[EpisodeData], None] | None = None, keep: bool = True) -> list[EpisodeData]:
-    """Play unit ``unit`` and return its ``n_episodes`` episodes in (slot, k) order (none if not ``keep``;
+              on_episode: Callable[[EpisodeData], None] | None = None, keep: bool = True) -> PlayedUnit:
+    """Play unit ``unit``: its ``n_episodes`` episodes in (slot, k) order (none if not ``keep``;
     ``on_episode`` still sees each, in completion order).
 
     Episode arrays: frames (L, 64, 64, 3) uint8, actions (L,) int64, rewards (L,) float32, where
@@ -148,15 +155,15 @@ def play_unit(cfg: CollectConfig, unit: int, n_episodes: int,
     want = [min(max(n_episodes - s * share, 0), share) for s in range(cfg.num_envs)]
     env = _make_env(cfg, rand_seed)
     try:  # close explicitly: a gym3 env finalised by the GC inside another env's cffi dlopen deadlocks
-        done = _record(env, policy, want, cfg, on_episode, keep)
+        done, steps = _record(env, policy, want, cfg, on_episode, keep)
     finally:
         env.close()
-    return [ep for slot in done for ep in slot] if keep else []
+    return PlayedUnit([ep for slot in done for ep in slot] if keep else [], steps)
 
 
 def _record(env: Any, policy: Policy, want: list[int], cfg: CollectConfig,
-            on_episode: Callable[[EpisodeData], None] | None, keep: bool) -> list[list[EpisodeData]]:
-    """Step ``env`` until slot ``s`` has finished ``want[s]`` episodes; returns them per slot."""
+            on_episode: Callable[[EpisodeData], None] | None, keep: bool) -> tuple[list[list[EpisodeData]], int]:
+    """Step ``env`` until slot ``s`` has finished ``want[s]`` episodes; returns them per slot, and the steps."""
     num, source = len(want), f"procgen:{cfg.game}"
     done: list[list[EpisodeData]] = [[] for _ in range(num)]
     rec: list[dict[str, Any] | None] = [None] * num  # open episode of each slot: frames, actions, rewards
@@ -169,7 +176,9 @@ def _record(env: Any, policy: Policy, want: list[int], cfg: CollectConfig,
     for s in range(num):
         if want[s]:
             start(s, infos[s])
+    steps = 0
     while any(len(d) < w for d, w in zip(done, want)):
+        steps += 1
         actions = policy(first)  # (N,) int64
         rgb = obs["rgb"]  # (N, 64, 64, 3) uint8, a fresh array each step (gym3 copies), so slots keep views
         for s, r in enumerate(rec):
@@ -195,7 +204,7 @@ def _record(env: Any, policy: Policy, want: list[int], cfg: CollectConfig,
                         on_episode(ep)
             if first[s] and rec[s] is None and len(done[s]) < want[s]:
                 start(s, infos[s])
-    return done
+    return done, steps
 
 
 def _source(cfg: CollectConfig) -> dict[str, Any]:
@@ -274,13 +283,13 @@ def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_u
     out, t0 = Path(out), time.perf_counter()
     sizes = unit_sizes(cfg)
     if _is_complete(cfg, out):
-        return CollectResult(out, "already complete", len(sizes), len(sizes), 0, 0, 0.0)
+        return CollectResult(out, "already complete", len(sizes), len(sizes), 0, 0, 0, 0.0)
     partial = _open_partial(cfg, out)
     writer = DatasetWriter(out, frame_shape=(64, 64, 3), num_actions=NUM_ACTIONS, source=_source(cfg),
                            rule=SplitRule(by="level"))
     todo = [u for u in range(len(sizes)) if not _unit_is_done(partial, u)]
     done_before = len(sizes) - len(todo)
-    episodes = frames = units_written = 0  # in this call
+    episodes = frames = stepped = units_written = 0  # in this call
     bar = tqdm(total=cfg.episodes, initial=sum(sizes) - sum(sizes[u] for u in todo), unit="ep",
                desc=f"collect {cfg.game}/{cfg.policy}", disable=not progress, dynamic_ncols=True)
 
@@ -304,13 +313,14 @@ def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_u
 
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="playworld-shards") as pool:
         for u in todo[:max_units]:
-            data = play_unit(cfg, u, sizes[u], on_episode=count)
+            played = play_unit(cfg, u, sizes[u], on_episode=count)
+            stepped += played.steps * cfg.num_envs
             settle()
-            in_flight = (u, pool.submit(_write_unit, writer, u, data, u * cfg.episodes_per_shard))
+            in_flight = (u, pool.submit(_write_unit, writer, u, played.episodes, u * cfg.episodes_per_shard))
         settle()
     units_done = done_before + units_written
     if units_done < len(sizes):
-        return CollectResult(out, "interrupted", units_done, len(sizes), episodes, frames,
+        return CollectResult(out, "interrupted", units_done, len(sizes), episodes, frames, stepped,
                              time.perf_counter() - t0)
     shards, rows = [], []
     for u in range(len(sizes)):
@@ -319,7 +329,8 @@ def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_u
         rows.extend(unit_rows)
     writer.finalize(shards, rows, created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     scratch=(_UNITS_DIR, _CONFIG_FILE))
-    return CollectResult(out, "complete", units_done, len(sizes), episodes, frames, time.perf_counter() - t0)
+    return CollectResult(out, "complete", units_done, len(sizes), episodes, frames, stepped,
+                         time.perf_counter() - t0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,7 @@ class IngestConfig:
     cut_threshold: float = field(
         40.0, help="scene cut where the mean abs difference of consecutive 16x16 thumbnails (0-255) exceeds "
         "this; 0 disables")
-    max_episode_frames: int | None = field(1000, help="split longer runs into episodes of at most this length")
+    max_episode_frames: int = field(1000, help="split longer runs into episodes of at most this length (0: no limit)")
     min_episode_frames: int = field(16, help="drop episodes shorter than this")
     image_fps: float | None = field(None, help="frame rate of image folders (default: --fps, every image kept)")
     shard_frames: int = field(8192, help="frames per shard (an episode is never split across shards)")
@@ -70,8 +70,8 @@ class IngestConfig:
         if self.min_episode_frames < 1 or self.shard_frames < 1:
             raise ConfigError(f"min_episode_frames={self.min_episode_frames} and shard_frames={self.shard_frames} "
                               "must be >= 1")
-        if self.max_episode_frames is not None and self.max_episode_frames < self.min_episode_frames:
-            raise ConfigError(f"max_episode_frames={self.max_episode_frames} is below "
+        if self.max_episode_frames < 0 or 0 < self.max_episode_frames < self.min_episode_frames:
+            raise ConfigError(f"max_episode_frames={self.max_episode_frames} must be 0 (no limit) or at least "
                               f"min_episode_frames={self.min_episode_frames}")
 
 
