@@ -14,28 +14,23 @@ disturbed estimate of what the code can do, and baseline and candidate get the s
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import itertools
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from playworld.data.collect import CollectConfig, collect
+from playworld.data.collect import CollectConfig, collect, make_env
 from playworld.data.format import Dataset
 from playworld.data.loader import ClipLoader
 
 
 def raw_procgen_fps(steps: int, num_envs: int) -> float:
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        from procgen import ProcgenGym3Env
-    env = ProcgenGym3Env(num=num_envs, env_name="coinrun", start_level=0, num_levels=0,
-                         distribution_mode="hard", rand_seed=5)
+    """ProcgenGym3Env(num=num_envs, env_name="coinrun", distribution_mode="hard", start_level=0,
+    num_levels=0, rand_seed=5) stepped with uniformly random actions."""
+    env = make_env(CollectConfig(episodes=1, num_envs=num_envs), rand_seed=5)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     for _ in range(steps):

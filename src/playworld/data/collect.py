@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import io
 import json
 import math
@@ -43,7 +42,7 @@ from playworld.data.policies import ACTION_NAMES, NUM_ACTIONS, POLICIES, Policy,
 from playworld.errors import ConfigError, DatasetError
 from playworld.io import atomic_write_text
 
-__all__ = ["PROCGEN_GAMES", "CollectConfig", "CollectResult", "collect", "PlayedUnit", "play_unit", "unit_sizes",
+__all__ = ["PROCGEN_GAMES", "CollectConfig", "CollectResult", "collect", "make_env", "PlayedUnit", "play_unit", "unit_sizes",
            "PolicyStats", "policy_report", "format_policy_report"]
 
 PROCGEN_GAMES = ("bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot",
@@ -123,7 +122,8 @@ def _unit_seeds(cfg: CollectConfig, unit: int) -> tuple[int, list[np.random.Seed
     return env_seed, [np.random.SeedSequence(cfg.seed, spawn_key=(unit, 1, s)) for s in range(cfg.num_envs)]
 
 
-def _make_env(cfg: CollectConfig, rand_seed: int) -> Any:
+def make_env(cfg: CollectConfig, rand_seed: int) -> Any:
+    """``ProcgenGym3Env`` for ``cfg`` (game, mode, levels, num_envs slots) with ``rand_seed``."""
     # procgen imports gym, which prints a deprecation notice to stderr and warns; neither concerns us.
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -153,7 +153,7 @@ def play_unit(cfg: CollectConfig, unit: int, n_episodes: int,
     policy = make_policy(cfg.policy, cfg.game, slot_seeds, sticky_prob=cfg.sticky_prob)
     share = math.ceil(n_episodes / cfg.num_envs)
     want = [min(max(n_episodes - s * share, 0), share) for s in range(cfg.num_envs)]
-    env = _make_env(cfg, rand_seed)
+    env = make_env(cfg, rand_seed)
     try:  # close explicitly: a gym3 env finalised by the GC inside another env's cffi dlopen deadlocks
         done, steps = _record(env, policy, want, cfg, on_episode, keep)
     finally:
@@ -327,8 +327,7 @@ def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_u
         shard, unit_rows = _load_unit(partial / _UNITS_DIR / f"{u:05d}.json")
         shards.append(shard)
         rows.extend(unit_rows)
-    writer.finalize(shards, rows, created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    scratch=(_UNITS_DIR, _CONFIG_FILE))
+    writer.finalize(shards, rows, scratch=(_UNITS_DIR, _CONFIG_FILE))
     return CollectResult(out, "complete", units_done, len(sizes), episodes, frames, stepped,
                          time.perf_counter() - t0)
 

@@ -18,6 +18,7 @@ file is written with :mod:`playworld.io`'s atomic helpers, so nothing is ever ha
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import io
 import json
@@ -336,12 +337,13 @@ class DatasetWriter:
         return shard, rows
 
     def finalize(self, shards: Sequence[ShardEntry] | None = None, episodes: Sequence[Episode] | None = None, *,
-                 created_at: str | None = None, scratch: Sequence[str] = ()) -> Manifest:
+                 scratch: Sequence[str] = ()) -> Manifest:
         """Write the manifest of ``shards``/``episodes`` (default: those :meth:`add` wrote), rename
         ``.DIR.partial`` to ``DIR``, then delete the ``scratch`` paths from it."""
         if shards is None or episodes is None:
             self.flush()
             shards, episodes = self.shards, self.rows
+        created_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         manifest = Manifest(self.frame_shape, self.num_actions, self.source, self.rule,  # type: ignore[arg-type]
                             tuple(shards), tuple(episodes), created_at)
         manifest = Manifest.from_json(json.loads(manifest.to_json()), str(self.partial / MANIFEST))  # self-check

@@ -13,7 +13,6 @@ Memory: one input at a time is held at the target size (64x64: 12 KiB a frame, ~
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import shutil
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -265,7 +264,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, o
         writer.source = {"kind": "ingest", "config": to_dict(cfg),
                          "files": [f.path for f in results if f.error is None],
                          "skipped": [[f.path, f.error] for f in report.failed]}
-        writer.finalize(created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+        writer.finalize()
     except BaseException:
         writer.abort()
         raise
