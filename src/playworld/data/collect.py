@@ -250,7 +250,7 @@ def _is_complete(cfg: CollectConfig, out: Path) -> bool:
             return True
         raise DatasetError(f"{out}: already holds a dataset made with other settings "
                            f"({_diff(old.get('config', {}), to_dict(cfg))}); choose another --out")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"{out}: exists and is not a playworld dataset; choose another --out")
     return False
 

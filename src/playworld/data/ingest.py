@@ -237,7 +237,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, o
         raise ConfigError("ingest: no input paths given")
     if out.exists() and not overwrite:
         raise DatasetError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / MANIFEST).exists():
         raise DatasetError(f"{out}: exists and is not a playworld dataset; refusing to overwrite it")
     shutil.rmtree(partial_dir(out), ignore_errors=True)  # ingest does not resume: start clean
     writer = DatasetWriter(out, frame_shape=(cfg.size, cfg.size, 3), num_actions=None, source={},
