@@ -1,0 +1,226 @@
+"""MaskGIT dynamics model over video tokens, conditioned on latent actions (Genie, arXiv 2402.15391, sec. 2.3).
+
+A causal ST-transformer reads token frames z_1..z_T (B, T, S) and predicts the masked tokens of every
+frame. Frame t+1 carries the embedding of the latent action a_t that leads to it (Genie adds action
+embeddings to the tokens); frame 1 carries a learned "no action" embedding. Training masks each
+frame with a rate drawn uniformly from [0.5, 1] (Genie) and takes the cross-entropy on the masked
+positions. Frame 1 is left unmasked by default: it is the context prompt at play time, where the
+model never has to produce it (``mask_first_frame`` turns this off).
+
+:class:`DynamicsTrainer` wraps the dynamics model with a frozen tokenizer and a frozen LAM so the
+training engine can call ``compute_loss(video)`` on pixels; only ``trainable_module`` is optimised.
+
+Shapes: B batch, T frames, S = h*w tokens per frame, V tokenizer vocabulary, D width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from playworld.config import field
+from playworld.errors import ConfigError
+from playworld.models.base import LossOutput
+from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
+
+
+@dataclass
+class DynamicsConfig:
+    """Size and masking of the dynamics model. Token grid and vocabulary must match the tokenizer's."""
+
+    vocab_size: int = field(1024, help="number of tokenizer codes (the [MASK] id is vocab_size)")
+    num_actions: int = field(8, help="number of latent actions |A| (must match the LAM)")
+    token_height: int = field(16, help="rows of the tokenizer's token grid per frame")
+    token_width: int = field(16, help="columns of the tokenizer's token grid per frame")
+    dim: int = field(192, help="transformer width")
+    depth: int = field(4, help="number of ST blocks")
+    heads: int = field(6, help="attention heads (dim must be divisible, head width even for RoPE)")
+    mlp_ratio: float = field(4.0, help="MLP hidden width / dim")
+    dropout: float = field(0.0, help="dropout in attention and MLP")
+    mask_rate_min: float = field(0.5, help="lowest per-frame masking rate during training (Genie: 0.5)")
+    mask_rate_max: float = field(1.0, help="highest per-frame masking rate during training (Genie: 1.0)")
+    mask_first_frame: bool = field(False, help="also mask frame 1 (default: it is the unmasked context)")
+    grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "num_actions", "token_height", "token_width", "dim", "depth", "heads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"dynamics.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ConfigError(f"dynamics.dim {self.dim} / heads {self.heads} must be an even integer (RoPE)")
+        if not 0.0 < self.mask_rate_min <= self.mask_rate_max <= 1.0:
+            raise ConfigError(
+                f"dynamics mask rates need 0 < min <= max <= 1, got [{self.mask_rate_min}, {self.mask_rate_max}]")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dynamics.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.token_height * self.token_width
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # tests and smoke runs: one forward of a 256-token frame well under 1 ms on 2 CPU cores
+    "tiny": dict(dim=64, depth=2, heads=4),
+    # interactive on CPU: ~8.5 ms per 256-token frame forward at batch 1 (2 cores)
+    "small": dict(dim=192, depth=4, heads=6),
+    # Genie CoinRun case study width, fewer blocks (GPU)
+    "base": dict(dim=512, depth=8, heads=8),
+}
+
+
+def preset(name: str, **overrides: Any) -> DynamicsConfig:
+    """A named :class:`DynamicsConfig` (``tiny``, ``small``, ``base``) with field overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown dynamics preset {name!r}; known: {sorted(PRESETS)}")
+    return DynamicsConfig(**{**PRESETS[name], **overrides})
+
+
+@dataclass
+class MaskedBatch:
+    """A masked training input: inputs (B, T, S) with [MASK] ids, mask (B, T, S) bool (True = masked)."""
+
+    inputs: Tensor
+    mask: Tensor
+
+
+class DynamicsModel(nn.Module):
+    """forward(tokens (B, T, S), frame_actions (B, T), cache=None, commit=False) -> logits (B, T, S, V).
+
+    ``frame_actions[:, t]`` is the action that leads *to* frame t (``no_action_id`` for a first frame);
+    :meth:`frame_actions` builds it from per-transition actions (B, T-1).
+    """
+
+    def __init__(self, config: DynamicsConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.mask_id = config.vocab_size
+        self.no_action_id = config.num_actions
+        self.token_emb = nn.Embedding(config.vocab_size + 1, config.dim)  # + [MASK]
+        self.action_emb = nn.Embedding(config.num_actions + 1, config.dim)  # + "no action"
+        self.transformer = STTransformer(config.dim, config.depth, config.heads, config.num_tokens,
+                                         config.mlp_ratio, config.dropout, causal=True,
+                                         grad_checkpoint=config.grad_checkpoint)
+        self.head = nn.Linear(config.dim, config.vocab_size)
+        init_weights(self)
+
+    def new_cache(self, max_frames: int) -> TemporalKVCache:
+        """A bounded temporal KV cache holding at most ``max_frames`` frames (the context window)."""
+        return self.transformer.new_cache(max_frames)
+
+    def frame_actions(self, actions: Tensor) -> Tensor:
+        """(B, T-1) transition actions -> (B, T) per-frame conditioning, frame 1 = no action."""
+        first = actions.new_full((actions.shape[0], 1), self.no_action_id)
+        return torch.cat([first, actions], dim=1)
+
+    def embed(self, tokens: Tensor, frame_actions: Tensor) -> Tensor:
+        """tokens (B, T, S), frame_actions (B, T) -> (B, T, S, D): token + action embeddings."""
+        if tokens.dim() != 3 or tokens.shape[2] != self.config.num_tokens:
+            raise ValueError(f"dynamics expects tokens (B, T, {self.config.num_tokens}), got {tuple(tokens.shape)}")
+        if frame_actions.shape != tokens.shape[:2]:
+            raise ValueError(f"frame_actions must be {tuple(tokens.shape[:2])}, got {tuple(frame_actions.shape)}")
+        return self.token_emb(tokens) + self.action_emb(frame_actions)[:, :, None, :]
+
+    def forward(self, tokens: Tensor, frame_actions: Tensor, cache: TemporalKVCache | None = None,
+                commit: bool = False) -> Tensor:
+        x = self.embed(tokens, frame_actions)  # (B, T, S, D)
+        return self.head(self.transformer(x, cache=cache, commit=commit))  # (B, T, S, V)
+
+    def commit(self, tokens: Tensor, frame_actions: Tensor, cache: TemporalKVCache) -> None:
+        """Append known frames (B, T, S) to ``cache`` (their keys/values), skipping the output head."""
+        self.transformer(self.embed(tokens, frame_actions), cache=cache, commit=True)
+
+    def random_mask(self, tokens: Tensor, generator: torch.Generator | None = None) -> MaskedBatch:
+        """Mask each frame's tokens i.i.d. with a rate ~ U[min, max] drawn per frame (Genie, sec. 2.3)."""
+        b, t, s = tokens.shape
+        lo, hi = self.config.mask_rate_min, self.config.mask_rate_max
+        rate = lo + (hi - lo) * torch.rand(b, t, 1, device=tokens.device, generator=generator)
+        mask = torch.rand(b, t, s, device=tokens.device, generator=generator) < rate
+        if not self.config.mask_first_frame:
+            mask[:, 0] = False
+        return MaskedBatch(inputs=tokens.masked_fill(mask, self.mask_id), mask=mask)
+
+    def compute_loss_tokens(self, tokens: Tensor, actions: Tensor) -> LossOutput:
+        """tokens: (B, T, S) long in [0, V); actions: (B, T-1) long in [0, |A|) -> masked cross-entropy.
+
+        metrics: ``ce`` (masked cross-entropy), ``accuracy`` (masked top-1), ``mask_rate``.
+        """
+        if tokens.dim() != 3 or tokens.shape[1] < 2:
+            raise ValueError(f"tokens must be (B, T>=2, S), got {tuple(tokens.shape)}")
+        if actions.shape != (tokens.shape[0], tokens.shape[1] - 1):
+            raise ValueError(f"actions must be (B, T-1) = {(tokens.shape[0], tokens.shape[1] - 1)}, "
+                             f"got {tuple(actions.shape)}")
+        batch = self.random_mask(tokens)
+        logits = self(batch.inputs, self.frame_actions(actions))  # (B, T, S, V)
+        if not batch.mask.any():  # vanishingly rare; keep the loss defined
+            batch.mask[:, -1] = True
+        target, pred = tokens[batch.mask], logits[batch.mask]  # (M,), (M, V)
+        ce = F.cross_entropy(pred.float(), target)
+        with torch.no_grad():
+            acc = (pred.argmax(-1) == target).float().mean()
+        return LossOutput(ce, {"ce": ce.detach(), "accuracy": acc, "mask_rate": batch.mask.float().mean()})
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Turn off gradients and put a module in eval mode (in place); returns it."""
+    module.requires_grad_(False)
+    return module.eval()
+
+
+class DynamicsTrainer(nn.Module):
+    """Trains a :class:`DynamicsModel` from pixels with a frozen tokenizer and a frozen LAM.
+
+    ``compute_loss(video (B, T, H, W, C) in [0, 1])`` tokenizes and infers latent actions under
+    no_grad, then returns the dynamics loss. The frozen models stay in eval mode even when the engine
+    calls ``train()``, and ``trainable_module`` (the dynamics model) is all the engine should optimise
+    or weight-decay (jafar applied decay to frozen sub-models; this wrapper makes that impossible).
+    """
+
+    def __init__(self, config: DynamicsConfig, *, tokenizer: nn.Module, lam: nn.Module) -> None:
+        super().__init__()
+        check_compatible(config, tokenizer, lam)
+        self.config = config
+        self.tokenizer = freeze(tokenizer)
+        self.lam = freeze(lam)
+        self.dynamics = DynamicsModel(config)
+
+    @property
+    def trainable_module(self) -> DynamicsModel:
+        return self.dynamics
+
+    def train(self, mode: bool = True) -> DynamicsTrainer:
+        super().train(mode)
+        self.tokenizer.eval()
+        self.lam.eval()
+        return self
+
+    @torch.no_grad()
+    def tokens_and_actions(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """video (B, T, H, W, C) in [0, 1] -> tokens (B, T, S) long, actions (B, T-1) long."""
+        indices = self.tokenizer.encode(video).indices  # type: ignore[operator]
+        tokens = rearrange(indices, "b t h w -> b t (h w)")
+        actions = self.lam.infer_actions(video)  # type: ignore[operator]
+        return tokens, actions
+
+    def compute_loss(self, video: Tensor) -> LossOutput:
+        tokens, actions = self.tokens_and_actions(video)
+        return self.dynamics.compute_loss_tokens(tokens, actions)
+
+
+def check_compatible(config: DynamicsConfig, tokenizer: nn.Module, lam: nn.Module) -> None:
+    """Raise ConfigError unless the tokenizer's vocabulary and grid and the LAM's |A| match ``config``."""
+    vocab = getattr(tokenizer, "num_codes", None)
+    if vocab is not None and vocab != config.vocab_size:
+        raise ConfigError(f"dynamics.vocab_size {config.vocab_size} != tokenizer codebook size {vocab}")
+    grid = getattr(tokenizer, "grid", None)
+    if grid is not None and tuple(grid) != (config.token_height, config.token_width):
+        raise ConfigError(f"dynamics token grid {(config.token_height, config.token_width)} != "
+                          f"tokenizer grid {tuple(grid)}")
+    actions = getattr(lam, "num_actions", None)
+    if actions is not None and actions != config.num_actions:
+        raise ConfigError(f"dynamics.num_actions {config.num_actions} != LAM num_actions {actions}")
