@@ -1,0 +1,152 @@
+"""Dynamics model and MaskGIT decoding: causality, masking, frozen trainer, schedule, determinism."""
+
+import pytest
+import torch
+
+from playworld.errors import ConfigError
+from playworld.maskgit import SamplingConfig, masked_counts, maskgit_decode
+from playworld.models.dynamics import DynamicsConfig, DynamicsModel, DynamicsTrainer, preset
+from playworld.models.lam import LAMConfig, LatentActionModel
+from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
+
+
+def _dynamics(**kw) -> DynamicsModel:
+    torch.manual_seed(0)
+    cfg = preset("tiny", vocab_size=32, num_actions=4, token_height=2, token_width=3, **kw)
+    return DynamicsModel(cfg).eval()
+
+
+def test_changing_frame_t_plus_1_or_its_action_leaves_logits_up_to_t_unchanged():
+    m = _dynamics()
+    tokens = torch.randint(0, 32, (2, 5, 6))
+    actions = torch.randint(0, 4, (2, 4))
+    logits = m(tokens, m.frame_actions(actions))
+    t = 2
+    tokens2, actions2 = tokens.clone(), actions.clone()
+    tokens2[:, t + 1 :] = torch.randint(0, 32, tokens2[:, t + 1 :].shape)
+    actions2[:, t:] = (actions2[:, t:] + 1) % 4  # a_t leads to frame t+1
+    logits2 = m(tokens2, m.frame_actions(actions2))
+    torch.testing.assert_close(logits[:, : t + 1], logits2[:, : t + 1])
+    assert not torch.allclose(logits[:, t + 1 :], logits2[:, t + 1 :])
+
+
+def test_action_conditions_the_frame_it_leads_to():
+    m = _dynamics()
+    tokens = torch.randint(0, 32, (1, 3, 6))
+    a = torch.tensor([[0, 1]])
+    b = torch.tensor([[0, 2]])
+    la, lb = m(tokens, m.frame_actions(a)), m(tokens, m.frame_actions(b))
+    torch.testing.assert_close(la[:, :2], lb[:, :2])
+    assert not torch.allclose(la[:, 2], lb[:, 2])
+
+
+def test_training_mask_keeps_the_first_frame_and_rates_in_range():
+    m = _dynamics()
+    tokens = torch.randint(0, 32, (64, 4, 6))
+    g = torch.Generator().manual_seed(0)
+    batch = m.random_mask(tokens, g)
+    assert not batch.mask[:, 0].any()
+    rate = batch.mask[:, 1:].float().mean()
+    assert 0.6 < rate < 0.9  # E = 0.75
+    assert (batch.inputs[batch.mask] == m.mask_id).all()
+    assert torch.equal(batch.inputs[~batch.mask], tokens[~batch.mask])
+    out = m.compute_loss_tokens(tokens, torch.randint(0, 4, (64, 3)))
+    assert torch.isfinite(out.loss) and {"ce", "accuracy", "mask_rate"} <= set(out.metrics)
+    out.loss.backward()
+
+
+def test_config_and_shape_errors_name_the_value():
+    with pytest.raises(ConfigError, match="mask rates"):
+        DynamicsConfig(mask_rate_min=0.0)
+    with pytest.raises(ConfigError, match="unknown dynamics preset"):
+        preset("huge")
+    m = _dynamics()
+    with pytest.raises(ValueError, match="actions must be"):
+        m.compute_loss_tokens(torch.randint(0, 32, (2, 4, 6)), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="expects tokens"):
+        m(torch.randint(0, 32, (2, 4, 5)), torch.zeros(2, 4, dtype=torch.long))
+
+
+def _tiny_tokenizer_and_lam() -> tuple[VideoTokenizer, LatentActionModel]:
+    torch.manual_seed(0)
+    tok = VideoTokenizer(TokenizerConfig(image_size=16, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2,
+                                         num_codes=32, code_dim=8))
+    lam = LatentActionModel(LAMConfig(height=16, width=16, patch_size=8, num_actions=4, dim=32, heads=2,
+                                      encoder_depth=1, decoder_depth=1))
+    return tok, lam
+
+
+def test_trainer_freezes_tokenizer_and_lam_and_trains_only_dynamics():
+    tok, lam = _tiny_tokenizer_and_lam()
+    before = {k: v.clone() for k, v in {**tok.state_dict(), **lam.state_dict()}.items()}
+    cfg = preset("tiny", vocab_size=32, num_actions=4, token_height=4, token_width=4)
+    trainer = DynamicsTrainer(cfg, tokenizer=tok, lam=lam).train()
+    assert not tok.training and not lam.training and trainer.dynamics.training
+    assert all(not p.requires_grad for p in [*tok.parameters(), *lam.parameters()])
+    assert {id(p) for p in trainer.trainable_module.parameters()} == {
+        id(p) for p in trainer.parameters() if p.requires_grad}
+    opt = torch.optim.AdamW(trainer.trainable_module.parameters(), lr=1e-3, weight_decay=0.1)
+    out = trainer.compute_loss(torch.rand(2, 3, 16, 16, 3))
+    out.loss.backward()
+    opt.step()
+    after = {**tok.state_dict(), **lam.state_dict()}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # codebooks (EMA buffers) too
+
+
+def test_trainer_rejects_mismatched_models():
+    tok, lam = _tiny_tokenizer_and_lam()
+    with pytest.raises(ConfigError, match="vocab_size"):
+        DynamicsTrainer(preset("tiny", vocab_size=64, num_actions=4, token_height=4, token_width=4),
+                        tokenizer=tok, lam=lam)
+    with pytest.raises(ConfigError, match="num_actions"):
+        DynamicsTrainer(preset("tiny", vocab_size=32, num_actions=8, token_height=4, token_width=4),
+                        tokenizer=tok, lam=lam)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8, 25])
+def test_mask_schedule_reveals_everything_and_decreases(steps):
+    counts = masked_counts(256, steps)
+    assert counts[-1] == 0 and len(counts) == steps
+    assert all(a > b for a, b in zip([256, *counts], counts))
+    assert masked_counts(3, 25)[-1] == 0 and len(masked_counts(3, 25)) == 3  # clipped to S
+
+
+def test_maskgit_calls_and_keeps_revealed_tokens():
+    vocab, s = 10, 12
+    table = torch.randn(s, vocab)
+    seen = []
+
+    def logits_fn(tokens):
+        seen.append(tokens.clone())
+        return table.expand(tokens.shape[0], s, vocab)
+
+    cfg = SamplingConfig(steps=4, temperature=0.0, choice_temperature=0.0)
+    out = maskgit_decode(logits_fn, 2, s, vocab, cfg)
+    assert len(seen) == 4 and (seen[0] == vocab).all()
+    assert torch.equal(out, table.argmax(-1).expand(2, s))  # greedy = argmax
+    for prev, nxt in zip(seen, seen[1:]):  # once revealed, a token never changes
+        kept = prev != vocab
+        assert torch.equal(nxt[kept], prev[kept])
+        assert (nxt != vocab).sum() > (prev != vocab).sum()
+
+
+def test_maskgit_is_deterministic_for_a_seed_and_top_k_restricts():
+    vocab, s = 50, 16
+    logits = torch.randn(3, s, vocab)
+
+    def run(seed, **kw):
+        g = torch.Generator().manual_seed(seed)
+        return maskgit_decode(lambda t: logits, 3, s, vocab, SamplingConfig(steps=4, temperature=2.0, **kw), g)
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+    top = logits.topk(3, dim=-1).indices
+    out = run(5, top_k=3)
+    assert (out[..., None] == top).any(-1).all()
+
+
+def test_sampling_config_validates():
+    with pytest.raises(ConfigError, match="steps"):
+        SamplingConfig(steps=0)
+    with pytest.raises(ConfigError, match="temperature"):
+        SamplingConfig(temperature=-1.0)
