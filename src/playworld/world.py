@@ -1,0 +1,176 @@
+"""Play a learned world frame by frame (Genie, arXiv 2402.15391, sec. 2.3 "Inference").
+
+``World.reset(prompt)`` tokenizes the prompt frames, infers the latent actions between them with the
+LAM, and fills two bounded temporal KV caches: the dynamics model's and the tokenizer decoder's.
+``World.step(actions)`` then decodes the next frame's tokens with MaskGIT against the cached past
+(:mod:`playworld.maskgit`), commits them to the dynamics cache, and decodes only that frame to pixels
+with the tokenizer's cached decoder. Both caches keep the last ``context_frames`` frames, so the cost
+of a step and the memory held do not grow with how long one has played. Many worlds step together
+(batch B), and a seed fixes every sampled token.
+
+Shapes: B worlds, T0 prompt frames, H x W x C pixels (uint8 at this API), h x w token grid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from playworld.config import field
+from playworld.errors import CheckpointError, ConfigError
+from playworld.maskgit import SamplingConfig, maskgit_decode
+from playworld.models.base import to_unit
+from playworld.models.dynamics import DynamicsModel, check_compatible
+from playworld.nn.blocks import TemporalKVCache
+
+
+@dataclass
+class WorldConfig:
+    """Play-time settings: context windows and how new frames are sampled."""
+
+    context_frames: int = field(16, help="frames the dynamics model attends to (its KV cache window)")
+    decoder_context: int = field(16, help="frames the tokenizer's decoder attends to when decoding a frame")
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, help="MaskGIT decoding of each new frame")
+
+    def __post_init__(self) -> None:
+        if self.context_frames < 1:
+            raise ConfigError(f"world.context_frames must be >= 1, got {self.context_frames}")
+        if self.decoder_context < 1:
+            raise ConfigError(f"world.decoder_context must be >= 1, got {self.decoder_context}")
+
+
+def to_uint8(frames: Tensor) -> Tensor:
+    """float in [0, 1] -> uint8 (rounded)."""
+    return frames.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+
+
+class World:
+    """A batch of playable worlds: ``reset(prompt, seed=)`` then ``step(actions)`` -> frames.
+
+    tokenizer: a :class:`~playworld.models.tokenizer.VideoTokenizer` (``encode``, ``new_cache``,
+    ``decode_step``); lam: a :class:`~playworld.models.lam.LatentActionModel`; dynamics: a
+    :class:`~playworld.models.dynamics.DynamicsModel`. All three are put in eval mode.
+    """
+
+    def __init__(self, tokenizer: nn.Module, lam: nn.Module, dynamics: DynamicsModel,
+                 config: WorldConfig | None = None) -> None:
+        check_compatible(dynamics.config, tokenizer, lam)
+        self.tokenizer, self.lam, self.dynamics = tokenizer.eval(), lam.eval(), dynamics.eval()
+        self.config = config or WorldConfig()
+        self.device = next(dynamics.parameters()).device
+        self.grid: tuple[int, int] = (dynamics.config.token_height, dynamics.config.token_width)
+        self._cache: TemporalKVCache | None = None
+        self._decoder_cache: Any = None
+        self._generator = torch.Generator(device=self.device)
+        self.batch_size = 0
+        self.frames_played = 0
+
+    @classmethod
+    def from_models(cls, tokenizer: nn.Module, lam: nn.Module, dynamics: DynamicsModel,
+                    config: WorldConfig | None = None, device: str | torch.device | None = None) -> World:
+        """Build a world from models in memory, moved to ``device`` (default: where dynamics is)."""
+        if device is not None:
+            tokenizer, lam, dynamics = tokenizer.to(device), lam.to(device), dynamics.to(device)
+        return cls(tokenizer, lam, dynamics, config)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, config: WorldConfig | None = None,
+             device: str | torch.device = "cpu") -> World:
+        """Load ``run_dir/{tokenizer,lam,dynamics}/`` (each ``model.safetensors`` + ``config.json``,
+        the layout `playworld train` writes; read by :func:`playworld.api.load`)."""
+        from playworld.api import load
+
+        run = load(run_dir, device)
+        run.require("tokenizer", "lam", "dynamics")
+        if not isinstance(run.dynamics, DynamicsModel):
+            raise CheckpointError(f"{run_dir}/dynamics: expected a DynamicsModel, got {type(run.dynamics).__name__}")
+        assert run.tokenizer is not None and run.lam is not None
+        return cls(run.tokenizer, run.lam, run.dynamics, config)
+
+    @property
+    def num_actions(self) -> int:
+        return self.dynamics.config.num_actions
+
+    def _prompt(self, prompt: Tensor, batch_size: int | None) -> Tensor:
+        """uint8 (H, W, C) | (T0, H, W, C) | (B, T0, H, W, C) -> (B, T0', H, W, C), last frames kept."""
+        if prompt.dtype != torch.uint8:
+            raise TypeError(f"prompt frames must be uint8, got {prompt.dtype}")
+        if prompt.dim() == 3:
+            prompt = prompt[None, None]
+        elif prompt.dim() == 4:
+            prompt = prompt[None]
+        elif prompt.dim() != 5:
+            raise ValueError(f"prompt must be (H, W, C), (T0, H, W, C) or (B, T0, H, W, C), got {tuple(prompt.shape)}")
+        if batch_size is not None:
+            if prompt.shape[0] not in (1, batch_size):
+                raise ValueError(f"batch_size {batch_size} given for a prompt batch of {prompt.shape[0]}")
+            prompt = prompt.expand(batch_size, *prompt.shape[1:])
+        return prompt[:, -self.config.context_frames:].to(self.device)
+
+    @torch.inference_mode()
+    def reset(self, prompt: Tensor, seed: int | None = None, batch_size: int | None = None) -> Tensor:
+        """Start B worlds from prompt frames; returns the last prompt frame as the model sees it
+        (through the tokenizer), uint8 (B, H, W, C). ``seed`` fixes every later sampled frame."""
+        video = to_unit(self._prompt(prompt, batch_size))  # (B, T0, H, W, C) in [0, 1]
+        b, t0 = video.shape[:2]
+        indices = self.tokenizer.encode(video).indices  # type: ignore[operator]  # (B, T0, h, w)
+        if tuple(indices.shape[2:]) != self.grid:
+            raise ValueError(f"tokenizer grid {tuple(indices.shape[2:])} != dynamics grid {self.grid}")
+        actions = (self.lam.infer_actions(video) if t0 > 1  # type: ignore[operator]
+                   else video.new_zeros(b, 0, dtype=torch.long))  # (B, T0-1)
+        self._cache = self.dynamics.new_cache(self.config.context_frames)
+        self.dynamics.commit(rearrange(indices, "b t h w -> b t (h w)"), self.dynamics.frame_actions(actions),
+                             self._cache)
+        self._decoder_cache = self.tokenizer.new_cache(self.config.decoder_context)  # type: ignore[operator]
+        frames = self.tokenizer.decode_step(indices, self._decoder_cache)  # type: ignore[operator]
+        self._generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+        self.batch_size, self.frames_played = b, 0
+        return to_uint8(frames[:, -1])
+
+    def _actions(self, actions: int | Tensor) -> Tensor:
+        a = torch.as_tensor(actions, dtype=torch.long, device=self.device)
+        if a.dim() == 0:
+            a = a.expand(self.batch_size)
+        if a.shape != (self.batch_size,):
+            raise ValueError(f"actions must be an int or ({self.batch_size},) for {self.batch_size} worlds, "
+                             f"got shape {tuple(a.shape)}")
+        if a.numel() and (int(a.min()) < 0 or int(a.max()) >= self.num_actions):
+            raise ValueError(f"actions must lie in [0, {self.num_actions}), got {a.tolist()}")
+        return a
+
+    @torch.inference_mode()
+    def step(self, actions: int | Tensor) -> Tensor:
+        """Advance every world by one latent action (int for all, or (B,) long) -> uint8 (B, H, W, C)."""
+        if self._cache is None:
+            raise RuntimeError("call World.reset(prompt) before step()")
+        cache = self._cache
+        frame_actions = self._actions(actions)[:, None]  # (B, 1)
+        tokens = self.next_tokens(frame_actions)  # (B, S)
+        self.dynamics.commit(tokens[:, None], frame_actions, cache)
+        h, w = self.grid
+        indices = rearrange(tokens, "b (h w) -> b 1 h w", h=h, w=w)
+        frame = self.tokenizer.decode_step(indices, self._decoder_cache)[:, 0]  # type: ignore[operator]
+        self.frames_played += 1
+        return to_uint8(frame)
+
+    def next_tokens(self, frame_actions: Tensor) -> Tensor:
+        """MaskGIT-decode the next frame's tokens (B, S) for ``frame_actions`` (B, 1), without committing."""
+        assert self._cache is not None
+        cache = self._cache
+
+        def logits_fn(tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, V)
+            return self.dynamics(tokens[:, None], frame_actions, cache=cache, commit=False)[:, 0]
+
+        return maskgit_decode(logits_fn, self.batch_size, self.dynamics.config.num_tokens, self.dynamics.mask_id,
+                              self.config.sampling, self._generator, self.device)
+
+    def cache_frames(self) -> tuple[int, int]:
+        """Frames held by the dynamics and tokenizer-decoder caches (both bounded by the config)."""
+        dec = self._decoder_cache.decoder.frames if self._decoder_cache is not None else 0
+        return (self._cache.frames if self._cache is not None else 0), dec
