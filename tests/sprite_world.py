@@ -84,3 +84,50 @@ def best_mapping_accuracy(pred: Tensor, true: Tensor, num_pred: int, num_true: i
     best = max(sum(counts[a][c] for a, c in enumerate(codes))
                for codes in itertools.permutations(range(num_pred), num_true))
     return best / true.numel()
+
+
+class PatchTokenizer(torch.nn.Module):
+    """An exact, frozen tokenizer for sprite clips: one token per ``patch`` x ``patch`` pixel patch,
+    the codebook being every distinct patch seen in ``video`` (nearest patch when encoding).
+
+    It has the parts of :class:`~playworld.models.tokenizer.VideoTokenizer` that the dynamics trainer
+    and :class:`~playworld.world.World` use (``encode``, ``decode``, ``new_cache``, ``decode_step``,
+    ``num_codes``, ``grid``), so tests of the dynamics model do not depend on training a tokenizer.
+    """
+
+    def __init__(self, video: Tensor, patch: int = 4) -> None:
+        super().__init__()
+        from einops import rearrange
+
+        self.patch = patch
+        _, _, h, w, _ = video.shape
+        self.grid = (h // patch, w // patch)
+        patches = rearrange(video.float() / 255, "n t (h p) (w q) c -> (n t h w) (p q c)", p=patch, q=patch)
+        self.register_buffer("codebook", torch.unique(patches, dim=0))  # (K, p*p*C)
+
+    @property
+    def num_codes(self) -> int:
+        return self.codebook.shape[0]
+
+    def encode(self, video: Tensor):
+        from einops import rearrange
+
+        from playworld.models.tokenizer import TokenizerEncoding
+
+        p, (h, w) = self.patch, self.grid
+        patches = rearrange(video, "b t (h p) (w q) c -> b t (h w) (p q c)", p=p, q=p)
+        idx = torch.cdist(patches.flatten(0, 1), self.codebook[None]).argmin(-1).view(patches.shape[:3])
+        return TokenizerEncoding(indices=rearrange(idx, "b t (h w) -> b t h w", h=h, w=w),
+                                 quantized=self.codebook[idx])
+
+    def decode(self, indices: Tensor) -> Tensor:
+        from einops import rearrange
+
+        p = self.patch
+        return rearrange(self.codebook[indices], "b t h w (p q c) -> b t (h p) (w q) c", p=p, q=p)
+
+    def new_cache(self, max_frames: int) -> None:
+        return None  # frames decode independently
+
+    def decode_step(self, indices: Tensor, cache: None = None) -> Tensor:
+        return self.decode(indices)

@@ -5,14 +5,18 @@ import torch
 
 from playworld.errors import ConfigError
 from playworld.maskgit import SamplingConfig, masked_counts, maskgit_decode
-from playworld.models.dynamics import DynamicsConfig, DynamicsModel, DynamicsTrainer, preset
+from playworld.models.dynamics import DynamicsConfig, DynamicsModel, DynamicsTrainer
 from playworld.models.lam import LAMConfig, LatentActionModel
 from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
 
 
+def _cfg(**kw) -> DynamicsConfig:
+    return DynamicsConfig(**{"dim": 32, "depth": 2, "heads": 2, **kw})
+
+
 def _dynamics(**kw) -> DynamicsModel:
     torch.manual_seed(0)
-    cfg = preset("tiny", vocab_size=32, num_actions=4, token_height=2, token_width=3, **kw)
+    cfg = _cfg(vocab_size=32, num_actions=4, token_height=2, token_width=3, **kw)
     return DynamicsModel(cfg).eval()
 
 
@@ -58,8 +62,6 @@ def test_training_mask_keeps_the_first_frame_and_rates_in_range():
 def test_config_and_shape_errors_name_the_value():
     with pytest.raises(ConfigError, match="mask rates"):
         DynamicsConfig(mask_rate_min=0.0)
-    with pytest.raises(ConfigError, match="unknown dynamics preset"):
-        preset("huge")
     m = _dynamics()
     with pytest.raises(ValueError, match="actions must be"):
         m.compute_loss_tokens(torch.randint(0, 32, (2, 4, 6)), torch.zeros(2, 4, dtype=torch.long))
@@ -79,7 +81,7 @@ def _tiny_tokenizer_and_lam() -> tuple[VideoTokenizer, LatentActionModel]:
 def test_trainer_freezes_tokenizer_and_lam_and_trains_only_dynamics():
     tok, lam = _tiny_tokenizer_and_lam()
     before = {k: v.clone() for k, v in {**tok.state_dict(), **lam.state_dict()}.items()}
-    cfg = preset("tiny", vocab_size=32, num_actions=4, token_height=4, token_width=4)
+    cfg = _cfg(vocab_size=32, num_actions=4, token_height=4, token_width=4)
     trainer = DynamicsTrainer(cfg, tokenizer=tok, lam=lam).train()
     assert not tok.training and not lam.training and trainer.dynamics.training
     assert all(not p.requires_grad for p in [*tok.parameters(), *lam.parameters()])
@@ -96,10 +98,10 @@ def test_trainer_freezes_tokenizer_and_lam_and_trains_only_dynamics():
 def test_trainer_rejects_mismatched_models():
     tok, lam = _tiny_tokenizer_and_lam()
     with pytest.raises(ConfigError, match="vocab_size"):
-        DynamicsTrainer(preset("tiny", vocab_size=64, num_actions=4, token_height=4, token_width=4),
+        DynamicsTrainer(_cfg(vocab_size=64, num_actions=4, token_height=4, token_width=4),
                         tokenizer=tok, lam=lam)
     with pytest.raises(ConfigError, match="num_actions"):
-        DynamicsTrainer(preset("tiny", vocab_size=32, num_actions=8, token_height=4, token_width=4),
+        DynamicsTrainer(_cfg(vocab_size=32, num_actions=8, token_height=4, token_width=4),
                         tokenizer=tok, lam=lam)
 
 
@@ -150,3 +152,36 @@ def test_sampling_config_validates():
         SamplingConfig(steps=0)
     with pytest.raises(ConfigError, match="temperature"):
         SamplingConfig(temperature=-1.0)
+
+
+def test_dynamics_learns_the_sprite_world_and_beats_copying_the_last_frame():
+    """Trained on true actions with an exact patch tokenizer; then played through World (MaskGIT)."""
+    from playworld.world import World, WorldConfig
+
+    from sprite_world import PatchTokenizer, make_clips
+
+    torch.manual_seed(0)
+    tok = PatchTokenizer(make_clips(256, 4, seed=123).video)
+    dyn = DynamicsModel(DynamicsConfig(vocab_size=tok.num_codes, num_actions=4, token_height=4, token_width=4,
+                                       dim=64, depth=2, heads=4))
+    opt = torch.optim.Adam(dyn.parameters(), lr=2e-3)
+    for i in range(150):
+        clips = make_clips(32, 4, seed=i)
+        tokens = tok.encode(clips.video.float() / 255).indices.flatten(2)
+        out = dyn.compute_loss_tokens(tokens, clips.actions)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert out.metrics["accuracy"] > 0.7  # on masked tokens, frames masked up to 100%
+    lam = LatentActionModel(LAMConfig(height=16, width=16, patch_size=8, num_actions=4, dim=32, heads=2,
+                                      encoder_depth=1, decoder_depth=1))
+    test = make_clips(64, 3, seed=777)
+    world = World(tok, lam, dyn, WorldConfig(sampling=SamplingConfig(steps=4)))
+    world.reset(test.video[:, :1], seed=0)
+    frames = torch.stack([world.step(test.actions[:, t]) for t in range(2)], 1)  # (B, 2, H, W, C)
+
+    def psnr(a, b):
+        return float(-10 * torch.log10((a.float() / 255 - b.float() / 255).square().mean()))
+
+    generated, copy_last = psnr(frames, test.video[:, 1:]), psnr(test.video[:, :-1], test.video[:, 1:])
+    assert generated > copy_last + 6.0, (generated, copy_last)

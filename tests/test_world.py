@@ -7,8 +7,7 @@ import torch
 
 from playworld.config import to_dict
 from playworld.maskgit import SamplingConfig
-from playworld.models.dynamics import DynamicsModel
-from playworld.models.dynamics import preset as dynamics_preset
+from playworld.models.dynamics import DynamicsConfig, DynamicsModel
 from playworld.models.lam import LAMConfig, LatentActionModel
 from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
 from playworld.train.checkpoint import save_release
@@ -21,7 +20,7 @@ def _models(num_actions: int = 4):
                                          num_codes=32, code_dim=8))
     lam = LatentActionModel(LAMConfig(height=16, width=16, patch_size=8, num_actions=num_actions, dim=32,
                                       heads=2, encoder_depth=1, decoder_depth=1))
-    dyn = DynamicsModel(dynamics_preset("tiny", vocab_size=32, num_actions=num_actions, token_height=4,
+    dyn = DynamicsModel(DynamicsConfig(vocab_size=32, num_actions=num_actions, token_height=4,
                                         token_width=4, dim=32, depth=2, heads=2))
     return tok, lam, dyn
 

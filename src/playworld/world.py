@@ -172,5 +172,6 @@ class World:
 
     def cache_frames(self) -> tuple[int, int]:
         """Frames held by the dynamics and tokenizer-decoder caches (both bounded by the config)."""
-        dec = self._decoder_cache.decoder.frames if self._decoder_cache is not None else 0
+        dec_cache = getattr(self._decoder_cache, "decoder", None)
+        dec = dec_cache.frames if dec_cache is not None else 0
         return (self._cache.frames if self._cache is not None else 0), dec

@@ -16,7 +16,6 @@ Shapes: B batch, T frames, S = h*w tokens per frame, V tokenizer vocabulary, D w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,23 +61,6 @@ class DynamicsConfig:
     @property
     def num_tokens(self) -> int:
         return self.token_height * self.token_width
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # tests and smoke runs: one forward of a 256-token frame well under 1 ms on 2 CPU cores
-    "tiny": dict(dim=64, depth=2, heads=4),
-    # interactive on CPU: ~8.5 ms per 256-token frame forward at batch 1 (2 cores)
-    "small": dict(dim=192, depth=4, heads=6),
-    # Genie CoinRun case study width, fewer blocks (GPU)
-    "base": dict(dim=512, depth=8, heads=8),
-}
-
-
-def preset(name: str, **overrides: Any) -> DynamicsConfig:
-    """A named :class:`DynamicsConfig` (``tiny``, ``small``, ``base``) with field overrides."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown dynamics preset {name!r}; known: {sorted(PRESETS)}")
-    return DynamicsConfig(**{**PRESETS[name], **overrides})
 
 
 @dataclass

@@ -21,7 +21,6 @@ Shapes: B batch, T frames, H x W x C pixels, p patch size, S = (H/p)(W/p) patche
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,22 +88,6 @@ class LAMConfig:
     @property
     def patch_dim(self) -> int:
         return self.patch_size * self.patch_size * self.channels
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # tests and smoke runs on CPU
-    "tiny": dict(dim=64, encoder_depth=2, decoder_depth=2, heads=4, code_dim=16),
-    # 64x64 frames at patch 8 (64 patches + action token): a training step of batch 4 x 16 frames
-    # costs about a quarter of the small dynamics model's on 2 CPU cores
-    "small": dict(dim=192, encoder_depth=4, decoder_depth=4, heads=6, code_dim=32),
-}
-
-
-def preset(name: str, **overrides: Any) -> LAMConfig:
-    """A named :class:`LAMConfig` (``tiny``, ``small``) with field overrides (e.g. frame size)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown LAM preset {name!r}; known: {sorted(PRESETS)}")
-    return LAMConfig(**{**PRESETS[name], **overrides})
 
 
 @dataclass
