@@ -101,6 +101,23 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             if a.get(k) != b.get(k) and k not in _RESUME_MUTABLE]
 
 
+@torch.no_grad()
+def sample_grid(model: nn.Module, video: torch.Tensor) -> np.ndarray | None:
+    """An (H', W', 3) uint8 picture of what the model makes of ``video`` (B, T, H, W, C) in [0, 1]:
+    ``model.visualize(video)`` if it has one, else for each clip a row of input frames above a row
+    of ``model.reconstruct(video)`` frames; None if the model offers neither."""
+    visualize = getattr(model, "visualize", None)
+    if visualize is not None:
+        return visualize(video)
+    reconstruct = getattr(model, "reconstruct", None)
+    if reconstruct is None:
+        return None
+    recon = reconstruct(video).float().clamp(0, 1)  # (B, T, H, W, C)
+    rows = torch.stack([video.float(), recon], dim=1)  # (B, 2, T, H, W, C)
+    grid = rows.permute(0, 1, 3, 2, 4, 5).flatten(0, 2).flatten(1, 2)  # (B*2*H, T*W, C)
+    return (grid * 255).round().to(torch.uint8).cpu().numpy()
+
+
 class Trainer:
     """Trains ``cfg.kind``'s model on ``cfg.data`` into ``run_dir``.
 
@@ -322,8 +339,9 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v) / cfg.train.val_batches
         totals = all_reduce_mean(totals, self.dist, self.device)
         self.logger.log(self.step, totals, prefix="val")
-        visualize = getattr(self.model, "visualize", None)
-        if self.dist.is_main and visualize is not None and first is not None:
-            self.logger.image(self.step, "val", visualize(first[:4]))
+        if self.dist.is_main and first is not None:
+            image = sample_grid(self.model, first[:4])
+            if image is not None:
+                self.logger.image(self.step, "val", image)
         self.model.train()
         return totals
