@@ -18,19 +18,19 @@ from playworld.errors import ConfigError
 PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "tiny": {
         "tokenizer": {
-            "model": {},
+            "model": {"dim": 64, "enc_depth": 2, "dec_depth": 2, "heads": 4, "num_codes": 256, "code_dim": 16},
             "optim": {"lr": 1e-3, "warmup_steps": 20},
             "data": {"clip_len": 4, "batch_size": 4},
             "train": {"steps": 200, "log_every": 10, "val_every": 100, "ckpt_every": 100},
         },
         "lam": {
-            "model": {},
+            "model": {"dim": 64, "encoder_depth": 2, "decoder_depth": 2, "heads": 4},
             "optim": {"lr": 1e-3, "warmup_steps": 20},
             "data": {"clip_len": 4, "batch_size": 4},
             "train": {"steps": 200, "log_every": 10, "val_every": 100, "ckpt_every": 100},
         },
         "dynamics": {
-            "model": {},
+            "model": {"dim": 64, "depth": 2, "heads": 4},
             "optim": {"lr": 1e-3, "warmup_steps": 20},
             "data": {"clip_len": 4, "batch_size": 4},
             "train": {"steps": 200, "log_every": 10, "val_every": 100, "ckpt_every": 100},
@@ -65,7 +65,33 @@ def build_run_config(kind: str, preset: str, *, data_path: str = "", overrides: 
         sections.setdefault("data", {})["path"] = data_path
     cfg = RunConfig.from_dict({"kind": kind, "preset": preset, "deps": deps or {}, **sections},
                               where=f"preset {preset}/{kind}")
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    if kind == "dynamics" and cfg.deps:
+        cfg = _match_dependencies(cfg)
+    return cfg
+
+
+def _match_dependencies(cfg):
+    """Set the dynamics model's vocabulary, token grid and action count from its tokenizer and LAM runs."""
+    import dataclasses
+    from pathlib import Path
+
+    from playworld.train.checkpoint import read_checkpoint_config
+    from playworld.train.config import RunConfig
+
+    found = {}
+    for dep in ("tokenizer", "lam"):
+        path = Path(cfg.deps.get(dep, ""))
+        if cfg.deps.get(dep) and (path / "config.json").is_file():
+            found[dep] = RunConfig.from_dict(read_checkpoint_config(path), where=str(path / "config.json")).model
+    model = cfg.model
+    if "tokenizer" in found:
+        tok = found["tokenizer"]
+        side = tok.image_size // tok.patch
+        model = dataclasses.replace(model, vocab_size=tok.codebook_size, token_height=side, token_width=side)
+    if "lam" in found:
+        model = dataclasses.replace(model, num_actions=found["lam"].num_actions)
+    return dataclasses.replace(cfg, model=model)
 
 
 __all__ = ["PRESETS", "preset_names", "build_run_config", "from_dict"]

@@ -13,6 +13,7 @@ _COMMAND_MODULES = (
     "playworld.cli.ingest",
     "playworld.cli.data",
     "playworld.cli.train",
+    "playworld.cli.tokenize",
 )
 
 

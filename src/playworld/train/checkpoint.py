@@ -35,7 +35,13 @@ STATE_VERSION = 1
 # ----------------------------------------------------------------------------- tensors
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Atomically write a safetensors file (tensors copied to contiguous CPU memory)."""
+    """Atomically write a safetensors file (tensors copied to contiguous CPU memory).
+
+    ``metadata`` is stored as one JSON string under the key "playworld": safetensors keeps metadata in
+    a hash map whose order varies between processes, and files must be byte-identical for equal content.
+    """
+    if metadata:
+        metadata = {"playworld": json.dumps(metadata, sort_keys=True)}
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     atomic_write(Path(path), lambda tmp: save_file(flat, str(tmp), metadata=metadata))
 
@@ -247,7 +253,7 @@ def save_release(out_dir: Path, weights: dict[str, torch.Tensor], config: dict[s
     """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` (each atomically)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_tensors(out_dir / "model.safetensors", weights, metadata={"format": "pt", "kind": config["kind"]})
+    save_tensors(out_dir / "model.safetensors", weights, metadata={"kind": config["kind"]})
     atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

@@ -1,0 +1,81 @@
+"""Smoke runs of the real entry points: `train all` (tokenizer, LAM, dynamics in turn) on a tiny
+dataset, resume of a finished run, `playworld.load`, and `tokenize` encode/decode round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+import playworld
+from playworld.cli import main
+from playworld.video import read_video, write_video
+
+from helpers import make_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = make_dataset(root / "ds", episodes=4, length=8, size=64)
+    run = root / "run"
+    args = ["train", "all", "--data", str(data), "--out", str(run), "--preset", "tiny", "--steps", "2",
+            "--set", "data.clip_len=3", "--set", "data.batch_size=2", "--set", "train.val_every=0",
+            "--no-progress"]
+    assert main(args) == 0
+    return root, run, args
+
+
+def test_train_all_writes_three_released_models(trained):
+    _, run, _ = trained
+    for part in ("tokenizer", "lam", "dynamics"):
+        cfg = json.loads((run / part / "config.json").read_text())
+        assert cfg["kind"] == part and cfg["train"]["steps"] == 2
+        assert load_file(str(run / part / "model.safetensors"))
+        assert (run / part / "logs" / "metrics.jsonl").read_text().count("\n") >= 1
+    dyn = json.loads((run / "dynamics" / "config.json").read_text())
+    tok = json.loads((run / "tokenizer" / "config.json").read_text())
+    assert dyn["model"]["vocab_size"] == tok["model"]["num_codes"]
+    assert dyn["deps"]["tokenizer"].endswith("tokenizer")
+
+
+def test_rerun_of_a_finished_run_trains_nothing_more(trained, capsys):
+    _, run, args = trained
+    before = (run / "tokenizer" / "model.safetensors").read_bytes()
+    assert main(args) == 0
+    assert (run / "tokenizer" / "model.safetensors").read_bytes() == before
+
+
+def test_load_returns_all_models(trained):
+    _, run, _ = trained
+    loaded = playworld.load(run)
+    assert loaded.tokenizer is not None and loaded.lam is not None and loaded.dynamics is not None
+    assert loaded.configs["dynamics"].kind == "dynamics"
+    single = playworld.load(run / "lam")
+    assert single.lam is not None and single.tokenizer is None
+
+
+def test_tokenize_round_trip(trained):
+    root, run, _ = trained
+    frames = np.zeros((6, 64, 64, 3), dtype=np.uint8)
+    for t in range(6):
+        frames[t, 10:30, 5 + 4 * t : 25 + 4 * t] = (240, 30, 30)
+    write_video(root / "in.mp4", frames, fps=10)
+    tokens = root / "in.tokens.safetensors"
+    assert main(["tokenize", str(run), str(root / "in.mp4"), "--out", str(tokens), "--fps", "10",
+                 "--recon", str(root / "recon.mp4")]) == 0
+    idx = load_file(str(tokens))["indices"]
+    assert tuple(idx.shape) == (6, 16, 16)
+    assert main(["tokenize", str(run), "--decode", str(tokens), "--out", str(root / "dec.gif")]) == 0
+    assert read_video(root / "dec.gif", fps=50).shape[1:] == (64, 64, 3)
+    assert read_video(root / "recon.mp4", size=64, fps=10, fit="pad").shape[0] == 6
+
+
+def test_bad_override_is_a_clear_error(trained, capsys):
+    root, _, _ = trained
+    code = main(["train", "tokenizer", "--data", str(root / "ds"), "--out", str(root / "x"),
+                 "--set", "model.nonexistent=3"])
+    assert code == 2
+    assert "has no field 'nonexistent'" in capsys.readouterr().err
