@@ -78,3 +78,13 @@ def test_gradient_checkpointing_gives_same_gradients():
     b(x).square().mean().backward()
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad)
+
+
+def test_window_larger_than_frames_seen_keeps_every_past_frame():
+    # regression: with fewer cached frames than the window, none may be dropped
+    m = _model()
+    x = torch.randn(1, 5, 6, 32)
+    full = m(x)
+    cache = m.new_cache(max_frames=8)
+    outs = [m(x[:, t : t + 1], cache=cache, commit=True) for t in range(5)]
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)

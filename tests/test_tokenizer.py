@@ -82,13 +82,7 @@ def test_future_frames_do_not_change_past_tokens_or_reconstruction(quantizer):
         torch.testing.assert_close(da[:, : t + 1], db[:, : t + 1])
 
 
-# With max_frames=8 and 5 frames, STTransformer's cached attention drops past frames: in
-# nn/blocks.py Attention.forward, ``past_k[:, :, past_k.shape[2] - keep:]`` has a negative start when
-# fewer than ``keep`` frames are cached (fix: ``max(past_k.shape[2] - keep, 0)``). Owned by blocks.py.
-_BLOCKS_WINDOW_BUG = pytest.mark.xfail(reason="nn/blocks.py: negative slice start in the cached window", strict=False)
-
-
-@pytest.mark.parametrize("max_frames", [16, pytest.param(8, marks=_BLOCKS_WINDOW_BUG)])
+@pytest.mark.parametrize("max_frames", [16, 8])
 @pytest.mark.parametrize("quantizer", ["vq", "fsq"])
 def test_frame_by_frame_with_cache_equals_full_pass(quantizer, max_frames):
     m = _model(quantizer=quantizer, enc_depth=2, dec_depth=2).eval()

@@ -133,7 +133,8 @@ class Attention(nn.Module):
             past_k, past_v = cache.k, cache.v
             if past_k is not None and max_frames is not None:
                 keep = max(max_frames - k.shape[2], 0)  # a frame sees at most max_frames frames, itself included
-                past_k, past_v = past_k[:, :, past_k.shape[2] - keep :], past_v[:, :, past_v.shape[2] - keep :]
+                start = max(past_k.shape[2] - keep, 0)
+                past_k, past_v = past_k[:, :, start:], past_v[:, :, start:]
                 if keep == 0:
                     past_k = past_v = None
             if commit:
