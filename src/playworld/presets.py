@@ -37,14 +37,45 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         },
     },
     "small": {
-        "tokenizer": {"model": {}, "optim": {}, "data": {}, "train": {}},
-        "lam": {"model": {}, "optim": {}, "data": {}, "train": {}},
-        "dynamics": {"model": {}, "optim": {}, "data": {}, "train": {}},
+        "tokenizer": {
+            "model": {"dim": 128, "enc_depth": 3, "dec_depth": 3, "heads": 4, "num_codes": 1024, "code_dim": 32,
+                      "ema_decay": 0.95},
+            "optim": {"lr": 1e-3, "warmup_steps": 200},
+            "data": {"clip_len": 4, "batch_size": 8},
+            "train": {"steps": 6000, "log_every": 25, "val_every": 500, "ckpt_every": 250, "ema_decay": 0.999},
+        },
+        "lam": {
+            "model": {"dim": 192, "encoder_depth": 4, "decoder_depth": 4, "heads": 6, "code_dim": 32},
+            "optim": {"lr": 5e-4, "warmup_steps": 200},
+            "data": {"clip_len": 8, "batch_size": 8},
+            "train": {"steps": 3000, "log_every": 25, "val_every": 500, "ckpt_every": 250},
+        },
+        "dynamics": {
+            "model": {"dim": 192, "depth": 4, "heads": 6},
+            "optim": {"lr": 5e-4, "warmup_steps": 200},
+            "data": {"clip_len": 8, "batch_size": 8},
+            "train": {"steps": 4000, "log_every": 25, "val_every": 500, "ckpt_every": 250},
+        },
     },
     "base": {
-        "tokenizer": {"model": {}, "optim": {}, "data": {"batch_size": 48}, "train": {"steps": 300_000}},
-        "lam": {"model": {}, "optim": {}, "data": {"batch_size": 36}, "train": {"steps": 200_000}},
-        "dynamics": {"model": {}, "optim": {}, "data": {"batch_size": 36}, "train": {"steps": 200_000}},
+        "tokenizer": {
+            "model": {"dim": 512, "enc_depth": 8, "dec_depth": 8, "heads": 8, "num_codes": 1024, "code_dim": 32},
+            "optim": {"lr": 3e-4, "warmup_steps": 2000},
+            "data": {"clip_len": 16, "batch_size": 48},
+            "train": {"steps": 300_000, "log_every": 100, "val_every": 5000, "ckpt_every": 2000, "ema_decay": 0.9999},
+        },
+        "lam": {
+            "model": {"dim": 512, "encoder_depth": 8, "decoder_depth": 8, "heads": 8, "code_dim": 32},
+            "optim": {"lr": 3e-4, "warmup_steps": 2000},
+            "data": {"clip_len": 16, "batch_size": 36},
+            "train": {"steps": 200_000, "log_every": 100, "val_every": 5000, "ckpt_every": 2000},
+        },
+        "dynamics": {
+            "model": {"dim": 512, "depth": 12, "heads": 8},
+            "optim": {"lr": 3e-4, "warmup_steps": 2000},
+            "data": {"clip_len": 16, "batch_size": 36},
+            "train": {"steps": 200_000, "log_every": 100, "val_every": 5000, "ckpt_every": 2000},
+        },
     },
 }
 
