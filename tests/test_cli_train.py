@@ -79,3 +79,31 @@ def test_bad_override_is_a_clear_error(trained, capsys):
                  "--set", "model.nonexistent=3"])
     assert code == 2
     assert "has no field 'nonexistent'" in capsys.readouterr().err
+
+
+def test_sigterm_writes_a_checkpoint_and_rerun_resumes(trained, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _, _ = trained
+    run = tmp_path / "sig"
+    cmd = [sys.executable, "-m", "playworld", "train", "tokenizer", "--data", str(root / "ds"), "--out", str(run),
+           "--preset", "tiny", "--steps", "100000", "--set", "data.clip_len=2", "--set", "data.batch_size=1",
+           "--set", "train.val_every=0", "--set", "train.log_every=1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = run / "logs" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "checkpoint saved" in out
+    step = int((run / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    assert step >= 2
+    # the same command continues from there (a few more steps only)
+    cmd[cmd.index("100000")] = str(step + 2)
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step + 2:08d}"
