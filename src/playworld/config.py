@@ -180,13 +180,10 @@ def save_json(cfg: Any, path: Path) -> None:
 
 def load_json(cls: type[T], path: Path) -> T:
     """Read a config JSON file, with errors naming the file."""
+    from playworld.io import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: config file not found") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    data = read_json(path, ConfigError, "config file")
     try:
         return from_dict(cls, data)
     except ConfigError as e:

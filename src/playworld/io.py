@@ -5,11 +5,13 @@ A reader (or a crash) never sees a half-written file: either the old content or 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _fsync_dir(path: Path) -> None:
@@ -62,3 +64,14 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     else:
         os.replace(tmp_dir, final_dir)
     _fsync_dir(final_dir.parent)
+
+
+def read_json(path: Path, error: type[Exception], what: str = "file") -> Any:
+    """Parse a JSON file; a missing or malformed file raises ``error`` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise error(f"{path}: {what} not found") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from e

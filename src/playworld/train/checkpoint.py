@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from playworld.errors import CheckpointError
-from playworld.io import atomic_write, atomic_write_text
+from playworld.io import atomic_write, atomic_write_text, read_json
 
 STATE_VERSION = 1
 
@@ -213,12 +213,7 @@ class CheckpointManager:
         """Restore model, optimizer and RNG in place; returns the resume state and EMA tensors."""
         path = Path(path)
         state_file = path / "state.json"
-        try:
-            state = json.loads(state_file.read_text())
-        except FileNotFoundError as e:
-            raise CheckpointError(f"{state_file}: missing; {path} is not a complete checkpoint") from e
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{state_file}: corrupt JSON ({e})") from e
+        state = read_json(state_file, CheckpointError, f"state of checkpoint {path.name}")
         if state.get("version") != STATE_VERSION:
             raise CheckpointError(f"{state_file}: unsupported checkpoint version {state.get('version')}")
         for fname, digest in state["sha256"].items():
@@ -238,13 +233,7 @@ class CheckpointManager:
 
 
 def read_checkpoint_config(path: Path) -> dict[str, Any]:
-    f = Path(path) / "config.json"
-    try:
-        return json.loads(f.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{f}: missing") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f}: corrupt JSON ({e})") from e
+    return read_json(Path(path) / "config.json", CheckpointError, "config")
 
 
 # ----------------------------------------------------------------------------- release weights
