@@ -5,41 +5,35 @@ tokenizer-decoder pass for the new frame; its cost does not depend on how long o
 
     .venv/bin/python benchmarks/generation.py [--presets tiny small] [--steps 1 2 4 8 25] [--frames 20]
 
-Weights are random (speed only). Sizes: the dynamics/LAM values proposed for the presets registry
-(PROPOSED below), the tokenizer from :mod:`playworld.presets`.
+Weights are random (speed only). Sizes: the tokenizer, LAM and dynamics of :mod:`playworld.presets`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
 
 from playworld.maskgit import SamplingConfig
-from playworld.models.dynamics import DynamicsConfig, DynamicsModel
-from playworld.models.lam import LAMConfig, LatentActionModel
+from playworld.models.dynamics import DynamicsModel
+from playworld.models.lam import LatentActionModel
 from playworld.presets import build_run_config
 from playworld.train.registry import get_spec
 from playworld.world import World, WorldConfig
 
+
 # Proposed model sizes for playworld.presets (64x64 frames, 16x16 tokens).
-PROPOSED: dict[str, dict[str, dict]] = {
-    "tiny": {"dynamics": dict(dim=64, depth=2, heads=4),
-             "lam": dict(dim=64, encoder_depth=2, decoder_depth=2, heads=4, code_dim=16)},
-    "small": {"dynamics": dict(dim=192, depth=4, heads=6),
-              "lam": dict(dim=192, encoder_depth=4, decoder_depth=4, heads=6, code_dim=32)},
-}
-
-
 def build_world(preset: str, steps: int, context: int) -> World:
     torch.manual_seed(0)
     tok_cfg = build_run_config("tokenizer", preset).model
     tok = get_spec("tokenizer").build_release(tok_cfg)
     grid = tok_cfg.image_size // tok_cfg.patch
-    lam = LatentActionModel(LAMConfig(height=tok_cfg.image_size, width=tok_cfg.image_size, **PROPOSED[preset]["lam"]))
-    dyn = DynamicsModel(DynamicsConfig(vocab_size=tok.num_codes, token_height=grid, token_width=grid,
-                                       num_actions=lam.num_actions, **PROPOSED[preset]["dynamics"]))
+    lam = LatentActionModel(build_run_config("lam", preset).model)
+    dyn_cfg = dataclasses.replace(build_run_config("dynamics", preset).model, vocab_size=tok.num_codes,
+                                  token_height=grid, token_width=grid, num_actions=lam.num_actions)
+    dyn = DynamicsModel(dyn_cfg)
     return World(tok, lam, dyn, WorldConfig(context_frames=context, decoder_context=context,
                                             sampling=SamplingConfig(steps=steps)))
 
