@@ -13,6 +13,7 @@ import torch
 
 import playworld
 from playworld.data.loader import ClipDataset
+from playworld.models.base import psnr_from_mse
 
 
 def main() -> None:
@@ -36,13 +37,13 @@ def main() -> None:
             enc = tok.encode(video)
             recon = tok.decode(enc.indices)
             mse = (recon - video).square().mean(dim=(1, 2, 3, 4))  # per clip
-            psnr += (-10 * torch.log10(mse.clamp_min(1e-10))).tolist()
+            psnr += psnr_from_mse(mse).tolist()
             counts += torch.bincount(enc.indices.flatten(), minlength=tok.num_codes).float()
     psnr_a = np.asarray(psnr)
     boot = [rng.choice(psnr_a, size=len(psnr_a)).mean() for _ in range(2000)]
     prob = counts / counts.sum()
     ppl = float(torch.exp(-(prob[prob > 0] * prob[prob > 0].log()).sum()))
-    print(f"{args.split} split: {len(psnr_a)} clips x {args.clip_len} frames from {len(clips.dataset.episodes(args.split)) if hasattr(clips, 'dataset') else '?'} episodes")
+    print(f"{args.split} split: {len(psnr_a)} clips x {args.clip_len} frames from {len(clips.dataset.episodes(args.split))} episodes")
     print(f"reconstruction PSNR {psnr_a.mean():.2f} dB (95% CI {np.percentile(boot, 2.5):.2f}-{np.percentile(boot, 97.5):.2f})")
     print(f"codes used {int((counts > 0).sum())}/{tok.num_codes}, perplexity {ppl:.1f}")
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from playworld.config import field
 from playworld.errors import CheckpointError, ConfigError
 from playworld.maskgit import SamplingConfig, maskgit_decode
-from playworld.models.base import to_unit
+from playworld.models.base import to_uint8, to_unit
 from playworld.models.dynamics import DynamicsModel, check_compatible
 from playworld.nn.blocks import TemporalKVCache
 
@@ -43,11 +43,6 @@ class WorldConfig:
             raise ConfigError(f"world.context_frames must be >= 1, got {self.context_frames}")
         if self.decoder_context < 1:
             raise ConfigError(f"world.decoder_context must be >= 1, got {self.decoder_context}")
-
-
-def to_uint8(frames: Tensor) -> Tensor:
-    """float in [0, 1] -> uint8 (rounded)."""
-    return frames.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
 
 
 class World:

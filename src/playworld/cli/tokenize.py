@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     from playworld.api import load
     from playworld.errors import ConfigError
+    from playworld.models.base import psnr_from_mse, to_uint8, to_unit
     from playworld.train.checkpoint import load_tensors, save_tensors
     from playworld.video import read_video, write_video
 
@@ -44,13 +45,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.decode}: no 'indices' tensor (not a playworld tokens file)")
         with torch.no_grad():
             video = tok.decode(tokens["indices"].long()[None])[0]  # (T, H, W, C)
-        write_video(args.out, (video * 255).round().to(torch.uint8).numpy(), fps=args.fps)
+        write_video(args.out, to_uint8(video).numpy(), fps=args.fps)
         print(f"decoded {video.shape[0]} frames -> {args.out}")
         return 0
     if not args.input:
         raise ConfigError("give a video to encode, or --decode TOKENS")
     frames = read_video(args.input, size=size, fps=args.fps, fit=args.fit)  # (T, H, W, 3) uint8
-    video = torch.from_numpy(frames).float().div(255.0)[None]  # (1, T, H, W, C)
+    video = to_unit(torch.from_numpy(frames))[None]  # (1, T, H, W, C)
     cache = tok.new_cache(max_frames=max(args.chunk, 1))
     indices, recon = [], []
     with torch.no_grad():
@@ -65,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
                  metadata={"source": str(args.input), "fps": str(args.fps), "tokenizer": str(args.run)})
     msg = f"encoded {idx.shape[0]} frames -> {idx.shape[0]} x {tuple(idx.shape[1:])} tokens in {args.out}"
     if args.recon:
-        rec = (torch.cat(recon, dim=1)[0] * 255).round().to(torch.uint8).numpy()
-        mse = float(np.mean((rec.astype(np.float32) - frames.astype(np.float32)) ** 2))
-        psnr = 10 * np.log10(255.0**2 / max(mse, 1e-10))
+        recon_t = torch.cat(recon, dim=1)  # (1, T, H, W, C) in [0, 1]
+        psnr = float(psnr_from_mse((recon_t - video).square().mean()))
+        rec = to_uint8(recon_t[0]).numpy()
         write_video(args.recon, np.concatenate([frames, rec], axis=2), fps=args.fps)
         msg += f"; reconstruction PSNR {psnr:.2f} dB -> {args.recon}"
     print(msg)

@@ -35,3 +35,13 @@ def to_unit(video_u8: Tensor) -> Tensor:
     if video_u8.dtype != torch.uint8:
         raise TypeError(f"expected a uint8 video, got {video_u8.dtype}")
     return video_u8.float().div_(255.0)
+
+
+def to_uint8(frames: Tensor) -> Tensor:
+    """float in [0, 1] (any shape) -> uint8, clamped and rounded."""
+    return frames.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+
+
+def psnr_from_mse(mse: Tensor) -> Tensor:
+    """PSNR in dB of signals in [0, 1]: 10 log10(1 / mse)."""
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))

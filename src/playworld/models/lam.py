@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import ConfigError
-from playworld.models.base import LossOutput
+from playworld.models.base import LossOutput, psnr_from_mse
 from playworld.nn.blocks import STTransformer, init_weights
 from playworld.nn.vq import VectorQuantizer
 
@@ -219,8 +219,3 @@ class LatentActionModel(nn.Module):
             }
             metrics.update({f"action_usage/{k}": share[k] for k in range(self.num_actions)})
         return LossOutput(loss, metrics)
-
-
-def psnr_from_mse(mse: Tensor) -> Tensor:
-    """PSNR in dB of signals in [0, 1]: 10 log10(1 / mse)."""
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import ConfigError
-from playworld.models.base import LossOutput
+from playworld.models.base import LossOutput, psnr_from_mse
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 from playworld.nn.fsq import FSQ
 from playworld.nn.quantize import QuantizeOutput
@@ -262,7 +262,7 @@ class VideoTokenizer(nn.Module):
         mse = F.mse_loss(recon, video.float())
         with torch.no_grad():
             clamped_mse = F.mse_loss(recon.clamp(0.0, 1.0), video.float())
-            psnr = -10.0 * torch.log10(clamped_mse.clamp_min(1e-10))
+            psnr = psnr_from_mse(clamped_mse)
         return LossOutput(
             loss=mse + q.loss,
             metrics={"recon_mse": mse.detach(), "psnr": psnr, "quant_loss": q.loss.detach(),

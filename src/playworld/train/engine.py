@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from playworld.errors import CheckpointError, DatasetError, TrainingError
-from playworld.models.base import to_unit
+from playworld.models.base import to_uint8, to_unit
 from playworld.train.checkpoint import CheckpointManager, read_checkpoint_config, save_release
 from playworld.train.config import RunConfig
 from playworld.train.distributed import DistInfo, all_reduce_mean, init_distributed
@@ -115,7 +115,7 @@ def sample_grid(model: nn.Module, video: torch.Tensor) -> np.ndarray | None:
     recon = reconstruct(video).float().clamp(0, 1)  # (B, T, H, W, C)
     rows = torch.stack([video.float(), recon], dim=1)  # (B, 2, T, H, W, C)
     grid = rows.permute(0, 1, 3, 2, 4, 5).flatten(0, 2).flatten(1, 2)  # (B*2*H, T*W, C)
-    return (grid * 255).round().to(torch.uint8).cpu().numpy()
+    return to_uint8(grid).cpu().numpy()
 
 
 class Trainer:

@@ -51,13 +51,9 @@ def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
     for dep in ("tokenizer", "lam"):
         if dep not in run_cfg.deps:
             raise ConfigError(f"a dynamics run needs deps.{dep}: the {dep} run directory to use (frozen)")
-    tok = load_model(_release_dir(run_cfg.deps["tokenizer"]), device)
-    lam = load_model(_release_dir(run_cfg.deps["lam"]), device)
+    tok = load_model(Path(run_cfg.deps["tokenizer"]), device)
+    lam = load_model(Path(run_cfg.deps["lam"]), device)
     return DynamicsTrainer(run_cfg.model, tokenizer=tok, lam=lam)
-
-
-def _release_dir(path: str) -> Path:
-    return Path(path)
 
 
 SPECS: dict[str, ModelSpec] = {
