@@ -47,8 +47,14 @@ def render(pos: np.ndarray, sprite: np.ndarray, background: np.ndarray, size: in
 
 
 def make_clips(n: int, t: int, *, size: int = 16, sprite_size: int = 4, speed: int = 2,
-               seed: int = 0) -> SpriteClips:
-    """Sample ``n`` clips of ``t`` frames of ``size`` x ``size`` pixels with random actions."""
+               seed: int = 0, random_colours: bool = False) -> SpriteClips:
+    """Sample ``n`` clips of ``t`` frames of ``size`` x ``size`` pixels with random actions.
+
+    ``random_colours`` draws every clip's background uniformly in RGB and its sprite half the colour
+    cube away (so the two always differ), instead of the 2 x 2 palette. With only four colour pairs a
+    model can give an action a different meaning per pair; with a continuum of colours the one
+    meaning that works everywhere is the motion, which is what a latent action model should find.
+    """
     if t < 2:
         raise ValueError(f"clips need at least 2 frames, got t={t}")
     if size % speed:
@@ -56,8 +62,13 @@ def make_clips(n: int, t: int, *, size: int = 16, sprite_size: int = 4, speed: i
     if not 0 < sprite_size < size:
         raise ValueError(f"sprite_size {sprite_size} must be in (0, size={size})")
     rng = np.random.default_rng(seed)
-    sprite = SPRITE_COLOURS[rng.integers(0, len(SPRITE_COLOURS), n)]
-    background = BACKGROUNDS[rng.integers(0, len(BACKGROUNDS), n)]
+    if random_colours:
+        bg = rng.integers(0, 256, (n, 3))
+        background = bg.astype(np.uint8)
+        sprite = ((bg + 128 + rng.integers(-48, 49, (n, 3))) % 256).astype(np.uint8)
+    else:
+        sprite = SPRITE_COLOURS[rng.integers(0, len(SPRITE_COLOURS), n)]
+        background = BACKGROUNDS[rng.integers(0, len(BACKGROUNDS), n)]
     actions = rng.integers(0, NUM_ACTIONS, (n, t - 1))
     pos = np.empty((n, t, 2), dtype=np.int64)
     pos[:, 0] = speed * rng.integers(0, size // speed, (n, 2))  # on the grid of reachable positions

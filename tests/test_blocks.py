@@ -88,3 +88,25 @@ def test_window_larger_than_frames_seen_keeps_every_past_frame():
     cache = m.new_cache(max_frames=8)
     outs = [m(x[:, t : t + 1], cache=cache, commit=True) for t in range(5)]
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_2d_spatial_rope_scores_depend_only_on_the_offset():
+    from playworld.nn.blocks import apply_rope, grid_rope_angles
+
+    torch.manual_seed(0)
+    cos, sin = grid_rope_angles((4, 5), 16, extra=1)
+    assert cos.shape == (21, 8)
+    q, k = torch.randn(16), torch.randn(16)
+    qs = apply_rope(q.expand(21, 16), cos, sin)
+    ks = apply_rope(k.expand(21, 16), cos, sin)
+    score = qs @ ks.t()  # (S+1, S+1)
+
+    def at(r, c):
+        return r * 5 + c
+
+    torch.testing.assert_close(score[at(0, 0), at(1, 2)], score[at(2, 1), at(3, 3)])
+    torch.testing.assert_close(score[at(3, 4), at(0, 0)], score[at(3, 4) - at(0, 0), at(0, 0) - at(0, 0)])
+    assert not torch.allclose(score[at(0, 0), at(1, 2)], score[at(0, 0), at(2, 1)])  # rows != columns
+    torch.testing.assert_close(qs[-1], q)  # the extra (summary) token is not rotated
+    with pytest.raises(ValueError, match="divisible by 4"):
+        grid_rope_angles((2, 2), 6)

@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "train": {"steps": 200, "log_every": 10, "val_every": 100, "ckpt_every": 100},
         },
         "lam": {
-            "model": {"dim": 64, "encoder_depth": 2, "decoder_depth": 2, "heads": 4},
+            "model": {"dim": 64, "encoder_depth": 2, "decoder_depth": 1, "head_depth": 1, "heads": 4},
             "optim": {"lr": 1e-3, "warmup_steps": 20},
             "data": {"clip_len": 4, "batch_size": 4},
             "train": {"steps": 200, "log_every": 10, "val_every": 100, "ckpt_every": 100},
@@ -45,10 +45,10 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "train": {"steps": 6000, "log_every": 25, "val_every": 500, "ckpt_every": 250, "ema_decay": 0.999},
         },
         "lam": {
-            "model": {"dim": 192, "encoder_depth": 4, "decoder_depth": 4, "heads": 6, "code_dim": 32},
-            "optim": {"lr": 5e-4, "warmup_steps": 200},
-            "data": {"clip_len": 8, "batch_size": 8},
-            "train": {"steps": 3000, "log_every": 25, "val_every": 500, "ckpt_every": 250},
+            "model": {"dim": 128, "encoder_depth": 2, "decoder_depth": 2, "head_depth": 1, "heads": 4},
+            "optim": {"lr": 1e-3, "warmup_steps": 100},
+            "data": {"clip_len": 4, "batch_size": 16},
+            "train": {"steps": 1500, "log_every": 25, "val_every": 250, "ckpt_every": 100},
         },
         "dynamics": {
             "model": {"dim": 192, "depth": 4, "heads": 6},
@@ -65,7 +65,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "train": {"steps": 300_000, "log_every": 100, "val_every": 5000, "ckpt_every": 2000, "ema_decay": 0.9999},
         },
         "lam": {
-            "model": {"dim": 512, "encoder_depth": 8, "decoder_depth": 8, "heads": 8, "code_dim": 32},
+            "model": {"dim": 512, "encoder_depth": 8, "decoder_depth": 6, "head_depth": 2, "heads": 8},
             "optim": {"lr": 3e-4, "warmup_steps": 2000},
             "data": {"clip_len": 16, "batch_size": 36},
             "train": {"steps": 200_000, "log_every": 100, "val_every": 5000, "ckpt_every": 2000},

@@ -62,6 +62,7 @@ class World:
         self.grid: tuple[int, int] = (dynamics.config.token_height, dynamics.config.token_width)
         self._cache: TemporalKVCache | None = None
         self._decoder_cache: Any = None
+        self._last_tokens: Tensor | None = None  # (B, S)
         self._generator = torch.Generator(device=self.device)
         self.batch_size = 0
         self.frames_played = 0
@@ -120,8 +121,9 @@ class World:
         actions = (self.lam.infer_actions(video) if t0 > 1  # type: ignore[operator]
                    else video.new_zeros(b, 0, dtype=torch.long))  # (B, T0-1)
         self._cache = self.dynamics.new_cache(self.config.context_frames)
-        self.dynamics.commit(rearrange(indices, "b t h w -> b t (h w)"), self.dynamics.frame_actions(actions),
-                             self._cache)
+        tokens = rearrange(indices, "b t h w -> b t (h w)")
+        self.dynamics.commit(tokens, self.dynamics.frame_actions(actions), self._cache)
+        self._last_tokens = tokens[:, -1]  # (B, S): the frame the next one follows
         self._decoder_cache = self.tokenizer.new_cache(self.config.decoder_context)  # type: ignore[operator]
         frames = self.tokenizer.decode_step(indices, self._decoder_cache)  # type: ignore[operator]
         self._generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
@@ -147,7 +149,8 @@ class World:
         cache = self._cache
         frame_actions = self._actions(actions)[:, None]  # (B, 1)
         tokens = self.next_tokens(frame_actions)  # (B, S)
-        self.dynamics.commit(tokens[:, None], frame_actions, cache)
+        self.dynamics.commit(tokens[:, None], frame_actions, cache, prev=self._last_tokens)
+        self._last_tokens = tokens
         h, w = self.grid
         indices = rearrange(tokens, "b (h w) -> b 1 h w", h=h, w=w)
         frame = self.tokenizer.decode_step(indices, self._decoder_cache)[:, 0]  # type: ignore[operator]
@@ -157,10 +160,10 @@ class World:
     def next_tokens(self, frame_actions: Tensor) -> Tensor:
         """MaskGIT-decode the next frame's tokens (B, S) for ``frame_actions`` (B, 1), without committing."""
         assert self._cache is not None
-        cache = self._cache
+        cache, prev = self._cache, self._last_tokens
 
         def logits_fn(tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, V)
-            return self.dynamics(tokens[:, None], frame_actions, cache=cache, commit=False)[:, 0]
+            return self.dynamics(tokens[:, None], frame_actions, cache=cache, commit=False, prev=prev)[:, 0]
 
         return maskgit_decode(logits_fn, self.batch_size, self.dynamics.config.num_tokens, self.dynamics.mask_id,
                               self.config.sampling, self._generator, self.device)

@@ -35,6 +35,29 @@ def rope_angles(positions: Tensor, head_dim: int, base: float = 10_000.0) -> tup
     return ang.cos().float(), ang.sin().float()
 
 
+def grid_rope_angles(grid: tuple[int, int], head_dim: int, extra: int = 0,
+                     device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """2D axial rotary tables for a row-major ``grid`` of (rows, cols) tokens (spatial attention).
+
+    Half of each head's rotary pairs turn with the row, half with the column, so attention scores
+    depend on relative offsets (dy, dx): a shift by the same amount anywhere in the frame looks the
+    same, which is what motion is. ``extra`` trailing tokens (e.g. a summary token) are not rotated.
+    Returns cos, sin of shape (rows*cols + extra, head_dim // 2); head_dim must be divisible by 4.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2D rotary embeddings need a head width divisible by 4, got {head_dim}")
+    rows, cols = grid
+    r = torch.arange(rows, device=device).repeat_interleave(cols)  # (S,)
+    c = torch.arange(cols, device=device).repeat(rows)  # (S,)
+    cos_r, sin_r = rope_angles(r, head_dim // 2, base=100.0)
+    cos_c, sin_c = rope_angles(c, head_dim // 2, base=100.0)
+    cos, sin = torch.cat([cos_r, cos_c], dim=-1), torch.cat([sin_r, sin_c], dim=-1)  # (S, K/2)
+    if extra:
+        cos = torch.cat([cos, cos.new_ones(extra, cos.shape[1])])
+        sin = torch.cat([sin, sin.new_zeros(extra, sin.shape[1])])
+    return cos, sin
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs of channels. x: (..., T, K) with K even; cos, sin: (T, K/2)."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
@@ -183,17 +206,18 @@ class STBlock(nn.Module):
         super().__init__()
         self.causal = causal
         self.norm_s = nn.LayerNorm(dim)
-        self.attn_s = Attention(dim, heads, dropout)
+        self.attn_s = Attention(dim, heads, dropout, rope=True)
         self.norm_t = nn.LayerNorm(dim)
         self.attn_t = Attention(dim, heads, dropout, rope=True)
         self.norm_m = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: LayerCache | None = None,
-                commit: bool = False, max_frames: int | None = None) -> Tensor:
+                commit: bool = False, max_frames: int | None = None,
+                rope_s: tuple[Tensor, Tensor] | None = None) -> Tensor:
         b, t, s, d = x.shape
         h = rearrange(self.norm_s(x), "b t s d -> (b t) s d")
-        x = x + rearrange(self.attn_s(h), "(b t) s d -> b t s d", b=b)
+        x = x + rearrange(self.attn_s(h, rope=rope_s), "(b t) s d -> b t s d", b=b)
         h = rearrange(self.norm_t(x), "b t s d -> (b s) t d")
         h = self.attn_t(h, causal=self.causal, rope=rope, cache=cache, commit=commit, max_frames=max_frames)
         x = x + rearrange(h, "(b s) t d -> b t s d", b=b)
@@ -213,11 +237,20 @@ class STTransformer(nn.Module):
     """
 
     def __init__(self, dim: int, depth: int, heads: int, num_spatial: int, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, causal: bool = True, grad_checkpoint: bool = False) -> None:
+                 dropout: float = 0.0, causal: bool = True, grad_checkpoint: bool = False,
+                 spatial_grid: tuple[int, int] | None = None, learned_pos: bool = True) -> None:
         super().__init__()
         self.dim, self.depth, self.heads, self.num_spatial = dim, depth, heads, num_spatial
-        self.pos_s = nn.Parameter(torch.zeros(1, 1, num_spatial, dim))
-        nn.init.trunc_normal_(self.pos_s, std=0.02)
+        self.spatial_grid = tuple(spatial_grid) if spatial_grid is not None else None
+        if self.spatial_grid is not None:
+            extra = num_spatial - self.spatial_grid[0] * self.spatial_grid[1]
+            if extra < 0:
+                raise ValueError(f"spatial grid {self.spatial_grid} has more cells than num_spatial {num_spatial}")
+            if (dim // heads) % 4:
+                raise ValueError(f"2D spatial RoPE needs dim / heads divisible by 4, got {dim}/{heads}")
+        self.pos_s = nn.Parameter(torch.zeros(1, 1, num_spatial, dim)) if learned_pos else None
+        if self.pos_s is not None:
+            nn.init.trunc_normal_(self.pos_s, std=0.02)
         self.blocks = nn.ModuleList(STBlock(dim, heads, mlp_ratio, dropout, causal) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.grad_checkpoint = grad_checkpoint
@@ -231,14 +264,19 @@ class STTransformer(nn.Module):
             raise ValueError(f"STTransformer expects (B, T, {self.num_spatial}, {self.dim}), got {tuple(x.shape)}")
         start = cache.pos if cache is not None else 0
         rope = rope_angles(torch.arange(start, start + t, device=x.device), self.dim // self.heads)
-        x = x + self.pos_s
+        rope_s = None
+        if self.spatial_grid is not None:
+            g = self.spatial_grid
+            rope_s = grid_rope_angles(g, self.dim // self.heads, s - g[0] * g[1], device=x.device)
+        if self.pos_s is not None:
+            x = x + self.pos_s
         for i, block in enumerate(self.blocks):
             if cache is not None:
-                x = block(x, rope, cache.layers[i], commit, cache.max_frames)
+                x = block(x, rope, cache.layers[i], commit, cache.max_frames, rope_s)
             elif self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, rope, use_reentrant=False)
+                x = checkpoint(block, x, rope, None, False, None, rope_s, use_reentrant=False)
             else:
-                x = block(x, rope)
+                x = block(x, rope, rope_s=rope_s)
         if cache is not None and commit:
             cache.pos += t
         return self.norm(x)
