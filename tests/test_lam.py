@@ -110,3 +110,14 @@ def test_shape_and_config_errors_name_the_value():
         m.infer_actions(torch.rand(1, 3, 32, 32, 3))
     with pytest.raises(ValueError, match="at least 2 frames"):
         m.infer_actions(torch.rand(1, 1, 16, 16, 3))
+
+
+def test_infer_actions_reads_each_transition_from_a_bounded_window():
+    m = _lam(infer_window=3).eval()
+    video = torch.rand(2, 7, 16, 16, 3)
+    actions = m.infer_actions(video)
+    assert actions.shape == (2, 6)
+    for t in range(6):  # transition t -> t+1 from frames max(0, t-1)..t+1
+        start = max(0, t + 2 - 3)
+        expected = m.encode(video[:, start : t + 2]).actions[:, -1]
+        assert torch.equal(actions[:, t], expected)

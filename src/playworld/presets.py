@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         },
         "dynamics": {
             "model": {"dim": 192, "depth": 4, "heads": 6},
-            "optim": {"lr": 5e-4, "warmup_steps": 200},
+            "optim": {"lr": 1e-3, "warmup_steps": 100},
             "data": {"clip_len": 8, "batch_size": 8},
             "train": {"steps": 4000, "log_every": 25, "val_every": 500, "ckpt_every": 250},
         },

@@ -72,6 +72,8 @@ class LAMConfig:
     usage_decay: float = field(0.95, help="EMA decay of the per-action usage shares")
     dead_code_threshold: float = field(
         0.1, help="restart an action whose usage share falls below this fraction of 1/|A| (0 = off)")
+    infer_window: int = field(
+        4, help="frames the encoder reads per transition in infer_actions (at most the training clip length)")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
 
     def __post_init__(self) -> None:
@@ -81,6 +83,8 @@ class LAMConfig:
                 raise ConfigError(f"lam.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_actions < 2:
             raise ConfigError(f"lam.num_actions must be >= 2, got {self.num_actions}")
+        if self.infer_window < 2:
+            raise ConfigError(f"lam.infer_window must be >= 2 frames, got {self.infer_window}")
         if self.height % self.patch_size or self.width % self.patch_size:
             raise ConfigError(
                 f"lam.patch_size {self.patch_size} must divide the frame size {self.height}x{self.width}")
@@ -228,11 +232,23 @@ class LatentActionModel(nn.Module):
 
     @torch.no_grad()
     def infer_actions(self, video: Tensor) -> Tensor:
-        """video (B, T, H, W, C) float in [0, 1] -> (B, T-1) long latent actions (no state changes)."""
+        """video (B, T, H, W, C) float in [0, 1] -> (B, T-1) long latent actions (no state changes).
+
+        Transition t -> t+1 is read from the last ``infer_window`` frames up to x_{t+1}, so clips longer
+        than the ones trained on never put the causal encoder at temporal positions it has not seen.
+        """
         was_training = self.training
         self.eval()
         try:
-            return self.encode(video).actions
+            patches = self.patchify(video)  # (B, T, S, P)
+            w, t = self.config.infer_window, patches.shape[1]
+            if t <= w:
+                return self._encode_patches(patches).actions
+            head = self._encode_patches(patches[:, :w]).actions  # (B, w-1): windows starting at frame 0
+            windows = patches.unfold(1, w, 1)  # (B, T-w+1, S, P, w): frames i..i+w-1
+            windows = rearrange(windows, "b n s p w -> (b n) w s p")
+            tail = self._encode_patches(windows).actions[:, -1]  # last transition of each window
+            return torch.cat([head, tail.view(patches.shape[0], -1)[:, 1:]], dim=1)
         finally:
             self.train(was_training)
 
