@@ -1,0 +1,59 @@
+"""`playworld rollout`: play a fixed action string from a picture or a dataset frame into a video."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rollout", help="play an action string in a trained world from a picture or dataset frame, to a video",
+        description="playworld rollout RUN --prompt start.png --actions 1,1,3 --out clip.mp4\n"
+        "playworld rollout RUN --prompt data/coinrun-demo --episode 3 --frame 10 --actions right,right --out c.gif\n"
+        "Actions are numbered from 1 as the keys of `playworld play` (1 = latent action 0), or named "
+        "when the run has action_names.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory with tokenizer/, lam/ and dynamics/")
+    p.add_argument("--prompt", "--image", dest="prompt", required=True,
+                   help="a picture file (any format Pillow reads) or a dataset directory")
+    p.add_argument("--episode", type=int, default=0, help="dataset prompt: episode index (default: %(default)s)")
+    p.add_argument("--frame", type=int, default=0, help="dataset prompt: frame index (default: %(default)s)")
+    p.add_argument("--prompt-frames", type=int, default=1,
+                   help="dataset prompt: frames of context ending at --frame (default: %(default)s)")
+    p.add_argument("--actions", required=True, help="e.g. 1,1,3,2 (1-based) or right,right,jump")
+    p.add_argument("--out", required=True, help="video to write (.mp4 or .gif)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--fit", choices=("crop", "pad"), default="crop", help="fit a picture by center-crop or pad")
+    p.add_argument("--steps", type=int, default=4, help="MaskGIT steps per frame (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=15.0, help="video frame rate (default: %(default)s)")
+    p.add_argument("--scale", type=int, default=4, help="enlarge each pixel in the video (default: %(default)s)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from playworld.errors import ConfigError
+    from playworld.maskgit import SamplingConfig
+    from playworld.play.actions import load_action_names, parse_action_string
+    from playworld.play.prompts import DatasetPrompts, fit_frames, read_image, world_frame_size
+    from playworld.play.rollout import rollout_to_video
+    from playworld.world import World, WorldConfig
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".mp4", ".gif"):
+        raise ConfigError(f"--out {out}: use a .mp4 or .gif file name")
+    if args.scale < 1 or args.fps <= 0 or args.prompt_frames < 1:
+        raise ConfigError("--scale and --prompt-frames must be >= 1 and --fps > 0")
+    world = World.load(args.run, WorldConfig(sampling=SamplingConfig(steps=args.steps,
+                                                                     temperature=args.temperature)))
+    actions = parse_action_string(args.actions, world.num_actions, load_action_names(args.run, world.num_actions))
+    prompt_path, size = Path(args.prompt), world_frame_size(world)
+    if prompt_path.is_dir():
+        clip = DatasetPrompts(prompt_path, args.prompt_frames).frame(args.episode, args.frame)
+        prompt = fit_frames(clip, size, args.fit)
+    else:
+        prompt = read_image(prompt_path, size, args.fit)
+    rollout_to_video(world, prompt, actions, out, seed=args.seed, fps=args.fps, scale=args.scale)
+    print(f"{len(actions)} actions from {prompt_path} -> {1 + len(actions)} frames in {out}")
+    return 0

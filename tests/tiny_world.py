@@ -1,0 +1,48 @@
+"""A tiny random world saved in the release layout, for play, env and rollout tests (no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from playworld.config import to_dict
+from playworld.models.dynamics import DynamicsConfig, DynamicsModel
+from playworld.models.lam import LAMConfig, LatentActionModel
+from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
+from playworld.train.checkpoint import save_release
+
+SIZE = 16
+NUM_ACTIONS = 4
+
+
+def tiny_models(num_actions: int = NUM_ACTIONS):
+    torch.manual_seed(0)
+    tok = VideoTokenizer(TokenizerConfig(image_size=SIZE, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2,
+                                         num_codes=32, code_dim=8))
+    lam = LatentActionModel(LAMConfig(height=SIZE, width=SIZE, patch_size=8, num_actions=num_actions, dim=32,
+                                      heads=2, encoder_depth=1, decoder_depth=1))
+    dyn = DynamicsModel(DynamicsConfig(vocab_size=32, num_actions=num_actions, token_height=4,
+                                        token_width=4, dim=32, depth=2, heads=2))
+    return tok, lam, dyn
+
+
+def save_tiny_run(out: Path) -> Path:
+    """Write tokenizer/, lam/, dynamics/ of a tiny random world under ``out``; returns ``out``."""
+    for kind, model in zip(("tokenizer", "lam", "dynamics"), tiny_models()):
+        save_release(out / kind, model.state_dict(), {"kind": kind, "model": to_dict(model.config)})
+    return out
+
+
+def decode_video(path: Path):
+    """Every frame of an mp4 (PyAV) or gif (Pillow), with no resampling: (T, H, W, 3) uint8."""
+    import av
+    import numpy as np
+    from PIL import Image, ImageSequence
+
+    path = Path(path)
+    if path.suffix == ".gif":
+        with Image.open(path) as im:
+            return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
