@@ -116,10 +116,12 @@ class LAMConfig:
 
 @dataclass
 class LAMEncoding:
-    """logits: (B, T-1, K) encoder scores of each transition; actions: (B, T-1) long argmax."""
+    """logits: (B, T-1, K) encoder scores of each transition; actions: (B, T-1) long argmax;
+    features: (B, T-1, D) the attention-pooled encoder state the logits are read from."""
 
     logits: Tensor
     actions: Tensor
+    features: Tensor | None = None
 
 
 class LatentActionModel(nn.Module):
@@ -188,7 +190,7 @@ class LatentActionModel(nn.Module):
         weights = torch.softmax(self.pool(h).squeeze(-1), dim=-1)  # (B, T-1, S)
         pooled = torch.einsum("bts,btsd->btd", weights, h)  # (B, T-1, D)
         logits = self.to_logits(pooled)  # (B, T-1, K)
-        return LAMEncoding(logits=logits, actions=logits.argmax(-1))
+        return LAMEncoding(logits=logits, actions=logits.argmax(-1), features=pooled)
 
     # -- decoder ----------------------------------------------------------------------------------------
     def _kernel_prior(self, context: Tensor) -> Tensor:
@@ -237,18 +239,36 @@ class LatentActionModel(nn.Module):
         Transition t -> t+1 is read from the last ``infer_window`` frames up to x_{t+1}, so clips longer
         than the ones trained on never put the causal encoder at temporal positions it has not seen.
         """
+        return self._encode_windowed(video).actions
+
+    @torch.no_grad()
+    def features(self, video: Tensor) -> Tensor:
+        """video (B, T, H, W, C) in [0, 1] -> (B, T-1, D) frozen pooled encoder features of each
+        transition, read over the same windows as :meth:`infer_actions` (for linear probes)."""
+        features = self._encode_windowed(video).features
+        assert features is not None
+        return features
+
+    def _encode_windowed(self, video: Tensor) -> LAMEncoding:
+        """Eval-mode encoding of every transition from at most ``infer_window`` frames up to x_{t+1}."""
         was_training = self.training
         self.eval()
         try:
             patches = self.patchify(video)  # (B, T, S, P)
             w, t = self.config.infer_window, patches.shape[1]
             if t <= w:
-                return self._encode_patches(patches).actions
-            head = self._encode_patches(patches[:, :w]).actions  # (B, w-1): windows starting at frame 0
+                return self._encode_patches(patches)
+            head = self._encode_patches(patches[:, :w])  # (B, w-1): windows starting at frame 0
             windows = patches.unfold(1, w, 1)  # (B, T-w+1, S, P, w): frames i..i+w-1
             windows = rearrange(windows, "b n s p w -> (b n) w s p")
-            tail = self._encode_patches(windows).actions[:, -1]  # last transition of each window
-            return torch.cat([head, tail.view(patches.shape[0], -1)[:, 1:]], dim=1)
+            tail = self._encode_patches(windows)  # the last transition of each window is new
+
+            def join(a: Tensor, b: Tensor) -> Tensor:  # (B, w-1, ...), (B*(T-w+1), w-1, ...) -> (B, T-1, ...)
+                return torch.cat([a, b[:, -1].view(patches.shape[0], -1, *b.shape[2:])[:, 1:]], dim=1)
+
+            assert head.features is not None and tail.features is not None
+            return LAMEncoding(logits=join(head.logits, tail.logits), actions=join(head.actions, tail.actions),
+                               features=join(head.features, tail.features))
         finally:
             self.train(was_training)
 

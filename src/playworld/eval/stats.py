@@ -1,0 +1,93 @@
+"""Figures with 95% bootstrap intervals, and the image metrics they are made of (PSNR, SSIM).
+
+Every figure in an evaluation is an :class:`Estimate`: the statistic on the whole sample and a
+percentile bootstrap interval from resampling the independent units (clips from different episodes,
+start frames) with replacement. The resampling generator is seeded, so a rerun gives the same interval.
+
+SSIM: Wang et al., "Image quality assessment: from error visibility to structural similarity",
+IEEE TIP 2004 (Gaussian window 11 x 11, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+PSNR_CAP = 100.0  # dB: the PSNR of an exact frame (mse clamped at 1e-10)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic with its (1 - alpha) bootstrap interval over ``n`` independent units."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n}
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def bootstrap(values: np.ndarray, *, seed: int, resamples: int = 1000, alpha: float = 0.05,
+              statistic: Callable[[np.ndarray], float] | None = None) -> Estimate:
+    """Percentile bootstrap of ``statistic`` (default: the mean over axis 0) of ``values`` (N, ...),
+    resampling its N rows. With one row the interval is the point itself (nothing to resample)."""
+    values = np.asarray(values)
+    n = len(values)
+    if n == 0:
+        raise ValueError("bootstrap of an empty sample")
+    stat = statistic or (lambda v: float(np.mean(v)))
+    point = float(stat(values))
+    if n == 1:
+        return Estimate(point, point, point, 1)
+    rng = np.random.default_rng(seed)
+    boot = np.array([stat(values[rng.integers(0, n, n)]) for _ in range(resamples)], dtype=np.float64)
+    low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return Estimate(point, float(low), float(high), n)
+
+
+def psnr(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-frame PSNR in dB of frames in [0, 1]: (..., H, W, C) -> (...), capped at PSNR_CAP."""
+    mse = (pred.float() - target.float()).square().mean(dim=(-3, -2, -1))
+    return -10.0 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP / 10)))
+
+
+def _gaussian_window(size: int, sigma: float) -> Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-x.square() / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]  # (size, size)
+
+
+def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Per-frame SSIM of frames in [0, 1]: (..., H, W, C) -> (...), averaged over channels and the
+    valid window positions. The window shrinks (odd, >= 3) to fit frames smaller than 11 pixels."""
+    if pred.shape != target.shape:
+        raise ValueError(f"ssim: shapes differ, {tuple(pred.shape)} vs {tuple(target.shape)}")
+    lead = pred.shape[:-3]
+    h, w, c = pred.shape[-3:]
+    size = min(window, h - (1 - h % 2), w - (1 - w % 2))
+    if size < 3:
+        raise ValueError(f"ssim: frames of {h}x{w} pixels are too small for a 3x3 window")
+    kernel = _gaussian_window(size, sigma * size / window).to(pred.device)[None, None].repeat(c, 1, 1, 1)
+    x = rearrange(pred.float().reshape(-1, h, w, c), "n h w c -> n c h w")
+    y = rearrange(target.float().reshape(-1, h, w, c), "n h w c -> n c h w")
+
+    def blur(z: Tensor) -> Tensor:
+        return F.conv2d(z, kernel, groups=c)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3)).reshape(lead)

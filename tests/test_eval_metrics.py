@@ -1,0 +1,108 @@
+"""Building blocks of `playworld eval`: intervals, PSNR/SSIM, the assignment, NMI, the probe, phase
+correlation, silhouettes, and the LAM's probe features."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from playworld.eval.actions import assignment, best_mapping, confusion, linear_probe, nmi
+from playworld.eval.motion import opposite_pairs, phase_correlation, silhouettes
+from playworld.eval.stats import PSNR_CAP, bootstrap, psnr, ssim
+from playworld.models.lam import LAMConfig, LatentActionModel
+
+torch.set_num_threads(1)
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_data():
+    rng = np.random.default_rng(0)
+    small, large = bootstrap(rng.normal(1.0, 1.0, 20), seed=0), bootstrap(rng.normal(1.0, 1.0, 2000), seed=0)
+    assert small.low < small.mean < small.high and large.low < 1.0 < large.high
+    assert large.high - large.low < (small.high - small.low) / 4
+    assert bootstrap(np.array([3.0]), seed=0) == bootstrap(np.array([3.0]), seed=1)  # nothing to resample
+    x = rng.normal(size=50)
+    assert bootstrap(x, seed=5) == bootstrap(x, seed=5)  # seeded: reruns give the same interval
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap(np.array([]), seed=0)
+
+
+def test_psnr_and_ssim_of_identical_and_degraded_frames():
+    x = torch.rand(2, 3, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.all(psnr(x, x) == PSNR_CAP) and torch.allclose(ssim(x, x), torch.ones(2, 3))
+    noisy = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    noisier = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    assert torch.all(psnr(noisy, x) > psnr(noisier, x)) and torch.all(ssim(noisy, x) > ssim(noisier, x))
+    torch.testing.assert_close(psnr(torch.zeros(4, 4, 3), torch.full((4, 4, 3), 0.1)), torch.tensor(20.0))
+    with pytest.raises(ValueError, match="too small"):
+        ssim(torch.rand(2, 2, 3), torch.rand(2, 2, 3))
+
+
+def test_assignment_is_optimal_against_brute_force_on_rectangular_matrices():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        r, c = map(int, rng.integers(1, 6, 2))
+        score = rng.integers(0, 20, (r, c))
+        pairs = assignment(score)
+        assert len(pairs) == min(r, c)
+        assert len({a for a, _ in pairs}) == len({b for _, b in pairs}) == min(r, c)
+        if r <= c:
+            best = max(sum(score[i, p[i]] for i in range(r)) for p in itertools.permutations(range(c), r))
+        else:
+            best = max(sum(score[p[j], j] for j in range(c)) for p in itertools.permutations(range(r), c))
+        assert sum(score[a, b] for a, b in pairs) == best
+
+
+def test_best_mapping_finds_a_permutation_and_nmi_is_one_for_relabelled_actions():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 4, 400)
+    perm = np.array([2, 0, 3, 1])  # true action a is latent perm[a]
+    conf = confusion(perm[true], true, 4, 4)
+    mapping, acc = best_mapping(conf)
+    assert acc == 1.0 and mapping == {int(perm[a]): a for a in range(4)}
+    assert nmi(conf) == pytest.approx(1.0)
+    independent = confusion(rng.integers(0, 4, 4000), true.repeat(10), 4, 4)
+    assert nmi(independent) < 0.01 and best_mapping(independent)[1] < 0.35
+    with pytest.raises(ValueError, match=r"lie in \[0, 4\)"):
+        confusion(np.array([4]), np.array([0]), 4, 4)
+
+
+def test_linear_probe_reads_a_linearly_coded_label_and_not_noise():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    groups = np.arange(600) // 20
+    coded = np.eye(3)[labels] @ rng.normal(size=(3, 8)) + 0.1 * rng.normal(size=(600, 8))
+    good = linear_probe(coded, labels, groups, 3, seed=0)
+    noise = linear_probe(rng.normal(size=(600, 8)), labels, groups, 3, seed=0)
+    assert good.correct.mean() > 0.98 and noise.correct.mean() < 0.5
+    assert len(np.unique(good.groups)) == 15  # scored on the held-out half of the 30 episodes
+    assert 0.2 < good.majority < 0.5
+
+
+@pytest.mark.parametrize("shift", [(3, -5), (-2, 0), (0, 7)])
+def test_phase_correlation_recovers_a_wrapped_shift(shift):
+    x = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    est = phase_correlation(x, torch.roll(x, shifts=shift, dims=(1, 2)))
+    torch.testing.assert_close(est, torch.tensor([shift, shift], dtype=torch.float32), atol=0.05, rtol=0)
+
+
+def test_silhouettes_and_opposites_of_consistent_and_inconsistent_actions():
+    rng = np.random.default_rng(0)
+    means = np.array([[-2.0, 0], [2, 0], [0, -2], [0, 2]])
+    labels = np.repeat(np.arange(4), 30)
+    tight = silhouettes(means[labels] + 0.1 * rng.normal(size=(120, 2)), labels)
+    loose = silhouettes(rng.normal(size=(120, 2)), labels)
+    assert tight.mean() > 0.9 and abs(loose.mean()) < 0.2
+    assert sorted(map(sorted, opposite_pairs(means))) == [[0, 1], [2, 3]]
+    assert opposite_pairs(np.array([[1.0, 0], [0, 1.0]])) == []  # orthogonal: nothing undoes anything
+
+
+def test_lam_features_are_the_state_its_actions_are_read_from():
+    torch.manual_seed(0)
+    lam = LatentActionModel(LAMConfig(height=16, width=16, patch_size=8, num_actions=4, dim=32, heads=2,
+                                      encoder_depth=1, decoder_depth=1, infer_window=3))
+    video = torch.rand(2, 6, 16, 16, 3)  # longer than infer_window: windowed encoding
+    feats = lam.features(video)
+    assert feats.shape == (2, 5, 32)
+    with torch.no_grad():
+        assert torch.equal(lam.to_logits(feats).argmax(-1), lam.infer_actions(video))
