@@ -1,0 +1,73 @@
+"""What `playworld eval` measures and how much of it: one flat, validated dataclass (the CLI's flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from playworld.config import field
+from playworld.errors import ConfigError
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings. Every figure is computed on held-out episodes with fixed seeds."""
+
+    split: str = field("test", help="dataset split to evaluate on: 'test', 'val' or 'train' (held-out levels: test)")
+    episodes: int = field(64, help="episodes to evaluate (one rollout clip each; the bootstrap resamples them)")
+    context: tuple[int, ...] = field((1, 4), help="context frames given before each rollout (Genie: 1)")
+    horizon: int = field(15, help="frames generated after the context")
+    batch: int = field(16, help="worlds stepped together")
+    maskgit_steps: int = field(4, help="MaskGIT iterations per generated frame (Genie: 25)")
+    temperature: float = field(1.0, help="MaskGIT sampling temperature (0 = greedy)")
+    seed: int = field(0, help="seed of the episode choice, random actions, sampling and the bootstrap")
+    action_clips: int = field(4, help="non-overlapping clips per episode for the latent-vs-true action figures")
+    consistency_starts: int = field(32, help="start frames from which every latent action is applied")
+    consistency_steps: int = field(3, help="times each latent action is pressed when measuring its motion")
+    memory_k: int = field(4, help="steps one way, then the same number back, in the memory test")
+    memory_starts: int = field(16, help="start frames of the memory walk (model, and real env if it can replay)")
+    opposites: str = field("", help="true actions that undo each other, 'a:b,c:d' (default: from the dataset's "
+                           "game, e.g. CoinRun 7:1 = right:left; without true actions, from measured motion)")
+    real_env: bool = field(True, help="also walk in the real environment (Procgen datasets) for the memory test")
+    gif_clips: int = field(4, help="rollouts shown side by side in the report's gif")
+    grid_starts: int = field(6, help="rows (start frames) of the start-frame x latent-action grid gif")
+    grid_steps: int = field(10, help="frames per cell of the grid gif")
+    speed_frames: int = field(16, help="frames timed at batch 1 for ms/frame")
+    bootstrap: int = field(1000, help="bootstrap resamples per interval")
+    max_minutes: float = field(0.0, help="stop taking new episodes after this many minutes (0 = no limit)")
+    allow_collapsed: bool = field(False, help="record, instead of failing on, a LAM that uses under half its actions")
+    progress: bool = field(True, help="show progress bars")
+
+    def __post_init__(self) -> None:
+        for name in ("episodes", "horizon", "batch", "maskgit_steps", "action_clips", "consistency_starts",
+                     "consistency_steps", "memory_k", "memory_starts", "gif_clips", "grid_starts", "grid_steps",
+                     "speed_frames", "bootstrap"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.split not in ("train", "val", "test"):
+            raise ConfigError(f"eval.split must be 'train', 'val' or 'test', got {self.split!r}")
+        if not self.context or any(c < 1 for c in self.context):
+            raise ConfigError(f"eval.context must be one or more frame counts >= 1, got {self.context}")
+        self.context = tuple(sorted(set(self.context)))
+        if self.temperature < 0:
+            raise ConfigError(f"eval.temperature must be >= 0, got {self.temperature}")
+        if self.max_minutes < 0:
+            raise ConfigError(f"eval.max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
+        self.opposite_pairs()  # validate the format now
+
+    @property
+    def clip_len(self) -> int:
+        """Frames of a rollout clip: the longest context plus the horizon."""
+        return max(self.context) + self.horizon
+
+    def opposite_pairs(self) -> tuple[tuple[int, int], ...] | None:
+        """``opposites`` parsed: ((a, b), ...) or None when not given."""
+        if not self.opposites.strip():
+            return None
+        pairs = []
+        for item in self.opposites.split(","):
+            parts = item.strip().split(":")
+            if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or parts[0] == parts[1]:
+                raise ConfigError(f"eval.opposites: {item!r} is not 'a:b' with two different action numbers "
+                                  f"(e.g. '7:1' for CoinRun right:left)")
+            pairs.append((int(parts[0]), int(parts[1])))
+        return tuple(pairs)

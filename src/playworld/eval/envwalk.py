@@ -1,0 +1,79 @@
+"""The memory walk in the real environment, for datasets collected from Procgen (CoinRun).
+
+On each evaluated level (its seed from the manifest), the real game is reset, left idle (NOOP) for a
+few frames so the agent lands, and then walked k steps with one true action and k steps with its
+opposite. The idle frames are the model's prompt, so the model's walk and the real one start from the
+same frames and their returns can be compared. A level whose episode ends during the walk is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PROCGEN_NOOP = 4
+# true actions that undo each other, per Procgen game (the 15-action combo layout shared by all games:
+# 1 LEFT, 7 RIGHT, 3 DOWN, 5 UP); CoinRun's UP is a jump and its DOWN does nothing, so only left/right.
+PROCGEN_OPPOSITES: dict[str, tuple[tuple[int, int], ...]] = {"coinrun": ((7, 1),)}
+PROCGEN_DEFAULT_OPPOSITES = ((7, 1), (5, 3))
+
+
+def default_opposites(source: dict[str, Any]) -> tuple[tuple[int, int], ...] | None:
+    """Opposite true actions for a dataset's ``source`` (manifest), or None if unknown."""
+    if source.get("kind") != "procgen":
+        return None
+    return PROCGEN_OPPOSITES.get(str(source.get("game")), PROCGEN_DEFAULT_OPPOSITES)
+
+
+@dataclass
+class RealWalk:
+    """prompts: (S, c, H, W, C) uint8 idle frames before the walk; frames: (S, 3, H, W, C) uint8 real
+    frames at the start, after k steps there, after k steps back; level_seeds: (S,)."""
+
+    prompts: np.ndarray
+    frames: np.ndarray
+    level_seeds: list[int]
+
+
+def procgen_walk(source: dict[str, Any], level_seeds: list[int], there: int, back: int, k: int,
+                 context: int, settle: int = 8) -> RealWalk:
+    """Walk ``there`` k times then ``back`` k times on each level of a Procgen dataset ``source``."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        from procgen import ProcgenGym3Env
+    cfg = source.get("config", {})
+    prompts, frames, seeds = [], [], []
+    for seed in level_seeds:
+        env = ProcgenGym3Env(num=1, env_name=source["game"], distribution_mode=cfg.get("distribution_mode", "hard"),
+                             start_level=int(seed), num_levels=1, rand_seed=int(seed))
+        try:
+            seen, ended = [], False
+            for t in range(max(settle, context) + 2 * k):
+                _, obs, first = env.observe()
+                if t and first[0]:
+                    ended = True
+                    break
+                seen.append(obs["rgb"][0].copy())
+                if t < max(settle, context):
+                    action = PROCGEN_NOOP
+                else:
+                    action = there if t < max(settle, context) + k else back
+                env.act(np.array([action]))
+            _, obs, first = env.observe()
+            if ended or first[0]:
+                continue
+            seen.append(obs["rgb"][0].copy())
+        finally:
+            env.close()
+        s = max(settle, context)  # the frame the walk starts from (the prompt ends with it)
+        prompts.append(np.stack(seen[s - context + 1:s + 1]))
+        frames.append(np.stack([seen[s], seen[s + k], seen[s + 2 * k]]))
+        seeds.append(int(seed))
+    if not frames:
+        raise RuntimeError("every real walk ended the episode early")
+    return RealWalk(np.stack(prompts), np.stack(frames), seeds)

@@ -1,0 +1,364 @@
+"""All of `playworld eval` on one world and one dataset split -> the metrics.json dict and the media.
+
+Order: rollout clips batch by batch (tokenizer and rollout figures; stops taking batches when
+``max_minutes`` is spent), the action clips (latent vs true actions), then the fixed-size parts
+(consistency, grid, memory, speed). Every figure is an Estimate with a bootstrap interval over the
+evaluated episodes (or start frames, or timed frames, as each section says).
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from playworld.config import to_dict
+from playworld.data.loader import ClipDataset
+from playworld.errors import TrainingError
+from playworld.eval import actions as act
+from playworld.eval.clips import EvalClips, choose_clips
+from playworld.eval.config import EvalConfig
+from playworld.eval.control import Walk, action_motion, ms_per_frame, press_each_action, return_psnr, walk
+from playworld.eval.envwalk import default_opposites, procgen_walk
+from playworld.eval.motion import opposite_pairs, silhouettes
+from playworld.eval.rollouts import KINDS, BatchFigures, EvalWorld, device_of, evaluate_batch
+from playworld.eval.schema import FORMAT, SCHEMA_VERSION
+from playworld.eval.stats import Estimate, bootstrap, psnr
+from playworld.models.lam import check_action_usage
+
+
+@dataclass
+class EvalOutput:
+    """metrics: the metrics.json object; gifs: name -> (T, H, W, 3) uint8 frames; strips: name ->
+    (rows, cols, H, W, 3) uint8 still images (the memory walk)."""
+
+    metrics: dict[str, Any]
+    gifs: dict[str, np.ndarray] = field(default_factory=dict)
+    strips: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _grouped(groups: np.ndarray, cfg: EvalConfig, stat: Any) -> Estimate:
+    """Cluster bootstrap: resample the groups (episodes) with replacement; ``stat(group_ids)`` -> float."""
+    return bootstrap(np.unique(groups), seed=cfg.seed, resamples=cfg.bootstrap, statistic=stat)
+
+
+class Evaluation:
+    """One evaluation run; :meth:`run` -> :class:`EvalOutput`. Sections are methods that fill
+    ``self.metrics``; state shared between them (clips, mapping, prompts) lives on ``self``."""
+
+    def __init__(self, world: EvalWorld, clips: ClipDataset, cfg: EvalConfig, *, run: str = "", data: str = "",
+                 device: str = "cpu") -> None:
+        if clips.clip_len != cfg.clip_len:
+            raise ValueError(f"clips of {clips.clip_len} frames; this config needs {cfg.clip_len}")
+        self.world, self.clips, self.cfg = world, clips, cfg
+        self.deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
+        self.out = EvalOutput(metrics={
+            "format": FORMAT, "schema_version": SCHEMA_VERSION,
+            "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "run": run, "data": data, "settings": to_dict(cfg), "warnings": []})
+        self.device = device
+        self.cmax = max(cfg.context)
+        self.mapping: dict[int, int] = {}
+        self.conf: np.ndarray | None = None
+
+    def est(self, values: np.ndarray) -> dict[str, Any]:
+        return bootstrap(values, seed=self.cfg.seed, resamples=self.cfg.bootstrap).to_json()
+
+    def bar(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="clip", disable=not self.cfg.progress, leave=False)
+
+    def run(self) -> EvalOutput:
+        cfg = self.cfg
+        self.chosen: EvalClips = choose_clips(self.clips, cfg.episodes, cfg.action_clips, cfg.seed)
+        figs = self.rollout_pass()
+        self.tokenizer_section(figs)
+        self.rollout_section(figs)
+        self.actions_section(figs)
+        self.prompts = self.clips.get_batch(self.chosen.rollout[: max(cfg.consistency_starts, cfg.memory_starts,
+                                                                      cfg.grid_starts)].tolist())[:, :self.cmax]
+        self.consistency_section()
+        self.memory_section()
+        self.speed_section(figs)
+        self.media(figs)
+        self.headline()
+        return self.out
+
+    # -- rollouts and tokenizer ---------------------------------------------------------------------------
+    def rollout_pass(self) -> list[BatchFigures]:
+        cfg, idx = self.cfg, self.chosen.rollout
+        figs: list[BatchFigures] = []
+        with self.bar(len(idx), "rollouts") as bar:
+            for s in range(0, len(idx), cfg.batch):
+                if figs and self.deadline is not None and time.monotonic() > self.deadline:
+                    break
+                video = self.clips.get_batch(idx[s:s + cfg.batch].tolist())
+                figs.append(evaluate_batch(self.world, video, cfg.context, cfg.horizon, cfg.seed + s))
+                bar.update(len(video))
+        n = sum(len(f.recon_psnr) for f in figs)
+        self.done = n  # episodes evaluated: the first n of self.chosen.rollout
+        self.out.metrics["counts"] = {"episodes": n, "rollout_clips": n, "action_transitions": 0,
+                                      "truncated_by_time": n < len(idx)}
+        return figs
+
+    def tokenizer_section(self, figs: list[BatchFigures]) -> None:
+        counts = np.concatenate([f.code_counts for f in figs])  # (N, K)
+        clips = np.arange(len(counts))
+
+        def usage(ids: np.ndarray) -> float:
+            return float((counts[ids].sum(0) > 0).mean())
+
+        def perplexity(ids: np.ndarray) -> float:
+            p = counts[ids].sum(0) / max(counts[ids].sum(), 1)
+            return float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
+
+        cfg = self.cfg
+        self.out.metrics["tokenizer"] = {
+            "num_codes": int(counts.shape[1]),
+            "psnr": self.est(np.concatenate([f.recon_psnr for f in figs])),
+            "ssim": self.est(np.concatenate([f.recon_ssim for f in figs])),
+            "code_usage": bootstrap(clips, seed=cfg.seed, resamples=cfg.bootstrap, statistic=usage).to_json(),
+            "perplexity": bootstrap(clips, seed=cfg.seed, resamples=cfg.bootstrap, statistic=perplexity).to_json(),
+            "code_counts": counts.sum(0).tolist(),
+        }
+
+    def rollout_section(self, figs: list[BatchFigures]) -> None:
+        contexts = {}
+        for c in self.cfg.context:
+            entry: dict[str, Any] = {}
+            for metric in ("psnr", "ssim"):
+                per = {k: np.concatenate([getattr(f, metric)[c][k] for f in figs]) for k in KINDS}  # (N, horizon)
+                entry[metric] = {k: [self.est(v[:, t]) for t in range(v.shape[1])] for k, v in per.items()}
+                if metric == "psnr":
+                    delta = per["inferred"] - per["random"]
+                    entry["delta_psnr"] = [self.est(delta[:, t]) for t in range(delta.shape[1])]
+            contexts[str(c)] = entry
+        self.out.metrics["rollouts"] = {"horizon": self.cfg.horizon, "contexts": contexts}
+
+    # -- latent vs true actions -----------------------------------------------------------------------------
+    def actions_section(self, figs: list[BatchFigures]) -> None:
+        cfg, world = self.cfg, self.world
+        keep = self.chosen.action_group < self.done
+        idx, groups = self.chosen.action[keep], self.chosen.action_group[keep]
+        latent, true, feats, tgroups = [], [], [], []
+        has_features = callable(getattr(world.lam, "features", None))
+        lam_device = device_of(world.lam)
+        with self.bar(len(idx), "latent actions") as bar, torch.no_grad():
+            for s in range(0, len(idx), cfg.batch):
+                part = idx[s:s + cfg.batch]
+                unit = (self.clips.get_batch(part.tolist()).float() / 255).to(lam_device)
+                latent.append(world.lam.infer_actions(unit).long().cpu().numpy())  # (B, T-1)
+                if has_features:
+                    feats.append(world.lam.features(unit).float().cpu().numpy())  # (B, T-1, D)
+                true.append(np.stack([self.clips.clip_actions(int(i))[:-1] for i in part]))  # (B, T-1)
+                tgroups.append(np.repeat(groups[s:s + cfg.batch], unit.shape[1] - 1))
+                bar.update(len(part))
+        lat = np.concatenate(latent).ravel()
+        k = world.num_actions
+        where = f"{self.out.metrics['run']} on {self.out.metrics['data']}:{cfg.split}"
+        try:
+            check_action_usage(torch.from_numpy(np.concatenate([lat, *[f.inferred.ravel() for f in figs]])), k, where)
+        except TrainingError as e:
+            if not cfg.allow_collapsed:
+                raise
+            self.out.metrics["warnings"].append(str(e))
+        section: dict[str, Any] = {
+            "available": False, "reason": None, "num_latent": k, "num_true": self.clips.dataset.num_actions,
+            "latent_usage": np.bincount(lat, minlength=k).tolist(), "mapping": None, "mapping_accuracy": None,
+            "majority_accuracy": None, "nmi": None, "probe_accuracy": None, "probe_majority_accuracy": None,
+            "probe_reason": None, "confusion": None}
+        self.out.metrics["actions"] = section
+        tru, grp = np.concatenate(true).ravel(), np.concatenate(tgroups)
+        valid = tru >= 0
+        num_true = self.clips.dataset.num_actions
+        if num_true is None or not valid.any():
+            section["reason"] = f"{self.clips.dataset.root}: no recorded actions in split {cfg.split!r}"
+            return
+        lat, tru, grp = lat[valid], tru[valid], grp[valid]
+        self.out.metrics["counts"]["action_transitions"] = int(valid.sum())
+        conf = act.confusion(lat, tru, k, num_true)
+        mapping, _ = act.best_mapping(conf)
+        self.mapping, self.conf = mapping, conf
+        ids = np.unique(grp)
+        per_group = np.stack([act.confusion(lat[grp == g], tru[grp == g], k, num_true) for g in ids])  # (G, K, A)
+        pos = {g: i for i, g in enumerate(ids)}
+        hit = np.zeros((k, num_true))
+        for lt, tr in mapping.items():
+            hit[lt, tr] = 1
+
+        def conf_of(sel: np.ndarray) -> np.ndarray:
+            return per_group[[pos[g] for g in sel]].sum(0)
+
+        def accuracy(sel: np.ndarray) -> float:  # the mapping found on all data, scored on a resample
+            c = conf_of(sel)
+            return float((c * hit).sum() / c.sum())
+
+        def majority(sel: np.ndarray) -> float:
+            c = conf_of(sel)
+            return float(c.sum(0).max() / c.sum())
+
+        section.update({
+            "available": True, "mapping": [[int(a), int(b)] for a, b in sorted(mapping.items())],
+            "mapping_accuracy": _grouped(grp, cfg, accuracy).to_json(),
+            "majority_accuracy": _grouped(grp, cfg, majority).to_json(),
+            "nmi": _grouped(grp, cfg, lambda sel: act.nmi(conf_of(sel))).to_json(),
+            "confusion": conf.tolist()})
+        if not has_features:
+            section["probe_reason"] = "the LAM exposes no features(video) for a linear probe"
+        elif len(ids) < 2:
+            section["probe_reason"] = "a probe needs at least 2 episodes (one to train, one to score)"
+        else:
+            x = np.concatenate(feats).reshape(-1, feats[0].shape[-1])[valid]
+            probe = act.linear_probe(x, tru, grp, num_true, seed=cfg.seed)
+            pg = probe.groups
+
+            def probe_acc(sel: np.ndarray) -> float:
+                return float(np.concatenate([probe.correct[pg == g] for g in sel]).mean())
+
+            section["probe_accuracy"] = _grouped(pg, cfg, probe_acc).to_json()
+            section["probe_majority_accuracy"] = probe.majority
+
+    # -- driving the world ---------------------------------------------------------------------------------
+    def consistency_section(self) -> None:
+        cfg = self.cfg
+        prompts = self.prompts[:cfg.consistency_starts]
+        frames = press_each_action(self.world, prompts, cfg.consistency_steps, cfg.seed, cfg.batch)
+        motion = action_motion(frames)  # (S, K, 2)
+        s, k = motion.shape[:2]
+        sil = silhouettes(motion.reshape(s * k, 2), np.tile(np.arange(k), s)).reshape(s, k)
+        self.mean_motion = motion.mean(0)  # (K, 2)
+        self.out.metrics["consistency"] = {
+            "per_action": [self.est(sil[:, a]) for a in range(k)], "overall": self.est(sil.mean(1)),
+            "mean_motion": self.mean_motion.tolist(), "starts": s, "steps": cfg.consistency_steps}
+
+    def latent_for(self, true_action: int) -> int:
+        """The latent action the mapping gives ``true_action`` (or, if it got none, the one that most
+        often co-occurs with it)."""
+        for lt, tr in self.mapping.items():
+            if tr == true_action:
+                return lt
+        assert self.conf is not None
+        return int(self.conf[:, true_action].argmax())
+
+    def memory_section(self) -> None:
+        cfg = self.cfg
+        true_pairs = cfg.opposite_pairs()
+        source = "given"
+        if true_pairs is None:
+            true_pairs, source = default_opposites(self.clips.dataset.manifest.source), "game"
+        walks: list[tuple[Walk, list[int] | None]] = []
+        if true_pairs and self.conf is not None:
+            num_true = self.conf.shape[1]
+            for a, b in true_pairs:
+                if max(a, b) >= num_true:
+                    raise ValueError(f"--opposites {a}:{b}: the dataset has only {num_true} true actions")
+                la, lb = self.latent_for(a), self.latent_for(b)
+                if la != lb:
+                    walks += [(Walk(la, lb), [a, b]), (Walk(lb, la), [b, a])]
+            source = f"mapping of true opposites ({source})"
+        if not walks:
+            source = "measured motion (no true actions, or they map to one latent action)"
+            walks = [(Walk(a, b), None) for p in opposite_pairs(self.mean_motion) for a, b in (p, p[::-1])]
+        real: dict[str, Any] = {"available": False, "reason": None, "levels": 0, "return_psnr": None,
+                                "model_return_psnr": None, "model_vs_real_psnr": None}
+        section = {"k": cfg.memory_k, "pairs_from": source, "model_return_psnr": None, "real": real,
+                   "walks": [{"there": w.there, "back": w.back, "true": t} for w, t in walks]}
+        self.out.metrics["memory"] = section
+        if not walks:
+            self.out.metrics["warnings"].append("memory: no pair of latent actions undo each other")
+            real["reason"] = "no opposite latent actions"
+            return
+        prompts = self.prompts[:cfg.memory_starts]
+        frames = walk(self.world, prompts, [w for w, _ in walks], cfg.memory_k, cfg.seed, cfg.batch)
+        section["model_return_psnr"] = self.est(return_psnr(frames).mean(0))  # per start, mean over walks
+        self.out.strips["memory_model"] = frames[0, :4].numpy()  # (rows, 3, H, W, C)
+        self.real_walk(walks, real)
+
+    def real_walk(self, walks: list[tuple[Walk, list[int] | None]], real: dict[str, Any]) -> None:
+        cfg, ds = self.cfg, self.clips.dataset
+        src = ds.manifest.source
+        first = next(((w, t) for w, t in walks if t is not None), None)
+        if not cfg.real_env:
+            real["reason"] = "turned off (--no-real-env)"
+            return
+        if src.get("kind") != "procgen":
+            real["reason"] = f"{ds.root}: data of kind {src.get('kind')!r} cannot be replayed (Procgen only)"
+            return
+        if first is None:
+            real["reason"] = "no true opposite actions to walk with"
+            return
+        by_index = {e.index: e for e in self.clips.episodes}
+        levels = (by_index[self.clips.locate(int(i))[0]].level_seed for i in self.chosen.rollout[:self.done])
+        seeds = list(dict.fromkeys(s for s in levels if s is not None))[:cfg.memory_starts]
+        if not seeds:
+            real["reason"] = f"{ds.root}: the evaluated episodes have no level seeds"
+            return
+        (w, (a, b)) = first
+        try:
+            rw = procgen_walk(src, seeds, a, b, cfg.memory_k, self.cmax)
+        except (ImportError, RuntimeError) as e:
+            real["reason"] = f"the real environment could not be walked: {e}"
+            return
+        model = walk(self.world, torch.from_numpy(rw.prompts), [w], cfg.memory_k, cfg.seed, cfg.batch)[0]
+        truth = torch.from_numpy(rw.frames).float() / 255
+        mf = model.float() / 255
+        real.update({"available": True, "levels": len(rw.level_seeds),
+                     "return_psnr": self.est(psnr(truth[:, 2], truth[:, 0]).numpy()),
+                     "model_return_psnr": self.est(psnr(mf[:, 2], mf[:, 0]).numpy()),
+                     "model_vs_real_psnr": self.est(psnr(mf[:, 2], truth[:, 2]).numpy())})
+        self.out.strips["memory_real"] = rw.frames[:4]
+        self.out.strips["memory_model_on_real"] = model[:4].numpy()
+
+    def speed_section(self, figs: list[BatchFigures]) -> None:
+        cfg = self.cfg
+        times = ms_per_frame(self.world, self.prompts[:1], cfg.speed_frames, cfg.seed)
+        stepped = sum(f.frames_stepped for f in figs)
+        self.out.metrics["speed"] = {
+            "ms_per_frame": self.est(times),
+            "ms_per_frame_batched": 1000 * sum(f.step_seconds for f in figs) / max(stepped, 1),
+            "batch": cfg.batch, "maskgit_steps": cfg.maskgit_steps, "temperature": cfg.temperature,
+            "device": self.device, "threads": torch.get_num_threads()}
+
+    # -- media and headline --------------------------------------------------------------------------------------
+    def media(self, figs: list[BatchFigures]) -> None:
+        cfg = self.cfg
+        rows = {k: np.concatenate([f.frames[k] for f in figs])[:cfg.gif_clips] for k in ("truth", "inferred", "random")}
+        self.out.gifs["rollouts"] = tile(np.stack([rows["truth"], rows["inferred"], rows["random"]], 1))
+        grid = press_each_action(self.world, self.prompts[:cfg.grid_starts], cfg.grid_steps, cfg.seed, cfg.batch)
+        self.out.gifs["action_grid"] = tile(grid.numpy())
+
+    def headline(self) -> None:
+        m = self.out.metrics
+        ctx = m["rollouts"]["contexts"][str(min(self.cfg.context))]
+        t = min(4, self.cfg.horizon)
+        head = {
+            "tokenizer_psnr": (m["tokenizer"]["psnr"], "higher"),
+            f"psnr_inferred_t{t}": (ctx["psnr"]["inferred"][t - 1], "higher"),
+            f"ssim_inferred_t{t}": (ctx["ssim"]["inferred"][t - 1], "higher"),
+            f"delta_psnr_t{t}": (ctx["delta_psnr"][t - 1], "higher"),
+            f"delta_psnr_t{self.cfg.horizon}": (ctx["delta_psnr"][-1], "higher"),
+            "mapping_accuracy": (m["actions"]["mapping_accuracy"], "higher"),
+            "nmi": (m["actions"]["nmi"], "higher"),
+            "probe_accuracy": (m["actions"]["probe_accuracy"], "higher"),
+            "consistency": (m["consistency"]["overall"], "higher"),
+            "memory_return_psnr": (m["memory"]["model_return_psnr"], "higher"),
+            "ms_per_frame": (m["speed"]["ms_per_frame"], "lower"),
+        }
+        m["headline"] = {k: {**v, "better": b} for k, (v, b) in head.items() if v is not None}
+
+
+def tile(video: np.ndarray, pad: int = 1) -> np.ndarray:
+    """(R, C, T, H, W, 3) uint8 -> (T, R*(H+2p), C*(W+2p), 3): a grid of clips with white borders."""
+    r, c, t, h, w, _ = video.shape
+    out = np.full((r, c, t, h + 2 * pad, w + 2 * pad, 3), 255, dtype=np.uint8)
+    out[:, :, :, pad:pad + h, pad:pad + w] = video
+    return out.transpose(2, 0, 3, 1, 4, 5).reshape(t, r * (h + 2 * pad), c * (w + 2 * pad), 3)
+
+
+def evaluate(world: EvalWorld, clips: ClipDataset, cfg: EvalConfig, **kwargs: Any) -> EvalOutput:
+    """Run every section of the evaluation; see :class:`Evaluation`."""
+    return Evaluation(world, clips, cfg, **kwargs).run()

@@ -1,0 +1,146 @@
+"""The schema of ``metrics.json`` (documented in docs/eval.md), and its validator.
+
+Bump ``SCHEMA_VERSION`` on any change a reader could notice (a key added, removed, renamed or of
+another type); readers refuse other versions with a message, never misread them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from playworld.errors import ConfigError
+from playworld.io import read_json
+
+FORMAT = "playworld-eval"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Opt:
+    """``spec`` or null."""
+
+    spec: Any
+
+
+@dataclass(frozen=True)
+class ListOf:
+    spec: Any
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """An object with any keys, every value of ``spec``."""
+
+    spec: Any
+
+
+ESTIMATE = {"mean": float, "low": float, "high": float, "n": int}
+PER_KIND = {"inferred": ListOf(ESTIMATE), "random": ListOf(ESTIMATE), "copy_last": ListOf(ESTIMATE)}
+ROLLOUT = {"psnr": PER_KIND, "ssim": PER_KIND, "delta_psnr": ListOf(ESTIMATE)}
+
+SCHEMA: dict[str, Any] = {
+    "format": str,
+    "schema_version": int,
+    "created_at": str,
+    "run": str,
+    "data": str,
+    "settings": MapOf(object),
+    "counts": {"episodes": int, "rollout_clips": int, "action_transitions": int, "truncated_by_time": bool},
+    "warnings": ListOf(str),
+    "tokenizer": {"num_codes": int, "psnr": ESTIMATE, "ssim": ESTIMATE, "code_usage": ESTIMATE,
+                  "perplexity": ESTIMATE, "code_counts": ListOf(int)},
+    "rollouts": {"horizon": int, "contexts": MapOf(ROLLOUT)},
+    "actions": {
+        "available": bool, "reason": Opt(str), "num_latent": int, "num_true": Opt(int),
+        "latent_usage": ListOf(int), "mapping": Opt(ListOf(ListOf(int))), "mapping_accuracy": Opt(ESTIMATE),
+        "majority_accuracy": Opt(ESTIMATE), "nmi": Opt(ESTIMATE), "probe_accuracy": Opt(ESTIMATE),
+        "probe_majority_accuracy": Opt(float), "probe_reason": Opt(str), "confusion": Opt(ListOf(ListOf(int))),
+    },
+    "consistency": {"per_action": ListOf(ESTIMATE), "overall": ESTIMATE, "mean_motion": ListOf(ListOf(float)),
+                    "starts": int, "steps": int},
+    "memory": {
+        "k": int, "pairs_from": str, "walks": ListOf({"there": int, "back": int, "true": Opt(ListOf(int))}),
+        "model_return_psnr": Opt(ESTIMATE),
+        "real": {"available": bool, "reason": Opt(str), "levels": int, "return_psnr": Opt(ESTIMATE),
+                 "model_return_psnr": Opt(ESTIMATE), "model_vs_real_psnr": Opt(ESTIMATE)},
+    },
+    "speed": {"ms_per_frame": ESTIMATE, "ms_per_frame_batched": float, "batch": int, "maskgit_steps": int,
+              "temperature": float, "device": str, "threads": int},
+    "headline": MapOf({**ESTIMATE, "better": str}),
+}
+
+
+def _check(value: Any, spec: Any, where: str) -> None:
+    if isinstance(spec, Opt):
+        if value is not None:
+            _check(value, spec.spec, where)
+    elif isinstance(spec, ListOf):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        for i, v in enumerate(value):
+            _check(v, spec.spec, f"{where}[{i}]")
+    elif isinstance(spec, MapOf):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
+        for k, v in value.items():
+            _check(v, spec.spec, f"{where}.{k}")
+    elif isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
+        missing, unknown = sorted(set(spec) - set(value)), sorted(set(value) - set(spec))
+        if missing or unknown:
+            raise ConfigError(f"{where}: missing keys {missing}, unknown keys {unknown}")
+        for k, s in spec.items():
+            _check(value[k], s, f"{where}.{k}" if where else k)
+    elif spec is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    elif spec is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    elif spec is object:
+        return
+    elif not isinstance(value, spec) or (spec is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {spec.__name__}, got {value!r}")
+
+
+def validate(metrics: Any, where: str = "metrics.json") -> None:
+    """Raise ConfigError naming ``where`` and the key path at the first departure from the schema."""
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(metrics).__name__}")
+    if metrics.get("format") != FORMAT:
+        raise ConfigError(f"{where}: format is {metrics.get('format')!r}, not {FORMAT!r} (not a playworld eval)")
+    if metrics.get("schema_version") != SCHEMA_VERSION:
+        raise ConfigError(f"{where}: schema_version {metrics.get('schema_version')!r} is not the supported "
+                          f"{SCHEMA_VERSION}; re-run `playworld eval` with this version of playworld")
+    try:
+        _check(metrics, SCHEMA, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    for name, est in _estimates(metrics, ""):
+        if est["low"] > est["high"] or est["n"] < 1:
+            raise ConfigError(f"{where}: {name}: interval [{est['low']}, {est['high']}] over n={est['n']} "
+                              "is not a valid estimate")
+
+
+def _estimates(value: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(value, dict):
+        if set(ESTIMATE) <= set(value):
+            return [(where, value)]
+        return [e for k, v in value.items() for e in _estimates(v, f"{where}.{k}" if where else k)]
+    if isinstance(value, list):
+        return [e for i, v in enumerate(value) for e in _estimates(v, f"{where}[{i}]")]
+    return []
+
+
+def load_metrics(path: str | Path) -> dict[str, Any]:
+    """Read and validate a ``metrics.json`` (or the one inside an eval directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.json"
+    metrics = read_json(path, ConfigError, "metrics file")
+    validate(metrics, str(path))
+    return metrics
