@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "playworld.cli.train",
     "playworld.cli.tokenize",
     "playworld.cli.rollout",
+    "playworld.cli.play",
 )
 
 

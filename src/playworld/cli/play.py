@@ -1,0 +1,48 @@
+"""`playworld play`: a local web page to play a trained world with the keyboard."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from playworld.config import add_dataclass_args
+    from playworld.play.config import PlayConfig
+
+    p = sub.add_parser(
+        "play", help="serve a web page to play a trained world (several players at once)",
+        description="playworld play [RUN] [--data DIR]: open http://127.0.0.1:8000 and press keys 1..N.\n"
+        "Without RUN, plays the world shipped in src/playworld/assets/coinrun/.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", help="run directory with tokenizer/, lam/ and dynamics/ (default: shipped world)")
+    p.add_argument("--data", help="dataset directory to draw start frames from")
+    p.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_dataclass_args(p, PlayConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    from playworld.api import load
+    from playworld.config import dataclass_from_args
+    from playworld.play.config import PlayConfig
+    from playworld.play.prompts import resolve_run
+    from playworld.play.server import PlayServer
+
+    config = dataclass_from_args(PlayConfig, args)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    run_dir = resolve_run(args.run)
+    loaded = load(run_dir, args.device)
+    loaded.require("tokenizer", "lam", "dynamics")
+    server = PlayServer((loaded.tokenizer, loaded.lam, loaded.dynamics), config, run_dir=run_dir, data=args.data)
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"playworld: warning: listening on {config.host}: anyone who can reach it can play (and use CPU)")
+    print(f"playworld: playing {run_dir} at http://{config.host}:{config.port}/ "
+          f"({server.num_actions} actions, {config.max_sessions} sessions at most)")
+    uvicorn.run(server.app(), host=config.host, port=config.port, log_level="warning",
+                ws_max_size=config.max_message_chars)
+    return 0

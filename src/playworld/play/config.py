@@ -1,0 +1,65 @@
+"""Settings of `playworld play` and of one play session (typed, validated; the CLI flags come from here).
+
+Kept apart from the server so that building the command line imports neither FastAPI nor torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from playworld.config import field
+from playworld.errors import ConfigError
+
+
+@dataclass
+class SessionLimits:
+    """How much one session may hold."""
+
+    max_history: int = field(256, help="actions that undo can take back (undo replays at most this many steps)")
+    max_record_frames: int = field(1800, help="frames kept for the recording download (the last ones)")
+    max_replay: int = field(2000, help="longest action string one replay message may ask for")
+
+    def __post_init__(self) -> None:
+        for name in ("max_history", "max_record_frames", "max_replay"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"session.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class PlayConfig:
+    """Settings of `playworld play` (each is a command-line flag)."""
+
+    host: str = field("127.0.0.1", help="address to listen on; anything but localhost exposes the server")
+    port: int = field(8000, help="TCP port")
+    max_sessions: int = field(8, help="players at once; more get an error and are closed")
+    max_upload_bytes: int = field(4 << 20, help="largest uploaded picture, in bytes")
+    max_pixels: int = field(40_000_000, help="largest uploaded picture, in pixels (decompression bombs)")
+    rate: float = field(60.0, help="messages per second a session may send, sustained")
+    burst: int = field(120, help="messages a session may send at once above the sustained rate")
+    idle_timeout_s: float = field(900.0, help="close a session after this long without a message")
+    window_ms: float = field(2.0, help="how long the scheduler waits to gather other sessions' steps")
+    steps: int = field(4, help="MaskGIT iterations per frame")
+    temperature: float = field(1.0, help="sampling temperature (0 = greedy)")
+    context_frames: int = field(16, help="frames the dynamics model and decoder attend to")
+    prompt_frames: int = field(1, help="frames of a dataset prompt (context before the start frame)")
+    max_history: int = field(256, help="actions undo can take back per session")
+    max_record_frames: int = field(900, help="frames a session's recording keeps (the last ones)")
+    max_replay: int = field(2000, help="longest action string one replay may play")
+    record_fps: float = field(15.0, help="frame rate of downloaded recordings")
+    record_scale: int = field(4, help="pixel enlargement of downloaded recordings")
+
+    def __post_init__(self) -> None:
+        for name in ("port", "max_sessions", "max_upload_bytes", "max_pixels", "burst", "steps", "context_frames",
+                     "prompt_frames", "record_scale"):
+            if getattr(self, name) < (0 if name == "port" else 1):
+                raise ConfigError(f"play.{name} must be positive, got {getattr(self, name)}")
+        for name in ("rate", "idle_timeout_s", "record_fps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"play.{name} must be > 0, got {getattr(self, name)}")
+        if self.window_ms < 0 or self.temperature < 0:
+            raise ConfigError("play.window_ms and play.temperature must be >= 0")
+        SessionLimits(self.max_history, self.max_record_frames, self.max_replay)
+
+    @property
+    def max_message_chars(self) -> int:
+        return (self.max_upload_bytes + 2) // 3 * 4 + 4096  # a base64 picture and its JSON envelope

@@ -1,0 +1,212 @@
+"""`playworld play`'s web server: one page, one WebSocket per player, every world stepped by one scheduler.
+
+Each connection gets its own :class:`~playworld.play.session.Session` with its own ``World`` (its own
+caches and seed; the model weights are shared). All model work goes through one
+:class:`~playworld.play.scheduler.StepScheduler`. Limits: sessions, upload bytes and pixels, message
+size and rate (token bucket), idle time. Any bad message gets an ``error`` reply and the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from playworld.errors import PlayworldError
+from playworld.maskgit import SamplingConfig
+from playworld.play import protocol as P
+from playworld.play.actions import format_action_string, load_action_names, parse_action_string
+from playworld.play.config import PlayConfig, SessionLimits
+from playworld.play.prompts import DatasetPrompts, image_to_frame, world_frame_size
+from playworld.play.scheduler import StepScheduler
+from playworld.play.session import Session, SessionError
+from playworld.world import World, WorldConfig
+
+log = logging.getLogger("playworld.play")
+
+
+class RateLimiter:
+    """Token bucket: ``rate`` tokens per second, at most ``burst`` held."""
+
+    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens, self.last = float(burst), clock()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class PlayServer:
+    """The shared model, the scheduler and the live sessions; :meth:`app` is the FastAPI application."""
+
+    def __init__(self, models: tuple[Any, Any, Any], config: PlayConfig | None = None, *,
+                 run_dir: str | Path | None = None, data: str | Path | None = None) -> None:
+        self.config = c = config or PlayConfig()
+        self.models = models
+        self.world_config = WorldConfig(context_frames=c.context_frames, decoder_context=c.context_frames,
+                                        sampling=SamplingConfig(steps=c.steps, temperature=c.temperature))
+        probe = self.new_world()
+        self.num_actions, self.size = probe.num_actions, world_frame_size(probe)
+        self.names = load_action_names(run_dir, self.num_actions)
+        self.prompts = DatasetPrompts(Path(data), c.prompt_frames) if data is not None else None
+        self.limits = SessionLimits(c.max_history, c.max_record_frames, c.max_replay)
+        self.scheduler = StepScheduler(c.window_ms)
+        self.sessions: dict[int, Session] = {}
+        self._next_id = 0
+
+    def new_world(self) -> World:
+        return World(*self.models, self.world_config)
+
+    def hello(self) -> dict[str, Any]:
+        c = self.config
+        labels = {a.latent: a for a in self.names}
+        return {"type": "hello", "height": self.size[0], "width": self.size[1], "num_actions": self.num_actions,
+                "actions": [{"latent": i, "name": labels[i].name if i in labels else str(i + 1),
+                             "key": labels[i].key if i in labels else None} for i in range(self.num_actions)],
+                "dataset": len(self.prompts) if self.prompts is not None else 0,
+                "limits": {"max_upload_bytes": c.max_upload_bytes, "rate": c.rate, "max_history": c.max_history,
+                           "max_record_frames": c.max_record_frames, "max_sessions": c.max_sessions}}
+
+    def _label(self, action: int | None) -> str | None:
+        if action is None:
+            return None
+        names = {a.latent: a.name for a in self.names}
+        return names.get(action, str(action + 1))
+
+    async def _prompt(self, msg: P.Start, rng: np.random.Generator) -> np.ndarray:
+        if msg.source == "dataset":
+            if self.prompts is None:
+                raise P.ProtocolError("start: this server has no dataset (run `playworld play RUN --data DIR`)")
+            n = len(self.prompts)
+            index = int(rng.integers(n)) if msg.index is None else msg.index
+            if index >= n:
+                raise P.ProtocolError(f"start: dataset index {index} out of range [0, {n})")
+            from playworld.play.prompts import fit_frames
+
+            return fit_frames(self.prompts.get(index), self.size)
+        assert msg.image is not None
+        return await asyncio.to_thread(image_to_frame, msg.image, self.size, fit=msg.fit,
+                                       max_bytes=self.config.max_upload_bytes, max_pixels=self.config.max_pixels,
+                                       name="uploaded picture")
+
+    def _encode(self, frames: np.ndarray, fmt: str) -> bytes:
+        from playworld.video import write_video
+
+        with tempfile.TemporaryDirectory(prefix="playworld-rec-") as tmp:
+            path = Path(tmp) / f"recording.{fmt}"
+            write_video(path, frames, fps=self.config.record_fps, scale=self.config.record_scale)
+            return path.read_bytes()
+
+    async def dispatch(self, session: Session, msg: P.Message, rng: np.random.Generator) -> str:
+        """Serve one parsed message; returns the JSON reply."""
+        t0 = time.perf_counter()
+        action = None
+        if isinstance(msg, P.Record):
+            frames = session.recording()
+            data = await asyncio.to_thread(self._encode, frames, msg.format)
+            return json.dumps({"type": "recording", "format": msg.format, "frames": len(frames),
+                               "data": base64.b64encode(data).decode("ascii")})
+        if isinstance(msg, P.Start):
+            prompt = await self._prompt(msg, rng)
+            seed = msg.seed if msg.seed is not None else secrets.randbits(31)
+            frame = await self.scheduler.run(session.start(prompt, seed))
+        elif isinstance(msg, P.Step):
+            action = msg.action
+            frame = await self.scheduler.run(session.step(action))
+        elif isinstance(msg, P.Undo):
+            frame = await self.scheduler.run(session.undo())
+        elif isinstance(msg, P.Restart):
+            frame = await self.scheduler.run(session.restart())
+        else:
+            actions = parse_action_string(msg.actions, self.num_actions, self.names, max_len=self.limits.max_replay)
+            frame = await self.scheduler.run(session.replay(actions))
+        return P.frame_message(
+            np.ascontiguousarray(frame).tobytes(), *frame.shape[:2], step=session.total_steps, action=action,
+            label=self._label(action), model_ms=round(session.step_ms, 2) if action is not None else None,
+            server_ms=round(1000 * (time.perf_counter() - t0), 2), seed=session.seed, rebases=session.rebases,
+            history=format_action_string(session.actions), sessions=len(self.sessions))
+
+    async def serve(self, ws: WebSocket) -> None:
+        """One player's connection, from accept to close."""
+        await ws.accept()
+        c = self.config
+        if len(self.sessions) >= c.max_sessions:
+            await ws.send_text(P.error_message(f"server full: {c.max_sessions} sessions are playing; try later"))
+            await ws.close(code=1013)
+            return
+        sid, self._next_id = self._next_id, self._next_id + 1
+        session = self.sessions[sid] = Session(self.new_world(), self.limits)
+        limiter, rng = RateLimiter(c.rate, c.burst), np.random.default_rng(secrets.randbits(64))
+        try:
+            await ws.send_text(json.dumps({**self.hello(), "session": sid}))
+            while True:
+                try:
+                    event = await asyncio.wait_for(ws.receive(), timeout=c.idle_timeout_s)
+                except TimeoutError:
+                    await ws.send_text(P.error_message(f"closed after {c.idle_timeout_s:.0f} s without a message"))
+                    await ws.close(code=1000)
+                    return
+                if event["type"] == "websocket.disconnect":
+                    return
+                if not limiter.allow():
+                    await ws.send_text(P.error_message(f"rate limit: at most {c.rate:g} messages per second "
+                                                       f"(bursts of {c.burst}); message dropped"))
+                    continue
+                try:
+                    msg = P.parse_message(event.get("text"), num_actions=self.num_actions,
+                                          max_upload_bytes=c.max_upload_bytes, max_message_chars=c.max_message_chars)
+                    reply = await self.dispatch(session, msg, rng)
+                except (P.ProtocolError, SessionError, PlayworldError) as e:
+                    reply = P.error_message(str(e))
+                except Exception as e:  # noqa: BLE001 - one session's failure never takes the server down
+                    log.exception("session %d: unexpected error", sid)
+                    reply = P.error_message(f"internal error ({type(e).__name__}); the session goes on")
+                await ws.send_text(reply)
+        except (WebSocketDisconnect, RuntimeError):
+            return  # the client left mid-reply
+        finally:
+            self.sessions.pop(sid, None)
+
+    def app(self) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            yield
+            self.scheduler.close()
+
+        app = FastAPI(title="playworld", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+        page = resources.files("playworld.play").joinpath("static/play.html").read_text(encoding="utf-8")
+
+        @app.get("/", response_class=HTMLResponse)
+        async def index() -> str:
+            return page
+
+        @app.get("/status")
+        async def status() -> JSONResponse:
+            s = self.scheduler.stats
+            return JSONResponse({"sessions": len(self.sessions), "max_sessions": self.config.max_sessions,
+                                 "ticks": s.ticks, "steps": s.steps, "max_batch": s.max_batch})
+
+        @app.websocket("/ws")
+        async def websocket(ws: WebSocket) -> None:
+            await self.serve(ws)
+
+        return app

@@ -1,0 +1,158 @@
+"""One player's world: a prompt, a seed, the actions taken, undo by exact replay, and a bounded recording.
+
+Every operation that touches the model is a generator that yields once per model step and returns
+the frame to show, so that a scheduler can interleave a long replay of one session with the steps of
+others (:mod:`playworld.play.scheduler`). Nothing here knows about the server.
+
+Undo and replay are exact because a world is seeded: resetting on the same prompt with the same seed
+and applying the same actions gives the same frames. Memory stays bounded however long one plays: the
+world's caches are bounded by its config, the recording keeps the last ``max_record_frames`` frames,
+and the action history the last ``max_history`` actions. When the history is full, the session
+*rebases*: it restarts its world from the last frames it showed with a new seed derived from the
+first, and undo cannot reach past that point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Generator, Sequence
+
+import numpy as np
+import torch
+
+from playworld.play.config import SessionLimits
+from playworld.world import World
+
+Op = Generator[None, None, np.ndarray]  # yields once per model step, returns a (H, W, C) uint8 frame
+
+
+class SessionError(ValueError):
+    """A request this session cannot serve now (nothing to undo, no world started); sent to the player."""
+
+
+class Session:
+    """A single world (batch 1) and its history. Not thread-safe: one scheduler thread drives it."""
+
+    def __init__(self, world: World, limits: SessionLimits | None = None) -> None:
+        self.world, self.limits = world, limits or SessionLimits()
+        self.prompt: np.ndarray | None = None  # (T0, H, W, C) uint8, the current anchor
+        self.seed = 0
+        self.rebases = 0
+        self.actions: list[int] = []  # since the anchor, 0-based
+        self.total_steps = 0  # actions on the shown timeline, including those before a rebase
+        self.frames: deque[np.ndarray] = deque(maxlen=self.limits.max_record_frames)
+        self.step_ms = 0.0  # model time of the last step
+
+    @property
+    def started(self) -> bool:
+        return self.prompt is not None
+
+    def _reset_world(self) -> np.ndarray:
+        assert self.prompt is not None
+        return self.world.reset(torch.from_numpy(self.prompt), seed=self.seed)[0].numpy()
+
+    def start(self, prompt: np.ndarray, seed: int) -> Op:
+        """Begin from ``prompt`` (H, W, C) or (T0, H, W, C) uint8 with ``seed``; clears history and recording."""
+        prompt = np.ascontiguousarray(prompt if prompt.ndim == 4 else prompt[None], dtype=np.uint8)
+        self.prompt = prompt[-self.world.config.context_frames:].copy()
+        self.seed, self.rebases, self.actions, self.total_steps = seed, 0, [], 0
+        self.frames.clear()
+        frame = self._reset_world()
+        self.frames.append(frame)
+        yield
+        return frame
+
+    def _require_started(self) -> None:
+        if not self.started:
+            raise SessionError("no world yet: start from a dataset frame, a picture or a sketch first")
+
+    def _check_action(self, action: int) -> None:
+        if not 0 <= action < self.world.num_actions:
+            raise SessionError(f"action {action} is not in [0, {self.world.num_actions})")
+
+    def _step(self, action: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        frame = self.world.step(action)[0].numpy()
+        self.step_ms = 1000 * (time.perf_counter() - t0)
+        return frame
+
+    def step(self, action: int) -> Op:
+        """Take one action (0-based) and return the new frame."""
+        self._require_started()
+        self._check_action(action)
+        if len(self.actions) >= self.limits.max_history:
+            self._rebase()
+            yield
+        frame = self._step(action)
+        self.actions.append(action)
+        self.total_steps += 1
+        self.frames.append(frame)
+        yield
+        return frame
+
+    def _rebase(self) -> None:
+        """Restart the world from the frames last shown, with a derived seed; the history starts afresh."""
+        context = min(self.world.config.context_frames, len(self.frames))
+        self.prompt = np.stack(list(self.frames)[-context:])
+        self.rebases += 1
+        self.seed = (self.seed * 1_000_003 + self.rebases) % (1 << 62)
+        self.actions = []
+        self._reset_world()
+
+    def _replay(self, actions: Sequence[int]) -> Op:
+        frame = self._reset_world()
+        yield
+        for a in actions:
+            frame = self._step(a)
+            yield
+        return frame
+
+    def undo(self) -> Op:
+        """Take back the last action: replay the history without it (exact). Returns the frame before it."""
+        self._require_started()
+        if not self.actions:
+            raise SessionError("nothing to undo" if self.total_steps == 0 else
+                               f"cannot undo further: the history holds the last {self.limits.max_history} actions")
+        keep = self.actions[:-1]
+        frame = yield from self._replay(keep)
+        self.actions = keep
+        self.total_steps -= 1
+        if len(self.frames) > 1:
+            self.frames.pop()
+            # the frame shown then: equal to the replayed one, except at a rebase anchor, where the world
+            # shows the anchor frames re-encoded by the tokenizer
+            frame = self.frames[-1]
+        return frame
+
+    def restart(self) -> Op:
+        """Back to the start (the prompt and seed of the current anchor)."""
+        self._require_started()
+        self.total_steps -= len(self.actions)
+        self.actions = []
+        frame = yield from self._replay([])
+        self.frames.clear()
+        self.frames.append(frame)
+        return frame
+
+    def replay(self, actions: Sequence[int]) -> Op:
+        """Restart and play ``actions`` (0-based) from the anchor; the recording holds the new timeline."""
+        self._require_started()
+        if len(actions) > self.limits.max_replay:
+            raise SessionError(f"replay of {len(actions)} actions exceeds the limit {self.limits.max_replay}")
+        for a in actions:
+            self._check_action(a)
+        self.total_steps -= len(self.actions)
+        self.actions = []
+        frame = self._reset_world()
+        self.frames.clear()
+        self.frames.append(frame)
+        yield
+        for a in actions:
+            frame = yield from self.step(a)
+        return frame
+
+    def recording(self) -> np.ndarray:
+        """The frames of the timeline shown (the last ``max_record_frames``): (T, H, W, C) uint8."""
+        self._require_started()
+        return np.stack(list(self.frames))

@@ -1,0 +1,231 @@
+"""`playworld play` server over a real WebSocket (FastAPI TestClient): play, isolation, exact undo, limits,
+and hostile messages that get an error reply while the server keeps serving."""
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from starlette.websockets import WebSocketDisconnect
+
+from playworld.maskgit import SamplingConfig
+from playworld.play.config import PlayConfig
+from playworld.play.rollout import rollout
+from playworld.play.server import PlayServer
+from playworld.world import World, WorldConfig
+from tiny_world import SIZE, decode_video, tiny_models
+
+from helpers import make_dataset
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"), episodes=2, length=6, size=SIZE)
+
+
+def _server(data_dir, **cfg) -> PlayServer:
+    config = PlayConfig(**{"steps": 2, "window_ms": 1.0, "context_frames": 4, **cfg})
+    return PlayServer(tiny_models(), config, data=data_dir)
+
+
+def recv(ws) -> dict:
+    return json.loads(ws.receive_text())
+
+
+def ask(ws, **msg) -> dict:
+    ws.send_text(json.dumps(msg))
+    return recv(ws)
+
+
+def pixels(reply: dict) -> np.ndarray:
+    assert reply["type"] == "frame", reply
+    return np.frombuffer(base64.b64decode(reply["rgb"]), np.uint8).reshape(reply["height"], reply["width"], 3)
+
+
+def png(size=(37, 53), mode="RGBA", seed=0) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if mode == "L" else arr, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_page_is_self_contained_and_pixelated(data_dir):
+    with TestClient(_server(data_dir).app()) as client:
+        page = client.get("/").text
+    assert "image-rendering: pixelated" in page and 'new WebSocket(' in page
+    assert "http://" not in page and "https://" not in page and "<link" not in page  # nothing fetched elsewhere
+
+
+def test_play_steps_undo_restart_and_replay_are_exact(data_dir):
+    with TestClient(_server(data_dir).app()) as client, client.websocket_connect("/ws") as ws:
+        hello = recv(ws)
+        assert hello["type"] == "hello" and hello["num_actions"] == 4 and hello["dataset"] == 12
+        assert [a["name"] for a in hello["actions"]] == ["1", "2", "3", "4"]
+        first = ask(ws, type="start", source="dataset", index=3, seed=11)
+        assert pixels(first).shape == (SIZE, SIZE, 3) and first["step"] == 0 and first["seed"] == 11
+        replies = [ask(ws, type="step", action=a) for a in (0, 3, 1)]
+        assert [r["step"] for r in replies] == [1, 2, 3] and replies[-1]["history"] == "1,4,2"
+        assert replies[1]["label"] == "4" and replies[1]["model_ms"] > 0
+        undone = ask(ws, type="undo")
+        assert np.array_equal(pixels(undone), pixels(replies[1])) and undone["history"] == "1,4"
+        again = ask(ws, type="step", action=1)  # same seed, same history: the very same frame
+        assert np.array_equal(pixels(again), pixels(replies[2]))
+        assert np.array_equal(pixels(ask(ws, type="restart")), pixels(first))
+        replayed = ask(ws, type="replay", actions="1,4,2")
+        assert np.array_equal(pixels(replayed), pixels(replies[2])) and replayed["step"] == 3
+        assert ask(ws, type="replay", actions="1,9")["message"].startswith("action 2 ('9') is out of range")
+
+
+def test_two_sessions_are_isolated_and_match_a_solo_world(data_dir):
+    picture = base64.b64encode(png()).decode()
+    with TestClient(_server(data_dir).app()) as client, \
+            client.websocket_connect("/ws") as a, client.websocket_connect("/ws") as b:
+        recv(a), recv(b)
+        start_a = ask(a, type="start", source="image", data=picture, seed=5)
+        ask(b, type="start", source="dataset", index=0, seed=6)
+        frames_a = [pixels(start_a)]
+        for i, act in enumerate([2, 0, 3, 3, 1]):
+            a.send_text(json.dumps({"type": "step", "action": act}))
+            b.send_text(json.dumps({"type": "step", "action": i % 4}))  # concurrent steps in the other session
+            frames_a.append(pixels(recv(a)))
+            assert recv(b)["step"] == i + 1
+        assert ask(b, type="undo")["step"] == 4  # b's undo does not touch a
+        frames_a.append(pixels(ask(a, type="step", action=0)))
+    from playworld.play.prompts import image_to_frame
+
+    solo = World(*tiny_models(), WorldConfig(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=2)))
+    expected = rollout(solo, image_to_frame(png(), (SIZE, SIZE)), [2, 0, 3, 3, 1, 0], seed=5)
+    assert np.array_equal(np.stack(frames_a), expected)
+
+
+@pytest.mark.parametrize("message, error", [
+    ("not json {", "not valid JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    ('{"type": "fly"}', "unknown message type 'fly'"),
+    ('{"no": "type"}', "message has no 'type'"),
+    ('{"type": "step", "action": 4}', "'action' must be an integer in [0, 3]"),
+    ('{"type": "step", "action": "1"}', "'action' must be an integer"),
+    ('{"type": "step", "action": true}', "'action' must be an integer"),
+    ('{"type": "step", "action": 0, "x": 1}', "unknown field(s) ['x']"),
+    ('{"type": "step", "action": 0}', "no world yet"),
+    ('{"type": "undo"}', "no world yet"),
+    ('{"type": "record", "format": "avi"}', "'format' must be 'mp4' or 'gif'"),
+    ('{"type": "start", "source": "camera"}', "'source' must be 'dataset' or 'image'"),
+    ('{"type": "start", "source": "dataset", "index": 99}', "dataset index 99 out of range [0, 12)"),
+    ('{"type": "start", "source": "image", "data": "@@@"}', "not valid base64"),
+    ('{"type": "start", "source": "image", "data": "aGVsbG8="}', "uploaded picture: not a readable picture"),
+    ('{"type": "start", "source": "image", "data": "data:image/png,abc"}', "without ;base64"),
+    ("[" * 100_000, "not valid JSON"),
+])
+def test_malformed_messages_get_an_error_and_the_session_goes_on(data_dir, message, error):
+    with TestClient(_server(data_dir).app()) as client, client.websocket_connect("/ws") as ws:
+        recv(ws)
+        ws.send_text(message)
+        reply = recv(ws)
+        assert reply["type"] == "error" and error in reply["message"], reply
+        ws.send_bytes(b"\x00\x01")
+        assert "binary" in recv(ws)["message"]
+        assert pixels(ask(ws, type="start", source="dataset", index=0)).shape == (SIZE, SIZE, 3)
+        assert ask(ws, type="step", action=1)["step"] == 1
+
+
+def test_uploads_any_size_and_format_are_fitted_and_oversize_is_refused(data_dir):
+    with TestClient(_server(data_dir, max_upload_bytes=20_000).app()) as client, \
+            client.websocket_connect("/ws") as ws:
+        recv(ws)
+        for data, fit in ((png((37, 53)), "crop"), (png((300, 20), "L"), "pad")):
+            url = "data:image/png;base64," + base64.b64encode(data).decode()
+            assert pixels(ask(ws, type="start", source="image", data=url, fit=fit)).shape == (SIZE, SIZE, 3)
+        jpeg = io.BytesIO()
+        Image.new("RGB", (640, 480), (200, 10, 10)).save(jpeg, format="JPEG")
+        assert ask(ws, type="start", source="image", data=base64.b64encode(jpeg.getvalue()).decode())["type"] == "frame"
+        over = base64.b64encode(png((85, 85), "RGB", seed=1)).decode()  # ~21.7 kB of noise
+        reply = ask(ws, type="start", source="image", data=over)
+        assert reply["type"] == "error" and "larger than the upload limit of 20000 bytes" in reply["message"]
+        huge = ask(ws, type="start", source="image", data=base64.b64encode(png((200, 200), seed=1)).decode())
+        assert huge["type"] == "error" and "at most 20000 bytes" in huge["message"]
+        assert ask(ws, type="step", action=0)["step"] == 1  # still playing the JPEG world
+
+
+def test_decompression_bombs_and_too_many_pixels_are_refused(data_dir):
+    bomb = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(bomb, format="PNG")  # 400 Mpx in a few kB
+    with TestClient(_server(data_dir, max_pixels=10_000).app()) as client, client.websocket_connect("/ws") as ws:
+        recv(ws)
+        reply = ask(ws, type="start", source="image", data=base64.b64encode(bomb.getvalue()).decode())
+        assert reply["type"] == "error" and "uploaded picture: too many pixels" in reply["message"]
+        reply = ask(ws, type="start", source="image", data=base64.b64encode(png((200, 60))).decode())
+        assert reply["message"] == "uploaded picture: 200x60 pixels exceeds the limit of 10000"
+        assert ask(ws, type="start", source="image", data=base64.b64encode(png((90, 60))).decode())["type"] == "frame"
+
+
+def test_session_limit_refuses_extra_players_until_one_leaves(data_dir):
+    server = _server(data_dir, max_sessions=2)
+    with TestClient(server.app()) as client:
+        with client.websocket_connect("/ws") as a, client.websocket_connect("/ws") as b:
+            recv(a), recv(b)
+            with client.websocket_connect("/ws") as c:
+                reply = recv(c)
+                assert reply["type"] == "error" and "server full: 2 sessions" in reply["message"]
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    c.receive_text()
+                assert closed.value.code == 1013
+            assert ask(a, type="start", source="dataset")["type"] == "frame"  # the others play on
+        with client.websocket_connect("/ws") as d:
+            assert recv(d)["type"] == "hello"
+            assert client.get("/status").json()["sessions"] == 1
+
+
+def test_rate_limit_drops_excess_messages_with_an_error(data_dir):
+    with TestClient(_server(data_dir, rate=2.0, burst=5).app()) as client, client.websocket_connect("/ws") as ws:
+        recv(ws)
+        for _ in range(20):
+            ws.send_text('{"type": "restart"}')
+        replies = [recv(ws)["message"] for _ in range(20)]
+        limited = [m for m in replies if m.startswith("rate limit: at most 2 messages per second")]
+        assert 13 <= len(limited) <= 15 and replies[:5] == [replies[0]] * 5 and "no world yet" in replies[0]
+
+
+def test_recordings_download_as_mp4_and_gif_that_decode(data_dir, tmp_path):
+    with TestClient(_server(data_dir, record_scale=2).app()) as client, client.websocket_connect("/ws") as ws:
+        recv(ws)
+        ask(ws, type="start", source="dataset", index=1)
+        for a in (0, 1, 2, 3):
+            ask(ws, type="step", action=a)
+        ask(ws, type="undo")
+        for fmt in ("mp4", "gif"):
+            reply = ask(ws, type="record", format=fmt)
+            assert reply["type"] == "recording" and reply["frames"] == 4
+            path = tmp_path / f"rec.{fmt}"
+            path.write_bytes(base64.b64decode(reply["data"]))
+            assert decode_video(path).shape == (4, 2 * SIZE, 2 * SIZE, 3)
+
+
+def test_long_play_keeps_history_and_recording_bounded(data_dir):
+    server = _server(data_dir, max_history=5, max_record_frames=8, steps=1)
+    with TestClient(server.app()) as client, client.websocket_connect("/ws") as ws:
+        recv(ws)
+        ask(ws, type="start", source="dataset", index=0)
+        for i in range(60):
+            reply = ask(ws, type="step", action=i % 4)
+        (session,) = server.sessions.values()
+        assert reply["step"] == 60 and reply["rebases"] == 11 and len(reply["history"].split(",")) == 5
+        assert len(session.frames) == 8 and len(session.actions) == 5
+        assert session.world.cache_frames() == (4, 4)
+        for _ in range(5):
+            assert ask(ws, type="undo")["type"] == "frame"
+        assert "cannot undo further" in ask(ws, type="undo")["message"]
+
+
+def test_idle_sessions_are_closed(data_dir):
+    with TestClient(_server(data_dir, idle_timeout_s=0.2).app()) as client, client.websocket_connect("/ws") as ws:
+        recv(ws)
+        assert "without a message" in recv(ws)["message"]
+        with pytest.raises(WebSocketDisconnect):
+            ws.receive_text()

@@ -1,0 +1,113 @@
+"""Play sessions and the step scheduler without the server: exact undo, rebasing, flat memory, fairness."""
+
+import asyncio
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from playworld.maskgit import SamplingConfig
+from playworld.play.config import SessionLimits
+from playworld.play.scheduler import StepScheduler
+from playworld.play.session import Session, SessionError
+from playworld.world import World, WorldConfig
+from tiny_world import SIZE, tiny_models
+
+torch.set_num_threads(1)
+MODELS = tiny_models()
+
+
+def _session(**limits) -> Session:
+    world = World(*MODELS, WorldConfig(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=1)))
+    return Session(world, SessionLimits(**limits))
+
+
+def run(op):
+    """Drive a session operation to its end synchronously."""
+    try:
+        while True:
+            next(op)
+    except StopIteration as stop:
+        return stop.value
+
+
+PROMPT = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def test_undo_returns_the_previous_frame_and_the_next_step_repeats_exactly():
+    s = _session()
+    run(s.start(PROMPT, seed=3))
+    frames = [run(s.step(a)) for a in (1, 2, 3, 0)]
+    assert np.array_equal(run(s.undo()), frames[2]) and s.actions == [1, 2, 3]
+    assert np.array_equal(run(s.step(0)), frames[3])
+    assert np.array_equal(s.recording()[1:], np.stack(frames))
+    with pytest.raises(SessionError, match="not in"):
+        run(s.step(4))
+
+
+def test_history_full_rebases_and_undo_stops_there():
+    s = _session(max_history=3, max_record_frames=5)
+    run(s.start(PROMPT, seed=1))
+    for i in range(7):
+        run(s.step(i % 4))
+    assert s.rebases == 2 and s.actions == [2] and s.total_steps == 7  # rebased before steps 4 and 7
+    assert len(s.recording()) == 5 and s.prompt.shape == (4, SIZE, SIZE, 3)
+    shown = s.recording()
+    assert np.array_equal(run(s.undo()), shown[-2]) and s.total_steps == 6
+    with pytest.raises(SessionError, match="cannot undo further: the history holds the last 3 actions"):
+        run(s.undo())
+
+
+def test_memory_stays_flat_over_long_play():
+    s = _session(max_history=16, max_record_frames=32)
+    run(s.start(PROMPT, seed=0))
+    for i in range(200):
+        run(s.step(i % 4))
+    tracemalloc.start()
+    base = tracemalloc.take_snapshot()
+    for i in range(300):
+        run(s.step(i % 4))
+    grown = sum(d.size_diff for d in tracemalloc.take_snapshot().compare_to(base, "filename"))
+    tracemalloc.stop()
+    assert grown < 64_000, f"Python heap grew by {grown} bytes over 300 steps"
+    assert len(s.frames) == 32 and len(s.actions) <= 16 and s.world.cache_frames() == (4, 4)
+
+
+def test_scheduler_interleaves_a_long_replay_with_another_sessions_steps():
+    a, b = _session(max_replay=500), _session()
+    run(a.start(PROMPT, seed=0))
+    run(b.start(PROMPT, seed=0))
+    sched = StepScheduler(window_ms=0.0)
+    order = []
+
+    async def main():
+        async def replay():
+            await sched.run(a.replay([1] * 60))
+            order.append("replay")
+
+        async def steps():
+            for k in range(5):
+                await sched.run(b.step(k % 4))
+            order.append("steps")
+
+        await asyncio.gather(replay(), steps())
+
+    asyncio.run(main())
+    sched.close()
+    assert order == ["steps", "replay"]  # five single steps finish long before 60 replayed ones
+    assert sched.stats.max_batch == 2 and a.total_steps == 60 and b.total_steps == 5
+
+
+def test_scheduler_delivers_errors_to_the_session_that_asked():
+    good, bad = _session(), _session()
+    run(good.start(PROMPT, seed=0))
+    sched = StepScheduler()
+
+    async def main():
+        return await asyncio.gather(sched.run(bad.step(0)), sched.run(good.step(0)), return_exceptions=True)
+
+    err, frame = asyncio.run(main())
+    sched.close()
+    assert isinstance(err, SessionError) and "no world yet" in str(err)
+    assert frame.shape == (SIZE, SIZE, 3)
