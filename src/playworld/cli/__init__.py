@@ -14,6 +14,7 @@ _COMMAND_MODULES = (
     "playworld.cli.data",
     "playworld.cli.train",
     "playworld.cli.tokenize",
+    "playworld.cli.eval",
     "playworld.cli.rollout",
     "playworld.cli.play",
 )

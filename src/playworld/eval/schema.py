@@ -92,7 +92,7 @@ def _check(value: Any, spec: Any, where: str) -> None:
             raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
         missing, unknown = sorted(set(spec) - set(value)), sorted(set(value) - set(spec))
         if missing or unknown:
-            raise ConfigError(f"{where}: missing keys {missing}, unknown keys {unknown}")
+            raise ConfigError(f"{where or 'top level'}: missing keys {missing}, unknown keys {unknown}")
         for k, s in spec.items():
             _check(value[k], s, f"{where}.{k}" if where else k)
     elif spec is float:

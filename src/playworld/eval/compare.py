@@ -1,0 +1,92 @@
+"""`playworld eval --compare A B ...`: the headline figures of several evaluations side by side.
+
+A difference is flagged when the two 95% intervals do not overlap (a conservative test: two
+intervals can overlap while the difference is still significant, so unflagged is not "equal").
+Every run is compared with the first. Runs evaluated on other data, split, seed or settings are
+named in a warning, since their figures do not measure the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from playworld.errors import ConfigError
+from playworld.eval.schema import load_metrics
+
+COMPARABLE = ("split", "episodes", "context", "horizon", "seed", "maskgit_steps", "temperature")
+
+
+def find_metrics(path: str | Path) -> Path:
+    """A metrics.json, a directory holding one, or a run directory with eval/metrics.json."""
+    p = Path(path)
+    for candidate in (p, p / "metrics.json", p / "eval" / "metrics.json"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{p}: no metrics.json here (nor in {p / 'eval'}); run `playworld eval {p}` first")
+
+
+@dataclass
+class Comparison:
+    """names: the runs; rows: headline name -> per run (Estimate dict or None); flags: headline name ->
+    per run (other than the first) 'better' | 'worse' | '' ; warnings: why runs may not compare."""
+
+    names: list[str]
+    rows: dict[str, list[dict[str, Any] | None]]
+    better: dict[str, str]
+    flags: dict[str, list[str]]
+    warnings: list[str]
+
+
+def compare(paths: list[str | Path]) -> Comparison:
+    if len(paths) < 2:
+        raise ConfigError(f"--compare needs at least two runs, got {len(paths)}")
+    files = [find_metrics(p) for p in paths]
+    metrics = [load_metrics(f) for f in files]
+    names = [str(p) for p in paths]
+    warnings = []
+    base = metrics[0]
+    for name, m in zip(names[1:], metrics[1:]):
+        diff = [k for k in COMPARABLE if m["settings"].get(k) != base["settings"].get(k)]
+        if m["data"] != base["data"]:
+            diff.insert(0, "data")
+        if diff:
+            warnings.append(f"{name} differs from {names[0]} in {', '.join(diff)}: its figures may not compare")
+    keys = list(dict.fromkeys(k for m in metrics for k in m["headline"]))
+    rows, better, flags = {}, {}, {}
+    for key in keys:
+        row = [m["headline"].get(key) for m in metrics]
+        rows[key] = row
+        better[key] = next(e["better"] for e in row if e is not None)
+        ref = row[0]
+        flags[key] = []
+        for e in row[1:]:
+            flag = ""
+            if ref is not None and e is not None:
+                if e["low"] > ref["high"]:
+                    flag = "better" if better[key] == "higher" else "worse"
+                elif e["high"] < ref["low"]:
+                    flag = "worse" if better[key] == "higher" else "better"
+            flags[key].append(flag)
+    return Comparison(names, rows, better, flags, warnings)
+
+
+def _cell(e: dict[str, Any] | None) -> str:
+    return "—" if e is None else f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def to_markdown(c: Comparison) -> str:
+    """A markdown table; a flagged cell says whether it is better or worse than the first run, beyond
+    the intervals."""
+    head = ["figure (better)", *c.names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, row in c.rows.items():
+        cells = [_cell(row[0])]
+        for e, flag in zip(row[1:], c.flags[key]):
+            cells.append(_cell(e) + (f" **{flag}**" if flag else ""))
+        lines.append(f"| {key} ({c.better[key]}) | " + " | ".join(cells) + " |")
+    notes = ["", f"Flags compare each run with the first ({c.names[0]}): **better**/**worse** = the 95% intervals "
+             "do not overlap. Unflagged differences are within the intervals."]
+    notes += [f"Warning: {w}" for w in c.warnings]
+    return "\n".join(lines + notes) + "\n"

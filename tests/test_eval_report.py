@@ -1,0 +1,194 @@
+"""The report renders (HTML parsed, every embedded image decoded, and a headless-browser screenshot
+where Chromium is installed), the CLI evaluates a saved run end to end, and --compare flags what
+lies outside the intervals."""
+
+import base64
+import copy
+import io
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from playworld.cli import main
+from playworld.config import to_dict
+from playworld.data.loader import ClipDataset
+from playworld.errors import ConfigError
+from playworld.eval.compare import compare, to_markdown
+from playworld.eval.config import EvalConfig
+from playworld.eval.evaluate import evaluate
+from playworld.eval.report import render_report
+from playworld.eval.schema import load_metrics
+from playworld.models.dynamics import DynamicsConfig, DynamicsModel
+from playworld.models.lam import LAMConfig, LatentActionModel
+from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
+from playworld.train.checkpoint import save_release
+from sprite_oracle import OracleWorld
+
+from helpers import make_dataset
+from sprite_world import make_clips
+
+torch.set_num_threads(1)
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.headings: list[str] = []
+        self._in_h2 = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        self._in_h2 = tag == "h2"
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.headings.append(data)
+            self._in_h2 = False
+
+
+def _decode(src: str) -> Image.Image:
+    head, data = src.split(",", 1)
+    assert head in ("data:image/png;base64", "data:image/gif;base64"), head
+    img = Image.open(io.BytesIO(base64.b64decode(data)))
+    img.load()
+    return img
+
+
+@pytest.fixture(scope="module")
+def sprite(tmp_path_factory):
+    clips = make_clips(8, 40, seed=0)
+    root = make_dataset(tmp_path_factory.mktemp("report") / "sprites", videos=clips.video.numpy(),
+                        actions=clips.actions.numpy())
+    return clips, root
+
+
+@pytest.fixture(scope="module")
+def oracle(sprite):
+    clips, root = sprite
+    cfg = EvalConfig(split="train", episodes=8, batch=8, bootstrap=100, consistency_starts=4, memory_starts=4,
+                     progress=False, opposites="1:0,3:2")
+    return evaluate(OracleWorld(clips.video, np.array([1, 0, 3, 2])),
+                    ClipDataset(root, clip_len=cfg.clip_len, split="train"), cfg, run="oracle", data=str(root))
+
+
+def test_report_parses_and_every_embedded_image_decodes(oracle):
+    from playworld.video import write_video
+
+    gifs = {}
+    for name, frames in oracle.gifs.items():
+        path = write_video(Path(f"/tmp/pw-test-{name}.gif"), frames, fps=6)
+        gifs[name] = path.read_bytes()
+        path.unlink()
+    page = render_report(json.loads(json.dumps(oracle.metrics)), gifs, oracle.strips)
+    parser = _Page()
+    parser.feed(page)
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # opens offline
+    assert {"Headline", "Rollouts", "Tokenizer", "Latent actions against the true actions",
+            "Consistency of each action", "Memory: there and back again", "Speed"} <= set(parser.headings)
+    alts = [img["alt"] for img in parser.images]
+    assert {"PSNR against horizon", "Delta PSNR against horizon", "SSIM against horizon", "code usage",
+            "confusion matrix", "consistency per action", "rollouts", "action grid", "memory_model"} <= set(alts)
+    for img in parser.images:
+        decoded = _decode(img["src"])
+        assert decoded.width > 20 and decoded.height > 20
+        if img["alt"] in ("rollouts", "action grid"):
+            assert decoded.format == "GIF" and decoded.n_frames > 5  # animated
+        else:
+            assert decoded.format == "PNG" and len(np.unique(np.asarray(decoded.convert("L")))) > 2  # not blank
+
+
+def test_compare_flags_differences_outside_the_intervals(oracle, tmp_path):
+    good = json.loads(json.dumps(oracle.metrics))
+    worse = copy.deepcopy(good)
+    worse["headline"]["mapping_accuracy"].update(mean=0.5, low=0.4, high=0.6)
+    worse["headline"]["ms_per_frame"].update(mean=0.01, low=0.005, high=0.015)  # faster: lower is better
+    worse["settings"]["seed"] = 7
+    for name, m in (("a", good), ("b", worse)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    c = compare([tmp_path / "a", tmp_path / "b" / "metrics.json"])
+    assert c.flags["mapping_accuracy"] == ["worse"] and c.flags["ms_per_frame"] == ["better"]
+    assert c.flags["tokenizer_psnr"] == [""]  # equal: not flagged
+    assert any("seed" in w for w in c.warnings)
+    table = to_markdown(c)
+    assert "| mapping_accuracy (higher) | 1.000 [1.000, 1.000] | 0.500 [0.400, 0.600] **worse** |" in table
+    with pytest.raises(ConfigError, match="no metrics.json here"):
+        compare([tmp_path / "a", tmp_path / "missing"])
+    (tmp_path / "bad.json").write_text('{"format": "playworld-eval", "schema_version": 1}')
+    with pytest.raises(ConfigError, match=r"bad.json: top level: missing keys \['actions'"):
+        compare([tmp_path / "a", tmp_path / "bad.json"])
+
+
+def _save_tiny_run(run: Path) -> None:
+    torch.manual_seed(0)
+    tok = VideoTokenizer(TokenizerConfig(image_size=16, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2,
+                                         num_codes=32, code_dim=8))
+    lam = LatentActionModel(LAMConfig(height=16, width=16, patch_size=8, num_actions=4, dim=32, heads=2,
+                                      encoder_depth=1, decoder_depth=1))
+    dyn = DynamicsModel(DynamicsConfig(vocab_size=32, num_actions=4, token_height=4, token_width=4, dim=32,
+                                       depth=1, heads=2))
+    for kind, model in (("tokenizer", tok), ("lam", lam), ("dynamics", dyn)):
+        save_release(run / kind, model.state_dict(), {"kind": kind, "model": to_dict(model.config)})
+
+
+def test_cli_evaluates_a_saved_run_and_compares_two(sprite, tmp_path, capsys):
+    _, root = sprite
+    run = tmp_path / "run"
+    _save_tiny_run(run)
+    common = ["--data", str(root), "--split", "train", "--episodes", "3", "--horizon", "3", "--context", "1,2",
+              "--action-clips", "1", "--consistency-starts", "2", "--memory-starts", "2", "--grid-starts", "2",
+              "--grid-steps", "2", "--speed-frames", "2", "--bootstrap", "50", "--maskgit-steps", "1",
+              "--allow-collapsed", "--no-progress", "--threads", "1"]
+    assert main(["eval", str(run), *common]) == 0
+    m = load_metrics(run / "eval")
+    assert m["counts"]["episodes"] == 3 and set(m["rollouts"]["contexts"]) == {"1", "2"}
+    assert len(m["rollouts"]["contexts"]["2"]["delta_psnr"]) == 3 and "delta_psnr_t3" in m["headline"]
+    assert (run / "eval" / "report.html").stat().st_size > 10_000
+    assert Image.open(run / "eval" / "rollouts.gif").n_frames == 3
+    shutil.copytree(run, tmp_path / "run2")
+    assert main(["eval", str(tmp_path / "run2"), *common, "--seed", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--compare", str(run), str(tmp_path / "run2"), "--out", str(tmp_path / "cmp.md")]) == 0
+    printed = capsys.readouterr().out
+    assert "| tokenizer_psnr (higher) |" in printed and "differs from" in printed  # the seeds differ
+    assert (tmp_path / "cmp.md").read_text() in printed
+    assert main(["eval", str(run), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["eval", str(run)]) == 2
+    assert "needs RUN and --data" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                    reason=f"headless screenshot needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install "
+                    "chromium chromium-driver)")
+def test_report_screenshot_in_headless_chromium(oracle, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    page = tmp_path / "report.html"
+    page.write_text(render_report(json.loads(json.dumps(oracle.metrics)), {}, oracle.strips))
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,2000"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    try:
+        driver.get(page.as_uri())
+        assert driver.title == "playworld eval: oracle"
+        broken = driver.execute_script(
+            "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
+        assert broken == 0 and driver.execute_script("return document.images.length") >= 6
+        shot = Image.open(io.BytesIO(driver.get_screenshot_as_png()))
+        assert shot.width >= 1000 and len(np.unique(np.asarray(shot.convert("L")))) > 16  # rendered, not blank
+        shot.save(tmp_path / "report.png")
+    finally:
+        driver.quit()
