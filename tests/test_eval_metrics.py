@@ -106,3 +106,17 @@ def test_lam_features_are_the_state_its_actions_are_read_from():
     assert feats.shape == (2, 5, 32)
     with torch.no_grad():
         assert torch.equal(lam.to_logits(feats).argmax(-1), lam.infer_actions(video))
+
+
+def test_procgen_walk_starts_from_its_prompt_and_replays_identically():
+    pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
+    from playworld.eval.envwalk import default_opposites, procgen_walk
+
+    source = {"kind": "procgen", "game": "coinrun", "config": {"distribution_mode": "hard"}}
+    assert default_opposites(source) == ((7, 1),) and default_opposites({"kind": "ingest"}) is None
+    a = procgen_walk(source, [3, 11], there=7, back=1, k=4, context=4)
+    b = procgen_walk(source, [3, 11], there=7, back=1, k=4, context=4)
+    assert a.prompts.shape == (2, 4, 64, 64, 3) and a.frames.shape == (2, 3, 64, 64, 3)
+    assert np.array_equal(a.prompts[:, -1], a.frames[:, 0])  # the model starts where the game does
+    assert np.array_equal(a.frames, b.frames)  # a level replays exactly
+    assert not np.array_equal(a.frames[:, 1], a.frames[:, 0])  # walking right moved the view
