@@ -15,8 +15,8 @@ from playworld.errors import ConfigError
 class SessionLimits:
     """How much one session may hold."""
 
-    max_history: int = field(256, help="actions that undo can take back (undo replays at most this many steps)")
-    max_record_frames: int = field(1800, help="frames kept for the recording download (the last ones)")
+    max_history: int = field(64, help="actions that undo can take back (undo replays at most this many steps)")
+    max_record_frames: int = field(900, help="frames kept for the recording download (the last ones)")
     max_replay: int = field(2000, help="longest action string one replay message may ask for")
 
     def __post_init__(self) -> None:
@@ -42,7 +42,7 @@ class PlayConfig:
     temperature: float = field(1.0, help="sampling temperature (0 = greedy)")
     context_frames: int = field(16, help="frames the dynamics model and decoder attend to")
     prompt_frames: int = field(1, help="frames of a dataset prompt (context before the start frame)")
-    max_history: int = field(256, help="actions undo can take back per session")
+    max_history: int = field(64, help="actions undo can take back per session (an undo replays up to this many steps)")
     max_record_frames: int = field(900, help="frames a session's recording keeps (the last ones)")
     max_replay: int = field(2000, help="longest action string one replay may play")
     record_fps: float = field(15.0, help="frame rate of downloaded recordings")

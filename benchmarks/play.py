@@ -1,0 +1,128 @@
+"""Play-server throughput: frames/s for 1, 4 and 16 concurrent players over real WebSockets, against
+single-session ``World.step`` (and one batched ``World`` of N, what stacking sessions would give) in the same run.
+
+    .venv/bin/python benchmarks/play.py [--run RUN | --preset tiny|small] [--sessions 1 4 16] [--seconds 5]
+
+Each player connects to a `playworld play` server (uvicorn in a thread of this process), starts from a
+random picture and presses keys with one step in flight, as the page does. Reported: aggregate frames/s,
+per-player frames/s and mean round-trip ms. Without --run, random weights of a preset (speed only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from playworld.maskgit import SamplingConfig
+from playworld.play.config import PlayConfig
+from playworld.play.server import PlayServer
+from playworld.world import World, WorldConfig
+
+
+def models(args: argparse.Namespace):
+    if args.run:
+        from playworld.api import load
+
+        run = load(args.run)
+        run.require("tokenizer", "lam", "dynamics")
+        return run.tokenizer, run.lam, run.dynamics
+    from generation import build_world  # benchmarks/generation.py: preset-sized random models
+
+    w = build_world(args.preset, args.steps, args.context)
+    return w.tokenizer, w.lam, w.dynamics
+
+
+def world_fps(mods, cfg: WorldConfig, batch: int, seconds: float) -> float:
+    """Frames/s of one World of ``batch`` worlds stepping back to back (frames = batch x steps)."""
+    side = mods[0].config.image_size
+    w = World(*mods, cfg)
+    w.reset(torch.randint(0, 256, (side, side, 3), dtype=torch.uint8), seed=0, batch_size=batch)
+    w.step(0)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        w.step(n % w.num_actions)
+        n += 1
+    return batch * n / (time.perf_counter() - t0)
+
+
+async def players(url: str, n: int, seconds: float, picture: str, num_actions: int) -> tuple[int, float, float]:
+    import websockets
+
+    async def one(i: int) -> tuple[int, float]:
+        async with websockets.connect(url, max_size=None) as ws:
+            json.loads(await ws.recv())  # hello
+            await ws.send(json.dumps({"type": "start", "source": "image", "data": picture, "seed": i}))
+            assert json.loads(await ws.recv())["type"] == "frame"
+            frames, rtt, end = 0, 0.0, time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                await ws.send(json.dumps({"type": "step", "action": frames % num_actions}))
+                reply = json.loads(await ws.recv())
+                assert reply["type"] == "frame", reply
+                rtt += time.perf_counter() - t
+                frames += 1
+            return frames, rtt
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(i) for i in range(n)))
+    wall = time.perf_counter() - t0
+    frames = sum(f for f, _ in results)
+    return frames, wall, 1000 * sum(r for _, r in results) / max(frames, 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", help="a trained run directory (default: random weights of --preset)")
+    p.add_argument("--preset", default="small", help="model sizes when no --run (default: %(default)s)")
+    p.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=4, help="MaskGIT steps per frame (default: %(default)s)")
+    p.add_argument("--context", type=int, default=16, help="context frames (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    mods = models(args)
+    wcfg = WorldConfig(context_frames=args.context, decoder_context=args.context,
+                       sampling=SamplingConfig(steps=args.steps))
+    side = mods[0].config.image_size
+    print(f"model: {args.run or args.preset + ' (random weights)'}, {side}x{side}, MaskGIT steps {args.steps}, "
+          f"context {args.context}, torch threads {args.threads}")
+    single = world_fps(mods, wcfg, 1, args.seconds)
+    print(f"World.step, one session:            {single:7.1f} frames/s ({1000 / single:.1f} ms/frame)")
+
+    server = PlayServer(mods, PlayConfig(steps=args.steps, context_frames=args.context,
+                                         max_sessions=max(args.sessions), rate=1000, burst=1000))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import uvicorn
+
+    uv = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning",
+                                       ws_max_size=server.config.max_message_chars))
+    threading.Thread(target=uv.run, daemon=True).start()
+    while not uv.started:
+        time.sleep(0.05)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
+    picture = base64.b64encode(buf.getvalue()).decode()
+    for n in args.sessions:
+        frames, wall, rtt = asyncio.run(players(f"ws://127.0.0.1:{port}/ws", n, args.seconds, picture,
+                                                server.num_actions))
+        batched = world_fps(mods, wcfg, n, args.seconds) if n > 1 else single
+        print(f"server, {n:2d} player(s): {frames / wall:7.1f} frames/s in all, {frames / wall / n:6.1f} per player, "
+              f"round trip {rtt:6.1f} ms | one World of batch {n}: {batched:7.1f} frames/s")
+    uv.should_exit = True
+
+
+if __name__ == "__main__":
+    main()
