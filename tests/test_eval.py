@@ -141,3 +141,13 @@ def test_config_and_data_errors_name_the_problem(sprite, tmp_path):
     from playworld.errors import DatasetError
     with pytest.raises(DatasetError, match=r"sprites: split 'train' has no episode of at least 44 frames"):
         evaluate(OracleWorld(clips.video, PERM), ClipDataset(root, clip_len=cfg.clip_len, split="train"), cfg)
+
+
+def test_max_minutes_stops_taking_episodes_and_says_so(sprite):
+    clips, root = sprite
+    cfg = _config(batch=4, max_minutes=1e-9)  # spent after the first batch
+    m = evaluate(OracleWorld(clips.video, PERM), ClipDataset(root, clip_len=cfg.clip_len, split="train"), cfg).metrics
+    assert m["counts"] == {"episodes": 4, "rollout_clips": 4, "action_transitions": 4 * 2 * 18,
+                           "truncated_by_time": True}
+    assert m["rollouts"]["contexts"]["1"]["psnr"]["inferred"][0]["n"] == 4
+    validate(json.loads(json.dumps(m)))
