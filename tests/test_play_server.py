@@ -229,3 +229,22 @@ def test_idle_sessions_are_closed(data_dir):
         assert "without a message" in recv(ws)["message"]
         with pytest.raises(WebSocketDisconnect):
             ws.receive_text()
+
+
+def test_named_actions_from_the_run_directory_label_keys_and_replays(data_dir, tmp_path):
+    from playworld.play.actions import ActionName, save_action_names
+
+    save_action_names(tmp_path, [ActionName(2, "right", "ArrowRight"), ActionName(0, "jump", "ArrowUp")])
+    server = PlayServer(tiny_models(), PlayConfig(steps=1, context_frames=4), run_dir=tmp_path, data=data_dir)
+    with TestClient(server.app()) as client, client.websocket_connect("/ws") as ws:
+        hello = recv(ws)
+        assert [(a["name"], a["key"]) for a in hello["actions"]] == [
+            ("jump", "ArrowUp"), ("2", None), ("right", "ArrowRight"), ("4", None)]
+        ask(ws, type="start", source="dataset", index=0)
+        assert ask(ws, type="step", action=2)["label"] == "right"
+        reply = ask(ws, type="replay", actions="right, jump 4")
+        assert reply["history"] == "3,1,4" and reply["step"] == 3
+    (tmp_path / "action_names.json").write_text('{"format": "playworld.action_names/1", "actions": [{"latent": 9, '
+                                                '"name": "up"}]}')
+    with pytest.raises(ValueError, match=r"action_names.json: actions\[0\]: latent 9 is not an action"):
+        PlayServer(tiny_models(), PlayConfig(steps=1), run_dir=tmp_path)

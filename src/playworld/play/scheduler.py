@@ -75,13 +75,6 @@ class StepScheduler:
         self._wake.set()
         return await job.future
 
-    async def call(self, fn: Any, *args: Any) -> Any:
-        """Run a plain function on the worker thread (e.g. encoding a recording)."""
-        def op() -> Generator[None, None, Any]:
-            yield
-            return fn(*args)
-        return await self.run(op())
-
     def _tick(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
         for job in jobs:

@@ -30,7 +30,7 @@ from playworld.maskgit import SamplingConfig
 from playworld.play import protocol as P
 from playworld.play.actions import format_action_string, load_action_names, parse_action_string
 from playworld.play.config import PlayConfig, SessionLimits
-from playworld.play.prompts import DatasetPrompts, image_to_frame, world_frame_size
+from playworld.play.prompts import DatasetPrompts, fit_frames, image_to_frame, world_frame_size
 from playworld.play.scheduler import StepScheduler
 from playworld.play.session import Session, SessionError
 from playworld.world import World, WorldConfig
@@ -100,8 +100,6 @@ class PlayServer:
             index = int(rng.integers(n)) if msg.index is None else msg.index
             if index >= n:
                 raise P.ProtocolError(f"start: dataset index {index} out of range [0, {n})")
-            from playworld.play.prompts import fit_frames
-
             return fit_frames(self.prompts.get(index), self.size)
         assert msg.image is not None
         return await asyncio.to_thread(image_to_frame, msg.image, self.size, fit=msg.fit,
