@@ -179,8 +179,8 @@ class PlayServer:
                     log.exception("session %d: unexpected error", sid)
                     reply = P.error_message(f"internal error ({type(e).__name__}); the session goes on")
                 await ws.send_text(reply)
-        except (WebSocketDisconnect, RuntimeError):
-            return  # the client left mid-reply
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return  # the client left mid-reply (uvicorn's ClientDisconnected is an OSError)
         finally:
             self.sessions.pop(sid, None)
 
