@@ -1,12 +1,12 @@
 # Two entry points, each idempotent on a fresh machine:
-#   make play   -- the main job (collect a small CoinRun dataset and summarise it; later: train and play)
+#   make play   -- the main job: play the shipped CoinRun world in the browser (http://127.0.0.1:8000)
 #   make test   -- lint and the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: play test install lint browser
+.PHONY: play demo-data test install lint browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 play: $(STAMP)
+	$(VENV)/bin/playworld play
+
+# a small CoinRun dataset to train on or to draw start frames from (playworld play --data data/coinrun-demo)
+demo-data: $(STAMP)
 	$(VENV)/bin/playworld collect procgen --game coinrun --policy mix --episodes 64 --out data/coinrun-demo
 	$(VENV)/bin/playworld data info data/coinrun-demo
 

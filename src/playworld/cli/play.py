@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Without RUN, plays the world shipped in src/playworld/assets/coinrun/.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", help="run directory with tokenizer/, lam/ and dynamics/ (default: shipped world)")
-    p.add_argument("--data", help="dataset directory to draw start frames from")
+    p.add_argument("--data", help="dataset directory to draw start frames from "
+                   "(default: RUN/prompts when it holds a dataset, as the shipped world does)")
     p.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     add_dataclass_args(p, PlayConfig)
@@ -38,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
     run_dir = resolve_run(args.run)
     loaded = load(run_dir, args.device)
     loaded.require("tokenizer", "lam", "dynamics")
-    server = PlayServer((loaded.tokenizer, loaded.lam, loaded.dynamics), config, run_dir=run_dir, data=args.data)
+    data = args.data
+    if data is None and (run_dir / "prompts" / "manifest.json").is_file():
+        data = run_dir / "prompts"  # start frames shipped with the world (held-out levels)
+    server = PlayServer((loaded.tokenizer, loaded.lam, loaded.dynamics), config, run_dir=run_dir, data=data)
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"playworld: warning: listening on {config.host}: anyone who can reach it can play (and use CPU)")
     print(f"playworld: playing {run_dir} at http://{config.host}:{config.port}/ "
