@@ -120,3 +120,14 @@ def test_procgen_walk_starts_from_its_prompt_and_replays_identically():
     assert np.array_equal(a.prompts[:, -1], a.frames[:, 0])  # the model starts where the game does
     assert np.array_equal(a.frames, b.frames)  # a level replays exactly
     assert not np.array_equal(a.frames[:, 1], a.frames[:, 0])  # walking right moved the view
+
+
+def test_psnr_of_mean_mse_is_not_decided_by_exact_frames():
+    import numpy as np
+
+    from playworld.eval.stats import psnr_of_mean_mse
+
+    per_clip = np.array([100.0, 10.0])  # one exact copy (capped) and one poor frame
+    assert abs(psnr_of_mean_mse(per_clip) - (-10 * np.log10((1e-10 + 0.1) / 2))) < 1e-9
+    assert psnr_of_mean_mse(per_clip) < per_clip.mean() - 40  # the mean of PSNRs says 55 dB
+    assert abs(psnr_of_mean_mse(np.array([20.0, 20.0])) - 20.0) < 1e-9

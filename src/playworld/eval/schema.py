@@ -39,7 +39,7 @@ class MapOf:
 
 ESTIMATE = {"mean": float, "low": float, "high": float, "n": int}
 PER_KIND = {"inferred": ListOf(ESTIMATE), "random": ListOf(ESTIMATE), "copy_last": ListOf(ESTIMATE)}
-ROLLOUT = {"psnr": PER_KIND, "ssim": PER_KIND, "delta_psnr": ListOf(ESTIMATE)}
+ROLLOUT = {"psnr": PER_KIND, "ssim": PER_KIND, "delta_psnr": ListOf(ESTIMATE), "psnr_of_mean_mse": PER_KIND}
 
 SCHEMA: dict[str, Any] = {
     "format": str,

@@ -62,6 +62,12 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
     return -10.0 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP / 10)))
 
 
+def psnr_of_mean_mse(per_clip_psnr: np.ndarray) -> float:
+    """PSNR (dB) of the mean squared error behind per-clip PSNRs (N,): -10 log10(mean_i 10^(-p_i / 10))."""
+    mse = np.power(10.0, -np.asarray(per_clip_psnr, dtype=np.float64) / 10.0)
+    return float(-10.0 * np.log10(mse.mean()))
+
+
 def _gaussian_window(size: int, sigma: float) -> Tensor:
     x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     g = torch.exp(-x.square() / (2 * sigma**2))
