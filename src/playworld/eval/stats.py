@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-PSNR_CAP = 100.0  # dB: the PSNR of an exact frame (mse clamped at 1e-10)
+from playworld.models.base import psnr_from_mse
+
+PSNR_CAP = 100.0  # dB: the PSNR of an exact frame (psnr_from_mse clamps the mse at 1e-10)
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,7 @@ def bootstrap(values: np.ndarray, *, seed: int, resamples: int = 1000, alpha: fl
 
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
     """Per-frame PSNR in dB of frames in [0, 1]: (..., H, W, C) -> (...), capped at PSNR_CAP."""
-    mse = (pred.float() - target.float()).square().mean(dim=(-3, -2, -1))
-    return -10.0 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP / 10)))
+    return psnr_from_mse((pred.float() - target.float()).square().mean(dim=(-3, -2, -1)))
 
 
 def psnr_of_mean_mse(per_clip_psnr: np.ndarray) -> float:

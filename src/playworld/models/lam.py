@@ -46,6 +46,7 @@ from playworld.config import field
 from playworld.errors import ConfigError, TrainingError
 from playworld.models.base import LossOutput, psnr_from_mse
 from playworld.nn.blocks import STTransformer, init_weights
+from playworld.nn.quantize import code_counts, usage_and_perplexity
 
 
 @dataclass
@@ -315,12 +316,11 @@ class LatentActionModel(nn.Module):
         enc_loss = F.cross_entropy(enc.logits.flatten(0, 1).float(), best.flatten())
         loss = dec_loss + c.encoder_weight * enc_loss
         with torch.no_grad():
-            counts = torch.bincount(best.flatten(), minlength=c.num_actions).float()
-            share = counts / counts.sum()
+            counts = code_counts(best, c.num_actions)
             if self.training:
-                self.usage.lerp_(share, 1 - c.usage_decay)
+                self.usage.lerp_(counts / counts.sum(), 1 - c.usage_decay)
                 self.steps_seen += 1
-            entropy = -(share * share.clamp_min(1e-12).log()).sum()
+            _, perplexity = usage_and_perplexity(counts)
             mse = best_err.mean()
             enc_err = err.gather(-1, enc.actions[..., None]).mean()
             metrics = {
@@ -330,8 +330,8 @@ class LatentActionModel(nn.Module):
                 "copy_psnr": psnr_from_mse(F.mse_loss(context, target)),
                 "encoder_ce": enc_loss.detach(),
                 "encoder_agreement": (enc.actions == best).float().mean(),
-                "action_entropy": entropy,
-                "action_perplexity": entropy.exp(),
+                "action_entropy": perplexity.log(),
+                "action_perplexity": perplexity,
             }
             metrics.update({f"action_usage/{k}": self.usage[k].clone() for k in range(c.num_actions)})
         return LossOutput(loss, metrics)

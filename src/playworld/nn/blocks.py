@@ -35,8 +35,7 @@ def rope_angles(positions: Tensor, head_dim: int, base: float = 10_000.0) -> tup
     return ang.cos().float(), ang.sin().float()
 
 
-def grid_rope_angles(grid: tuple[int, int], head_dim: int, extra: int = 0,
-                     device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+def grid_rope_angles(grid: tuple[int, int], head_dim: int, extra: int = 0) -> tuple[Tensor, Tensor]:
     """2D axial rotary tables for a row-major ``grid`` of (rows, cols) tokens (spatial attention).
 
     Half of each head's rotary pairs turn with the row, half with the column, so attention scores
@@ -47,8 +46,8 @@ def grid_rope_angles(grid: tuple[int, int], head_dim: int, extra: int = 0,
     if head_dim % 4:
         raise ValueError(f"2D rotary embeddings need a head width divisible by 4, got {head_dim}")
     rows, cols = grid
-    r = torch.arange(rows, device=device).repeat_interleave(cols)  # (S,)
-    c = torch.arange(cols, device=device).repeat(rows)  # (S,)
+    r = torch.arange(rows).repeat_interleave(cols)  # (S,)
+    c = torch.arange(cols).repeat(rows)  # (S,)
     cos_r, sin_r = rope_angles(r, head_dim // 2, base=100.0)
     cos_c, sin_c = rope_angles(c, head_dim // 2, base=100.0)
     cos, sin = torch.cat([cos_r, cos_c], dim=-1), torch.cat([sin_r, sin_c], dim=-1)  # (S, K/2)
@@ -248,6 +247,11 @@ class STTransformer(nn.Module):
                 raise ValueError(f"spatial grid {self.spatial_grid} has more cells than num_spatial {num_spatial}")
             if (dim // heads) % 4:
                 raise ValueError(f"2D spatial RoPE needs dim / heads divisible by 4, got {dim}/{heads}")
+        if self.spatial_grid is not None:  # fixed tables, built once (not saved: derived from the config)
+            cos, sin = grid_rope_angles(self.spatial_grid, dim // heads, num_spatial - self.spatial_grid[0] *
+                                        self.spatial_grid[1])
+            self.register_buffer("rope_s_cos", cos, persistent=False)
+            self.register_buffer("rope_s_sin", sin, persistent=False)
         self.pos_s = nn.Parameter(torch.zeros(1, 1, num_spatial, dim)) if learned_pos else None
         if self.pos_s is not None:
             nn.init.trunc_normal_(self.pos_s, std=0.02)
@@ -264,10 +268,7 @@ class STTransformer(nn.Module):
             raise ValueError(f"STTransformer expects (B, T, {self.num_spatial}, {self.dim}), got {tuple(x.shape)}")
         start = cache.pos if cache is not None else 0
         rope = rope_angles(torch.arange(start, start + t, device=x.device), self.dim // self.heads)
-        rope_s = None
-        if self.spatial_grid is not None:
-            g = self.spatial_grid
-            rope_s = grid_rope_angles(g, self.dim // self.heads, s - g[0] * g[1], device=x.device)
+        rope_s = (self.rope_s_cos, self.rope_s_sin) if self.spatial_grid is not None else None
         if self.pos_s is not None:
             x = x + self.pos_s
         for i, block in enumerate(self.blocks):
