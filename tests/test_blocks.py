@@ -110,3 +110,64 @@ def test_2d_spatial_rope_scores_depend_only_on_the_offset():
     torch.testing.assert_close(qs[-1], q)  # the extra (summary) token is not rotated
     with pytest.raises(ValueError, match="divisible by 4"):
         grid_rope_angles((2, 2), 6)
+
+
+def test_commit_frames_skips_outputs_but_leaves_the_same_cache():
+    m = _model()
+    x = torch.randn(2, 4, 6, 32)
+    full = m(x)
+    lean, plain = m.new_cache(max_frames=8), m.new_cache(max_frames=8)
+    m.commit_frames(x[:, :3], lean)
+    m(x[:, :3], cache=plain, commit=True)
+    for a, b in zip(lean.layers, plain.layers):
+        torch.testing.assert_close(a.k, b.k)
+        torch.testing.assert_close(a.v, b.v)
+    torch.testing.assert_close(m(x[:, 3:], cache=lean), full[:, 3:], atol=1e-5, rtol=1e-5)
+    assert lean.pos == 3 and lean.frames == 3
+
+
+def test_ring_window_with_prompt_chunk_equals_one_frame_at_a_time():
+    # a chunk of frames committed at once sees, per frame, the same window as frame-by-frame steps
+    m = _model()
+    x = torch.randn(1, 7, 6, 32)
+    one = m.new_cache(max_frames=3)
+    ref = torch.cat([m(x[:, t : t + 1], cache=one, commit=True) for t in range(7)], 1)
+    chunk = m.new_cache(max_frames=3)
+    out = torch.cat([m(x[:, :2], cache=chunk, commit=True), m(x[:, 2:6], cache=chunk, commit=True),
+                     m(x[:, 6:], cache=chunk, commit=True)], 1)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert chunk.frames == 3 and chunk.pos == 7
+
+
+def test_rows_keep_their_own_positions_and_commit_masks():
+    # row 0 plays 5 frames; row 1 starts later (put_rows) and skips a step (commit mask): each row's
+    # outputs must equal those of a cache that only ever held that row's frames
+    m = _model()
+    xa, xb = torch.randn(1, 5, 6, 32), torch.randn(1, 3, 6, 32)
+    ref_a = m(xa)
+    ref_b = m(xb)
+    batch = m.new_cache(max_frames=8)
+    batch.allocate(2, heads=4, head_dim=8)
+    solo_a = m.new_cache(max_frames=8)
+    m(xa[:, :2], cache=solo_a, commit=True)
+    batch.put_rows(torch.tensor([0]), solo_a)
+    solo_b = m.new_cache(max_frames=8)
+    m(xb[:, :1], cache=solo_b, commit=True)
+    batch.put_rows(torch.tensor([1]), solo_b)
+    assert batch.next_pos.tolist() == [2, 1]
+    step = torch.stack([xa[:, 2], xb[:, 1]], 1)[0][:, None]  # (2, 1, S, D)
+    out = m(step, cache=batch, commit=torch.tensor([True, False]))
+    torch.testing.assert_close(out[0], ref_a[0, 2:3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], ref_b[0, 1:2], atol=1e-5, rtol=1e-5)
+    assert batch.next_pos.tolist() == [3, 1]  # row 1 did not commit: the frame is forgotten
+    for ta in (3, 4):
+        tb = ta - 2
+        step = torch.stack([xa[:, ta], xb[:, tb]], 1)[0][:, None]
+        out = m(step, cache=batch, commit=True)
+        torch.testing.assert_close(out[0], ref_a[0, ta : ta + 1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[1], ref_b[0, tb : tb + 1], atol=1e-5, rtol=1e-5)
+    assert batch.row_frames().tolist() == [5, 3]
+    with pytest.raises(ValueError, match="different positions"):
+        _ = batch.pos
+    batch.select(torch.tensor([1]))
+    assert batch.batch_size == 1 and batch.pos == 3

@@ -139,8 +139,9 @@ class DynamicsModel(nn.Module):
 
     def commit(self, tokens: Tensor, frame_actions: Tensor, cache: TemporalKVCache,
                prev: Tensor | None = None) -> None:
-        """Append known frames (B, T, S) to ``cache`` (their keys/values), skipping the output head."""
-        self.transformer(self.embed(tokens, frame_actions, prev), cache=cache, commit=True)
+        """Append known frames (B, T, S) to ``cache`` (their keys/values), skipping everything after the
+        last block's keys/values (its attention output and MLP, the final norm and the output head)."""
+        self.transformer.commit_frames(self.embed(tokens, frame_actions, prev), cache)
 
     def random_mask(self, tokens: Tensor, generator: torch.Generator | None = None) -> MaskedBatch:
         """Mask each frame's tokens i.i.d. with a rate ~ U[min, max] drawn per frame (Genie, sec. 2.3)."""

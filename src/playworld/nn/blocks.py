@@ -13,7 +13,6 @@ Shapes: B batch, T frames, S spatial tokens per frame, D model width, H heads, K
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,98 +20,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-
-def rope_angles(positions: Tensor, head_dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:
-    """cos/sin tables for rotary embeddings.
-
-    positions: (T,) integer frame positions (absolute; only differences matter to attention).
-    Returns cos, sin of shape (T, head_dim // 2), computed in float64 so that large positions
-    (long play sessions) keep their precision, then cast to float32.
-    """
-    half = head_dim // 2
-    inv_freq = base ** (-torch.arange(half, dtype=torch.float64, device=positions.device) / half)
-    ang = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, K/2)
-    return ang.cos().float(), ang.sin().float()
-
-
-def grid_rope_angles(grid: tuple[int, int], head_dim: int, extra: int = 0) -> tuple[Tensor, Tensor]:
-    """2D axial rotary tables for a row-major ``grid`` of (rows, cols) tokens (spatial attention).
-
-    Half of each head's rotary pairs turn with the row, half with the column, so attention scores
-    depend on relative offsets (dy, dx): a shift by the same amount anywhere in the frame looks the
-    same, which is what motion is. ``extra`` trailing tokens (e.g. a summary token) are not rotated.
-    Returns cos, sin of shape (rows*cols + extra, head_dim // 2); head_dim must be divisible by 4.
-    """
-    if head_dim % 4:
-        raise ValueError(f"2D rotary embeddings need a head width divisible by 4, got {head_dim}")
-    rows, cols = grid
-    r = torch.arange(rows).repeat_interleave(cols)  # (S,)
-    c = torch.arange(cols).repeat(rows)  # (S,)
-    cos_r, sin_r = rope_angles(r, head_dim // 2, base=100.0)
-    cos_c, sin_c = rope_angles(c, head_dim // 2, base=100.0)
-    cos, sin = torch.cat([cos_r, cos_c], dim=-1), torch.cat([sin_r, sin_c], dim=-1)  # (S, K/2)
-    if extra:
-        cos = torch.cat([cos, cos.new_ones(extra, cos.shape[1])])
-        sin = torch.cat([sin, sin.new_zeros(extra, sin.shape[1])])
-    return cos, sin
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs of channels. x: (..., T, K) with K even; cos, sin: (T, K/2)."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2)
-
-
-@dataclass
-class LayerCache:
-    """Temporal keys/values of past frames for one block: k, v of shape (B*S, H, t, K)."""
-
-    k: Tensor | None = None
-    v: Tensor | None = None
-
-
-@dataclass
-class TemporalKVCache:
-    """Per-block temporal key/value cache for frame-by-frame generation.
-
-    ``max_frames`` bounds the cache (a sliding context window): the cost of a step and the memory
-    held never grow with how long one has played. ``pos`` is the absolute index of the next frame.
-    Cached k, v rows are ordered (b s), S = ``num_spatial``.
-    """
-
-    num_layers: int
-    max_frames: int
-    num_spatial: int
-    layers: list[LayerCache] = field(default_factory=list)
-    pos: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
-        if not self.layers:
-            self.layers = [LayerCache() for _ in range(self.num_layers)]
-
-    @property
-    def frames(self) -> int:
-        """Number of frames currently held (<= max_frames)."""
-        k = self.layers[0].k
-        return 0 if k is None else k.shape[2]
-
-    def reset(self) -> None:
-        self.layers = [LayerCache() for _ in range(self.num_layers)]
-        self.pos = 0
-
-    def select(self, index: Tensor) -> None:
-        """Keep only batch rows ``index`` (B',) of every layer, e.g. to drop finished sessions."""
-        for layer in self.layers:
-            if layer.k is None or layer.v is None:
-                continue
-            k = rearrange(layer.k, "(b s) h t k -> b s h t k", s=self.num_spatial)[index]
-            v = rearrange(layer.v, "(b s) h t k -> b s h t k", s=self.num_spatial)[index]
-            layer.k = rearrange(k, "b s h t k -> (b s) h t k")
-            layer.v = rearrange(v, "b s h t k -> (b s) h t k")
+from playworld.nn.kvcache import LayerCache, TemporalKVCache, TemporalStep
+from playworld.nn.rope import apply_rope, grid_rope_angles, rope_angles
 
 
 class Attention(nn.Module):
@@ -138,45 +47,51 @@ class Attention(nn.Module):
         causal: bool = False,
         rope: tuple[Tensor, Tensor] | None = None,
         cache: LayerCache | None = None,
-        commit: bool = False,
-        max_frames: int | None = None,
+        kv: TemporalKVCache | None = None,
+        step: TemporalStep | None = None,
+        kv_only: bool = False,
     ) -> Tensor:
         """x: (N, L, D) -> (N, L, D).
 
-        With ``cache`` (temporal attention at play time), queries attend to the cached keys of past
-        frames plus their own; with ``commit`` the new keys/values are appended (trimmed to the
-        last ``max_frames``). ``causal`` masks attention to later positions within x.
+        With ``cache`` (temporal attention at play time; ``kv`` is the whole cache and ``step`` the
+        forward's plan), queries attend to the cached keys of past frames plus the new ones, and the
+        new keys/values are written to the ring (kept if ``step.commit``). ``causal`` masks attention
+        to later positions within x. ``kv_only`` (with a cache) only writes the new keys/values and
+        returns x unchanged: a commit's last block needs nothing else.
         """
+        if kv_only:
+            assert kv is not None and step is not None and cache is not None
+            dim = x.shape[-1]
+            k, v = rearrange(F.linear(x, self.qkv.weight[dim:], self.qkv.bias[dim:]),
+                             "n l (two h k) -> two n h l k", two=2, h=self.heads)
+            k = apply_rope(k, *step.rope)
+            if x.shape[1] == 1:
+                kv.write_ring(cache, k, v, step)
+            else:
+                kv.write_chunk(cache, k, v, step)
+            return x
         q, k, v = rearrange(self.qkv(x), "n l (three h k) -> three n h l k", three=3, h=self.heads)
+        if step is not None:
+            rope = step.rope
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            past_k, past_v = cache.k, cache.v
-            if past_k is not None and max_frames is not None:
-                keep = max(max_frames - k.shape[2], 0)  # a frame sees at most max_frames frames, itself included
-                start = max(past_k.shape[2] - keep, 0)
-                past_k, past_v = past_k[:, :, start:], past_v[:, :, start:]
-                if keep == 0:
-                    past_k = past_v = None
-            if commit:
-                new_k = k if past_k is None else torch.cat([past_k, k], dim=2)
-                new_v = v if past_v is None else torch.cat([past_v, v], dim=2)
-                if max_frames is not None and new_k.shape[2] > max_frames:
-                    new_k, new_v = new_k[:, :, -max_frames:], new_v[:, :, -max_frames:]
-                cache.k, cache.v = new_k, new_v
-            if past_k is not None:
-                assert past_v is not None
-                n_past, n_new = past_k.shape[2], k.shape[2]
-                k = torch.cat([past_k, k], dim=2)
-                v = torch.cat([past_v, v], dim=2)
-                if causal and n_new > 1:
-                    # (L_new, L_past + L_new): every past frame visible, causal among the new ones
-                    mask = torch.ones(n_new, n_past + n_new, dtype=torch.bool, device=x.device).tril(n_past)
-                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                else:
-                    out = F.scaled_dot_product_attention(q, k, v)
-                return self.proj(rearrange(out, "n h l k -> n l (h k)"))
+            assert kv is not None and step is not None
+            if x.shape[1] == 1:  # one new frame: write it into its slot, attend over the ring
+                ring_k, ring_v = kv.write_ring(cache, k, v, step)
+                scores = (q @ ring_k.transpose(-1, -2)) * self.head_dim**-0.5  # (N, H, 1, C)
+                attn = scores.masked_fill(~step.mask, float("-inf")).softmax(-1)
+                out = attn @ ring_v  # (N, H, 1, K)
+            else:
+                if cache.k is None or cache.v is None:
+                    n, h, _, kd = k.shape
+                    cache.k = k.new_zeros(n, h, kv.max_frames, kd)
+                    cache.v = torch.zeros_like(cache.k)
+                keys, values = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
+                kv.write_chunk(cache, k, v, step)
+            return self.proj(rearrange(out, "n h l k -> n l (h k)"))
         drop = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and x.shape[1] > 1, dropout_p=drop)
         return self.proj(rearrange(out, "n h l k -> n l (h k)"))  # (N, L, D)
@@ -211,14 +126,18 @@ class STBlock(nn.Module):
         self.norm_m = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: LayerCache | None = None,
-                commit: bool = False, max_frames: int | None = None,
-                rope_s: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: LayerCache | None = None,
+                kv: TemporalKVCache | None = None, step: TemporalStep | None = None,
+                rope_s: tuple[Tensor, Tensor] | None = None, kv_only: bool = False) -> Tensor:
+        """``kv_only``: write this block's temporal keys/values to the cache and stop (returns x
+        after spatial attention): what committing a frame needs from the last block."""
         b, t, s, d = x.shape
         h = rearrange(self.norm_s(x), "b t s d -> (b t) s d")
         x = x + rearrange(self.attn_s(h, rope=rope_s), "(b t) s d -> b t s d", b=b)
         h = rearrange(self.norm_t(x), "b t s d -> (b s) t d")
-        h = self.attn_t(h, causal=self.causal, rope=rope, cache=cache, commit=commit, max_frames=max_frames)
+        h = self.attn_t(h, causal=self.causal, rope=rope, cache=cache, kv=kv, step=step, kv_only=kv_only)
+        if kv_only:
+            return x
         x = x + rearrange(h, "(b s) t d -> b t s d", b=b)
         return x + self.mlp(self.norm_m(x))
 
@@ -262,25 +181,43 @@ class STTransformer(nn.Module):
     def new_cache(self, max_frames: int) -> TemporalKVCache:
         return TemporalKVCache(num_layers=self.depth, max_frames=max_frames, num_spatial=self.num_spatial)
 
-    def forward(self, x: Tensor, cache: TemporalKVCache | None = None, commit: bool = False) -> Tensor:
+    def forward(self, x: Tensor, cache: TemporalKVCache | None = None, commit: bool | Tensor = False) -> Tensor:
+        """``commit``: True/False for every row, or a (B,) bool mask of the rows whose frames are kept."""
         b, t, s, d = x.shape
         if s != self.num_spatial or d != self.dim:
             raise ValueError(f"STTransformer expects (B, T, {self.num_spatial}, {self.dim}), got {tuple(x.shape)}")
-        start = cache.pos if cache is not None else 0
-        rope = rope_angles(torch.arange(start, start + t, device=x.device), self.dim // self.heads)
         rope_s = (self.rope_s_cos, self.rope_s_sin) if self.spatial_grid is not None else None
         if self.pos_s is not None:
             x = x + self.pos_s
-        for i, block in enumerate(self.blocks):
-            if cache is not None:
-                x = block(x, rope, cache.layers[i], commit, cache.max_frames, rope_s)
-            elif self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, rope, None, False, None, rope_s, use_reentrant=False)
+        if cache is not None:
+            return self._cached(x, cache, commit, rope_s, output=True)
+        rope = rope_angles(torch.arange(t, device=x.device), self.dim // self.heads)
+        for block in self.blocks:
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, None, None, None, rope_s, use_reentrant=False)
             else:
                 x = block(x, rope, rope_s=rope_s)
-        if cache is not None and commit:
-            cache.pos += t
         return self.norm(x)
+
+    def commit_frames(self, x: Tensor, cache: TemporalKVCache, commit: bool | Tensor = True) -> None:
+        """Append frames x (B, T, S, D) to ``cache`` without computing outputs: the last block stops
+        once its keys/values are written (no temporal attention output, MLP or final norm)."""
+        if x.shape[2:] != (self.num_spatial, self.dim):
+            raise ValueError(f"STTransformer expects (B, T, {self.num_spatial}, {self.dim}), got {tuple(x.shape)}")
+        if self.pos_s is not None:
+            x = x + self.pos_s
+        rope_s = (self.rope_s_cos, self.rope_s_sin) if self.spatial_grid is not None else None
+        self._cached(x, cache, commit, rope_s, output=False)
+
+    def _cached(self, x: Tensor, cache: TemporalKVCache, commit: bool | Tensor,
+                rope_s: tuple[Tensor, Tensor] | None, output: bool) -> Tensor:
+        b, t = x.shape[:2]
+        step = cache.plan(b, t, self.dim // self.heads, self.blocks[0].causal if self.depth else True,
+                          commit, x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None, cache.layers[i], cache, step, rope_s, kv_only=not output and i == self.depth - 1)
+        cache.advance(step)
+        return self.norm(x) if output else x
 
 
 def init_weights(module: nn.Module) -> None:
