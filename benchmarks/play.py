@@ -1,11 +1,13 @@
 """Play-server throughput: frames/s for 1, 4 and 16 concurrent players over real WebSockets, against
-single-session ``World.step`` (and one batched ``World`` of N, what stacking sessions would give) in the same run.
+single-session ``World.step`` and one batched ``World`` of N (the bound for stacking sessions) in the same run.
 
     .venv/bin/python benchmarks/play.py [--run RUN | --preset tiny|small] [--sessions 1 4 16] [--seconds 5]
 
 Each player connects to a `playworld play` server (uvicorn in a thread of this process), starts from a
-random picture and presses keys with one step in flight, as the page does. Reported: aggregate frames/s,
-per-player frames/s and mean round-trip ms. Without --run, random weights of a preset (speed only).
+random picture and presses keys with one step in flight, as the page does; the server takes the steps
+of all players in one batched pass per tick. Reported: aggregate frames/s, per-player frames/s, mean
+round-trip ms and the largest batch the scheduler formed. Default model: the shipped CoinRun world;
+--preset gives random weights of a preset (speed only).
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ from PIL import Image
 
 from playworld.maskgit import SamplingConfig
 from playworld.play.config import PlayConfig
+from playworld.play.scheduler import StepScheduler
 from playworld.play.server import PlayServer
 from playworld.world import World, WorldConfig
 
 
 def models(args: argparse.Namespace):
+    if args.preset is None:
+        from playworld.play.prompts import resolve_run
+
+        args.run = str(resolve_run(args.run))
     if args.run:
         from playworld.api import load
 
@@ -82,26 +89,28 @@ async def players(url: str, n: int, seconds: float, picture: str, num_actions: i
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", help="a trained run directory (default: random weights of --preset)")
-    p.add_argument("--preset", default="small", help="model sizes when no --run (default: %(default)s)")
+    p.add_argument("--run", help="a trained run directory (default: the shipped CoinRun world)")
+    p.add_argument("--preset", help="random weights of this preset instead of a run (speed only)")
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=4, help="MaskGIT steps per frame (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=PlayConfig.steps, help="MaskGIT steps per frame (default: %(default)s)")
     p.add_argument("--context", type=int, default=16, help="context frames (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    mods = models(args)
+    # all torch work on the scheduler's one worker thread, as `playworld play` does (see StepScheduler.call)
+    scheduler = StepScheduler(PlayConfig.window_ms, torch_threads=args.threads if args.threads > 0 else None)
+    mods = scheduler.call(models, args)
     wcfg = WorldConfig(context_frames=args.context, decoder_context=args.context,
-                       sampling=SamplingConfig(steps=args.steps))
+                       sampling=SamplingConfig(steps=args.steps, temperature=PlayConfig.temperature))
     side = mods[0].config.image_size
     print(f"model: {args.run or args.preset + ' (random weights)'}, {side}x{side}, MaskGIT steps {args.steps}, "
-          f"context {args.context}, torch threads {args.threads}")
-    single = world_fps(mods, wcfg, 1, args.seconds)
+          f"context {args.context}, torch threads {scheduler.call(torch.get_num_threads)}")
+    single = scheduler.call(world_fps, mods, wcfg, 1, args.seconds)
     print(f"World.step, one session:            {single:7.1f} frames/s ({1000 / single:.1f} ms/frame)")
 
     server = PlayServer(mods, PlayConfig(steps=args.steps, context_frames=args.context,
-                                         max_sessions=max(args.sessions), rate=1000, burst=1000))
+                                         max_sessions=max(args.sessions), rate=1000, burst=1000),
+                        scheduler=scheduler)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -116,11 +125,13 @@ def main() -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
     picture = base64.b64encode(buf.getvalue()).decode()
     for n in args.sessions:
+        server.scheduler.stats.max_batch = 0
         frames, wall, rtt = asyncio.run(players(f"ws://127.0.0.1:{port}/ws", n, args.seconds, picture,
                                                 server.num_actions))
-        batched = world_fps(mods, wcfg, n, args.seconds) if n > 1 else single
+        batched = scheduler.call(world_fps, mods, wcfg, n, args.seconds) if n > 1 else single
         print(f"server, {n:2d} player(s): {frames / wall:7.1f} frames/s in all, {frames / wall / n:6.1f} per player, "
-              f"round trip {rtt:6.1f} ms | one World of batch {n}: {batched:7.1f} frames/s")
+              f"round trip {rtt:6.1f} ms, largest batch {server.scheduler.stats.max_batch:2d} | "
+              f"one World of batch {n}: {batched:7.1f} frames/s")
     uv.should_exit = True
 
 

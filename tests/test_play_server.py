@@ -30,7 +30,7 @@ def data_dir(tmp_path_factory):
 
 
 def _server(data_dir, **cfg) -> PlayServer:
-    config = PlayConfig(**{"steps": 2, "window_ms": 1.0, "context_frames": 4, **cfg})
+    config = PlayConfig(**{"steps": 2, "temperature": 1.0, "window_ms": 1.0, "context_frames": 4, **cfg})
     return PlayServer(tiny_models(), config, data=data_dir)
 
 

@@ -10,7 +10,7 @@ import torch
 from playworld.maskgit import SamplingConfig
 from playworld.play.config import SessionLimits
 from playworld.play.scheduler import StepScheduler
-from playworld.play.session import Session, SessionError
+from playworld.play.session import Session, SessionError, run_op
 from playworld.world import World, WorldConfig
 from tiny_world import SIZE, tiny_models
 
@@ -23,13 +23,7 @@ def _session(**limits) -> Session:
     return Session(world, SessionLimits(**limits))
 
 
-def run(op):
-    """Drive a session operation to its end synchronously."""
-    try:
-        while True:
-            next(op)
-    except StopIteration as stop:
-        return stop.value
+run = run_op  # drive a session operation to its end synchronously
 
 
 PROMPT = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
@@ -111,3 +105,26 @@ def test_scheduler_delivers_errors_to_the_session_that_asked():
     sched.close()
     assert isinstance(err, SessionError) and "no world yet" in str(err)
     assert frame.shape == (SIZE, SIZE, 3)
+
+
+def test_scheduler_takes_many_sessions_steps_in_one_batched_pass_each_as_if_alone():
+    prompts = [PROMPT, PROMPT[::-1].copy(), PROMPT[:1]]
+    batched, alone = [_session() for _ in prompts], [_session() for _ in prompts]
+    for i, (b, a, p) in enumerate(zip(batched, alone, prompts)):
+        run(b.start(p, seed=10 + i))
+        run(a.start(p, seed=10 + i))
+    run(batched[0].step(2))  # sessions of different ages
+    run(alone[0].step(2))
+    sched = StepScheduler(window_ms=5.0)
+
+    async def tick(actions):
+        return await asyncio.gather(*(sched.run(s.step(a)) for s, a in zip(batched, actions)))
+
+    for t in range(4):
+        actions = [t % 4, (t + 1) % 4, 3]
+        got = asyncio.run(tick(actions))
+        for g, a, act in zip(got, alone, actions):
+            assert np.array_equal(g, run(a.step(act)))
+    sched.close()
+    assert sched.stats.max_batch == 3  # one World.step_many for the three players
+    assert [s.total_steps for s in batched] == [5, 4, 4]

@@ -138,3 +138,33 @@ def test_load_reads_the_release_layout(tmp_path):
     torch.testing.assert_close(a.reset(prompt, seed=3), b.reset(prompt, seed=3))
     for act in [0, 3, 1]:
         torch.testing.assert_close(a.step(act), b.step(act))
+
+
+def test_step_many_batches_worlds_of_different_ages_and_seeds_like_stepping_each_alone():
+    # three worlds sharing one model: different prompts, seeds, batch sizes and ages (frames played)
+    tok, lam, dyn = _models()
+    cfg = WorldConfig(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=3, temperature=1.0))
+
+    def worlds():
+        ws = [World(tok, lam, dyn, cfg) for _ in range(3)]
+        ws[0].reset(_frames(3), seed=1)
+        ws[1].reset(_frames(2, 1), seed=2)
+        ws[2].reset(_frames(5)[:2], seed=3)
+        for a in range(6):  # world 0 is older: its cache window is full and wraps around
+            ws[0].step(a % 4)
+        return ws
+
+    alone, together = worlds(), worlds()
+    for t in range(5):
+        acts = [t % 4, torch.tensor([1, 3]), (t + 2) % 4]
+        ref = [w.step(a) for w, a in zip(alone, acts)]
+        got = World.step_many(together, acts)
+        for r, g in zip(ref, got):
+            assert g.shape == r.shape and torch.equal(g, r)
+    assert [w.frames_played for w in together] == [11, 5, 5]
+    with pytest.raises(ValueError, match="appears twice"):
+        World.step_many([together[0], together[0]], [0, 0])
+    other = World(*_models(), cfg)
+    other.reset(_frames(1), seed=0)
+    with pytest.raises(ValueError, match="share their models"):
+        World.step_many([together[0], other], [0, 0])

@@ -13,7 +13,7 @@ Sampling draws every random number from a caller's ``torch.Generator``, so a see
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,22 +83,40 @@ def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, device: t
     return -torch.log(-torch.log(u))
 
 
+RowGenerators = Sequence[tuple["torch.Generator | None", int]]
+"""(generator, rows) per group of consecutive batch rows: worlds stepped together, each with its own seed."""
+
+
+def _by_group(groups: list[tuple[torch.Generator | None, int]],
+              draw: Callable[[torch.Generator | None, int, int], Tensor]) -> Tensor:
+    """Concatenate ``draw(generator, first_row, end_row)`` over the groups (one call when there is one)."""
+    parts, lo = [], 0
+    for g, n in groups:
+        parts.append(draw(g, lo, lo + n))
+        lo += n
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def maskgit_decode(
     logits_fn: Callable[[Tensor], Tensor],
     batch: int,
     num_tokens: int,
     mask_id: int,
     config: SamplingConfig,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowGenerators | None = None,
     device: torch.device | str = "cpu",
 ) -> Tensor:
     """Decode one frame of ``num_tokens`` tokens for ``batch`` worlds.
 
     logits_fn: tokens (B, S) long, masked positions = ``mask_id`` -> logits (B, S, V) over real tokens.
     Returns (B, S) long, no ``mask_id`` left. Calls ``logits_fn`` exactly ``config.steps`` times
-    (fewer if steps > S).
+    (fewer if steps > S). ``generator``: one for the whole batch, or (generator, rows) groups in
+    row order; each group draws exactly the numbers it would draw if decoded alone.
     """
     device = torch.device(device)
+    groups = [(generator, batch)] if generator is None or isinstance(generator, torch.Generator) else list(generator)
+    if sum(n for _, n in groups) != batch:
+        raise ValueError(f"generator groups cover {sum(n for _, n in groups)} rows, expected {batch}")
     tokens = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     counts = masked_counts(num_tokens, config.steps, config.schedule)
     for i, n_left in enumerate(counts):
@@ -107,14 +125,16 @@ def maskgit_decode(
             raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected ({batch}, {num_tokens}, V)")
         masked = tokens == mask_id  # (B, S)
         flat = logits.reshape(batch * num_tokens, -1)
-        sampled = sample_tokens(flat, config.temperature, config.top_k, generator).view(batch, num_tokens)
+        sampled = _by_group(groups, lambda g, lo, hi, flat=flat: sample_tokens(
+            flat[lo * num_tokens:hi * num_tokens], config.temperature, config.top_k, g)).view(batch, num_tokens)
         sampled = torch.where(masked, sampled, tokens)
         if n_left == 0:
             return sampled
         logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, sampled[..., None]).squeeze(-1)  # (B, S)
         noise_scale = config.choice_temperature * (1.0 - (i + 1) / len(counts))
         if noise_scale > 0:
-            logp = logp + noise_scale * gumbel_noise(logp.shape, generator, device)
+            noise = _by_group(groups, lambda g, lo, hi: gumbel_noise(torch.Size((hi - lo, num_tokens)), g, device))
+            logp = logp + noise_scale * noise
         confidence = logp.masked_fill(~masked, float("inf"))  # kept tokens are never re-masked
         remask_idx = confidence.topk(n_left, dim=-1, largest=False).indices  # (B, n_left)
         remask = torch.zeros_like(masked).scatter_(1, remask_idx, True)

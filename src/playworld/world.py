@@ -14,6 +14,7 @@ Shapes: B worlds, T0 prompt frames, H x W x C pixels (uint8 at this API), h x w 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,18 +145,56 @@ class World:
     @torch.inference_mode()
     def step(self, actions: int | Tensor) -> Tensor:
         """Advance every world by one latent action (int for all, or (B,) long) -> uint8 (B, H, W, C)."""
-        if self._cache is None:
-            raise RuntimeError("call World.reset(prompt) before step()")
-        cache = self._cache
-        frame_actions = self._actions(actions)[:, None]  # (B, 1)
-        tokens = self.next_tokens(frame_actions)  # (B, S)
-        self.dynamics.commit(tokens[:, None], frame_actions, cache, prev=self._last_tokens)
-        self._last_tokens = tokens
-        h, w = self.grid
+        return World.step_many([self], [actions])[0]
+
+    @staticmethod
+    @torch.inference_mode()
+    def step_many(worlds: Sequence[World], actions: Sequence[int | Tensor]) -> list[Tensor]:
+        """Advance several worlds by one action each (as in :meth:`step`) in one batched pass through
+        the dynamics model and the tokenizer's decoder: how a server serves many players at once.
+
+        The worlds must share their models (the same objects) and sampling settings. Each keeps its
+        own caches, frame positions and seed, so its frames are the ones its own ``step`` would give,
+        up to float rounding in batched matrix products. Returns each world's frames (B_i, H, W, C).
+        """
+        if len(worlds) != len(actions):
+            raise ValueError(f"{len(worlds)} worlds but {len(actions)} actions")
+        if not worlds:
+            return []
+        first = worlds[0]
+        for w in worlds:
+            if w._cache is None:
+                raise RuntimeError("call World.reset(prompt) before step()")
+            if (w.dynamics, w.tokenizer) != (first.dynamics, first.tokenizer) or \
+                    w.config.sampling != first.config.sampling:
+                raise ValueError("worlds stepped together must share their models and sampling settings")
+        if len({id(w) for w in worlds}) != len(worlds):
+            raise ValueError("a world can take only one step at a time (it appears twice)")
+        frame_actions = torch.cat([w._actions(a) for w, a in zip(worlds, actions)])[:, None]  # (B, 1)
+        prev = torch.cat([w._last_tokens for w in worlds])  # type: ignore[misc]  # (B, S)
+        caches = [w._cache for w in worlds]
+        groups = [(w._generator, w.batch_size) for w in worlds]
+        dynamics = first.dynamics
+
+        def logits_fn(tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, V)
+            return dynamics(tokens[:, None], frame_actions, cache=caches, commit=False, prev=prev)[:, 0]
+
+        tokens = maskgit_decode(logits_fn, prev.shape[0], dynamics.config.num_tokens, dynamics.mask_id,
+                                first.config.sampling, groups, first.device)  # (B, S)
+        dynamics.commit(tokens[:, None], frame_actions, caches, prev=prev)  # type: ignore[arg-type]
+        h, w = first.grid
         indices = rearrange(tokens, "b (h w) -> b 1 h w", h=h, w=w)
-        frame = self.tokenizer.decode_step(indices, self._decoder_cache)[:, 0]  # type: ignore[operator]
-        self.frames_played += 1
-        return to_uint8(frame)
+        dec_caches = [x._decoder_cache for x in worlds]
+        frames = first.tokenizer.decode_step(  # type: ignore[operator]
+            indices, dec_caches[0] if len(worlds) == 1 else dec_caches)[:, 0]
+        out, start = [], 0
+        for x in worlds:
+            stop = start + x.batch_size
+            x._last_tokens = tokens[start:stop]
+            x.frames_played += 1
+            out.append(to_uint8(frames[start:stop]))
+            start = stop
+        return out
 
     def next_tokens(self, frame_actions: Tensor) -> Tensor:
         """MaskGIT-decode the next frame's tokens (B, S) for ``frame_actions`` (B, 1), without committing."""

@@ -24,25 +24,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     import uvicorn
 
     from playworld.api import load
     from playworld.config import dataclass_from_args
     from playworld.play.config import PlayConfig
     from playworld.play.prompts import resolve_run
+    from playworld.play.scheduler import StepScheduler
     from playworld.play.server import PlayServer
 
     config = dataclass_from_args(PlayConfig, args)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     run_dir = resolve_run(args.run)
-    loaded = load(run_dir, args.device)
+    # every torch op of the server runs on the scheduler's worker thread, loading included (see StepScheduler.call)
+    scheduler = StepScheduler(config.window_ms, torch_threads=args.threads if args.threads > 0 else None)
+    loaded = scheduler.call(load, run_dir, args.device)
     loaded.require("tokenizer", "lam", "dynamics")
     data = args.data
     if data is None and (run_dir / "prompts" / "manifest.json").is_file():
         data = run_dir / "prompts"  # start frames shipped with the world (held-out levels)
-    server = PlayServer((loaded.tokenizer, loaded.lam, loaded.dynamics), config, run_dir=run_dir, data=data)
+    server = PlayServer((loaded.tokenizer, loaded.lam, loaded.dynamics), config, run_dir=run_dir, data=data,
+                        scheduler=scheduler)
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"playworld: warning: listening on {config.host}: anyone who can reach it can play (and use CPU)")
     print(f"playworld: playing {run_dir} at http://{config.host}:{config.port}/ "

@@ -23,6 +23,7 @@ Shapes: B batch, T frames, S = h*w tokens per frame, V tokenizer vocabulary, D w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -132,12 +133,13 @@ class DynamicsModel(nn.Module):
             x = x + self.prev_emb(torch.cat([prev[:, None], tokens[:, :-1]], dim=1))
         return x
 
-    def forward(self, tokens: Tensor, frame_actions: Tensor, cache: TemporalKVCache | None = None,
+    def forward(self, tokens: Tensor, frame_actions: Tensor,
+                cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None,
                 commit: bool = False, prev: Tensor | None = None) -> Tensor:
         x = self.embed(tokens, frame_actions, prev)  # (B, T, S, D)
         return self.head(self.transformer(x, cache=cache, commit=commit))  # (B, T, S, V)
 
-    def commit(self, tokens: Tensor, frame_actions: Tensor, cache: TemporalKVCache,
+    def commit(self, tokens: Tensor, frame_actions: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache],
                prev: Tensor | None = None) -> None:
         """Append known frames (B, T, S) to ``cache`` (their keys/values), skipping everything after the
         last block's keys/values (its attention output and MLP, the final norm and the output head)."""

@@ -19,6 +19,7 @@ S = h*w tokens per frame, D model width, E code width (``code_dim`` for VQ, len(
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -193,7 +194,8 @@ class VideoTokenizer(nn.Module):
         x = self.patch_in(self.patchify(video * 2.0 - 1.0))  # (B, T, S, D)
         return self.to_code(self.encoder(x, cache=cache, commit=commit))  # (B, T, S, E)
 
-    def _pixels(self, codes: Tensor, cache: TemporalKVCache | None = None, commit: bool = True) -> Tensor:
+    def _pixels(self, codes: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None,
+                commit: bool = True) -> Tensor:
         """codes (B, T, S, E) -> unclamped video (B, T, H, W, C), ~[0, 1]."""
         x = self.decoder(self.from_code(codes), cache=cache, commit=commit)  # (B, T, S, D)
         return self.unpatchify(self.patch_out(x)) * 0.5 + 0.5
@@ -245,11 +247,15 @@ class VideoTokenizer(nn.Module):
         return self._encoding(self._quantize(self._latents(frames, cache.encoder, commit)))
 
     @torch.no_grad()
-    def decode_step(self, indices: Tensor, cache: TokenizerCache, commit: bool = True) -> Tensor:
-        """Tokens (B, T', h, w) of the next frames after those in ``cache.decoder`` -> frames (B, T', H, W, C)."""
+    def decode_step(self, indices: Tensor, cache: TokenizerCache | Sequence[TokenizerCache],
+                    commit: bool = True) -> Tensor:
+        """Tokens (B, T', h, w) of the next frames after those in ``cache.decoder`` -> frames (B, T', H, W, C).
+
+        ``cache`` may be several caches (each holding its rows already) whose rows are stacked in order."""
         self._check_indices(indices)
         codes = self.quantizer.lookup(rearrange(indices, "b t h w -> b t (h w)"))
-        return self._pixels(codes, cache.decoder, commit).clamp(0.0, 1.0)
+        decoder = cache.decoder if isinstance(cache, TokenizerCache) else [c.decoder for c in cache]
+        return self._pixels(codes, decoder, commit).clamp(0.0, 1.0)
 
     def compute_loss(self, video: Tensor) -> LossOutput:
         """video (B, T, H, W, C) in [0, 1] -> LossOutput(MSE in [0, 1] units + quantizer loss).

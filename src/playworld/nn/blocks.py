@@ -13,6 +13,7 @@ Shapes: B batch, T frames, S spatial tokens per frame, D model width, H heads, K
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from playworld.nn.kvcache import LayerCache, TemporalKVCache, TemporalStep
+from playworld.nn.kvcache import CachedRows, TemporalKVCache
 from playworld.nn.rope import apply_rope, grid_rope_angles, rope_angles
 
 
@@ -46,55 +47,49 @@ class Attention(nn.Module):
         *,
         causal: bool = False,
         rope: tuple[Tensor, Tensor] | None = None,
-        cache: LayerCache | None = None,
-        kv: TemporalKVCache | None = None,
-        step: TemporalStep | None = None,
+        cached: Sequence[CachedRows] | None = None,
+        layer: int = 0,
         kv_only: bool = False,
     ) -> Tensor:
         """x: (N, L, D) -> (N, L, D).
 
-        With ``cache`` (temporal attention at play time; ``kv`` is the whole cache and ``step`` the
-        forward's plan), queries attend to the cached keys of past frames plus the new ones, and the
-        new keys/values are written to the ring (kept if ``step.commit``). ``causal`` masks attention
+        With ``cached`` (temporal attention at play time: block ``layer`` of one or more caches, each
+        owning a range of rows), queries attend to their cache's past frames plus the new ones, whose
+        keys/values are written to the ring (and kept if the step commits). ``causal`` masks attention
         to later positions within x. ``kv_only`` (with a cache) only writes the new keys/values and
         returns x unchanged: a commit's last block needs nothing else.
         """
-        if kv_only:
-            assert kv is not None and step is not None and cache is not None
-            dim = x.shape[-1]
-            k, v = rearrange(F.linear(x, self.qkv.weight[dim:], self.qkv.bias[dim:]),
-                             "n l (two h k) -> two n h l k", two=2, h=self.heads)
-            k = apply_rope(k, *step.rope)
-            if x.shape[1] == 1:
-                kv.write_ring(cache, k, v, step)
-            else:
-                kv.write_chunk(cache, k, v, step)
-            return x
+        if cached is not None:
+            return self._cached(x, cached, layer, kv_only)
         q, k, v = rearrange(self.qkv(x), "n l (three h k) -> three n h l k", three=3, h=self.heads)
-        if step is not None:
-            rope = step.rope
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            assert kv is not None and step is not None
-            if x.shape[1] == 1:  # one new frame: write it into its slot, attend over the ring
-                ring_k, ring_v = kv.write_ring(cache, k, v, step)
-                scores = (q @ ring_k.transpose(-1, -2)) * self.head_dim**-0.5  # (N, H, 1, C)
-                attn = scores.masked_fill(~step.mask, float("-inf")).softmax(-1)
-                out = attn @ ring_v  # (N, H, 1, K)
-            else:
-                if cache.k is None or cache.v is None:
-                    n, h, _, kd = k.shape
-                    cache.k = k.new_zeros(n, h, kv.max_frames, kd)
-                    cache.v = torch.zeros_like(cache.k)
-                keys, values = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
-                kv.write_chunk(cache, k, v, step)
-            return self.proj(rearrange(out, "n h l k -> n l (h k)"))
         drop = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and x.shape[1] > 1, dropout_p=drop)
         return self.proj(rearrange(out, "n h l k -> n l (h k)"))  # (N, L, D)
+
+    def _cached(self, x: Tensor, cached: Sequence[CachedRows], layer: int, kv_only: bool) -> Tensor:
+        q: Tensor | None
+        if kv_only:
+            dim = x.shape[-1]
+            k, v = rearrange(F.linear(x, self.qkv.weight[dim:], self.qkv.bias[dim:]),
+                             "n l (two h k) -> two n h l k", two=2, h=self.heads)
+            q = None
+        else:
+            q, k, v = rearrange(self.qkv(x), "n l (three h k) -> three n h l k", three=3, h=self.heads)
+        outs = []
+        for part in cached:  # projections above ran batched; each cache attends over its own past
+            rows = slice(part.start * part.cache.num_spatial, part.stop * part.cache.num_spatial)
+            cos, sin = part.step.rope
+            q_rows = None if q is None else apply_rope(q[rows], cos, sin)
+            out = part.cache.attend(layer, q_rows, apply_rope(k[rows], cos, sin), v[rows], part.step)
+            if out is not None:
+                outs.append(out)
+        if kv_only:
+            return x
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (N, H, L, K)
+        return self.proj(rearrange(out, "n h l k -> n l (h k)"))
 
 
 class MLP(nn.Module):
@@ -126,16 +121,15 @@ class STBlock(nn.Module):
         self.norm_m = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: LayerCache | None = None,
-                kv: TemporalKVCache | None = None, step: TemporalStep | None = None,
-                rope_s: tuple[Tensor, Tensor] | None = None, kv_only: bool = False) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cached: Sequence[CachedRows] | None = None,
+                layer: int = 0, rope_s: tuple[Tensor, Tensor] | None = None, kv_only: bool = False) -> Tensor:
         """``kv_only``: write this block's temporal keys/values to the cache and stop (returns x
         after spatial attention): what committing a frame needs from the last block."""
         b, t, s, d = x.shape
         h = rearrange(self.norm_s(x), "b t s d -> (b t) s d")
         x = x + rearrange(self.attn_s(h, rope=rope_s), "(b t) s d -> b t s d", b=b)
         h = rearrange(self.norm_t(x), "b t s d -> (b s) t d")
-        h = self.attn_t(h, causal=self.causal, rope=rope, cache=cache, kv=kv, step=step, kv_only=kv_only)
+        h = self.attn_t(h, causal=self.causal, rope=rope, cached=cached, layer=layer, kv_only=kv_only)
         if kv_only:
             return x
         x = x + rearrange(h, "(b s) t d -> b t s d", b=b)
@@ -181,8 +175,11 @@ class STTransformer(nn.Module):
     def new_cache(self, max_frames: int) -> TemporalKVCache:
         return TemporalKVCache(num_layers=self.depth, max_frames=max_frames, num_spatial=self.num_spatial)
 
-    def forward(self, x: Tensor, cache: TemporalKVCache | None = None, commit: bool | Tensor = False) -> Tensor:
-        """``commit``: True/False for every row, or a (B,) bool mask of the rows whose frames are kept."""
+    def forward(self, x: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None,
+                commit: bool | Tensor = False) -> Tensor:
+        """``cache``: one cache for the whole batch, or several whose rows are stacked in order (each
+        must already hold its rows: worlds played apart, stepped together). ``commit``: True/False
+        for every row, or a (B,) bool mask of the rows whose new frames are kept."""
         b, t, s, d = x.shape
         if s != self.num_spatial or d != self.dim:
             raise ValueError(f"STTransformer expects (B, T, {self.num_spatial}, {self.dim}), got {tuple(x.shape)}")
@@ -194,12 +191,13 @@ class STTransformer(nn.Module):
         rope = rope_angles(torch.arange(t, device=x.device), self.dim // self.heads)
         for block in self.blocks:
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, rope, None, None, None, rope_s, use_reentrant=False)
+                x = checkpoint(block, x, rope, None, 0, rope_s, use_reentrant=False)
             else:
                 x = block(x, rope, rope_s=rope_s)
         return self.norm(x)
 
-    def commit_frames(self, x: Tensor, cache: TemporalKVCache, commit: bool | Tensor = True) -> None:
+    def commit_frames(self, x: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache],
+                      commit: bool | Tensor = True) -> None:
         """Append frames x (B, T, S, D) to ``cache`` without computing outputs: the last block stops
         once its keys/values are written (no temporal attention output, MLP or final norm)."""
         if x.shape[2:] != (self.num_spatial, self.dim):
@@ -209,14 +207,26 @@ class STTransformer(nn.Module):
         rope_s = (self.rope_s_cos, self.rope_s_sin) if self.spatial_grid is not None else None
         self._cached(x, cache, commit, rope_s, output=False)
 
-    def _cached(self, x: Tensor, cache: TemporalKVCache, commit: bool | Tensor,
+    def _cached(self, x: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache], commit: bool | Tensor,
                 rope_s: tuple[Tensor, Tensor] | None, output: bool) -> Tensor:
         b, t = x.shape[:2]
-        step = cache.plan(b, t, self.dim // self.heads, self.blocks[0].causal if self.depth else True,
-                          commit, x.device)
+        caches = [cache] if isinstance(cache, TemporalKVCache) else list(cache)
+        causal = self.blocks[0].causal if self.depth else True
+        parts, start = [], 0
+        for c in caches:
+            rows = b if len(caches) == 1 else c.batch_size
+            if rows < 1:
+                raise ValueError("stepping several caches together needs each to hold its rows already")
+            mask = commit[start:start + rows] if isinstance(commit, Tensor) and commit.dim() else commit
+            step = c.plan(rows, t, self.dim // self.heads, causal, mask, x.device)
+            parts.append(CachedRows(c, step, start, start + rows))
+            start += rows
+        if start != b:
+            raise ValueError(f"the caches hold {start} rows, got a batch of {b}")
         for i, block in enumerate(self.blocks):
-            x = block(x, None, cache.layers[i], cache, step, rope_s, kv_only=not output and i == self.depth - 1)
-        cache.advance(step)
+            x = block(x, None, parts, i, rope_s, kv_only=not output and i == self.depth - 1)
+        for part in parts:
+            part.cache.advance(part.step)
         return self.norm(x) if output else x
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from playworld.nn.rope import rope_angles
@@ -53,6 +54,16 @@ class TemporalStep:
     slots: Tensor
     uniform_slot: int | None
     commit: Tensor
+
+
+@dataclass
+class CachedRows:
+    """One cache's share of a batched cached forward: batch rows [start, stop) and its step's plan."""
+
+    cache: TemporalKVCache
+    step: TemporalStep
+    start: int
+    stop: int
 
 
 @dataclass
@@ -184,6 +195,27 @@ class TemporalKVCache:
         mask = mask[:, None].repeat_interleave(s, 0)  # (N, 1, T, ·)
         uniform = int(slots[0]) if bool((slots == slots[0]).all()) else None
         return TemporalStep(positions, (cos, sin), mask, slots, uniform, rows)
+
+    def attend(self, layer: int, q: Tensor | None, k: Tensor, v: Tensor, step: TemporalStep) -> Tensor | None:
+        """Block ``layer``'s temporal attention of new frames (q, k, v: (N, H, T, K), rotated) over
+        this cache's past and themselves, writing k, v to the ring. ``q`` None: only write."""
+        ring = self.layers[layer]
+        if k.shape[2] == 1:  # one new frame: write it into its slot, attend over the ring
+            ring_k, ring_v = self.write_ring(ring, k, v, step)
+            if q is None:
+                return None
+            scores = (q @ ring_k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (N, H, 1, C)
+            return scores.masked_fill(~step.mask, float("-inf")).softmax(-1) @ ring_v  # (N, H, 1, K)
+        if ring.k is None or ring.v is None:
+            n, h, _, kd = k.shape
+            ring.k = k.new_zeros(n, h, self.max_frames, kd)
+            ring.v = torch.zeros_like(ring.k)
+        out = None
+        if q is not None:  # past ring + the new frames; the mask gives each frame its window
+            keys, values = torch.cat([ring.k, k], dim=2), torch.cat([ring.v, v], dim=2)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
+        self.write_chunk(ring, k, v, step)
+        return out
 
     def write_ring(self, layer: LayerCache, k: Tensor, v: Tensor, step: TemporalStep) -> tuple[Tensor, Tensor]:
         """One-frame step: put k, v (N, H, 1, K) into each row's slot; returns the rings (N, H, C, K)."""

@@ -1,40 +1,52 @@
-"""One worker thread drives every session's model work, a tick at a time.
+"""One worker thread drives every session's model work, a tick at a time, stepping worlds in batches.
 
-Sessions submit *operations* (generators that yield once per model step, :mod:`playworld.play.session`).
-The scheduler waits ``window_ms`` after the first pending operation to collect the others, then runs
-one tick in its worker thread: each pending operation advances by one model step, in arrival order.
-Finished operations resolve their futures; unfinished ones (a long undo or replay) wait for the next
-tick, so one player's replay never holds up another player's keypress by more than a step.
-
-Why not one batched forward pass across sessions: every session holds its own temporal KV caches at
-its own absolute frame position (RoPE) and fill level, and its own random generator; stacking them
-exactly would need per-row positions, padding masks and per-row sampling that ``World`` does not
-have. Serialising model work in one thread still gives the CPU to one step at a time (no thread
-oversubscription between sessions), and keeps each session bit-exact and isolated.
+Sessions submit *operations* (generators, :mod:`playworld.play.session`) that yield once per model
+step: either a :class:`~playworld.play.session.WorldStep` request, or None after inline work (a
+reset). The scheduler waits ``window_ms`` after the first pending operation to collect the others,
+then runs one tick in its worker thread: every operation makes one move, and all the world steps
+requested in the tick are taken together by ``World.step_many``: one batched pass through the
+dynamics model and the decoder for all players, each world keeping its own caches, positions and
+seed. Finished operations resolve their futures; unfinished ones (a long undo or replay) go on in
+the next tick, so one player's replay never holds up another player's keypress by more than a step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from playworld.play.session import WorldStep
+from playworld.world import World
+
+_START = object()  # a job whose operation has not run yet
+
 
 @dataclass
 class _Job:
-    op: Generator[None, None, Any]
+    op: Generator[Any, Any, Any]
     future: asyncio.Future
+    request: Any = _START
     done: bool = False
     result: Any = None
     error: BaseException | None = None
 
+    def advance(self, value: Any) -> None:
+        """Run the operation to its next yield (sending ``value``); record its request or its end."""
+        try:
+            self.request = next(self.op) if self.request is _START else self.op.send(value)
+        except StopIteration as stop:
+            self.done, self.result = True, stop.value
+        except Exception as e:  # noqa: BLE001 - delivered to the session that asked, never to the others
+            self.done, self.error = True, e
+
 
 @dataclass
 class SchedulerStats:
-    """Ticks run, operation steps advanced, seconds the worker was busy, most operations in one tick."""
+    """Ticks run, operation moves made, seconds the worker was busy, most world steps taken in one pass."""
 
     ticks: int = 0
     steps: int = 0
@@ -47,6 +59,7 @@ class StepScheduler:
 
     def __init__(self, window_ms: float = 2.0, torch_threads: int | None = None) -> None:
         self.window_s = window_ms / 1000
+        self.players = 2  # sessions that may submit work; the server keeps it current (no window for one)
         self._pending: list[_Job] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -60,12 +73,25 @@ class StepScheduler:
 
             torch.set_num_threads(self._torch_threads)
 
-    async def run(self, op: Generator[None, None, Any]) -> Any:
-        """Drive ``op`` to its end on the worker thread; returns its value or raises its exception."""
-        loop = asyncio.get_running_loop()
+    def _ensure_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playworld-step",
                                             initializer=self._init_thread)
+        return self._pool
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` on the worker thread and wait for its result (from outside the event loop).
+
+        Load the models and do any other torch work of the process here: the CPU build's OpenMP
+        threads spin between parallel regions only while no more of them exist than cores, so a
+        second thread running torch ops (its own OpenMP team) made every step ~1.5x slower
+        (shipped world, 2 cores: 33 -> 48-54 ms per frame)."""
+        return self._ensure_pool().submit(fn, *args, **kwargs).result()
+
+    async def run(self, op: Generator[None, None, Any]) -> Any:
+        """Drive ``op`` to its end on the worker thread; returns its value or raises its exception."""
+        loop = asyncio.get_running_loop()
+        self._ensure_pool()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._loop())
@@ -77,17 +103,54 @@ class StepScheduler:
 
     def _tick(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
-        for job in jobs:
-            try:
-                next(job.op)
-            except StopIteration as stop:
-                job.done, job.result = True, stop.value
-            except Exception as e:  # noqa: BLE001 - delivered to the session that asked, never to the others
-                job.done, job.error = True, e
+        moved = set()
+        for job in jobs:  # new operations run to their first request (inline work counts as their move)
+            if job.request is _START:
+                job.advance(None)
+                if job.request is None:
+                    moved.add(id(job))
+        stepping = [j for j in jobs if not j.done and isinstance(j.request, WorldStep)]
+        frames = self._step_all([j.request for j in stepping])
+        for job, frame in zip(stepping, frames):
+            if isinstance(frame, BaseException):
+                job.done, job.error = True, frame
+            else:
+                job.advance(frame)
+            moved.add(id(job))
+        for job in jobs:  # operations that did inline work last tick go on
+            if not job.done and job.request is None and id(job) not in moved:
+                job.advance(None)
         self.stats.busy_s += time.perf_counter() - t0
         self.stats.ticks += 1
         self.stats.steps += len(jobs)
-        self.stats.max_batch = max(self.stats.max_batch, len(jobs))
+
+    def _step_all(self, requests: list[WorldStep]) -> list[Any]:
+        """Take the requested steps, in one ``World.step_many`` per group of worlds that share models
+        and settings; a failing batch is retried one world at a time so an error reaches only its own."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            w = r.world
+            key = (id(w.dynamics), id(w.tokenizer), hash(repr(w.config.sampling)))
+            groups.setdefault(key, []).append(i)
+        out: list[Any] = [None] * len(requests)
+        for idx in groups.values():
+            group = [requests[i] for i in idx]
+            t0 = time.perf_counter()
+            try:
+                frames = World.step_many([r.world for r in group], [r.action for r in group])
+                results: list[Any] = [f[0].numpy() for f in frames]
+            except Exception:  # noqa: BLE001 - isolate the culprit below
+                results = []
+                for r in group:
+                    try:
+                        results.append(r.world.step(r.action)[0].numpy())
+                    except Exception as e:  # noqa: BLE001
+                        results.append(e)
+            ms = 1000 * (time.perf_counter() - t0)
+            for i, r, res in zip(idx, group, results):
+                r.ms, out[i] = ms, res
+            self.stats.max_batch = max(self.stats.max_batch, len(group))
+        return out
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -96,7 +159,7 @@ class StepScheduler:
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
-                if self.window_s > 0:
+                if self.window_s > 0 and self.players > 1:
                     await asyncio.sleep(self.window_s)  # let other sessions' keys arrive
             jobs = [j for j in self._pending if not j.future.cancelled()]
             self._pending = []

@@ -59,7 +59,10 @@ class PlayServer:
     """The shared model, the scheduler and the live sessions; :meth:`app` is the FastAPI application."""
 
     def __init__(self, models: tuple[Any, Any, Any], config: PlayConfig | None = None, *,
-                 run_dir: str | Path | None = None, data: str | Path | None = None) -> None:
+                 run_dir: str | Path | None = None, data: str | Path | None = None,
+                 scheduler: StepScheduler | None = None) -> None:
+        """``scheduler``: the one whose worker thread loaded ``models`` (see :meth:`StepScheduler.call`);
+        a new one by default."""
         self.config = c = config or PlayConfig()
         self.models = models
         self.world_config = WorldConfig(context_frames=c.context_frames, decoder_context=c.context_frames,
@@ -69,7 +72,7 @@ class PlayServer:
         self.names = load_action_names(run_dir, self.num_actions)
         self.prompts = DatasetPrompts(Path(data), c.prompt_frames) if data is not None else None
         self.limits = SessionLimits(c.max_history, c.max_record_frames, c.max_replay)
-        self.scheduler = StepScheduler(c.window_ms)
+        self.scheduler = scheduler or StepScheduler(c.window_ms)
         self.sessions: dict[int, Session] = {}
         self._next_id = 0
 
@@ -153,6 +156,7 @@ class PlayServer:
             return
         sid, self._next_id = self._next_id, self._next_id + 1
         session = self.sessions[sid] = Session(self.new_world(), self.limits)
+        self.scheduler.players = len(self.sessions)
         limiter, rng = RateLimiter(c.rate, c.burst), np.random.default_rng(secrets.randbits(64))
         try:
             await ws.send_text(json.dumps({**self.hello(), "session": sid}))
@@ -183,6 +187,7 @@ class PlayServer:
             return  # the client left mid-reply (uvicorn's ClientDisconnected is an OSError)
         finally:
             self.sessions.pop(sid, None)
+            self.scheduler.players = len(self.sessions)
 
     def app(self) -> FastAPI:
         @contextlib.asynccontextmanager

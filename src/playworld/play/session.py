@@ -2,7 +2,10 @@
 
 Every operation that touches the model is a generator that yields once per model step and returns
 the frame to show, so that a scheduler can interleave a long replay of one session with the steps of
-others (:mod:`playworld.play.scheduler`). Nothing here knows about the server.
+others (:mod:`playworld.play.scheduler`). A step of the world is not taken here: the operation
+yields a :class:`WorldStep` request and is sent back the frame, so that the scheduler can take the
+steps of many sessions in one batched pass (``World.step_many``); :func:`run_op` drives an operation
+alone. Other model work (a reset) runs inline and yields None. Nothing here knows about the server.
 
 Undo and replay are exact because a world is seeded: resetting on the same prompt with the same seed
 and applying the same actions gives the same frames. Memory stays bounded however long one plays: the
@@ -17,6 +20,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,7 +28,33 @@ import torch
 from playworld.play.config import SessionLimits
 from playworld.world import World
 
-Op = Generator[None, None, np.ndarray]  # yields once per model step, returns a (H, W, C) uint8 frame
+
+@dataclass
+class WorldStep:
+    """An operation's request: step ``world`` (batch 1) by ``action``. The driver sends back the frame
+    (H, W, C) uint8 and sets ``ms``, the model time of the (possibly batched) step."""
+
+    world: World
+    action: int
+    ms: float = 0.0
+
+
+Op = Generator["WorldStep | None", "np.ndarray | None", np.ndarray]  # one yield per model step; returns a frame
+
+
+def run_op(op: Op) -> np.ndarray:
+    """Drive an operation to its end alone, taking each requested step with ``World.step``."""
+    value: np.ndarray | None = None
+    try:
+        while True:
+            request = op.send(value)
+            value = None
+            if request is not None:
+                t0 = time.perf_counter()
+                value = request.world.step(request.action)[0].numpy()
+                request.ms = 1000 * (time.perf_counter() - t0)
+    except StopIteration as stop:
+        return stop.value
 
 
 class SessionError(ValueError):
@@ -60,7 +90,7 @@ class Session:
         self.frames.clear()
         frame = self._reset_world()
         self.frames.append(frame)
-        yield
+        yield None
         return frame
 
     def _require_started(self) -> None:
@@ -71,10 +101,10 @@ class Session:
         if not 0 <= action < self.world.num_actions:
             raise SessionError(f"action {action} is not in [0, {self.world.num_actions})")
 
-    def _step(self, action: int) -> np.ndarray:
-        t0 = time.perf_counter()
-        frame = self.world.step(action)[0].numpy()
-        self.step_ms = 1000 * (time.perf_counter() - t0)
+    def _step(self, action: int) -> Generator[WorldStep, np.ndarray, np.ndarray]:
+        request = WorldStep(self.world, action)
+        frame = yield request
+        self.step_ms = request.ms
         return frame
 
     def step(self, action: int) -> Op:
@@ -83,12 +113,11 @@ class Session:
         self._check_action(action)
         if len(self.actions) >= self.limits.max_history:
             self._rebase()
-            yield
-        frame = self._step(action)
+            yield None
+        frame = yield from self._step(action)
         self.actions.append(action)
         self.total_steps += 1
         self.frames.append(frame)
-        yield
         return frame
 
     def _rebase(self) -> None:
@@ -102,10 +131,9 @@ class Session:
 
     def _replay(self, actions: Sequence[int]) -> Op:
         frame = self._reset_world()
-        yield
+        yield None
         for a in actions:
-            frame = self._step(a)
-            yield
+            frame = yield from self._step(a)
         return frame
 
     def undo(self) -> Op:
@@ -147,7 +175,7 @@ class Session:
         frame = self._reset_world()
         self.frames.clear()
         self.frames.append(frame)
-        yield
+        yield None
         for a in actions:
             frame = yield from self.step(a)
         return frame
