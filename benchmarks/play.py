@@ -6,7 +6,8 @@ single-session ``World.step`` and one batched ``World`` of N (the bound for stac
 Each player connects to a `playworld play` server (uvicorn in a thread of this process), starts from a
 random picture and presses keys with one step in flight, as the page does; the server takes the steps
 of all players in one batched pass per tick. Reported: aggregate frames/s, per-player frames/s, mean
-round-trip ms and the largest batch the scheduler formed. Default model: the shipped CoinRun world;
+round-trip ms and the largest batch the scheduler formed; then the same players against `playworld
+play` started in a process of its own (as a browser sees it; trained runs only). Default model: the shipped CoinRun world;
 --preset gives random weights of a preset (speed only).
 """
 
@@ -96,6 +97,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=PlayConfig.steps, help="MaskGIT steps per frame (default: %(default)s)")
     p.add_argument("--context", type=int, default=16, help="context frames (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--no-process", action="store_true",
+                   help="skip the measurement against `playworld play` in its own process (runs only)")
     args = p.parse_args()
     # all torch work on the scheduler's one worker thread, as `playworld play` does (see StepScheduler.call)
     scheduler = StepScheduler(PlayConfig.window_ms, torch_threads=args.threads if args.threads > 0 else None)
@@ -133,6 +136,38 @@ def main() -> None:
               f"round trip {rtt:6.1f} ms, largest batch {server.scheduler.stats.max_batch:2d} | "
               f"one World of batch {n}: {batched:7.1f} frames/s")
     uv.should_exit = True
+    if args.run and not args.no_process:
+        for n in args.sessions:
+            frames, wall, rtt = own_process(args, n, picture, server.num_actions)
+            print(f"server in its own process, {n:2d} player(s): {frames / wall:7.1f} frames/s in all, "
+                  f"{frames / wall / n:6.1f} per player, round trip {rtt:6.1f} ms")
+
+
+def own_process(args: argparse.Namespace, n: int, picture: str, num_actions: int) -> tuple[int, float, float]:
+    """The same players against `playworld play` in a process of its own, as a browser would see it
+    (no GIL shared with the clients)."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "playworld", "play", args.run, "--port", str(port), "--steps", str(args.steps),
+           "--context-frames", str(args.context), "--max-sessions", str(max(args.sessions)), "--rate", "1000",
+           "--burst", "1000", "--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        return asyncio.run(players(f"ws://127.0.0.1:{port}/ws", n, args.seconds, picture, num_actions))
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 if __name__ == "__main__":
