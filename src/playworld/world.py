@@ -184,9 +184,8 @@ class World:
         dynamics.commit(tokens[:, None], frame_actions, caches, prev=prev)  # type: ignore[arg-type]
         h, w = first.grid
         indices = rearrange(tokens, "b (h w) -> b 1 h w", h=h, w=w)
-        dec_caches = [x._decoder_cache for x in worlds]
         frames = first.tokenizer.decode_step(  # type: ignore[operator]
-            indices, dec_caches[0] if len(worlds) == 1 else dec_caches)[:, 0]
+            indices, [x._decoder_cache for x in worlds])[:, 0]
         out, start = [], 0
         for x in worlds:
             stop = start + x.batch_size
@@ -195,17 +194,6 @@ class World:
             out.append(to_uint8(frames[start:stop]))
             start = stop
         return out
-
-    def next_tokens(self, frame_actions: Tensor) -> Tensor:
-        """MaskGIT-decode the next frame's tokens (B, S) for ``frame_actions`` (B, 1), without committing."""
-        assert self._cache is not None
-        cache, prev = self._cache, self._last_tokens
-
-        def logits_fn(tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, V)
-            return self.dynamics(tokens[:, None], frame_actions, cache=cache, commit=False, prev=prev)[:, 0]
-
-        return maskgit_decode(logits_fn, self.batch_size, self.dynamics.config.num_tokens, self.dynamics.mask_id,
-                              self.config.sampling, self._generator, self.device)
 
     def cache_frames(self) -> tuple[int, int]:
         """Frames held by the dynamics and tokenizer-decoder caches (both bounded by the config)."""

@@ -180,15 +180,10 @@ class STTransformer(nn.Module):
         """``cache``: one cache for the whole batch, or several whose rows are stacked in order (each
         must already hold its rows: worlds played apart, stepped together). ``commit``: True/False
         for every row, or a (B,) bool mask of the rows whose new frames are kept."""
-        b, t, s, d = x.shape
-        if s != self.num_spatial or d != self.dim:
-            raise ValueError(f"STTransformer expects (B, T, {self.num_spatial}, {self.dim}), got {tuple(x.shape)}")
-        rope_s = (self.rope_s_cos, self.rope_s_sin) if self.spatial_grid is not None else None
-        if self.pos_s is not None:
-            x = x + self.pos_s
+        x, rope_s = self._inputs(x)
         if cache is not None:
             return self._cached(x, cache, commit, rope_s, output=True)
-        rope = rope_angles(torch.arange(t, device=x.device), self.dim // self.heads)
+        rope = rope_angles(torch.arange(x.shape[1], device=x.device), self.dim // self.heads)
         for block in self.blocks:
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, rope, None, 0, rope_s, use_reentrant=False)
@@ -200,12 +195,16 @@ class STTransformer(nn.Module):
                       commit: bool | Tensor = True) -> None:
         """Append frames x (B, T, S, D) to ``cache`` without computing outputs: the last block stops
         once its keys/values are written (no temporal attention output, MLP or final norm)."""
-        if x.shape[2:] != (self.num_spatial, self.dim):
+        x, rope_s = self._inputs(x)
+        self._cached(x, cache, commit, rope_s, output=False)
+
+    def _inputs(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Check x (B, T, S, D), add the learned positions if any; returns it and the spatial RoPE tables."""
+        if x.dim() != 4 or x.shape[2:] != (self.num_spatial, self.dim):
             raise ValueError(f"STTransformer expects (B, T, {self.num_spatial}, {self.dim}), got {tuple(x.shape)}")
         if self.pos_s is not None:
             x = x + self.pos_s
-        rope_s = (self.rope_s_cos, self.rope_s_sin) if self.spatial_grid is not None else None
-        self._cached(x, cache, commit, rope_s, output=False)
+        return x, ((self.rope_s_cos, self.rope_s_sin) if self.spatial_grid is not None else None)
 
     def _cached(self, x: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache], commit: bool | Tensor,
                 rope_s: tuple[Tensor, Tensor] | None, output: bool) -> Tensor:

@@ -123,12 +123,22 @@ class TemporalKVCache:
     def allocate(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:
         """Preallocate empty rings for ``batch`` rows (otherwise the first forward does it)."""
-        n = batch * self.num_spatial
+        like = torch.zeros(batch * self.num_spatial, heads, 1, head_dim, dtype=dtype, device=device)
         for layer in self.layers:
-            layer.k = torch.zeros(n, heads, self.max_frames, head_dim, dtype=dtype, device=device)
-            layer.v = torch.zeros_like(layer.k)
+            self._ring(layer, like)
+        self._init_rows(batch, torch.device(device))
+
+    def _init_rows(self, batch: int, device: torch.device) -> None:
         self.slot_pos = torch.full((batch, self.max_frames), -1, dtype=torch.long, device=device)
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def _ring(self, layer: LayerCache, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``layer``'s rings (N, H, C, K), allocated empty on first use in the shape of ``like`` (N, H, T, K)."""
+        if layer.k is None or layer.v is None:
+            n, h, _, kd = like.shape
+            layer.k = like.new_zeros(n, h, self.max_frames, kd)
+            layer.v = torch.zeros_like(layer.k)
+        return layer.k, layer.v
 
     def _row_view(self, x: Tensor) -> Tensor:
         return x.unflatten(0, (-1, self.num_spatial))  # (N, ...) -> (B, S, ...)
@@ -168,8 +178,8 @@ class TemporalKVCache:
              device: torch.device) -> TemporalStep:
         """Positions, rotary tables, masks and slots for ``frames`` new frames of ``batch`` rows."""
         if self.slot_pos is None or self.next_pos is None:
-            self.slot_pos = torch.full((batch, self.max_frames), -1, dtype=torch.long, device=device)
-            self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
+            self._init_rows(batch, device)
+        assert self.slot_pos is not None and self.next_pos is not None
         if self.slot_pos.shape[0] != batch:
             raise ValueError(f"cache holds {self.slot_pos.shape[0]} rows, got a batch of {batch}")
         rows = torch.as_tensor(commit, dtype=torch.bool, device=device)
@@ -206,46 +216,37 @@ class TemporalKVCache:
                 return None
             scores = (q @ ring_k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (N, H, 1, C)
             return scores.masked_fill(~step.mask, float("-inf")).softmax(-1) @ ring_v  # (N, H, 1, K)
-        if ring.k is None or ring.v is None:
-            n, h, _, kd = k.shape
-            ring.k = k.new_zeros(n, h, self.max_frames, kd)
-            ring.v = torch.zeros_like(ring.k)
+        ring_k, ring_v = self._ring(ring, k)
         out = None
         if q is not None:  # past ring + the new frames; the mask gives each frame its window
-            keys, values = torch.cat([ring.k, k], dim=2), torch.cat([ring.v, v], dim=2)
+            keys, values = torch.cat([ring_k, k], dim=2), torch.cat([ring_v, v], dim=2)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
         self.write_chunk(ring, k, v, step)
         return out
 
     def write_ring(self, layer: LayerCache, k: Tensor, v: Tensor, step: TemporalStep) -> tuple[Tensor, Tensor]:
         """One-frame step: put k, v (N, H, 1, K) into each row's slot; returns the rings (N, H, C, K)."""
-        if layer.k is None or layer.v is None:
-            n, h, _, kd = k.shape
-            layer.k = k.new_zeros(n, h, self.max_frames, kd)
-            layer.v = torch.zeros_like(layer.k)
+        ring_k, ring_v = self._ring(layer, k)
         if step.uniform_slot is not None:
-            layer.k[:, :, step.uniform_slot] = k[:, :, 0]
-            layer.v[:, :, step.uniform_slot] = v[:, :, 0]
+            ring_k[:, :, step.uniform_slot] = k[:, :, 0]
+            ring_v[:, :, step.uniform_slot] = v[:, :, 0]
         else:
             slot = step.slots.repeat_interleave(self.num_spatial)  # (N,)
             n = torch.arange(slot.shape[0], device=slot.device)
-            layer.k[n, :, slot] = k[:, :, 0]
-            layer.v[n, :, slot] = v[:, :, 0]
-        return layer.k, layer.v
+            ring_k[n, :, slot] = k[:, :, 0]
+            ring_v[n, :, slot] = v[:, :, 0]
+        return ring_k, ring_v
 
     def write_chunk(self, layer: LayerCache, k: Tensor, v: Tensor, step: TemporalStep) -> None:
         """Several new frames (N, H, T, K): keep the last ``max_frames`` of the committing rows."""
-        if layer.k is None or layer.v is None:
-            n, h, _, kd = k.shape
-            layer.k = k.new_zeros(n, h, self.max_frames, kd)
-            layer.v = torch.zeros_like(layer.k)
+        ring_k, ring_v = self._ring(layer, k)
         rows = step.commit.repeat_interleave(self.num_spatial)  # (N,)
         n = torch.arange(rows.shape[0], device=rows.device)[rows]
         t = k.shape[2]
         for i in range(max(0, t - self.max_frames), t):
             slot = (step.positions[:, i] % self.max_frames).repeat_interleave(self.num_spatial)[rows]
-            layer.k[n, :, slot] = k[rows, :, i]
-            layer.v[n, :, slot] = v[rows, :, i]
+            ring_k[n, :, slot] = k[rows, :, i]
+            ring_v[n, :, slot] = v[rows, :, i]
 
     def advance(self, step: TemporalStep) -> None:
         """After every block has run: the committing rows' new frames become part of the past."""
