@@ -1,14 +1,18 @@
 """Play-server throughput: frames/s for 1, 4 and 16 concurrent players over real WebSockets, against
-single-session ``World.step`` and one batched ``World`` of N (the bound for stacking sessions) in the same run.
+single-session ``World.step`` (in fp32 too, when --precision picks bf16) and one batched ``World`` of N (the
+bound for stacking sessions) in the same run.
 
     .venv/bin/python benchmarks/play.py [--run RUN | --preset tiny|small] [--sessions 1 4 16] [--seconds 5]
 
 Each player connects to a `playworld play` server (uvicorn in a thread of this process), starts from a
 random picture and presses keys with one step in flight, as the page does; the server takes the steps
 of all players in one batched pass per tick. Reported: aggregate frames/s, per-player frames/s, mean
-round-trip ms and the largest batch the scheduler formed; then the same players against `playworld
-play` started in a process of its own (as a browser sees it; trained runs only). Default model: the shipped CoinRun world;
---preset gives random weights of a preset (speed only).
+round-trip ms and the largest batch the scheduler formed. Then one player pressing keys back to back,
+and holding a key (at most --key-rate keys/s, as key repeat does), with the server replying before it
+commits each frame to the model's memory (its default) and after: frames/s and ms from key to frame.
+Last, the same players against `playworld play` started in a process of its own (as a browser sees
+it; trained runs only). Default model: the shipped CoinRun world, in the dtype `playworld play` picks
+(--precision); --preset gives random weights of a preset (speed only).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from playworld.maskgit import SamplingConfig
 from playworld.play.config import PlayConfig
 from playworld.play.scheduler import StepScheduler
 from playworld.play.server import PlayServer
+from playworld.precision import PRECISIONS, cast_for_play, resolve_precision
 from playworld.world import World, WorldConfig
 
 
@@ -63,7 +68,10 @@ def world_fps(mods, cfg: WorldConfig, batch: int, seconds: float) -> float:
     return batch * n / (time.perf_counter() - t0)
 
 
-async def players(url: str, n: int, seconds: float, picture: str, num_actions: int) -> tuple[int, float, float]:
+async def players(url: str, n: int, seconds: float, picture: str, num_actions: int,
+                  pace_s: float = 0.0) -> tuple[int, float, float]:
+    """n players pressing keys with one step in flight: back to back (``pace_s`` 0), or at most one key
+    per ``pace_s`` (a held key's repeat). Returns frames, wall seconds, mean key-to-frame ms."""
     import websockets
 
     async def one(i: int) -> tuple[int, float]:
@@ -71,9 +79,12 @@ async def players(url: str, n: int, seconds: float, picture: str, num_actions: i
             json.loads(await ws.recv())  # hello
             await ws.send(json.dumps({"type": "start", "source": "image", "data": picture, "seed": i}))
             assert json.loads(await ws.recv())["type"] == "frame"
-            frames, rtt, end = 0, 0.0, time.perf_counter() + seconds
+            frames, rtt, end, next_key = 0, 0.0, time.perf_counter() + seconds, 0.0
             while time.perf_counter() < end:
+                if pace_s and frames:
+                    await asyncio.sleep(max(0.0, next_key - time.perf_counter()))
                 t = time.perf_counter()
+                next_key = t + pace_s
                 await ws.send(json.dumps({"type": "step", "action": frames % num_actions}))
                 reply = json.loads(await ws.recv())
                 assert reply["type"] == "frame", reply
@@ -97,19 +108,30 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=PlayConfig.steps, help="MaskGIT steps per frame (default: %(default)s)")
     p.add_argument("--context", type=int, default=16, help="context frames (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--precision", default=PlayConfig.precision, choices=PRECISIONS,
+                   help="dtype of the dynamics model and decoder (default: %(default)s, as `playworld play`)")
+    p.add_argument("--key-rate", type=float, default=25.0,
+                   help="keys per second of the paced player, a held key (default: %(default)s)")
     p.add_argument("--no-process", action="store_true",
                    help="skip the measurement against `playworld play` in its own process (runs only)")
     args = p.parse_args()
     # all torch work on the scheduler's one worker thread, as `playworld play` does (see StepScheduler.call)
     scheduler = StepScheduler(PlayConfig.window_ms, torch_threads=args.threads if args.threads > 0 else None)
     mods = scheduler.call(models, args)
+    dtype = scheduler.call(resolve_precision, args.precision)
+    fp32 = scheduler.call(models, args) if dtype != torch.float32 else mods  # the baseline, its own copy
+    scheduler.call(cast_for_play, mods[0], mods[2], dtype)
     wcfg = WorldConfig(context_frames=args.context, decoder_context=args.context,
                        sampling=SamplingConfig(steps=args.steps, temperature=PlayConfig.temperature))
     side = mods[0].config.image_size
     print(f"model: {args.run or args.preset + ' (random weights)'}, {side}x{side}, MaskGIT steps {args.steps}, "
-          f"context {args.context}, torch threads {scheduler.call(torch.get_num_threads)}")
+          f"context {args.context}, torch threads {scheduler.call(torch.get_num_threads)}, "
+          f"{str(dtype).removeprefix('torch.')} (--precision {args.precision})")
+    if fp32 is not mods:
+        base = scheduler.call(world_fps, fp32, wcfg, 1, args.seconds)
+        print(f"World.step, one session, float32: {base:7.1f} frames/s ({1000 / base:.1f} ms/frame)")
     single = scheduler.call(world_fps, mods, wcfg, 1, args.seconds)
-    print(f"World.step, one session:            {single:7.1f} frames/s ({1000 / single:.1f} ms/frame)")
+    print(f"World.step, one session:          {single:7.1f} frames/s ({1000 / single:.1f} ms/frame)")
 
     server = PlayServer(mods, PlayConfig(steps=args.steps, context_frames=args.context,
                                          max_sessions=max(args.sessions), rate=1000, burst=1000),
@@ -127,14 +149,23 @@ def main() -> None:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
     picture = base64.b64encode(buf.getvalue()).decode()
+    url = f"ws://127.0.0.1:{port}/ws"
     for n in args.sessions:
         server.scheduler.stats.max_batch = 0
-        frames, wall, rtt = asyncio.run(players(f"ws://127.0.0.1:{port}/ws", n, args.seconds, picture,
-                                                server.num_actions))
+        frames, wall, rtt = asyncio.run(players(url, n, args.seconds, picture, server.num_actions))
         batched = scheduler.call(world_fps, mods, wcfg, n, args.seconds) if n > 1 else single
         print(f"server, {n:2d} player(s): {frames / wall:7.1f} frames/s in all, {frames / wall / n:6.1f} per player, "
               f"round trip {rtt:6.1f} ms, largest batch {server.scheduler.stats.max_batch:2d} | "
               f"one World of batch {n}: {batched:7.1f} frames/s")
+    # the server replies before it commits a frame to the model's memory; against committing first:
+    pace = 1 / args.key_rate
+    for pace_s, what in ((0.0, "keys back to back"), (pace, f"a held key ({args.key_rate:g} keys/s at most)")):
+        for defer in (True, False):
+            scheduler.defer_commit = defer
+            frames, wall, rtt = asyncio.run(players(url, 1, args.seconds, picture, server.num_actions, pace_s))
+            print(f"server, 1 player, {what}, {'reply then commit' if defer else 'commit then reply'}: "
+                  f"{frames / wall:5.1f} frames/s, key to frame {rtt:5.1f} ms")
+    scheduler.defer_commit = True
     uv.should_exit = True
     if args.run and not args.no_process:
         for n in args.sessions:
@@ -155,7 +186,7 @@ def own_process(args: argparse.Namespace, n: int, picture: str, num_actions: int
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "playworld", "play", args.run, "--port", str(port), "--steps", str(args.steps),
            "--context-frames", str(args.context), "--max-sessions", str(max(args.sessions)), "--rate", "1000",
-           "--burst", "1000", "--threads", str(args.threads)]
+           "--burst", "1000", "--threads", str(args.threads), "--precision", args.precision]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):

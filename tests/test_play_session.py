@@ -128,3 +128,31 @@ def test_scheduler_takes_many_sessions_steps_in_one_batched_pass_each_as_if_alon
     sched.close()
     assert sched.stats.max_batch == 3  # one World.step_many for the three players
     assert [s.total_steps for s in batched] == [5, 4, 4]
+
+
+def test_scheduler_replies_first_and_commits_the_frame_while_idle():
+    sched, alone = StepScheduler(window_ms=0.0), _session()
+    s = _session()
+    run(s.start(PROMPT, seed=4))
+    run(alone.start(PROMPT, seed=4))
+
+    async def play():
+        frames = []
+        for a in (1, 2, 3):
+            frames.append(await sched.run(s.step(a)))
+            for _ in range(500):  # the worker commits once nothing waits
+                if not s.world.uncommitted:
+                    break
+                await asyncio.sleep(0.01)
+            assert not s.world.uncommitted
+        return frames
+
+    frames = asyncio.run(play())
+    sched.close()
+    assert sched.stats.idle_commits == 3
+    for f, a in zip(frames, (1, 2, 3)):
+        assert np.array_equal(f, run(alone.step(a)))
+    off = StepScheduler(window_ms=0.0, defer_commit=False)
+    asyncio.run(off.run(s.step(0)))
+    off.close()
+    assert not s.world.uncommitted and off.stats.idle_commits == 0

@@ -168,3 +168,24 @@ def test_step_many_batches_worlds_of_different_ages_and_seeds_like_stepping_each
     other.reset(_frames(1), seed=0)
     with pytest.raises(ValueError, match="share their models"):
         World.step_many([together[0], other], [0, 0])
+
+
+def test_a_deferred_commit_gives_the_same_frames_and_is_written_before_the_next_step():
+    tok, lam, dyn = _models()
+    cfg = WorldConfig(context_frames=3, decoder_context=3, sampling=SamplingConfig(steps=2, temperature=1.0))
+    now, later = World(tok, lam, dyn, cfg), World(tok, lam, dyn, cfg)
+    prompt = _frames(2)
+    now.reset(prompt, seed=5)
+    later.reset(prompt, seed=5)
+    for t in range(7):  # past the window: the deferred frame's slot wraps around
+        ref = now.step(t % 4)
+        got = World.step_many([later], [t % 4], defer_commit=True)[0]
+        assert torch.equal(got, ref)
+        assert later.uncommitted and not now.uncommitted
+        if t % 2:  # commit explicitly (as the server does when idle), or leave it to the next step
+            assert World.commit_many([later, later]) == 1 and not later.uncommitted
+            assert World.commit_many([later]) == 0
+    assert later.cache_frames() == now.cache_frames() and not later.uncommitted
+    World.step_many([later], [0], defer_commit=True)
+    later.reset(prompt, seed=5)  # a reset drops what was not committed
+    assert not later.uncommitted and later.cache_frames() == (2, 2)

@@ -4,7 +4,9 @@
 LAM, and fills two bounded temporal KV caches: the dynamics model's and the tokenizer decoder's.
 ``World.step(actions)`` then decodes the next frame's tokens with MaskGIT against the cached past
 (:mod:`playworld.maskgit`), commits them to the dynamics cache, and decodes only that frame to pixels
-with the tokenizer's cached decoder. Both caches keep the last ``context_frames`` frames, so the cost
+with the tokenizer's cached decoder. The commit may be deferred (``step_many(..., defer_commit=True)``):
+the frame is returned first and its keys/values are written by :meth:`World.commit_many`, which a
+server runs while the frame travels to the player, or by the next step. Both caches keep the last ``context_frames`` frames, so the cost
 of a step and the memory held do not grow with how long one has played. Many worlds step together
 (batch B), and a seed fixes every sampled token.
 
@@ -64,6 +66,7 @@ class World:
         self._cache: TemporalKVCache | None = None
         self._decoder_cache: Any = None
         self._last_tokens: Tensor | None = None  # (B, S)
+        self._pending: tuple[Tensor, Tensor, Tensor] | None = None  # a frame not yet committed: tokens, actions, prev
         self._generator = torch.Generator(device=self.device)
         self.batch_size = 0
         self.frames_played = 0
@@ -78,17 +81,27 @@ class World:
 
     @classmethod
     def load(cls, run_dir: str | Path, config: WorldConfig | None = None,
-             device: str | torch.device = "cpu") -> World:
+             device: str | torch.device = "cpu", precision: str = "fp32") -> World:
         """Load ``run_dir/{tokenizer,lam,dynamics}/`` (each ``model.safetensors`` + ``config.json``,
-        the layout `playworld train` writes; read by :func:`playworld.api.load`)."""
+        the layout `playworld train` writes; read by :func:`playworld.api.load`). ``precision``: "fp32",
+        "bf16" or "auto" for the dynamics model and decoder (:mod:`playworld.precision`)."""
         from playworld.api import load
+        from playworld.precision import cast_for_play, resolve_precision
+
+        dtype = resolve_precision(precision, device)
 
         run = load(run_dir, device)
         run.require("tokenizer", "lam", "dynamics")
         if not isinstance(run.dynamics, DynamicsModel):
             raise CheckpointError(f"{run_dir}/dynamics: expected a DynamicsModel, got {type(run.dynamics).__name__}")
         assert run.tokenizer is not None and run.lam is not None
+        cast_for_play(run.tokenizer, run.dynamics, dtype)
         return cls(run.tokenizer, run.lam, run.dynamics, config)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dynamics model's dtype: what a step computes in (fp32 or bf16, see :meth:`load`)."""
+        return next(self.dynamics.parameters()).dtype
 
     @property
     def num_actions(self) -> int:
@@ -122,6 +135,7 @@ class World:
         actions = (self.lam.infer_actions(video) if t0 > 1  # type: ignore[operator]
                    else video.new_zeros(b, 0, dtype=torch.long))  # (B, T0-1)
         self._cache = self.dynamics.new_cache(self.config.context_frames)
+        self._pending = None
         tokens = rearrange(indices, "b t h w -> b t (h w)")
         self.dynamics.commit(tokens, self.dynamics.frame_actions(actions), self._cache)
         self._last_tokens = tokens[:, -1]  # (B, S): the frame the next one follows
@@ -147,15 +161,41 @@ class World:
         """Advance every world by one latent action (int for all, or (B,) long) -> uint8 (B, H, W, C)."""
         return World.step_many([self], [actions])[0]
 
+    @property
+    def uncommitted(self) -> bool:
+        """Whether the last frame's keys/values still await :meth:`commit_many` (a deferred commit)."""
+        return self._pending is not None
+
     @staticmethod
     @torch.inference_mode()
-    def step_many(worlds: Sequence[World], actions: Sequence[int | Tensor]) -> list[Tensor]:
+    def commit_many(worlds: Sequence[World]) -> int:
+        """Write the deferred commits of ``worlds`` (those that have one) to their dynamics caches, in one
+        batched pass; returns how many worlds committed. The worlds must share their dynamics model."""
+        todo = [w for w in dict.fromkeys(worlds) if w._pending is not None]
+        if not todo:
+            return 0
+        if any(w.dynamics is not todo[0].dynamics for w in todo):
+            raise ValueError("worlds committed together must share their dynamics model")
+        tokens, frame_actions, prev = (torch.cat(parts) for parts in zip(*(w._pending for w in todo)))  # type: ignore[misc]
+        todo[0].dynamics.commit(tokens[:, None], frame_actions, [w._cache for w in todo], prev=prev)  # type: ignore[misc]
+        for w in todo:
+            w._pending = None
+        return len(todo)
+
+    @staticmethod
+    @torch.inference_mode()
+    def step_many(worlds: Sequence[World], actions: Sequence[int | Tensor],
+                  defer_commit: bool = False) -> list[Tensor]:
         """Advance several worlds by one action each (as in :meth:`step`) in one batched pass through
         the dynamics model and the tokenizer's decoder: how a server serves many players at once.
 
         The worlds must share their models (the same objects) and sampling settings. Each keeps its
         own caches, frame positions and seed, so its frames are the ones its own ``step`` would give,
         up to float rounding in batched matrix products. Returns each world's frames (B_i, H, W, C).
+
+        ``defer_commit``: return the frames before writing the new frame's keys/values to the dynamics
+        caches (about a third of a step's time); :meth:`commit_many` writes them, or the next step
+        does. The frames are the same either way; a server commits while the frame is on its way.
         """
         if len(worlds) != len(actions):
             raise ValueError(f"{len(worlds)} worlds but {len(actions)} actions")
@@ -171,17 +211,19 @@ class World:
         if len({id(w) for w in worlds}) != len(worlds):
             raise ValueError("a world can take only one step at a time (it appears twice)")
         frame_actions = torch.cat([w._actions(a) for w, a in zip(worlds, actions)])[:, None]  # (B, 1)
+        World.commit_many(worlds)
         prev = torch.cat([w._last_tokens for w in worlds])  # type: ignore[misc]  # (B, S)
         caches = [w._cache for w in worlds]
         groups = [(w._generator, w.batch_size) for w in worlds]
         dynamics = first.dynamics
 
         def logits_fn(tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, V)
-            return dynamics(tokens[:, None], frame_actions, cache=caches, commit=False, prev=prev)[:, 0]
+            return dynamics(tokens[:, None], frame_actions, cache=caches, commit=False, prev=prev)[:, 0].float()
 
         tokens = maskgit_decode(logits_fn, prev.shape[0], dynamics.config.num_tokens, dynamics.mask_id,
                                 first.config.sampling, groups, first.device)  # (B, S)
-        dynamics.commit(tokens[:, None], frame_actions, caches, prev=prev)  # type: ignore[arg-type]
+        if not defer_commit:
+            dynamics.commit(tokens[:, None], frame_actions, caches, prev=prev)  # type: ignore[arg-type]
         h, w = first.grid
         indices = rearrange(tokens, "b (h w) -> b 1 h w", h=h, w=w)
         frames = first.tokenizer.decode_step(  # type: ignore[operator]
@@ -189,6 +231,8 @@ class World:
         out, start = [], 0
         for x in worlds:
             stop = start + x.batch_size
+            if defer_commit:
+                x._pending = (tokens[start:stop], frame_actions[start:stop], prev[start:stop])
             x._last_tokens = tokens[start:stop]
             x.frames_played += 1
             out.append(to_uint8(frames[start:stop]))
@@ -196,7 +240,9 @@ class World:
         return out
 
     def cache_frames(self) -> tuple[int, int]:
-        """Frames held by the dynamics and tokenizer-decoder caches (both bounded by the config)."""
+        """Frames held by the dynamics and tokenizer-decoder caches (both bounded by the config); a
+        deferred commit is written first."""
+        World.commit_many([self])
         dec_cache = getattr(self._decoder_cache, "decoder", None)
         dec = dec_cache.frames if dec_cache is not None else 0
         return (self._cache.frames if self._cache is not None else 0), dec

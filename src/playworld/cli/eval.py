@@ -75,7 +75,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     sampling = SamplingConfig(steps=cfg.maskgit_steps, temperature=cfg.temperature)
-    world = World.load(args.run, WorldConfig(sampling=sampling), device=args.device)
+    world = World.load(args.run, WorldConfig(sampling=sampling), device=args.device, precision=cfg.precision)
     clips = ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split)
     lam_cfg = world.lam.config
     want = (lam_cfg.height, lam_cfg.width, lam_cfg.channels)

@@ -32,13 +32,17 @@ def run(args: argparse.Namespace) -> int:
     from playworld.play.prompts import resolve_run
     from playworld.play.scheduler import StepScheduler
     from playworld.play.server import PlayServer
+    from playworld.precision import cast_for_play, resolve_precision
 
     config = dataclass_from_args(PlayConfig, args)
     run_dir = resolve_run(args.run)
     # every torch op of the server runs on the scheduler's worker thread, loading included (see StepScheduler.call)
-    scheduler = StepScheduler(config.window_ms, torch_threads=args.threads if args.threads > 0 else None)
+    scheduler = StepScheduler(config.window_ms, torch_threads=args.threads if args.threads > 0 else None,
+                               defer_commit=config.defer_commit)
     loaded = scheduler.call(load, run_dir, args.device)
     loaded.require("tokenizer", "lam", "dynamics")
+    dtype = scheduler.call(resolve_precision, config.precision, args.device)
+    scheduler.call(cast_for_play, loaded.tokenizer, loaded.dynamics, dtype)
     data = args.data
     if data is None and (run_dir / "prompts" / "manifest.json").is_file():
         data = run_dir / "prompts"  # start frames shipped with the world (held-out levels)
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"playworld: warning: listening on {config.host}: anyone who can reach it can play (and use CPU)")
     print(f"playworld: playing {run_dir} at http://{config.host}:{config.port}/ "
-          f"({server.num_actions} actions, {config.max_sessions} sessions at most)")
+          f"({server.num_actions} actions, {str(dtype).removeprefix('torch.')}, {config.max_sessions} sessions at most)")
     uvicorn.run(server.app(), host=config.host, port=config.port, log_level="warning",
                 ws_max_size=config.max_message_chars)
     return 0

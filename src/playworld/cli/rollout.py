@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", choices=("crop", "pad"), default="crop", help="fit a picture by center-crop or pad")
     p.add_argument("--steps", type=int, default=4, help="MaskGIT steps per frame (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                   help="dtype of the dynamics model and decoder (auto: bf16 where faster) (default: %(default)s)")
     p.add_argument("--fps", type=float, default=15.0, help="video frame rate (default: %(default)s)")
     p.add_argument("--scale", type=int, default=4, help="enlarge each pixel in the video (default: %(default)s)")
     p.set_defaults(func=run)
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if args.scale < 1 or args.fps <= 0 or args.prompt_frames < 1:
         raise ConfigError("--scale and --prompt-frames must be >= 1 and --fps > 0")
     world = World.load(args.run, WorldConfig(sampling=SamplingConfig(steps=args.steps,
-                                                                     temperature=args.temperature)))
+                                                                     temperature=args.temperature)),
+                       precision=args.precision)
     actions = parse_action_string(args.actions, world.num_actions, load_action_names(args.run, world.num_actions))
     prompt_path, size = Path(args.prompt), world_frame_size(world)
     if prompt_path.is_dir():

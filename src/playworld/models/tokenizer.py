@@ -197,8 +197,8 @@ class VideoTokenizer(nn.Module):
     def _pixels(self, codes: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None,
                 commit: bool = True) -> Tensor:
         """codes (B, T, S, E) -> unclamped video (B, T, H, W, C), ~[0, 1]."""
-        x = self.decoder(self.from_code(codes), cache=cache, commit=commit)  # (B, T, S, D)
-        return self.unpatchify(self.patch_out(x)) * 0.5 + 0.5
+        x = self.decoder(self.from_code(codes.to(self.from_code.weight.dtype)), cache=cache, commit=commit)  # (B, T, S, D)
+        return self.unpatchify(self.patch_out(x).float()) * 0.5 + 0.5
 
     def _quantize(self, latents: Tensor) -> QuantizeOutput:
         """Quantize (B, T, S, E) without touching the quantizer's statistics (inference paths)."""
@@ -232,6 +232,13 @@ class VideoTokenizer(nn.Module):
     def reconstruct(self, video: Tensor) -> Tensor:
         """video (B, T, H, W, C) in [0, 1] -> its reconstruction through the tokens, clamped to [0, 1]."""
         return self._pixels(self._quantize(self._latents(video)).quantized).clamp(0.0, 1.0)
+
+    def cast_decoder(self, dtype: torch.dtype) -> VideoTokenizer:
+        """Put the decoder half (codes -> pixels) in ``dtype``, e.g. bf16 for play; the encoder and the
+        quantizer keep theirs. Decoded pixels come back in fp32 either way."""
+        for part in (self.from_code, self.decoder, self.patch_out):
+            part.to(dtype)
+        return self
 
     def new_cache(self, max_frames: int) -> TokenizerCache:
         """Empty caches for ``encode_step``/``decode_step``; each frame sees at most ``max_frames``

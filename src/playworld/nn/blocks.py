@@ -25,6 +25,20 @@ from playworld.nn.kvcache import CachedRows, TemporalKVCache
 from playworld.nn.rope import apply_rope, grid_rope_angles, rope_angles
 
 
+def _math(t: Tensor) -> Tensor:
+    """Activations of a model cast to bf16/fp16 for play (:mod:`playworld.precision`) -> fp32, so that
+    rotary embeddings and attention scores keep fp32 precision; otherwise (fp32, or autocast, which
+    chooses for itself) unchanged."""
+    if t.dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(t.device.type):
+        return t.float()
+    return t
+
+
+def _back(t: Tensor, like: Tensor) -> Tensor:
+    """An attention output back to the residual stream's dtype (a no-op but for a model cast for play)."""
+    return t if t.dtype == like.dtype or torch.is_autocast_enabled(t.device.type) else t.to(like.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over the second-to-last axis with a fused qkv projection."""
 
@@ -61,23 +75,23 @@ class Attention(nn.Module):
         """
         if cached is not None:
             return self._cached(x, cached, layer, kv_only)
-        q, k, v = rearrange(self.qkv(x), "n l (three h k) -> three n h l k", three=3, h=self.heads)
+        q, k, v = rearrange(_math(self.qkv(x)), "n l (three h k) -> three n h l k", three=3, h=self.heads)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         drop = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and x.shape[1] > 1, dropout_p=drop)
-        return self.proj(rearrange(out, "n h l k -> n l (h k)"))  # (N, L, D)
+        return self.proj(_back(rearrange(out, "n h l k -> n l (h k)"), x))  # (N, L, D)
 
     def _cached(self, x: Tensor, cached: Sequence[CachedRows], layer: int, kv_only: bool) -> Tensor:
         q: Tensor | None
         if kv_only:
             dim = x.shape[-1]
-            k, v = rearrange(F.linear(x, self.qkv.weight[dim:], self.qkv.bias[dim:]),
+            k, v = rearrange(_math(F.linear(x, self.qkv.weight[dim:], self.qkv.bias[dim:])),
                              "n l (two h k) -> two n h l k", two=2, h=self.heads)
             q = None
         else:
-            q, k, v = rearrange(self.qkv(x), "n l (three h k) -> three n h l k", three=3, h=self.heads)
+            q, k, v = rearrange(_math(self.qkv(x)), "n l (three h k) -> three n h l k", three=3, h=self.heads)
         outs = []
         for part in cached:  # projections above ran batched; each cache attends over its own past
             rows = slice(part.start * part.cache.num_spatial, part.stop * part.cache.num_spatial)
@@ -89,7 +103,7 @@ class Attention(nn.Module):
         if kv_only:
             return x
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (N, H, L, K)
-        return self.proj(rearrange(out, "n h l k -> n l (h k)"))
+        return self.proj(_back(rearrange(out, "n h l k -> n l (h k)"), x))
 
 
 class MLP(nn.Module):

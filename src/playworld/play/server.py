@@ -72,7 +72,7 @@ class PlayServer:
         self.names = load_action_names(run_dir, self.num_actions)
         self.prompts = DatasetPrompts(Path(data), c.prompt_frames) if data is not None else None
         self.limits = SessionLimits(c.max_history, c.max_record_frames, c.max_replay)
-        self.scheduler = scheduler or StepScheduler(c.window_ms)
+        self.scheduler = scheduler or StepScheduler(c.window_ms, defer_commit=c.defer_commit)
         self.sessions: dict[int, Session] = {}
         self._next_id = 0
 
