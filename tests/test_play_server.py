@@ -179,7 +179,8 @@ def test_session_limit_refuses_extra_players_until_one_leaves(data_dir):
             assert ask(a, type="start", source="dataset")["type"] == "frame"  # the others play on
         with client.websocket_connect("/ws") as d:
             assert recv(d)["type"] == "hello"
-            assert client.get("/status").json()["sessions"] == 1
+            status = client.get("/status").json()
+            assert status["sessions"] == 1 and status["dtype"] == "float32"
 
 
 def test_rate_limit_drops_excess_messages_with_an_error(data_dir):

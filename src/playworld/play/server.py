@@ -69,6 +69,7 @@ class PlayServer:
                                         sampling=SamplingConfig(steps=c.steps, temperature=c.temperature))
         probe = self.new_world()
         self.num_actions, self.size = probe.num_actions, world_frame_size(probe)
+        self.dtype = str(probe.dtype).removeprefix("torch.")  # what a step computes in (playworld.precision)
         self.names = load_action_names(run_dir, self.num_actions)
         self.prompts = DatasetPrompts(Path(data), c.prompt_frames) if data is not None else None
         self.limits = SessionLimits(c.max_history, c.max_record_frames, c.max_replay)
@@ -206,7 +207,8 @@ class PlayServer:
         async def status() -> JSONResponse:
             s = self.scheduler.stats
             return JSONResponse({"sessions": len(self.sessions), "max_sessions": self.config.max_sessions,
-                                 "ticks": s.ticks, "steps": s.steps, "max_batch": s.max_batch})
+                                 "ticks": s.ticks, "steps": s.steps, "max_batch": s.max_batch,
+                                 "idle_commits": s.idle_commits, "dtype": self.dtype})
 
         @app.websocket("/ws")
         async def websocket(ws: WebSocket) -> None:
