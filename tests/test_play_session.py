@@ -46,11 +46,30 @@ def test_history_full_rebases_and_undo_stops_there():
     for i in range(7):
         run(s.step(i % 4))
     assert s.rebases == 2 and s.actions == [2] and s.total_steps == 7  # rebased before steps 4 and 7
-    assert len(s.recording()) == 5 and s.prompt.shape == (4, SIZE, SIZE, 3)
+    assert len(s.recording()) == 5 and s.prompt.shape == (2, SIZE, SIZE, 3)
     shown = s.recording()
     assert np.array_equal(run(s.undo()), shown[-2]) and s.total_steps == 6
     with pytest.raises(SessionError, match="cannot undo further: the history holds the last 3 actions"):
         run(s.undo())
+    assert np.array_equal(run(s.restart()), shown[-2]) and s.total_steps == 6  # the anchor: after step 6
+
+
+def test_rebasing_leaves_play_untouched():
+    # a session whose history fills (and rebases every 3 steps) shows the frames of one that never does
+    short, long = _session(max_history=3), _session(max_history=64)
+    world = World(*MODELS, WorldConfig(context_frames=4, decoder_context=4,
+                                       sampling=SamplingConfig(steps=2, temperature=1.0)))
+    sampled = Session(world, SessionLimits(max_history=2))
+    for s in (short, long):
+        run(s.start(PROMPT, seed=7))
+    run(sampled.start(PROMPT, seed=7))
+    ref = []
+    for i in range(10):
+        assert np.array_equal(run(short.step(i % 4)), run(long.step(i % 4)))
+        ref.append(run(sampled.step(i % 4)))
+    assert short.rebases == 3 and long.rebases == 0 and sampled.rebases == 4
+    assert np.array_equal(run(sampled.undo()), ref[-2])  # sampled frames replay exactly from a rebase
+    assert np.array_equal(run(sampled.step(9 % 4)), ref[-1])
 
 
 def test_memory_stays_flat_over_long_play():

@@ -189,3 +189,24 @@ def test_a_deferred_commit_gives_the_same_frames_and_is_written_before_the_next_
     World.step_many([later], [0], defer_commit=True)
     later.reset(prompt, seed=5)  # a reset drops what was not committed
     assert not later.uncommitted and later.cache_frames() == (2, 2)
+
+
+def test_snapshot_restore_replays_the_same_frames_and_the_snapshot_stays_intact():
+    tok, lam, dyn = _models()
+    cfg = WorldConfig(context_frames=3, decoder_context=3, sampling=SamplingConfig(steps=2, temperature=1.0))
+    w = World(tok, lam, dyn, cfg)
+    w.reset(_frames(2), seed=9)
+    for a in (0, 1, 2, 3):  # fill the window so that later steps wrap the rings
+        w.step(a)
+    World.step_many([w], [1], defer_commit=True)  # a deferred commit is written before the copy
+    state = w.snapshot()
+    assert not w.uncommitted and state.nbytes > 0 and state.frames_played == 5
+    first = [w.step(a) for a in (2, 0, 3)]
+    for _ in range(2):  # restoring does not consume the snapshot
+        w.restore(state)
+        assert w.frames_played == 5
+        assert all(torch.equal(w.step(a), f) for a, f in zip((2, 0, 3), first))
+    with pytest.raises(ValueError, match="another dynamics model"):
+        World(*_models(), cfg).restore(state)
+    with pytest.raises(RuntimeError, match="reset"):
+        World(tok, lam, dyn, cfg).snapshot()

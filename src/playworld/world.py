@@ -48,6 +48,27 @@ class WorldConfig:
             raise ConfigError(f"world.decoder_context must be >= 1, got {self.decoder_context}")
 
 
+@dataclass
+class WorldState:
+    """A copy of everything a world's next frames depend on (:meth:`World.snapshot`): both caches,
+    the last frame's tokens and the random generator's state. Restoring it and taking the same
+    actions gives the same frames, bit for bit."""
+
+    cache: TemporalKVCache
+    decoder_cache: Any
+    last_tokens: Tensor  # (B, S)
+    generator: Tensor  # torch.Generator.get_state()
+    batch_size: int
+    frames_played: int
+    dynamics: nn.Module  # the model it belongs to
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the copy (almost all of it the two caches' rings)."""
+        return (self.cache.nbytes + self.decoder_cache.nbytes + self.last_tokens.numel() * 8
+                + self.generator.numel())
+
+
 class World:
     """A batch of playable worlds: ``reset(prompt, seed=)`` then ``step(actions)`` -> frames.
 
@@ -144,6 +165,25 @@ class World:
         self._generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
         self.batch_size, self.frames_played = b, 0
         return to_uint8(frames[:, -1])
+
+    @torch.inference_mode()
+    def snapshot(self) -> WorldState:
+        """Copy the world's state (a deferred commit is written first); see :meth:`restore`."""
+        if self._cache is None or self._last_tokens is None:
+            raise RuntimeError("call World.reset(prompt) before snapshot()")
+        World.commit_many([self])
+        return WorldState(self._cache.clone(), self._decoder_cache.clone(), self._last_tokens.clone(),
+                          self._generator.get_state(), self.batch_size, self.frames_played, self.dynamics)
+
+    @torch.inference_mode()
+    def restore(self, state: WorldState) -> None:
+        """Return to a :meth:`snapshot` (which stays intact: restore it as often as needed)."""
+        if state.dynamics is not self.dynamics:
+            raise ValueError("this snapshot was taken from a world of another dynamics model")
+        self._cache, self._decoder_cache = state.cache.clone(), state.decoder_cache.clone()
+        self._last_tokens, self._pending = state.last_tokens.clone(), None
+        self._generator.set_state(state.generator)
+        self.batch_size, self.frames_played = state.batch_size, state.frames_played
 
     def _actions(self, actions: int | Tensor) -> Tensor:
         a = torch.as_tensor(actions, dtype=torch.long, device=self.device)

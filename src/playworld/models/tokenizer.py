@@ -114,6 +114,14 @@ class TokenizerCache:
     encoder: TemporalKVCache
     decoder: TemporalKVCache
 
+    def clone(self) -> TokenizerCache:
+        """A deep copy of both caches."""
+        return TokenizerCache(self.encoder.clone(), self.decoder.clone())
+
+    @property
+    def nbytes(self) -> int:
+        return self.encoder.nbytes + self.decoder.nbytes
+
 
 class VideoTokenizer(nn.Module):
     """ST-ViViT VQ-VAE over (B, T, H, W, C) videos in [0, 1]; causal in time.

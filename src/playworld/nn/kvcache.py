@@ -116,6 +116,22 @@ class TemporalKVCache:
             raise ValueError(f"cache rows are at different positions {self.next_pos.tolist()}; read next_pos")
         return int(self.next_pos[0])
 
+    def clone(self) -> TemporalKVCache:
+        """A deep copy, rings included: the copy and this cache change apart from then on."""
+        def copy(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.clone()
+
+        out = TemporalKVCache(self.num_layers, self.max_frames, self.num_spatial,
+                              [LayerCache(copy(x.k), copy(x.v)) for x in self.layers])
+        out.slot_pos, out.next_pos = copy(self.slot_pos), copy(self.next_pos)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the rings and positions."""
+        tensors = [t for x in self.layers for t in (x.k, x.v)] + [self.slot_pos, self.next_pos]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
     def reset(self) -> None:
         self.layers = [LayerCache() for _ in range(self.num_layers)]
         self.slot_pos = self.next_pos = None
