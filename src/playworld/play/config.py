@@ -44,7 +44,7 @@ class PlayConfig:
         "faster (~1.2x per frame on CPUs with AVX512-BF16/AMX), else fp32")
     defer_commit: bool = field(True, help="send each frame before writing it to the model's memory (the write "
                                "runs while the frame travels; a key pressed meanwhile waits for it)")
-    steps: int = field(1, help="MaskGIT iterations per frame (1: ~27 frames/s for the shipped world on 2 cores, "
+    steps: int = field(1, help="MaskGIT iterations per frame (1: 30-35 frames/s for the shipped world on 2 cores in bf16, "
                        "and as accurate as 4 or 8; see docs/play.md)")
     temperature: float = field(0.0, help="sampling temperature (0 = greedy: the same keys give the same frames; "
                                "1 = sampled, more varied)")
