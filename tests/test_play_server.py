@@ -209,7 +209,7 @@ def test_recordings_download_as_mp4_and_gif_that_decode(data_dir, tmp_path):
 
 
 def test_long_play_keeps_history_and_recording_bounded(data_dir):
-    server = _server(data_dir, max_history=5, max_record_frames=8, steps=1)
+    server = _server(data_dir, max_history=5, checkpoint_every=5, max_record_frames=8, steps=1)
     with TestClient(server.app()) as client, client.websocket_connect("/ws") as ws:
         recv(ws)
         ask(ws, type="start", source="dataset", index=0)

@@ -41,7 +41,7 @@ def test_undo_returns_the_previous_frame_and_the_next_step_repeats_exactly():
 
 
 def test_history_full_rebases_and_undo_stops_there():
-    s = _session(max_history=3, max_record_frames=5)
+    s = _session(max_history=3, checkpoint_every=3, max_record_frames=5)
     run(s.start(PROMPT, seed=1))
     for i in range(7):
         run(s.step(i % 4))
@@ -49,17 +49,45 @@ def test_history_full_rebases_and_undo_stops_there():
     assert len(s.recording()) == 5 and s.prompt.shape == (2, SIZE, SIZE, 3)
     shown = s.recording()
     assert np.array_equal(run(s.undo()), shown[-2]) and s.total_steps == 6
-    with pytest.raises(SessionError, match="cannot undo further: the history holds the last 3 actions"):
+    with pytest.raises(SessionError, match="cannot undo further: older actions have left the history"):
         run(s.undo())
     assert np.array_equal(run(s.restart()), shown[-2]) and s.total_steps == 6  # the anchor: after step 6
 
 
+def _replayed_steps(op) -> tuple[int, np.ndarray]:
+    """Drive an operation alone, counting the world steps it asks for."""
+    steps, value = 0, None
+    try:
+        while True:
+            request = op.send(value)
+            value = None
+            if request is not None:
+                steps += 1
+                value = request.world.step(request.action)[0].numpy()
+    except StopIteration as stop:
+        return steps, stop.value
+
+
+def test_undo_replays_from_the_last_checkpoint_and_reaches_back_across_a_rebase():
+    s = _session(max_history=6, checkpoint_every=3)
+    run(s.start(PROMPT, seed=2))
+    shown = [s.frames[-1]] + [run(s.step(i % 4)) for i in range(10)]
+    # rebased at steps 7 and 10: the anchor is after step 6, a snapshot after step 9, 4 actions held
+    assert s.rebases == 2 and len(s.actions) == 4 and [c.actions for c in s.checkpoints] == [0, 3]
+    for back in range(1, 5):
+        steps, frame = _replayed_steps(s.undo())
+        assert np.array_equal(frame, shown[10 - back]) and steps < 3
+    with pytest.raises(SessionError, match="cannot undo further"):
+        run(s.undo())
+    assert [c.actions for c in s.checkpoints] == [0]
+
+
 def test_rebasing_leaves_play_untouched():
     # a session whose history fills (and rebases every 3 steps) shows the frames of one that never does
-    short, long = _session(max_history=3), _session(max_history=64)
+    short, long = _session(max_history=3, checkpoint_every=3), _session(max_history=64)
     world = World(*MODELS, WorldConfig(context_frames=4, decoder_context=4,
                                        sampling=SamplingConfig(steps=2, temperature=1.0)))
-    sampled = Session(world, SessionLimits(max_history=2))
+    sampled = Session(world, SessionLimits(max_history=2, checkpoint_every=1))
     for s in (short, long):
         run(s.start(PROMPT, seed=7))
     run(sampled.start(PROMPT, seed=7))
@@ -67,13 +95,13 @@ def test_rebasing_leaves_play_untouched():
     for i in range(10):
         assert np.array_equal(run(short.step(i % 4)), run(long.step(i % 4)))
         ref.append(run(sampled.step(i % 4)))
-    assert short.rebases == 3 and long.rebases == 0 and sampled.rebases == 4
+    assert short.rebases == 3 and long.rebases == 0 and sampled.rebases == 8
     assert np.array_equal(run(sampled.undo()), ref[-2])  # sampled frames replay exactly from a rebase
     assert np.array_equal(run(sampled.step(9 % 4)), ref[-1])
 
 
 def test_memory_stays_flat_over_long_play():
-    s = _session(max_history=16, max_record_frames=32)
+    s = _session(max_history=16, checkpoint_every=4, max_record_frames=32)
     run(s.start(PROMPT, seed=0))
     for i in range(200):
         run(s.step(i % 4))
@@ -85,6 +113,7 @@ def test_memory_stays_flat_over_long_play():
     tracemalloc.stop()
     assert grown < 64_000, f"Python heap grew by {grown} bytes over 300 steps"
     assert len(s.frames) == 32 and len(s.actions) <= 16 and s.world.cache_frames() == (4, 4)
+    assert len(s.checkpoints) <= 16 // 4 + 1
 
 
 def test_scheduler_interleaves_a_long_replay_with_another_sessions_steps():

@@ -16,14 +16,19 @@ from playworld.errors import ConfigError
 class SessionLimits:
     """How much one session may hold."""
 
-    max_history: int = field(64, help="actions that undo can take back (undo replays at most this many steps)")
+    max_history: int = field(64, help="actions that undo can take back (at least max_history - checkpoint_every)")
+    checkpoint_every: int = field(32, help="snapshot the world every this many actions: an undo replays fewer "
+                                  "steps than this; each snapshot copies the world's caches (36 MB for the shipped world)")
     max_record_frames: int = field(900, help="frames kept for the recording download (the last ones)")
     max_replay: int = field(2000, help="longest action string one replay message may ask for")
 
     def __post_init__(self) -> None:
-        for name in ("max_history", "max_record_frames", "max_replay"):
+        for name in ("max_history", "checkpoint_every", "max_record_frames", "max_replay"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"session.{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every > self.max_history:
+            raise ConfigError(f"session.checkpoint_every ({self.checkpoint_every}) must be <= max_history "
+                              f"({self.max_history})")
 
 
 @dataclass
@@ -50,7 +55,10 @@ class PlayConfig:
                                "1 = sampled, more varied)")
     context_frames: int = field(16, help="frames the dynamics model and decoder attend to")
     prompt_frames: int = field(1, help="frames of a dataset prompt (context before the start frame)")
-    max_history: int = field(64, help="actions undo can take back per session (an undo replays up to this many steps)")
+    max_history: int = field(64, help="actions undo can take back per session (at least max_history - "
+                             "checkpoint_every of them)")
+    checkpoint_every: int = field(32, help="world snapshots per session every this many actions (an undo replays "
+                                  "fewer steps than this; 36 MB each for the shipped world)")
     max_record_frames: int = field(900, help="frames a session's recording keeps (the last ones)")
     max_replay: int = field(2000, help="longest action string one replay may play")
     record_fps: float = field(15.0, help="frame rate of downloaded recordings")
@@ -66,7 +74,10 @@ class PlayConfig:
                 raise ConfigError(f"play.{name} must be > 0, got {getattr(self, name)}")
         if self.window_ms < 0 or self.temperature < 0:
             raise ConfigError("play.window_ms and play.temperature must be >= 0")
-        SessionLimits(self.max_history, self.max_record_frames, self.max_replay)
+        self.session_limits()
+
+    def session_limits(self) -> SessionLimits:
+        return SessionLimits(self.max_history, self.checkpoint_every, self.max_record_frames, self.max_replay)
 
     @property
     def max_message_chars(self) -> int:

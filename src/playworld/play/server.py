@@ -29,7 +29,7 @@ from playworld.errors import PlayworldError
 from playworld.maskgit import SamplingConfig
 from playworld.play import protocol as P
 from playworld.play.actions import format_action_string, load_action_names, parse_action_string
-from playworld.play.config import PlayConfig, SessionLimits
+from playworld.play.config import PlayConfig
 from playworld.play.prompts import DatasetPrompts, fit_frames, image_to_frame, world_frame_size
 from playworld.play.scheduler import StepScheduler
 from playworld.play.session import Session, SessionError
@@ -72,7 +72,7 @@ class PlayServer:
         self.dtype = str(probe.dtype).removeprefix("torch.")  # what a step computes in (playworld.precision)
         self.names = load_action_names(run_dir, self.num_actions)
         self.prompts = DatasetPrompts(Path(data), c.prompt_frames) if data is not None else None
-        self.limits = SessionLimits(c.max_history, c.max_record_frames, c.max_replay)
+        self.limits = c.session_limits()
         self.scheduler = scheduler or StepScheduler(c.window_ms, defer_commit=c.defer_commit)
         self.sessions: dict[int, Session] = {}
         self._next_id = 0

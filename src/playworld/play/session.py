@@ -7,15 +7,17 @@ yields a :class:`WorldStep` request and is sent back the frame, so that the sche
 steps of many sessions in one batched pass (``World.step_many``); :func:`run_op` drives an operation
 alone. Other model work (a reset) runs inline and yields None. Nothing here knows about the server.
 
-Undo and replay are exact because a world is seeded and can be copied: the session keeps a snapshot of
-its world at the *anchor* (``World.snapshot``: both caches, the last tokens, the random state), and undo
-restores it and replays the actions taken since, which gives the same frames bit for bit. Memory stays
-bounded however long one plays: the world's caches are bounded by its config, there is one anchor
-snapshot, the recording keeps the last ``max_record_frames`` frames, and the action history the last
-``max_history`` actions. When the history is full the session *rebases*: the anchor becomes a snapshot
-of the world as it is (a copy of its caches, ~10 ms for the shipped world, where restarting the world
-from the frames shown took ~350 ms and showed as a freeze every ``max_history`` frames), and undo
-cannot reach past that point. Play itself goes on untouched.
+Undo and replay are exact because a world is seeded and can be copied: the session keeps snapshots of
+its world (``World.snapshot``: both caches, the last tokens, the random state), one where its action
+history begins (the *anchor*) and one every ``checkpoint_every`` actions after it. Undo restores the
+latest snapshot before the action taken back and replays the actions since, which gives the same
+frames bit for bit and replays fewer than ``checkpoint_every`` steps. Memory stays bounded however
+long one plays: the world's caches are bounded by its config, at most ``max_history //
+checkpoint_every + 1`` snapshots are kept, the recording keeps the last ``max_record_frames`` frames,
+and the history at most ``max_history`` actions. When the history would exceed that, the session
+*rebases*: the second snapshot becomes the anchor and the actions before it leave the history. Play
+itself is untouched (the first version restarted the world from the frames shown, re-encoded, with
+a new seed: a ~370 ms freeze every ``max_history`` frames, and no undo right after it).
 """
 
 from __future__ import annotations
@@ -60,6 +62,15 @@ def run_op(op: Op) -> np.ndarray:
         return stop.value
 
 
+@dataclass
+class Checkpoint:
+    """The world after the first ``actions`` actions of the history, and the frame shown then."""
+
+    actions: int
+    state: WorldState
+    frame: np.ndarray  # (H, W, C) uint8
+
+
 class SessionError(ValueError):
     """A request this session cannot serve now (nothing to undo, no world started); sent to the player."""
 
@@ -71,8 +82,7 @@ class Session:
         self.world, self.limits = world, limits or SessionLimits()
         self.prompt: np.ndarray | None = None  # (T0, H, W, C) uint8, where the session started
         self.seed = 0
-        self.anchor: WorldState | None = None  # the world where the action history begins
-        self.anchor_frame: np.ndarray | None = None  # (H, W, C) the frame shown there
+        self.checkpoints: list[Checkpoint] = []  # [0]: the anchor, where the action history begins
         self.rebases = 0
         self.actions: list[int] = []  # since the anchor, 0-based
         self.total_steps = 0  # actions on the shown timeline, including those before a rebase
@@ -90,7 +100,7 @@ class Session:
         self.seed, self.rebases, self.actions, self.total_steps = seed, 0, [], 0
         self.frames.clear()
         frame = self.world.reset(torch.from_numpy(self.prompt), seed=seed)[0].numpy()
-        self.anchor, self.anchor_frame = self.world.snapshot(), frame
+        self.checkpoints = [Checkpoint(0, self.world.snapshot(), frame)]
         self.frames.append(frame)
         yield None
         return frame
@@ -113,26 +123,32 @@ class Session:
         """Take one action (0-based) and return the new frame."""
         self._require_started()
         self._check_action(action)
-        if len(self.actions) >= self.limits.max_history:
-            self._rebase()
         frame = yield from self._step(action)
         self.actions.append(action)
         self.total_steps += 1
         self.frames.append(frame)
+        if len(self.actions) % self.limits.checkpoint_every == 0:
+            self.checkpoints.append(Checkpoint(len(self.actions), self.world.snapshot(), frame))
+        if len(self.actions) > self.limits.max_history:
+            self._rebase()
         return frame
 
     def _rebase(self) -> None:
-        """Move the anchor to the world as it is now; the history starts afresh (play is untouched)."""
-        self.anchor, self.anchor_frame = self.world.snapshot(), self.frames[-1]
+        """The second snapshot becomes the anchor; the actions before it leave the history."""
+        drop = self.checkpoints[1].actions
+        self.checkpoints = [Checkpoint(c.actions - drop, c.state, c.frame) for c in self.checkpoints[1:]]
+        self.actions = self.actions[drop:]
         self.rebases += 1
-        self.actions = []
 
     def _replay(self, actions: Sequence[int]) -> Op:
-        assert self.anchor is not None and self.anchor_frame is not None
-        self.world.restore(self.anchor)
-        frame = self.anchor_frame
+        """Back to the last snapshot within ``actions`` (a prefix of the history), then replay the rest."""
+        while self.checkpoints[-1].actions > len(actions):
+            self.checkpoints.pop()
+        start = self.checkpoints[-1]
+        self.world.restore(start.state)
+        frame = start.frame
         yield None
-        for a in actions:
+        for a in actions[start.actions:]:
             frame = yield from self._step(a)
         return frame
 
@@ -141,7 +157,8 @@ class Session:
         self._require_started()
         if not self.actions:
             raise SessionError("nothing to undo" if self.total_steps == 0 else
-                               f"cannot undo further: the history holds the last {self.limits.max_history} actions")
+                               "cannot undo further: older actions have left the history (it keeps at most "
+                               f"{self.limits.max_history}, at least {self.limits.max_history - self.limits.checkpoint_every})")
         keep = self.actions[:-1]
         frame = yield from self._replay(keep)  # the frame shown before the last action, bit for bit
         self.actions = keep
