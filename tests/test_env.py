@@ -82,6 +82,9 @@ def test_gymnasium_make_with_a_run_and_a_dataset(tmp_path):
     assert env.step(3)[0].shape == (SIZE, SIZE, 3)
     vec = gym.make_vec(ENV_ID, num_envs=2, vectorization_mode="vector_entry_point", run=str(run), prompts=str(data))
     assert vec.reset(seed=0)[0].shape == (2, SIZE, SIZE, 3)
+    low = make_env(run, num_envs=2, prompts=str(data), precision="bf16")
+    assert low.world.dtype == torch.bfloat16 and low.reset(seed=0)[0].shape == (2, SIZE, SIZE, 3)
+    assert low.step(np.array([0, 3]))[0].dtype == np.uint8
 
 
 def test_vector_env_steps_all_worlds_in_one_batch_and_autoresets():
