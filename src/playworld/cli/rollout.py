@@ -25,8 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="video to write (.mp4 or .gif)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--fit", choices=("crop", "pad"), default="crop", help="fit a picture by center-crop or pad")
-    p.add_argument("--steps", type=int, default=4, help="MaskGIT steps per frame (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=1,
+                   help="MaskGIT steps per frame (default: %(default)s, as `playworld play`; see docs/play.md)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature, 0 = greedy (default: %(default)s, as `playworld play`)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
                    help="dtype of the dynamics model and decoder (auto: bf16 where faster) (default: %(default)s)")
     p.add_argument("--fps", type=float, default=15.0, help="video frame rate (default: %(default)s)")
