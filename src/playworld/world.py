@@ -6,9 +6,10 @@ LAM, and fills two bounded temporal KV caches: the dynamics model's and the toke
 (:mod:`playworld.maskgit`), commits them to the dynamics cache, and decodes only that frame to pixels
 with the tokenizer's cached decoder. The commit may be deferred (``step_many(..., defer_commit=True)``):
 the frame is returned first and its keys/values are written by :meth:`World.commit_many`, which a
-server runs while the frame travels to the player, or by the next step. Both caches keep the last ``context_frames`` frames, so the cost
-of a step and the memory held do not grow with how long one has played. Many worlds step together
-(batch B), and a seed fixes every sampled token.
+server runs while the frame travels to the player, or by the next step. Both caches keep the last
+``context_frames`` frames, so the cost of a step and the memory held do not grow with how long one has
+played. Many worlds step together (batch B), and a seed fixes every sampled token. ``snapshot`` and
+``restore`` copy a world's whole state (undo without replaying from the start).
 
 Shapes: B worlds, T0 prompt frames, H x W x C pixels (uint8 at this API), h x w token grid.
 """
