@@ -12,7 +12,8 @@ and holding a key (at most --key-rate keys/s, as key repeat does), with the serv
 commits each frame to the model's memory (its default) and after: frames/s and ms from key to frame.
 Last, the same players against `playworld play` started in a process of its own (as a browser sees
 it; trained runs only). Default model: the shipped CoinRun world, in the dtype `playworld play` picks
-(--precision); --preset gives random weights of a preset (speed only).
+(--precision); --preset gives random weights of a preset (speed only). Also printed: fp32 against
+that dtype stepped alternately, and a session's snapshot size and undo time.
 """
 
 from __future__ import annotations
@@ -66,6 +67,47 @@ def world_fps(mods, cfg: WorldConfig, batch: int, seconds: float) -> float:
         w.step(n % w.num_actions)
         n += 1
     return batch * n / (time.perf_counter() - t0)
+
+
+def interleaved_ms(a_mods, b_mods, cfg: WorldConfig, steps: int = 100) -> tuple[float, float]:
+    """Median ms per frame of two worlds stepped alternately (so the machine's drift hits both alike)."""
+    side = a_mods[0].config.image_size
+    prompt = torch.randint(0, 256, (side, side, 3), dtype=torch.uint8)
+    worlds = [World(*m, cfg) for m in (a_mods, b_mods)]
+    times: list[list[float]] = [[], []]
+    for w in worlds:
+        w.reset(prompt, seed=0)
+        w.step(0)
+    for i in range(steps):
+        for w, t in zip(worlds, times):
+            t0 = time.perf_counter()
+            w.step(i % w.num_actions)
+            t.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times[0])), 1000 * float(np.median(times[1]))
+
+
+def undo_figures(mods, cfg: WorldConfig, checkpoint_every: int, played: int = 64,
+                 undos: int = 20) -> tuple[float, float, float, float]:
+    """A session of the world: snapshot MB and ms, then mean and largest ms of ``undos`` undos after
+    ``played`` steps, a full history (each undo restores the last snapshot and replays the actions since;
+    a snapshot every 64 actions is how the first version undid: from the start of the history)."""
+    from playworld.play.config import SessionLimits
+    from playworld.play.session import Session, run_op
+
+    side = mods[0].config.image_size
+    session = Session(World(*mods, cfg), SessionLimits(max_history=64, checkpoint_every=checkpoint_every))
+    run_op(session.start(np.zeros((side, side, 3), np.uint8), seed=0))
+    for i in range(played):
+        run_op(session.step(i % session.world.num_actions))
+    t0 = time.perf_counter()
+    state = session.world.snapshot()
+    snap_ms = 1000 * (time.perf_counter() - t0)
+    times = []
+    for _ in range(min(undos, len(session.actions))):
+        t0 = time.perf_counter()
+        run_op(session.undo())
+        times.append(1000 * (time.perf_counter() - t0))
+    return state.nbytes / 2**20, snap_ms, float(np.mean(times)), float(np.max(times))
 
 
 async def players(url: str, n: int, seconds: float, picture: str, num_actions: int,
@@ -132,6 +174,14 @@ def main() -> None:
         print(f"World.step, one session, float32: {base:7.1f} frames/s ({1000 / base:.1f} ms/frame)")
     single = scheduler.call(world_fps, mods, wcfg, 1, args.seconds)
     print(f"World.step, one session:          {single:7.1f} frames/s ({1000 / single:.1f} ms/frame)")
+    if fp32 is not mods:
+        ms32, ms = scheduler.call(interleaved_ms, fp32, mods, wcfg)
+        print(f"World.step, fp32 and {str(dtype).removeprefix('torch.')} stepped alternately: {ms32:.1f} vs "
+              f"{ms:.1f} ms/frame (median; {ms32 / ms:.2f}x)")
+    for every in (32, 64):
+        mb, snap, mean, worst = scheduler.call(undo_figures, mods, wcfg, every)
+        print(f"20 undos from a full history (64 actions), a snapshot every {every} actions: snapshot {mb:.1f} MB in {snap:.1f} ms; "
+              f"undo mean {mean:.0f} ms, largest {worst:.0f} ms")
 
     server = PlayServer(mods, PlayConfig(steps=args.steps, context_frames=args.context,
                                          max_sessions=max(args.sessions), rate=1000, burst=1000),
