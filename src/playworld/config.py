@@ -13,11 +13,13 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from playworld.errors import ConfigError
 
 T = TypeVar("T")
+
+Precision = Literal["auto", "fp32", "bf16"]  # train.precision, and the play/eval/rollout dtype (playworld.precision)
 
 __all__ = ["ConfigError", "field", "to_dict", "from_dict", "apply_overrides", "replace_path",
            "save_json", "load_json", "add_dataclass_args", "dataclass_from_args"]

@@ -12,14 +12,14 @@ emulate bf16 it is slower), bf16 on CUDA devices that support it, fp32 otherwise
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
 
+from playworld.config import Precision
 from playworld.errors import ConfigError
 
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def _product_seconds(dtype: torch.dtype, repeats: int = 20) -> float:
@@ -36,7 +36,8 @@ def _product_seconds(dtype: torch.dtype, repeats: int = 20) -> float:
 
 def cpu_bf16_speedup() -> float:
     """How many times faster a play-sized bf16 matrix product is than fp32 on this CPU (measured)."""
-    _product_seconds(torch.float32, 3), _product_seconds(torch.bfloat16, 3)  # warm both kernels up
+    for dtype in (torch.float32, torch.bfloat16):  # warm both kernels up
+        _product_seconds(dtype, 3)
     return _product_seconds(torch.float32) / _product_seconds(torch.bfloat16)
 
 

@@ -7,6 +7,10 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from typing import get_args
+
+    from playworld.config import Precision
+
     p = sub.add_parser(
         "rollout", help="play an action string in a trained world from a picture or dataset frame, to a video",
         description="playworld rollout RUN --prompt start.png --actions 1,1,3 --out clip.mp4\n"
@@ -29,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="MaskGIT steps per frame (default: %(default)s, as `playworld play`; see docs/play.md)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="sampling temperature, 0 = greedy (default: %(default)s, as `playworld play`)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+    p.add_argument("--precision", choices=get_args(Precision), default="fp32",
                    help="dtype of the dynamics model and decoder (auto: bf16 where faster) (default: %(default)s)")
     p.add_argument("--fps", type=float, default=15.0, help="video frame rate (default: %(default)s)")
     p.add_argument("--scale", type=int, default=4, help="enlarge each pixel in the video (default: %(default)s)")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from playworld.config import field
+from playworld.config import Precision, field
 from playworld.errors import ConfigError
 
 
@@ -20,7 +19,7 @@ class EvalConfig:
     batch: int = field(16, help="worlds stepped together")
     maskgit_steps: int = field(4, help="MaskGIT iterations per generated frame (Genie: 25)")
     temperature: float = field(1.0, help="MaskGIT sampling temperature (0 = greedy)")
-    precision: Literal["auto", "fp32", "bf16"] = field(
+    precision: Precision = field(
         "fp32", help="dtype of the dynamics model and decoder: fp32, bf16, or auto (bf16 where it is faster)")
     seed: int = field(0, help="seed of the episode choice, random actions, sampling and the bootstrap")
     action_clips: int = field(4, help="non-overlapping clips per episode for the latent-vs-true action figures")

@@ -6,9 +6,8 @@ Kept apart from the server so that building the command line imports neither Fas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from playworld.config import field
+from playworld.config import Precision, field
 from playworld.errors import ConfigError
 
 
@@ -44,7 +43,7 @@ class PlayConfig:
     burst: int = field(120, help="messages a session may send at once above the sustained rate")
     idle_timeout_s: float = field(900.0, help="close a session after this long without a message")
     window_ms: float = field(2.0, help="how long the scheduler waits to gather other sessions' steps")
-    precision: Literal["auto", "fp32", "bf16"] = field(
+    precision: Precision = field(
         "auto", help="dtype of the dynamics model and decoder: auto = bf16 where this machine multiplies bf16 "
         "faster (~1.2x per frame on CPUs with AVX512-BF16/AMX), else fp32")
     defer_commit: bool = field(True, help="send each frame before writing it to the model's memory (the write "

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from playworld.config import ConfigError, field, from_dict, to_dict
+from playworld.config import ConfigError, Precision, field, from_dict, to_dict
 
 Kind = Literal["tokenizer", "lam", "dynamics"]
 
@@ -75,7 +75,7 @@ class TrainConfig:
     val_batches: int = field(4, help="batches per validation")
     ckpt_every: int = field(250, help="write a resumable checkpoint every N steps")
     keep_checkpoints: int = field(2, help="resumable checkpoints kept on disk (newest first)")
-    precision: Literal["auto", "fp32", "bf16"] = field(
+    precision: Precision = field(
         "auto", help="auto: bf16 autocast on CUDA, fp32 on CPU (bf16 matmuls are slower on CPUs without AMX)")
     compile: bool = field(False, help="torch.compile the model")
     ema_decay: float = field(0.0, help="keep an EMA of the weights with this decay (0 disables); "
