@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,14 @@ from playworld.play.session import WorldStep
 from playworld.world import World
 
 _START = object()  # a job whose operation has not run yet
+
+
+def _grouped(worlds: list[World], key: Callable[[World], Hashable]) -> list[list[int]]:
+    """Indices of ``worlds`` grouped by ``key`` (worlds that can share one batched pass), in order."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, w in enumerate(worlds):
+        groups.setdefault(key(w), []).append(i)
+    return list(groups.values())
 
 
 @dataclass
@@ -136,13 +144,9 @@ class StepScheduler:
     def _step_all(self, requests: list[WorldStep]) -> list[Any]:
         """Take the requested steps, in one ``World.step_many`` per group of worlds that share models
         and settings; a failing batch is retried one world at a time so an error reaches only its own."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, r in enumerate(requests):
-            w = r.world
-            key = (id(w.dynamics), id(w.tokenizer), hash(repr(w.config.sampling)))
-            groups.setdefault(key, []).append(i)
         out: list[Any] = [None] * len(requests)
-        for idx in groups.values():
+        for idx in _grouped([r.world for r in requests],
+                            lambda w: (id(w.dynamics), id(w.tokenizer), repr(w.config.sampling))):
             group = [requests[i] for i in idx]
             t0 = time.perf_counter()
             try:
@@ -168,12 +172,9 @@ class StepScheduler:
         """Write the deferred commits, one batched pass per dynamics model. A failure is left for the
         world's next step to meet (and report to its own session)."""
         worlds, self._uncommitted = self._uncommitted, []
-        groups: dict[int, list[World]] = {}
-        for w in worlds:
-            groups.setdefault(id(w.dynamics), []).append(w)
-        for group in groups.values():
+        for idx in _grouped(worlds, lambda w: id(w.dynamics)):
             try:
-                self.stats.idle_commits += World.commit_many(group)
+                self.stats.idle_commits += World.commit_many([worlds[i] for i in idx])
             except Exception:  # noqa: BLE001, S110 - each world's next step commits again and reports
                 pass
 
