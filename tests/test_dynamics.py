@@ -59,6 +59,23 @@ def test_training_mask_keeps_the_first_frame_and_rates_in_range():
     out.loss.backward()
 
 
+def test_context_noise_corrupts_only_visible_inputs_at_a_bounded_rate():
+    tokens = torch.randint(0, 32, (256, 4, 6))
+    g = torch.Generator().manual_seed(0)
+    clean = _dynamics()
+    batch = clean.random_mask(tokens, g)
+    assert torch.equal(clean.corrupt(batch, g), batch.inputs)  # off by default
+    noisy = _dynamics(context_noise=0.5)
+    out = noisy.corrupt(batch, g)
+    assert (out[batch.mask] == noisy.mask_id).all()  # [MASK] positions untouched
+    changed = (out != batch.inputs)[~batch.mask].float().mean()
+    # E[changed] = E[r] * (1 - 1/V) = 0.25 * 31/32 over 256 clips
+    assert 0.18 < changed < 0.31, changed
+    assert int(out[~batch.mask].max()) < noisy.config.vocab_size  # noise is real token ids
+    with pytest.raises(ConfigError, match="context_noise"):
+        DynamicsConfig(context_noise=1.0)
+
+
 def test_config_and_shape_errors_name_the_value():
     with pytest.raises(ConfigError, match="mask rates"):
         DynamicsConfig(mask_rate_min=0.0)

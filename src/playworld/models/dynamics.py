@@ -55,6 +55,11 @@ class DynamicsConfig:
     spatial_rope: bool = field(True, help="2D rotary embeddings in spatial attention (else a learned table)")
     prev_frame_input: bool = field(True, help="each token also embeds the token at its place in the previous frame")
     mask_first_frame: bool = field(False, help="also mask frame 1 (default: it is the unmasked context)")
+    context_noise: float = field(0.0, help="training only: each clip replaces up to this share of its visible "
+                                 "(unmasked) input tokens with random ones, a rate ~ U[0, context_noise] per "
+                                 "clip, so that the model learns not to trust its context blindly and recovers "
+                                 "from its own errors in long rollouts (GameNGen, DIAMOND; Jasmine's "
+                                 "corrupt_context_factor 0.1); targets stay clean")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
 
     def __post_init__(self) -> None:
@@ -69,6 +74,8 @@ class DynamicsConfig:
                 f"dynamics mask rates need 0 < min <= max <= 1, got [{self.mask_rate_min}, {self.mask_rate_max}]")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dynamics.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.context_noise < 1.0:
+            raise ConfigError(f"dynamics.context_noise must be in [0, 1), got {self.context_noise}")
 
     @property
     def num_tokens(self) -> int:
@@ -155,6 +162,18 @@ class DynamicsModel(nn.Module):
             mask[:, 0] = False
         return MaskedBatch(inputs=tokens.masked_fill(mask, self.mask_id), mask=mask)
 
+    def corrupt(self, batch: MaskedBatch, generator: torch.Generator | None = None) -> Tensor:
+        """Inputs (B, T, S) with a share r ~ U[0, context_noise] (per clip) of the *visible* tokens replaced
+        by uniformly random token ids; [MASK] positions are left as they are."""
+        inputs = batch.inputs
+        if self.config.context_noise <= 0:
+            return inputs
+        b = inputs.shape[0]
+        rate = self.config.context_noise * torch.rand(b, 1, 1, device=inputs.device, generator=generator)
+        hit = (torch.rand(inputs.shape, device=inputs.device, generator=generator) < rate) & ~batch.mask
+        noise = torch.randint(0, self.config.vocab_size, inputs.shape, device=inputs.device, generator=generator)
+        return torch.where(hit, noise, inputs)
+
     def compute_loss_tokens(self, tokens: Tensor, actions: Tensor) -> LossOutput:
         """tokens: (B, T, S) long in [0, V); actions: (B, T-1) long in [0, |A|) -> masked cross-entropy.
 
@@ -166,7 +185,7 @@ class DynamicsModel(nn.Module):
             raise ValueError(f"actions must be (B, T-1) = {(tokens.shape[0], tokens.shape[1] - 1)}, "
                              f"got {tuple(actions.shape)}")
         batch = self.random_mask(tokens)
-        logits = self(batch.inputs, self.frame_actions(actions))  # (B, T, S, V)
+        logits = self(self.corrupt(batch), self.frame_actions(actions))  # (B, T, S, V)
         if not batch.mask.any():  # vanishingly rare; keep the loss defined
             batch.mask[:, -1] = True
         target, pred = tokens[batch.mask], logits[batch.mask]  # (M,), (M, V)

@@ -32,6 +32,7 @@ from playworld.config import field
 from playworld.errors import ConfigError
 from playworld.models.base import LossOutput, psnr_from_mse
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
+from playworld.nn.convstem import ConvHead, ConvStem
 from playworld.nn.fsq import FSQ
 from playworld.nn.quantize import QuantizeOutput
 from playworld.nn.vq import VectorQuantizer
@@ -44,6 +45,10 @@ class TokenizerConfig:
     image_size: int = field(64, help="frame height and width in pixels (square frames)")
     channels: int = field(3, help="colour channels per pixel")
     patch: int = field(4, help="patch side in pixels; one token per patch (64 / 4 -> 16 x 16 tokens)")
+    stem: Literal["linear", "conv"] = field(
+        "linear", help="pixels <-> tokens: 'linear' (one linear map per patch, ViViT) or 'conv' (residual "
+        "convolutions at full and half resolution around the transformers: keeps texture across patch borders)")
+    stem_features: int = field(32, help="conv stem: channels at full resolution (doubled at each stride-2 stage)")
     dim: int = field(128, help="transformer width")
     enc_depth: int = field(3, help="ST-transformer blocks in the encoder")
     dec_depth: int = field(3, help="ST-transformer blocks in the decoder")
@@ -65,7 +70,8 @@ class TokenizerConfig:
     grad_checkpoint: bool = field(False, help="recompute blocks in backward to save activation memory")
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "channels", "patch", "dim", "enc_depth", "dec_depth", "heads", "code_dim"):
+        for name in ("image_size", "channels", "patch", "dim", "enc_depth", "dec_depth", "heads", "code_dim",
+                     "stem_features"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"tokenizer.{name} must be a positive integer, got {value!r}")
@@ -74,6 +80,10 @@ class TokenizerConfig:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ConfigError(f"tokenizer.dim {self.dim} / heads {self.heads} must be an even integer "
                               "(per-head width, rotary embeddings)")
+        if self.stem not in ("linear", "conv"):
+            raise ConfigError(f"tokenizer.stem must be 'linear' or 'conv', got {self.stem!r}")
+        if self.stem == "conv" and self.patch & (self.patch - 1):
+            raise ConfigError(f"tokenizer.patch {self.patch} must be a power of two with stem 'conv'")
         if self.quantizer not in ("vq", "fsq"):
             raise ConfigError(f"tokenizer.quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
         if self.num_codes < 2:
@@ -138,7 +148,13 @@ class VideoTokenizer(nn.Module):
         self.grid = (h, w)
         self.tokens_per_frame = h * w
         patch_dim = c.patch * c.patch * c.channels
-        self.patch_in = nn.Linear(patch_dim, c.dim)
+        self.patch_in: nn.Module
+        self.patch_out: nn.Module
+        if c.stem == "conv":
+            self.patch_in = ConvStem(c.channels, c.stem_features, c.patch, c.dim)
+            self.patch_out = ConvHead(c.channels, c.stem_features, c.patch, c.dim, self.grid)
+        else:
+            self.patch_in, self.patch_out = nn.Linear(patch_dim, c.dim), nn.Linear(c.dim, patch_dim)
         self.encoder = STTransformer(c.dim, c.enc_depth, c.heads, h * w, c.mlp_ratio, c.dropout, causal=True,
                                      grad_checkpoint=c.grad_checkpoint)
         self.quantizer: VectorQuantizer | FSQ
@@ -152,7 +168,6 @@ class VideoTokenizer(nn.Module):
         self.from_code = nn.Linear(self.quantizer.dim, c.dim)
         self.decoder = STTransformer(c.dim, c.dec_depth, c.heads, h * w, c.mlp_ratio, c.dropout, causal=True,
                                      grad_checkpoint=c.grad_checkpoint)
-        self.patch_out = nn.Linear(c.dim, patch_dim)
         init_weights(self)
         # unit-variance latents at init (the encoder ends in a LayerNorm): FSQ's grid then starts spread
         # over its levels instead of every latent rounding to the centre code
@@ -199,14 +214,29 @@ class VideoTokenizer(nn.Module):
     def _latents(self, video: Tensor, cache: TemporalKVCache | None = None, commit: bool = True) -> Tensor:
         """(B, T, H, W, C) in [0, 1] -> pre-quantization latents (B, T, S, E)."""
         self._check_video(video)
-        x = self.patch_in(self.patchify(video * 2.0 - 1.0))  # (B, T, S, D)
+        x = self.embed(video * 2.0 - 1.0)  # (B, T, S, D)
         return self.to_code(self.encoder(x, cache=cache, commit=commit))  # (B, T, S, E)
 
     def _pixels(self, codes: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None,
                 commit: bool = True) -> Tensor:
         """codes (B, T, S, E) -> unclamped video (B, T, H, W, C), ~[0, 1]."""
         x = self.decoder(self.from_code(codes.to(self.from_code.weight.dtype)), cache=cache, commit=commit)  # (B, T, S, D)
-        return self.unpatchify(self.patch_out(x).float()) * 0.5 + 0.5
+        return self.paint(x).float() * 0.5 + 0.5
+
+    def embed(self, video: Tensor) -> Tensor:
+        """(B, T, H, W, C) in [-1, 1] -> tokens (B, T, S, D) through the stem."""
+        if self.config.stem == "linear":
+            return self.patch_in(self.patchify(video))
+        b = video.shape[0]
+        tokens = self.patch_in(rearrange(video, "b t h w c -> (b t) h w c"))  # (B*T, S, D)
+        return rearrange(tokens, "(b t) s d -> b t s d", b=b)
+
+    def paint(self, x: Tensor) -> Tensor:
+        """Decoder tokens (B, T, S, D) -> pixels (B, T, H, W, C) in ~[-1, 1] through the head."""
+        if self.config.stem == "linear":
+            return self.unpatchify(self.patch_out(x))
+        b = x.shape[0]
+        return rearrange(self.patch_out(rearrange(x, "b t s d -> (b t) s d")), "(b t) h w c -> b t h w c", b=b)
 
     def _quantize(self, latents: Tensor) -> QuantizeOutput:
         """Quantize (B, T, S, E) without touching the quantizer's statistics (inference paths)."""
