@@ -160,6 +160,11 @@ class LatentActionModel(nn.Module):
     def num_actions(self) -> int:
         return self.config.num_actions
 
+    def no_weight_decay(self) -> set[str]:
+        """The motion kernels are not decayed: they start at the identity ("copy x_t"), and decay would
+        pull every action towards a blank frame rather than towards no change."""
+        return {"kernels"}
+
     # -- pixels <-> patches ---------------------------------------------------------------------------
     def patchify(self, video: Tensor) -> Tensor:
         """(B, T, H, W, C) -> (B, T, S, P)."""

@@ -67,19 +67,67 @@ def pick_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
     return torch.device(name)
 
 
+# Modules whose ``weight`` is a matrix (or filter bank) that weight decay should shrink, and modules none
+# of whose parameters should be decayed: minGPT's whitelist and blacklist (karpathy/minGPT, model.py,
+# configure_optimizers). Decay on an embedding table pulls rarely seen rows to zero, and on a norm's
+# gain fights the normalisation; biases are offsets, not capacity.
+_DECAYED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+    nn.ConvTranspose3d)
+_UNDECAYED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices only; never norms, biases, embeddings, position tables, codebooks, or frozen
-    parameters (frozen sub-models are not in the optimizer at all, unlike jafar)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lowered = name.lower()
-        if p.ndim < 2 or any(tag in lowered for tag in ("pos", "embed", "codebook", "mask_token", "norm")):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW groups ``[decay, no_decay]`` for the trainable parameters of ``model``, by module and
+    parameter type (minGPT's rule), never by name: the ``weight`` of a Linear or convolution is decayed;
+    biases, norms and embeddings are not; a bare ``nn.Parameter`` (a table, codebook, token or kernel)
+    is not decayed if its module declares it in ``no_weight_decay() -> set[str]`` (its own parameter
+    names, without the module's prefix; timm's models declare theirs the same way), and an undeclared
+    one is an error rather than a guess. Frozen parameters are not in the optimizer at all (unlike jafar).
+
+    Each group also carries ``names`` (the parameters' dotted names, in order), which the checkpoint
+    uses to name a parameter that changed group between a run and its resumption."""
+    groups: dict[str, dict[str, nn.Parameter]] = {"decay": {}, "no_decay": {}}
+    group_of: dict[int, tuple[str, str]] = {}  # id(parameter) -> (group, first name)
+    for module_name, module in model.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        declared = set(module.no_weight_decay()) if callable(getattr(module, "no_weight_decay", None)) else set()
+        if declared - set(own):
+            raise TrainingError(
+                f"{type(module).__name__}.no_weight_decay() at {module_name or 'the model root'!r} names "
+                f"{sorted(declared - set(own))}, which are not parameters of that module (it holds {sorted(own)}); "
+                "return only the module's own parameter names, without its prefix")
+        for local, p in own.items():
+            if not p.requires_grad:
+                continue
+            name = f"{module_name}.{local}" if module_name else local
+            if local in declared or local == "bias" or isinstance(module, _UNDECAYED_MODULES):
+                group = "no_decay"
+            elif local == "weight" and isinstance(module, _DECAYED_MODULES):
+                group = "decay"
+            else:
+                raise TrainingError(
+                    f"weight decay: parameter {name!r} ({type(module).__name__}.{local}, shape {tuple(p.shape)}) "
+                    f"is neither a Linear/conv weight nor a bias, norm or embedding parameter; declare it in "
+                    f"{type(module).__name__}.no_weight_decay() if it is a table, codebook, token or kernel, or "
+                    "hold it in an nn.Linear if it is a matrix to decay")
+            if id(p) in group_of:  # shared (tied) between modules: one group, or it would be stepped twice
+                first_group, first_name = group_of[id(p)]
+                if first_group != group:
+                    raise TrainingError(
+                        f"weight decay: parameter {first_name!r} is shared as {name!r}, and would be in both the "
+                        f"{first_group} and the {group} group; tie it only between modules of one type")
+                continue
+            group_of[id(p)] = (group, name)
+            groups[group][name] = p
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in group_of]
+    if missing:  # cannot happen while every module's own parameters are walked above; kept as the invariant
+        raise TrainingError(f"weight decay: trainable parameter {missing[0]!r} is in neither optimizer group")
+    decay, no_decay = groups["decay"], groups["no_decay"]
+    return [{"params": list(decay.values()), "names": list(decay), "weight_decay": weight_decay},
+            {"params": list(no_decay.values()), "names": list(no_decay), "weight_decay": 0.0}]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
