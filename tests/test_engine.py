@@ -229,6 +229,40 @@ def test_resume_names_optimizer_groups_that_changed(dataset, tmp_path):
     assert _trainer(cfg, tmp_path / "run").fit().step == 4
 
 
+def test_lam_validation_logs_the_encoders_held_out_usage_and_warns_when_collapsed(tmp_path, capsys):
+    import json
+
+    from playworld.models.lam import LAMConfig, LatentActionModel
+
+    data = make_dataset(tmp_path / "ds", episodes=6, length=8, size=16, val=0.34)
+    lam_cfg = LAMConfig(height=16, width=16, patch_size=8, num_actions=4, dim=32, heads=2, encoder_depth=1,
+                        decoder_depth=1, kernel_radius=2)
+    cfg = RunConfig(kind="lam", model=lam_cfg, optim=OptimConfig(lr=1e-4, warmup_steps=0),
+                    data=DataConfig(path=str(data), clip_len=3, batch_size=2),
+                    train=TrainConfig(steps=2, log_every=1, val_every=1, val_batches=2, ckpt_every=2))
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg)
+    with torch.no_grad():  # an encoder that gives action 2 whatever it sees; one step of lr 1e-4 cannot undo it
+        lam.to_logits.weight.zero_()
+        lam.to_logits.bias.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0]))
+    Trainer(cfg, tmp_path / "run", model=lam, progress=False).fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["split"] == "val" and "loss" in r]
+    assert [r["step"] for r in val] == [1, 2]
+    for r in val:  # 2 batches x 2 clips x 2 transitions, all given action 2 by the encoder
+        assert r["actions/encoder_used"] == 1 and r["actions/encoder_usage"] == 0.25
+        assert r["actions/encoder_perplexity"] == pytest.approx(1.0) and r["actions/encoder_collapsed"] == 1
+        assert 1 <= r["actions/decoder_used"] <= 4 and 0 <= r["actions/agreement"] <= 1
+        assert "decoder_share/0" in r and "decoder_batch_perplexity" in r and "action_usage/0" not in r
+    train = [r for r in records if r["split"] == "train"]
+    assert train and all("encoder_batch_perplexity" in r and "decoder_share/3" in r for r in train)
+    warnings = [r for r in records if "warning" in r]
+    assert [w["step"] for w in warnings] == [1, 2]
+    assert "latent actions collapsed on held-out clips" in warnings[0]["warning"]
+    assert "the encoder uses 1 of 4 actions" in warnings[0]["warning"]
+    assert "warning: lam step 1: latent actions collapsed" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

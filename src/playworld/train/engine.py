@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +25,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from playworld.errors import CheckpointError, DatasetError, TrainingError
-from playworld.models.base import to_uint8, to_unit
+from playworld.models.base import HeldOutStats, to_uint8, to_unit
 from playworld.train.checkpoint import CheckpointManager, read_checkpoint_config, save_release
 from playworld.train.config import RunConfig
-from playworld.train.distributed import DistInfo, all_reduce_mean, init_distributed
+from playworld.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum_fields, init_distributed
 from playworld.train.ema import EMA
 from playworld.train.logger import MetricsLogger
 from playworld.train.registry import ModelSpec, get_spec
@@ -362,7 +363,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float] | None:
-        """Mean metrics over ``val_batches`` fixed batches of the validation split; saves samples."""
+        """Mean metrics over ``val_batches`` fixed batches of the validation split; saves samples. A
+        model with ``held_out_stats(video)`` (the LAM's action usage) adds figures pooled over those
+        batches, and its warning, if any, is printed and logged."""
         cfg = self.cfg
         if not cfg.data.val_split:
             return None
@@ -376,16 +379,28 @@ class Trainer:
         self.model.eval()
         totals: dict[str, float] = {}
         first = None
+        held_out_stats = getattr(self.model, "held_out_stats", None)  # see playworld.models.base.HeldOutStats
+        stats: HeldOutStats | None = None
         it = iter(loader)
         for _ in range(cfg.train.val_batches):
             video = to_unit(next(it).to(self.device))
             first = video if first is None else first
             with self._autocast():
                 out = self.model.compute_loss(video)
+                if callable(held_out_stats):
+                    part = held_out_stats(video)
+                    stats = part if stats is None else stats + part
             totals["loss"] = totals.get("loss", 0.0) + float(out.loss) / cfg.train.val_batches
             for k, v in out.metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / cfg.train.val_batches
         totals = all_reduce_mean(totals, self.dist, self.device)
+        if stats is not None:
+            stats = all_reduce_sum_fields(stats, self.dist)
+            totals.update(stats.metrics())
+            warning = stats.warning()
+            if warning and self.dist.is_main:
+                self.logger.warning(self.step, warning, prefix="val")
+                tqdm.write(f"warning: {cfg.kind} step {self.step}: {warning}", file=sys.stderr)
         self.logger.log(self.step, totals, prefix="val")
         if self.dist.is_main and first is not None:
             image = sample_grid(self.model, first[:4])
