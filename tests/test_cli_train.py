@@ -21,9 +21,11 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     data = make_dataset(root / "ds", episodes=4, length=8, size=64)
     run = root / "run"
+    # a 2-step LAM on squares that all move the same way is (rightly) collapsed: this fixture tests the
+    # pipeline, so it trains the dynamics model anyway; the check is tested below
     args = ["train", "all", "--data", str(data), "--out", str(run), "--preset", "tiny", "--steps", "2",
             "--set", "data.clip_len=3", "--set", "data.batch_size=2", "--set", "train.val_every=0",
-            "--no-progress"]
+            "--no-progress", "--allow-collapsed-lam"]
     assert main(args) == 0
     return root, run, args
 
@@ -46,6 +48,48 @@ def test_rerun_of_a_finished_run_trains_nothing_more(trained, capsys):
     before = (run / "tokenizer" / "model.safetensors").read_bytes()
     assert main(args) == 0
     assert (run / "tokenizer" / "model.safetensors").read_bytes() == before
+
+
+def _encoder_gives(monkeypatch, actions) -> None:
+    """Make every LAM's encoder give ``actions(B, T-1) -> (B, T-1) long`` (a constructed collapse or health)."""
+    from playworld.models.lam import LatentActionModel
+
+    monkeypatch.setattr(LatentActionModel, "infer_actions",
+                        lambda self, video: actions(video.shape[0], video.shape[1] - 1).to(video.device))
+
+
+def test_train_all_stops_before_dynamics_when_the_lam_is_collapsed(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import torch
+
+    data = make_dataset(tmp_path / "ds", episodes=6, length=8, size=64, val=0.34)
+    run = tmp_path / "run"
+    args = ["train", "all", "--data", str(data), "--out", str(run), "--preset", "tiny", "--steps", "1",
+            "--set", "data.clip_len=3", "--set", "data.batch_size=2", "--set", "train.val_every=0",
+            "--no-progress"]
+    _encoder_gives(monkeypatch, lambda b, t: torch.full((b, t), 5, dtype=torch.long))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the latent action model has collapsed (fewer than 4 of 8 actions used)" in err
+    assert "on 12 held-out clips of split 'val', the encoder uses 1 of 8 actions (perplexity 1.00" in err
+    assert "agrees with the decoder's winner on" in err
+    for hint in ("lam.train.steps", "lam.train.seed", "--policy-report", "lam.model.", "--allow-collapsed-lam"):
+        assert hint in err
+    assert (run / "lam" / "model.safetensors").is_file() and not (run / "dynamics").exists()
+    # the escape hatch trains the dynamics model anyway, saying why it warns
+    assert main([*args, "--allow-collapsed-lam"]) == 0
+    out = capsys.readouterr()
+    assert "--allow-collapsed-lam" in out.err and (run / "dynamics" / "model.safetensors").is_file()
+    # a healthy encoder (the same tokenizer and LAM runs) passes the check without the flag
+    healthy = tmp_path / "healthy"
+    for part in ("tokenizer", "lam"):
+        shutil.copytree(run / part, healthy / part)
+    _encoder_gives(monkeypatch, lambda b, t: torch.arange(b * t).view(b, t) % 8)
+    assert main([*args[:5], str(healthy), *args[6:]]) == 0
+    out = capsys.readouterr()
+    assert "lam: check passed: on 12 held-out clips of split 'val', the encoder uses 8 of 8 actions" in out.out
+    assert (healthy / "dynamics" / "model.safetensors").is_file()
 
 
 def test_load_returns_all_models(trained):

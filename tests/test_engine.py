@@ -15,9 +15,12 @@ from torch import nn
 
 from playworld.errors import CheckpointError, TrainingError
 from playworld.models.base import LossOutput
+from playworld.models.dynamics import DynamicsModel
+from playworld.nn.vq import VectorQuantizer
 from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig, Trainer
 from playworld.train.engine import param_groups
 from playworld.train.schedule import lr_at
+from tiny_world import tiny_models
 
 from helpers import make_dataset
 
@@ -135,6 +138,129 @@ def test_weight_decay_skips_frozen_norms_biases_and_embeddings():
     ids = {id(p) for p in no_decay["params"]}
     assert id(m["frozen"].weight) not in ids and id(m["frozen"].weight) not in {id(p) for p in decay["params"]}
     assert id(m["embed"].weight) in ids and id(m["norm"].weight) in ids
+
+
+def _groups_by_name(model: nn.Module) -> tuple[set[str], set[str]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    return {names[id(p)] for p in decay["params"]}, {names[id(p)] for p in no_decay["params"]}
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "lam", "dynamics", "dynamics_learned_pos", "vq_learned"])
+def test_weight_decay_by_module_type_in_the_real_models(which):
+    """Only the weights of Linear layers are decayed (minGPT's configure_optimizers); embeddings
+    (token_emb, action_emb, prev_emb), the LAM's identity-initialised kernels, position tables and
+    learned codebooks are not, whatever they are called, and every parameter is in exactly one group."""
+    tok, lam, dyn = tiny_models()
+    model, expect_no_decay = {
+        "tokenizer": (tok, []),
+        "lam": (lam, ["kernels", "action_emb.weight"]),
+        "dynamics": (dyn, ["token_emb.weight", "action_emb.weight", "prev_emb.weight"]),
+        "dynamics_learned_pos": (DynamicsModel(dataclasses.replace(dyn.config, spatial_rope=False)),
+                                 ["token_emb.weight", "transformer.pos_s"]),
+        "vq_learned": (VectorQuantizer(8, 4, ema=False), ["codebook"]),
+    }[which]
+    decay, no_decay = _groups_by_name(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert decay | no_decay == trainable and not decay & no_decay
+    assert set(expect_no_decay) <= no_decay
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)]
+    assert all(f"{n}.weight" in decay for n in linears)
+    assert all(f"{n}.bias" in no_decay for n in linears if getattr(model.get_submodule(n), "bias", None) is not None)
+    assert all(f"{n}.weight" in no_decay for n in norms)
+    assert decay == {f"{n}.weight" for n in linears}
+
+
+def test_weight_decay_names_an_undeclared_bare_parameter():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.table = nn.Parameter(torch.zeros(3, 2))
+
+    with pytest.raises(TrainingError, match=r"'table'.*no_weight_decay"):
+        param_groups(Odd(), 0.1)
+
+    class Declared(Odd):
+        def no_weight_decay(self) -> set[str]:
+            return {"table"}
+
+    assert "table" in _groups_by_name(Declared())[1]
+
+
+def test_a_parameter_tied_across_groups_is_named():
+    m = nn.ModuleDict({"emb": nn.Embedding(4, 3), "out": nn.Linear(3, 4)})
+    m["out"].weight = m["emb"].weight
+    with pytest.raises(TrainingError, match=r"'emb\.weight' is shared as 'out\.weight'.*both"):
+        param_groups(m, 0.1)
+
+
+def test_resume_names_optimizer_groups_that_changed(dataset, tmp_path):
+    import json
+
+    cfg = _cfg(dataset, steps=4)
+    _trainer(cfg, tmp_path / "run").fit(stop_after=2)
+    state_file = tmp_path / "run" / "checkpoints" / "step-00000002" / "state.json"
+    state = json.loads(state_file.read_text())
+    good = json.dumps(state)
+    groups = state["optimizer"]["param_groups"]
+    assert groups[0]["names"] == ["net.0.weight", "net.3.weight"]
+    # a parameter that moved group between the run and its resumption is named
+    groups[0]["names"], groups[1]["names"] = ["net.0.weight", "net.0.bias"], ["net.3.weight", "net.3.bias"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=r"'net\.0\.bias' is in group 0 of the checkpoint and group 1 now"):
+        _trainer(cfg, tmp_path / "run").fit()
+    # a checkpoint from before groups were named, with the old (by-name) layout: said so, not loaded wrongly
+    state = json.loads(good)
+    groups = state["optimizer"]["param_groups"]
+    for g in groups:
+        del g["names"]
+    groups[1]["params"].insert(0, groups[0]["params"].pop())
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=r"sizes \[1, 3\] vs \[2, 2\].*before weight decay was decided"):
+        _trainer(cfg, tmp_path / "run").fit()
+    # the same layout without names (an old checkpoint whose groups did not change) still resumes
+    state_file.write_text(json.dumps({**json.loads(good), "optimizer": {
+        **json.loads(good)["optimizer"],
+        "param_groups": [{k: v for k, v in g.items() if k != "names"}
+                         for g in json.loads(good)["optimizer"]["param_groups"]]}}))
+    assert _trainer(cfg, tmp_path / "run").fit().step == 4
+
+
+def test_lam_validation_logs_the_encoders_held_out_usage_and_warns_when_collapsed(tmp_path, capsys):
+    import json
+
+    from playworld.models.lam import LAMConfig, LatentActionModel
+
+    data = make_dataset(tmp_path / "ds", episodes=6, length=8, size=16, val=0.34)
+    lam_cfg = LAMConfig(height=16, width=16, patch_size=8, num_actions=4, dim=32, heads=2, encoder_depth=1,
+                        decoder_depth=1, kernel_radius=2)
+    cfg = RunConfig(kind="lam", model=lam_cfg, optim=OptimConfig(lr=1e-4, warmup_steps=0),
+                    data=DataConfig(path=str(data), clip_len=3, batch_size=2),
+                    train=TrainConfig(steps=2, log_every=1, val_every=1, val_batches=2, ckpt_every=2))
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg)
+    with torch.no_grad():  # an encoder that gives action 2 whatever it sees; one step of lr 1e-4 cannot undo it
+        lam.to_logits.weight.zero_()
+        lam.to_logits.bias.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0]))
+    Trainer(cfg, tmp_path / "run", model=lam, progress=False).fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["split"] == "val" and "loss" in r]
+    assert [r["step"] for r in val] == [1, 2]
+    for r in val:  # 2 batches x 2 clips x 2 transitions, all given action 2 by the encoder
+        assert r["actions/encoder_used"] == 1 and r["actions/encoder_usage"] == 0.25
+        assert r["actions/encoder_perplexity"] == pytest.approx(1.0) and r["actions/encoder_collapsed"] == 1
+        assert 1 <= r["actions/decoder_used"] <= 4 and 0 <= r["actions/agreement"] <= 1
+        assert "decoder_share/0" in r and "decoder_batch_perplexity" in r and "action_usage/0" not in r
+    train = [r for r in records if r["split"] == "train"]
+    assert train and all("encoder_batch_perplexity" in r and "decoder_share/3" in r for r in train)
+    warnings = [r for r in records if "warning" in r]
+    assert [w["step"] for w in warnings] == [1, 2]
+    assert "latent actions collapsed on held-out clips" in warnings[0]["warning"]
+    assert "the encoder uses 1 of 4 actions" in warnings[0]["warning"]
+    assert "warning: lam step 1: latent actions collapsed" in capsys.readouterr().err
 
 
 def _free_port() -> int:

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from playworld.errors import ConfigError, TrainingError
-from playworld.models.lam import LAMConfig, LatentActionModel, check_action_usage
+from playworld.models.lam import (
+    MIN_ENCODER_PERPLEXITY,
+    ActionUsage,
+    LAMConfig,
+    LatentActionModel,
+    check_action_usage,
+)
 
 
 def _lam(**kw) -> LatentActionModel:
@@ -61,12 +67,13 @@ def test_loss_metrics_and_infer_actions_api():
     out = m.compute_loss(video)
     out.loss.backward()
     assert torch.isfinite(out.loss) and m.kernels.grad is not None and m.to_logits.weight.grad is not None
-    usage = torch.stack([out.metrics[f"action_usage/{k}"] for k in range(m.num_actions)])
+    usage = torch.stack([out.metrics[f"decoder_share/{k}"] for k in range(m.num_actions)])
     torch.testing.assert_close(usage.sum(), torch.tensor(1.0))
-    assert {"mse", "psnr", "encoder_psnr", "copy_psnr", "encoder_agreement", "action_entropy",
-            "action_perplexity"} <= set(out.metrics)
+    assert {"mse", "psnr", "encoder_psnr", "copy_psnr", "encoder_agreement", "encoder_batch_perplexity",
+            "decoder_batch_entropy", "decoder_batch_perplexity"} <= set(out.metrics)
     assert float(out.metrics["psnr"]) >= float(out.metrics["encoder_psnr"]) - 1e-4  # the winner is the best
-    assert 0.0 <= float(out.metrics["action_entropy"]) <= torch.log(torch.tensor(8.0)) + 1e-5
+    assert 0.0 <= float(out.metrics["decoder_batch_entropy"]) <= torch.log(torch.tensor(8.0)) + 1e-5
+    assert 1.0 - 1e-5 <= float(out.metrics["encoder_batch_perplexity"]) <= 8.0 + 1e-5
     actions = m.infer_actions(video)
     assert actions.shape == (3, 3) and actions.dtype == torch.long
     assert int(actions.min()) >= 0 and int(actions.max()) < 8
@@ -96,6 +103,50 @@ def test_collapsed_actions_are_reported():
     check_action_usage(torch.tensor([0, 1, 2, 3, 3]), 8, "run x")
     with pytest.raises(TrainingError, match="run x: only 2 of 8"):
         check_action_usage(torch.tensor([0, 1, 1, 0]), 8, "run x")
+
+
+def _usage(encoder_counts: list[float], decoder_counts: list[float] | None = None, agreed: float = 0.0) -> ActionUsage:
+    enc = torch.tensor(encoder_counts, dtype=torch.float32)
+    dec = torch.tensor(decoder_counts, dtype=torch.float32) if decoder_counts is not None else enc.clone()
+    return ActionUsage(enc, dec, torch.tensor(agreed))
+
+
+def test_action_usage_collapse_rules():
+    assert _usage([10.0] * 8).collapse() is None and _usage([10.0] * 8).warning() is None
+    assert _usage([5, 5, 5, 5, 0, 0, 0, 0]).collapse() is None  # half the actions, evenly: healthy
+    assert "fewer than 4 of 8" in _usage([5, 5, 5, 0, 0, 0, 0, 0]).collapse()
+    assert "fewer than 2 of 2" in _usage([9, 0]).collapse()  # two actions: both must occur
+    lopsided = _usage([97, 1, 1, 1, 0, 0, 0, 0])  # 4 of 8 used, but one takes 97%
+    assert lopsided.encoder_perplexity < MIN_ENCODER_PERPLEXITY
+    assert "perplexity under" in lopsided.collapse()
+    waiting = _usage([90] + [10 / 7] * 7)  # the player mostly waits: still healthy
+    assert waiting.encoder_perplexity > MIN_ENCODER_PERPLEXITY and waiting.collapse() is None
+    both = _usage([6, 2, 0, 0, 0, 0, 0, 0], [1] * 8, agreed=2) + _usage([0, 0, 0, 0, 0, 0, 0, 8], [1] * 8, agreed=1)
+    assert both.transitions == 16 and both.encoder_used == 3 and both.agreement == pytest.approx(3 / 16)
+    m = both.metrics()
+    assert m["actions/encoder_used"] == 3 and m["actions/decoder_used"] == 8 and m["actions/encoder_collapsed"] == 1
+    assert m["actions/decoder_perplexity"] == pytest.approx(8.0)
+    assert "the encoder uses 3 of 8 actions" in both.warning() and "18.8% of 16 transitions" in both.warning()
+
+
+def test_held_out_stats_count_the_encoder_not_the_decoder():
+    """An encoder that always gives action 3 is collapsed however many actions the decoder's winners use."""
+    m = _lam(num_actions=4).eval()
+    with torch.no_grad():
+        m.to_logits.weight.zero_()
+        m.to_logits.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 5.0]))
+    video = torch.rand(3, 4, 16, 16, 3)
+    stats = m.held_out_stats(video)
+    assert stats.encoder_counts.tolist() == [0.0, 0.0, 0.0, 9.0] and stats.transitions == 9
+    patches = m.patchify(video)
+    winners = (m.decode_all(patches[:, :-1]) - patches[:, 1:, None]).square().mean(dim=(-1, -2)).argmin(-1)
+    torch.testing.assert_close(stats.decoder_counts, torch.bincount(winners.flatten(), minlength=4).float())
+    assert float(stats.agreed) == float((winners == 3).sum())
+    assert stats.collapse() is not None and "uses 1 of 4 actions" in stats.warning()
+    assert not m.training  # no state changed
+    m.train()
+    m.held_out_stats(video)
+    assert m.training
 
 
 def test_shape_and_config_errors_name_the_value():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 KINDS = ("tokenizer", "lam", "dynamics")
@@ -38,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run directory")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-collapsed-lam", action="store_true",
+                   help="all: train the dynamics model even if the LAM's encoder is collapsed on held-out clips "
+                   "(uses under half its actions or has perplexity < 1.5); by default `all` stops after the LAM")
     p.set_defaults(func=run)
 
 
@@ -75,11 +79,30 @@ def _train_one(kind: str, out: Path, args: argparse.Namespace, scoped: bool, dep
     return 0
 
 
+def _check_lam(lam_dir: Path, args: argparse.Namespace) -> None:
+    """Stop `all` before the dynamics model if the LAM's encoder is collapsed on held-out clips (see
+    playworld.train.lam_check); with --allow-collapsed-lam, say so and go on."""
+    from playworld.errors import TrainingError
+    from playworld.train.lam_check import measure_lam, require_healthy_lam
+
+    check = measure_lam(lam_dir)
+    try:
+        require_healthy_lam(check, lam_dir)
+    except TrainingError as e:
+        if not args.allow_collapsed_lam:
+            raise
+        print(f"warning (--allow-collapsed-lam, training the dynamics model anyway): {e}", file=sys.stderr)
+        return
+    print(f"lam: check passed: {check.describe()}")
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.what == "all":
         deps = {"tokenizer": str(out / "tokenizer"), "lam": str(out / "lam")}
         for kind in KINDS:
+            if kind == "dynamics" and not args.print_config:
+                _check_lam(out / "lam", args)
             code = _train_one(kind, out / kind, args, True, deps if kind == "dynamics" else {})
             if code:
                 return code

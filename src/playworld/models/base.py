@@ -30,6 +30,23 @@ class Trainable(Protocol):
         ...
 
 
+class HeldOutStats(Protocol):
+    """What a model's optional ``held_out_stats(video)`` returns for one validation batch: figures the
+    batch-averaged loss metrics cannot give (e.g. how many latent actions occur over the whole held-out
+    set). A dataclass whose tensor fields are additive counts, so the engine sums it over batches
+    (``+``) and over data-parallel ranks (each field all-reduced) before reading it."""
+
+    def __add__(self, other: Any) -> Any: ...
+
+    def metrics(self) -> dict[str, float]:
+        """The figures to log, name -> value."""
+        ...
+
+    def warning(self) -> str | None:
+        """A problem worth telling the user during training (logged and printed), or None."""
+        ...
+
+
 def to_unit(video_u8: Tensor) -> Tensor:
     """(B, T, H, W, C) uint8 -> float32 in [0, 1]."""
     if video_u8.dtype != torch.uint8:

@@ -34,6 +34,7 @@ D width, K = |A| actions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -125,6 +126,96 @@ class LAMEncoding:
     features: Tensor | None = None
 
 
+# An encoder is "collapsed" on a set of clips when it gives fewer than half of its actions (at least
+# two; the rule of eval's check_action_usage) or when the perplexity of its action histogram is under
+# MIN_ENCODER_PERPLEXITY, which two actions split 87%/13% reach, or 8 actions with one taking 95% (1.34);
+# one taking 90% with the rest shared evenly (1.68) passes, as a game where the player mostly waits
+# may. A dynamics model conditioned on a collapsed encoder's actions gives the same frame for every key.
+MIN_ENCODER_PERPLEXITY = 1.5
+
+
+def min_actions_used(num_actions: int) -> int:
+    """Fewest distinct actions a healthy encoder gives on held-out clips: half of them, at least 2."""
+    return max(2, math.ceil(num_actions / 2))
+
+
+@dataclass
+class ActionUsage:
+    """How a LAM uses its K actions on a set of transitions, as additive counts.
+
+    encoder_counts: (K,) float, transitions the encoder gave each action, through ``infer_actions``
+        (what the dynamics model is trained on and what play's keys map to).
+    decoder_counts: (K,) float, transitions whose winner-take-all label a* (the decoder's best
+        prediction, what the encoder is trained to classify) is each action.
+    agreed: () float, transitions where the encoder's action is the decoder's winner.
+    """
+
+    encoder_counts: Tensor
+    decoder_counts: Tensor
+    agreed: Tensor
+
+    def __add__(self, other: ActionUsage) -> ActionUsage:
+        return ActionUsage(self.encoder_counts + other.encoder_counts, self.decoder_counts + other.decoder_counts,
+                           self.agreed + other.agreed)
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.encoder_counts.numel())
+
+    @property
+    def transitions(self) -> int:
+        return int(self.encoder_counts.sum())
+
+    @property
+    def encoder_used(self) -> int:
+        return int((self.encoder_counts > 0).sum())
+
+    @property
+    def encoder_perplexity(self) -> float:
+        return float(usage_and_perplexity(self.encoder_counts)[1])
+
+    @property
+    def agreement(self) -> float:
+        """Share of transitions where the encoder's action is the decoder's winner."""
+        return float(self.agreed) / max(self.transitions, 1)
+
+    def collapse(self) -> str | None:
+        """Why the encoder counts as collapsed (see MIN_ENCODER_PERPLEXITY), or None if it does not."""
+        k, used, ppl = self.num_actions, self.encoder_used, self.encoder_perplexity
+        if used < min_actions_used(k):
+            return f"fewer than {min_actions_used(k)} of {k} actions used"
+        if ppl < MIN_ENCODER_PERPLEXITY:
+            return f"perplexity under {MIN_ENCODER_PERPLEXITY}"
+        return None
+
+    def describe(self) -> str:
+        """e.g. 'the encoder uses 2 of 8 actions (perplexity 1.31; the decoder's winners use 8, perplexity
+        6.90) and agrees with the decoder's winner on 12.5% of 480 transitions'."""
+        _, dec_ppl = usage_and_perplexity(self.decoder_counts)
+        return (f"the encoder uses {self.encoder_used} of {self.num_actions} actions (perplexity "
+                f"{self.encoder_perplexity:.2f}; the decoder's winners use {int((self.decoder_counts > 0).sum())}, "
+                f"perplexity {float(dec_ppl):.2f}) and agrees with the decoder's winner on {self.agreement:.1%} "
+                f"of {self.transitions} transitions")
+
+    def metrics(self) -> dict[str, float]:
+        """Logged at every validation of a LAM run, on held-out clips (``actions/...`` in metrics.jsonl
+        and TensorBoard)."""
+        enc_usage, enc_ppl = usage_and_perplexity(self.encoder_counts)
+        dec_usage, dec_ppl = usage_and_perplexity(self.decoder_counts)
+        return {"actions/encoder_used": float(self.encoder_used), "actions/encoder_usage": float(enc_usage),
+                "actions/encoder_perplexity": float(enc_ppl), "actions/agreement": self.agreement,
+                "actions/decoder_used": float((self.decoder_counts > 0).sum()),
+                "actions/decoder_usage": float(dec_usage), "actions/decoder_perplexity": float(dec_ppl),
+                "actions/encoder_collapsed": float(self.collapse() is not None)}
+
+    def warning(self) -> str | None:
+        reason = self.collapse()
+        if reason is None:
+            return None
+        return (f"latent actions collapsed on held-out clips ({reason}): {self.describe()}. Play would give "
+                "(nearly) the same frame for every key; train longer, or see docs/models.md")
+
+
 class LatentActionModel(nn.Module):
     """``compute_loss(video (B, T, H, W, C) in [0, 1]) -> LossOutput``;
     ``infer_actions(video) -> (B, T-1)`` long in [0, num_actions);
@@ -159,6 +250,11 @@ class LatentActionModel(nn.Module):
     @property
     def num_actions(self) -> int:
         return self.config.num_actions
+
+    def no_weight_decay(self) -> set[str]:
+        """The motion kernels are not decayed: they start at the identity ("copy x_t"), and decay would
+        pull every action towards a blank frame rather than towards no change."""
+        return {"kernels"}
 
     # -- pixels <-> patches ---------------------------------------------------------------------------
     def patchify(self, video: Tensor) -> Tensor:
@@ -273,6 +369,19 @@ class LatentActionModel(nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def held_out_stats(self, video: Tensor) -> ActionUsage:
+        """video (B, T, H, W, C) in [0, 1] -> how the encoder (through :meth:`infer_actions`) and the
+        decoder's winners use the actions on these clips; changes no state. The training engine calls it
+        on every validation batch and logs :meth:`ActionUsage.metrics` of the sum."""
+        actions = self.infer_actions(video)  # (B, T-1)
+        patches = self.patchify(video)
+        err = (self.decode_all(patches[:, :-1]) - patches[:, 1:, None]).square().mean(dim=(-1, -2))  # (B, T-1, K)
+        best = err.argmin(-1)  # (B, T-1): a*
+        k = self.num_actions
+        return ActionUsage(encoder_counts=code_counts(actions, k), decoder_counts=code_counts(best, k),
+                           agreed=(actions == best).sum().float())
+
     # -- training -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def _restart_dead_actions(self) -> None:
@@ -299,8 +408,11 @@ class LatentActionModel(nn.Module):
 
         metrics: ``mse``/``psnr`` of the winning prediction, ``encoder_psnr`` (of the prediction under
         the encoder's own action, what inference gives), ``copy_psnr`` (repeating x_t: the baseline),
-        ``encoder_agreement`` (encoder argmax == winner), ``action_entropy`` (nats, of the winners'
-        batch histogram), ``action_perplexity`` and ``action_usage/k`` (running shares).
+        ``encoder_agreement`` (encoder argmax == winner), ``encoder_batch_perplexity`` (of the encoder's
+        batch histogram), ``decoder_batch_entropy`` (nats) and ``decoder_batch_perplexity`` (of the
+        winners' batch histogram) and ``decoder_share/k`` (running shares of the winners, which drive the
+        dead-action restarts). The winners are the decoder's picks: all K can be in use while the encoder,
+        what play reads, gives only one or two (see :meth:`held_out_stats`).
         """
         c = self.config
         if self.training:
@@ -321,6 +433,7 @@ class LatentActionModel(nn.Module):
                 self.usage.lerp_(counts / counts.sum(), 1 - c.usage_decay)
                 self.steps_seen += 1
             _, perplexity = usage_and_perplexity(counts)
+            _, enc_perplexity = usage_and_perplexity(code_counts(enc.actions, c.num_actions))
             mse = best_err.mean()
             enc_err = err.gather(-1, enc.actions[..., None]).mean()
             metrics = {
@@ -330,10 +443,11 @@ class LatentActionModel(nn.Module):
                 "copy_psnr": psnr_from_mse(F.mse_loss(context, target)),
                 "encoder_ce": enc_loss.detach(),
                 "encoder_agreement": (enc.actions == best).float().mean(),
-                "action_entropy": perplexity.log(),
-                "action_perplexity": perplexity,
+                "encoder_batch_perplexity": enc_perplexity,
+                "decoder_batch_entropy": perplexity.log(),
+                "decoder_batch_perplexity": perplexity,
             }
-            metrics.update({f"action_usage/{k}": self.usage[k].clone() for k in range(c.num_actions)})
+            metrics.update({f"decoder_share/{k}": self.usage[k].clone() for k in range(c.num_actions)})
         return LossOutput(loss, metrics)
 
 

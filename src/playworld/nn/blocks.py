@@ -186,6 +186,10 @@ class STTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.grad_checkpoint = grad_checkpoint
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned position table is not decayed (see ``playworld.train.engine.param_groups``)."""
+        return {"pos_s"} if self.pos_s is not None else set()
+
     def new_cache(self, max_frames: int) -> TemporalKVCache:
         return TemporalKVCache(num_layers=self.depth, max_frames=max_frames, num_spatial=self.num_spatial)
 

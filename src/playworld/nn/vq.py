@@ -97,6 +97,11 @@ class VectorQuantizer(nn.Module):
     def code_dim(self) -> int:
         return self.dim
 
+    def no_weight_decay(self) -> set[str]:
+        """A learned codebook is not decayed: decay would pull every code towards the origin, where
+        no latent is (see ``playworld.train.engine.param_groups``); an EMA codebook is a buffer."""
+        return {"codebook"} if isinstance(self.codebook, nn.Parameter) else set()
+
     def codes(self) -> Tensor:
         """The effective codebook (K, D), unit-norm rows when ``l2_normalize``."""
         return F.normalize(self.codebook, dim=-1) if self.l2_normalize else self.codebook

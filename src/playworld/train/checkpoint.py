@@ -110,13 +110,39 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
         state.setdefault(int(pid), {}).update(st)
     groups = meta["param_groups"]
     current = opt.state_dict()["param_groups"]
-    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
-        raise CheckpointError(f"{where}: optimizer parameter groups differ from the model's "
-                              f"({[len(g['params']) for g in groups]} vs {[len(g['params']) for g in current]})")
+    _check_same_groups(groups, current, where)
+    # a checkpoint from before groups carried names resumes with the current names
+    groups = [{"names": now["names"], **saved} if "names" in now else saved for saved, now in zip(groups, current)]
     try:
         opt.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{where}: optimizer state does not fit the model ({e})") from e
+
+
+def _check_same_groups(saved: list[dict[str, Any]], current: list[dict[str, Any]], where: str) -> None:
+    """Raise CheckpointError unless the checkpoint's optimizer groups hold the same parameters as the
+    current optimizer's, naming the first that moved (groups carry ``names`` since weight decay was
+    decided by module type; older checkpoints are compared by group sizes only)."""
+    sizes = [len(g["params"]) for g in saved], [len(g["params"]) for g in current]
+    names = [g.get("names") for g in saved], [g.get("names") for g in current]
+    if all(n is not None for n in names[0] + names[1]):
+        if len(saved) == len(current) and names[0] == names[1]:
+            return
+        was = {n: i for i, group in enumerate(names[0]) for n in group}
+        now = {n: i for i, group in enumerate(names[1]) for n in group}
+        moved = [n for n in sorted(set(was) | set(now)) if was.get(n) != now.get(n)]
+        detail = (f"e.g. {moved[0]!r} is in group {was.get(moved[0])} of the checkpoint and group "
+                  f"{now.get(moved[0])} now ({len(moved)} parameter(s) differ)" if moved else "their order differs")
+    elif sizes[0] == sizes[1]:
+        return
+    else:
+        detail = (f"group sizes {sizes[0]} vs {sizes[1]}; a checkpoint written before weight decay was decided "
+                  "by module type (embeddings, position tables, codebooks and the LAM's kernels moved to the "
+                  "no-decay group) cannot resume with this version")
+    raise CheckpointError(
+        f"{where}: the optimizer's parameter groups differ from the model's ({detail}). Its released weights "
+        "still load (playworld.load); to train on, start a fresh run directory, or finish this run with the "
+        "playworld version that began it")
 
 
 # ----------------------------------------------------------------------------- RNG

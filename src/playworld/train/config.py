@@ -20,8 +20,8 @@ class OptimConfig:
     """AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``."""
 
     lr: float = field(3e-4, help="peak learning rate")
-    weight_decay: float = field(0.05, help="AdamW weight decay (matrices only; never norms, biases, "
-                                "embeddings, codebooks or frozen sub-models)")
+    weight_decay: float = field(0.05, help="AdamW weight decay on Linear/conv weights only; never norms, biases, "
+                                "embeddings, position tables, codebooks, the LAM's kernels or frozen sub-models")
     beta1: float = field(0.9, help="AdamW beta1")
     beta2: float = field(0.95, help="AdamW beta2")
     eps: float = field(1e-8, help="AdamW epsilon")

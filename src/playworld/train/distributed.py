@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,20 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo, device: torch.devi
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     t /= info.world_size
     return dict(zip(keys, t.tolist()))
+
+
+def all_reduce_sum_fields(stats: T, info: DistInfo) -> T:
+    """A copy of dataclass ``stats`` with every tensor field summed over ranks (for additive counts)."""
+    if not info.enabled:
+        return stats
+    summed = {}
+    for f in dataclasses.fields(stats):  # type: ignore[arg-type]
+        value = getattr(stats, f.name)
+        if isinstance(value, torch.Tensor):
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            summed[f.name] = value
+    return dataclasses.replace(stats, **summed)  # type: ignore[type-var]
 
 
 def barrier(info: DistInfo) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +25,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from playworld.errors import CheckpointError, DatasetError, TrainingError
-from playworld.models.base import to_uint8, to_unit
+from playworld.models.base import HeldOutStats, to_uint8, to_unit
 from playworld.train.checkpoint import CheckpointManager, read_checkpoint_config, save_release
 from playworld.train.config import RunConfig
-from playworld.train.distributed import DistInfo, all_reduce_mean, init_distributed
+from playworld.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum_fields, init_distributed
 from playworld.train.ema import EMA
 from playworld.train.logger import MetricsLogger
 from playworld.train.registry import ModelSpec, get_spec
@@ -67,19 +68,67 @@ def pick_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
     return torch.device(name)
 
 
+# Modules whose ``weight`` is a matrix (or filter bank) that weight decay should shrink, and modules none
+# of whose parameters should be decayed: minGPT's whitelist and blacklist (karpathy/minGPT, model.py,
+# configure_optimizers). Decay on an embedding table pulls rarely seen rows to zero, and on a norm's
+# gain fights the normalisation; biases are offsets, not capacity.
+_DECAYED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+    nn.ConvTranspose3d)
+_UNDECAYED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices only; never norms, biases, embeddings, position tables, codebooks, or frozen
-    parameters (frozen sub-models are not in the optimizer at all, unlike jafar)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lowered = name.lower()
-        if p.ndim < 2 or any(tag in lowered for tag in ("pos", "embed", "codebook", "mask_token", "norm")):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW groups ``[decay, no_decay]`` for the trainable parameters of ``model``, by module and
+    parameter type (minGPT's rule), never by name: the ``weight`` of a Linear or convolution is decayed;
+    biases, norms and embeddings are not; a bare ``nn.Parameter`` (a table, codebook, token or kernel)
+    is not decayed if its module declares it in ``no_weight_decay() -> set[str]`` (its own parameter
+    names, without the module's prefix; timm's models declare theirs the same way), and an undeclared
+    one is an error rather than a guess. Frozen parameters are not in the optimizer at all (unlike jafar).
+
+    Each group also carries ``names`` (the parameters' dotted names, in order), which the checkpoint
+    uses to name a parameter that changed group between a run and its resumption."""
+    groups: dict[str, dict[str, nn.Parameter]] = {"decay": {}, "no_decay": {}}
+    group_of: dict[int, tuple[str, str]] = {}  # id(parameter) -> (group, first name)
+    for module_name, module in model.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        declared = set(module.no_weight_decay()) if callable(getattr(module, "no_weight_decay", None)) else set()
+        if declared - set(own):
+            raise TrainingError(
+                f"{type(module).__name__}.no_weight_decay() at {module_name or 'the model root'!r} names "
+                f"{sorted(declared - set(own))}, which are not parameters of that module (it holds {sorted(own)}); "
+                "return only the module's own parameter names, without its prefix")
+        for local, p in own.items():
+            if not p.requires_grad:
+                continue
+            name = f"{module_name}.{local}" if module_name else local
+            if local in declared or local == "bias" or isinstance(module, _UNDECAYED_MODULES):
+                group = "no_decay"
+            elif local == "weight" and isinstance(module, _DECAYED_MODULES):
+                group = "decay"
+            else:
+                raise TrainingError(
+                    f"weight decay: parameter {name!r} ({type(module).__name__}.{local}, shape {tuple(p.shape)}) "
+                    f"is neither a Linear/conv weight nor a bias, norm or embedding parameter; declare it in "
+                    f"{type(module).__name__}.no_weight_decay() if it is a table, codebook, token or kernel, or "
+                    "hold it in an nn.Linear if it is a matrix to decay")
+            if id(p) in group_of:  # shared (tied) between modules: one group, or it would be stepped twice
+                first_group, first_name = group_of[id(p)]
+                if first_group != group:
+                    raise TrainingError(
+                        f"weight decay: parameter {first_name!r} is shared as {name!r}, and would be in both the "
+                        f"{first_group} and the {group} group; tie it only between modules of one type")
+                continue
+            group_of[id(p)] = (group, name)
+            groups[group][name] = p
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in group_of]
+    if missing:  # cannot happen while every module's own parameters are walked above; kept as the invariant
+        raise TrainingError(f"weight decay: trainable parameter {missing[0]!r} is in neither optimizer group")
+    decay, no_decay = groups["decay"], groups["no_decay"]
+    return [{"params": list(decay.values()), "names": list(decay), "weight_decay": weight_decay},
+            {"params": list(no_decay.values()), "names": list(no_decay), "weight_decay": 0.0}]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -314,7 +363,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float] | None:
-        """Mean metrics over ``val_batches`` fixed batches of the validation split; saves samples."""
+        """Mean metrics over ``val_batches`` fixed batches of the validation split; saves samples. A
+        model with ``held_out_stats(video)`` (the LAM's action usage) adds figures pooled over those
+        batches, and its warning, if any, is printed and logged."""
         cfg = self.cfg
         if not cfg.data.val_split:
             return None
@@ -328,16 +379,28 @@ class Trainer:
         self.model.eval()
         totals: dict[str, float] = {}
         first = None
+        held_out_stats = getattr(self.model, "held_out_stats", None)  # see playworld.models.base.HeldOutStats
+        stats: HeldOutStats | None = None
         it = iter(loader)
         for _ in range(cfg.train.val_batches):
             video = to_unit(next(it).to(self.device))
             first = video if first is None else first
             with self._autocast():
                 out = self.model.compute_loss(video)
+                if callable(held_out_stats):
+                    part = held_out_stats(video)
+                    stats = part if stats is None else stats + part
             totals["loss"] = totals.get("loss", 0.0) + float(out.loss) / cfg.train.val_batches
             for k, v in out.metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / cfg.train.val_batches
         totals = all_reduce_mean(totals, self.dist, self.device)
+        if stats is not None:
+            stats = all_reduce_sum_fields(stats, self.dist)
+            totals.update(stats.metrics())
+            warning = stats.warning()
+            if warning and self.dist.is_main:
+                self.logger.warning(self.step, warning, prefix="val")
+                tqdm.write(f"warning: {cfg.kind} step {self.step}: {warning}", file=sys.stderr)
         self.logger.log(self.step, totals, prefix="val")
         if self.dist.is_main and first is not None:
             image = sample_grid(self.model, first[:4])

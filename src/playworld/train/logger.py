@@ -42,6 +42,17 @@ class MetricsLogger:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
 
+    def warning(self, step: int, message: str, prefix: str = "train") -> None:
+        """Record a warning as ``{"step", "time", "split", "warning": message}`` in metrics.jsonl (and as
+        TensorBoard text ``{prefix}/warning``); the engine prints it too."""
+        if not self.enabled:
+            return
+        assert self._fh is not None
+        record = {"step": step, "time": round(time.time(), 3), "split": prefix, "warning": message}
+        self._fh.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            self._tb.add_text(f"{prefix}/warning", message, step)
+
     def image(self, step: int, name: str, image: np.ndarray) -> Path | None:
         """Save an (H, W, 3) uint8 image as ``RUN/samples/{name}-{step}.png`` (and to TensorBoard)."""
         if not self.enabled:
