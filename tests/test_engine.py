@@ -299,3 +299,30 @@ def test_two_process_ddp_matches_single_process_with_same_global_batch(dataset, 
     b = load_file(str(tmp_path / "ddp" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_init_from_starts_from_another_runs_release_weights(dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    from playworld.models.lam import LAMConfig
+    from playworld.models.tokenizer import TokenizerConfig
+
+    tok = TokenizerConfig(image_size=16, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2, num_codes=32, code_dim=8)
+    cfg = RunConfig(kind="tokenizer", model=tok, optim=OptimConfig(lr=1e-2, warmup_steps=1),
+                    data=DataConfig(path=str(dataset), clip_len=4, batch_size=2),
+                    train=TrainConfig(steps=2, log_every=1, val_every=0, ckpt_every=2, seed=0))
+    Trainer(cfg, tmp_path / "a", progress=False).fit()
+    saved = load_file(str(tmp_path / "a" / "model.safetensors"))
+    again = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=5, init_from=str(tmp_path / "a")))
+    started = Trainer(again, tmp_path / "b", progress=False).release.state_dict()
+    assert all(torch.equal(started[k], saved[k]) for k in saved)
+    fresh = Trainer(dataclasses.replace(again, train=dataclasses.replace(again.train, init_from="")), tmp_path / "c",
+                    progress=False).release.state_dict()
+    assert not all(torch.equal(fresh[k], saved[k]) for k in saved)  # so the equality above is the init's doing
+    lam = RunConfig(kind="lam", model=LAMConfig(height=16, width=16, patch_size=4, dim=32, heads=2),
+                    data=cfg.data, train=again.train)
+    with pytest.raises(CheckpointError, match="a tokenizer run, but this run trains lam"):
+        Trainer(lam, tmp_path / "d", progress=False)
+    with pytest.raises(CheckpointError, match="config.json"):
+        Trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(tmp_path / "nope"))),
+                tmp_path / "e", progress=False)

@@ -83,6 +83,9 @@ class TrainConfig:
     grad_accum: int = field(1, help="micro-batches accumulated per optimizer step")
     deterministic: bool = field(False, help="torch.use_deterministic_algorithms (exact resume on CPU)")
     device: str = field("auto", help="auto, cpu, cuda or cuda:N")
+    init_from: str = field("", help="start from the release weights of this run directory (same kind and "
+                           "shapes, e.g. a shipped world's dynamics/ to fine-tune on your own video); the "
+                           "optimizer, schedule and data order start fresh; ignored when resuming")
 
     def __post_init__(self) -> None:
         for name in ("steps", "log_every", "val_batches", "ckpt_every", "keep_checkpoints", "grad_accum"):

@@ -26,7 +26,13 @@ from tqdm.auto import tqdm
 
 from playworld.errors import CheckpointError, DatasetError, TrainingError
 from playworld.models.base import HeldOutStats, to_uint8, to_unit
-from playworld.train.checkpoint import CheckpointManager, read_checkpoint_config, save_release
+from playworld.train.checkpoint import (
+    CheckpointManager,
+    check_state_dict,
+    load_tensors,
+    read_checkpoint_config,
+    save_release,
+)
 from playworld.train.config import RunConfig
 from playworld.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum_fields, init_distributed
 from playworld.train.ema import EMA
@@ -37,7 +43,7 @@ from playworld.train.schedule import lr_at
 # Fields that may change between a run and its resumption without changing what is trained.
 _RESUME_MUTABLE = {"train.steps", "train.log_every", "train.val_every", "train.val_batches", "train.ckpt_every",
                    "train.keep_checkpoints", "train.compile", "train.device", "data.num_workers", "data.path",
-                   "deps.tokenizer", "deps.lam"}
+                   "deps.tokenizer", "deps.lam", "train.init_from"}
 
 
 @dataclass
@@ -187,6 +193,8 @@ class Trainer:
         np.random.seed(cfg.train.seed % (2**32))
         self.model = (model if model is not None else self.spec.build_trainable(cfg, self.device)).to(self.device)
         self.release = self.spec.release_module(self.model)
+        if cfg.train.init_from:
+            self._init_from(Path(cfg.train.init_from))
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
             betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
@@ -199,6 +207,16 @@ class Trainer:
         self._forward = self._build_forward()
 
     # ------------------------------------------------------------------ set-up
+    def _init_from(self, source: Path) -> None:
+        """Load the release weights of run ``source`` into the model being trained, before the optimizer
+        and EMA are built from it (a resumed run then overwrites them with its checkpoint)."""
+        saved = RunConfig.from_dict(read_checkpoint_config(source), where=str(source / "config.json"))
+        if saved.kind != self.cfg.kind:
+            raise CheckpointError(f"train.init_from {source}: a {saved.kind} run, but this run trains {self.cfg.kind}")
+        weights = load_tensors(source / "model.safetensors", self.device)
+        check_state_dict(self.release, weights, str(source / "model.safetensors"))
+        self.release.load_state_dict(weights)
+
     def _build_forward(self) -> nn.Module:
         module: nn.Module = _LossModule(self.model)
         if self.dist.enabled:
