@@ -172,3 +172,30 @@ def test_infer_actions_reads_each_transition_from_a_bounded_window():
         start = max(0, t + 2 - 3)
         expected = m.encode(video[:, start : t + 2]).actions[:, -1]
         assert torch.equal(actions[:, t], expected)
+
+
+def test_soft_decoder_term_gives_the_encoder_a_reconstruction_gradient():
+    video = torch.rand(2, 4, 16, 16, 3)
+    grads = {}
+    for soft in (0.0, 1.0):
+        m = _lam(encoder_weight=0.0, soft_decoder_weight=soft).train()
+        m.compute_loss(video).loss.backward()
+        grads[soft] = m.to_logits.weight.grad
+    assert grads[0.0] is None or float(grads[0.0].abs().sum()) == 0.0  # the encoder learns only from a*
+    assert float(grads[1.0].abs().sum()) > 0.0
+
+
+def test_marginal_entropy_term_is_the_normalised_entropy_of_the_batch_mean():
+    video = torch.rand(2, 4, 16, 16, 3)
+    base = _lam().train()
+    with_term = _lam(marginal_entropy_weight=0.5).train()
+    with_term.load_state_dict(base.state_dict())
+    torch.manual_seed(0)
+    plain = base.compute_loss(video).loss
+    torch.manual_seed(0)
+    bonus = with_term.compute_loss(video).loss
+    probs = torch.softmax(base.encode(video).logits, -1).mean(dim=(0, 1))
+    entropy = -(probs * probs.log()).sum() / torch.log(torch.tensor(8.0))
+    torch.testing.assert_close(plain - bonus, 0.5 * entropy, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="marginal_entropy_weight must be >= 0"):
+        LAMConfig(marginal_entropy_weight=-1.0)

@@ -71,6 +71,14 @@ class LAMConfig:
         "replicate", help="how the motion kernel sees past the frame's edge (circular for wrapping worlds)")
     wta_spread: float = field(0.05, help="share of the decoder loss given to the actions that lost")
     encoder_weight: float = field(1.0, help="weight of the encoder's cross-entropy against a*")
+    soft_decoder_weight: float = field(
+        0.0, help="weight of the MSE of the prediction mixed by the encoder's own action probabilities "
+        "(sum_k p_k pred_k): a reconstruction gradient into the encoder, beside the classification of a*, "
+        "for when the winners are too close to call (0 = off)")
+    marginal_entropy_weight: float = field(
+        0.0, help="weight of a bonus for the entropy of the encoder's batch-mean action distribution, over "
+        "log K (the information-maximising clustering term of Krause et al. 2010 / IIC, Ji et al. 2019): "
+        "keeps the encoder from answering one action for every transition (0 = off)")
     usage_decay: float = field(0.95, help="EMA decay of the per-action usage shares")
     dead_code_threshold: float = field(
         0.1, help="restart an action whose usage share falls below this fraction of 1/|A| (0 = off)")
@@ -98,6 +106,9 @@ class LAMConfig:
             raise ConfigError(f"lam.kernel_padding must be 'replicate' or 'circular', got {self.kernel_padding!r}")
         if not 0.0 <= self.wta_spread < 1.0:
             raise ConfigError(f"lam.wta_spread must be in [0, 1), got {self.wta_spread}")
+        for name in ("encoder_weight", "soft_decoder_weight", "marginal_entropy_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"lam.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.usage_decay < 1.0:
             raise ConfigError(f"lam.usage_decay must be in (0, 1), got {self.usage_decay}")
         if not 0.0 <= self.dead_code_threshold < 1.0:
@@ -427,6 +438,14 @@ class LatentActionModel(nn.Module):
         enc = self._encode_patches(patches)
         enc_loss = F.cross_entropy(enc.logits.flatten(0, 1).float(), best.flatten())
         loss = dec_loss + c.encoder_weight * enc_loss
+        probs = torch.softmax(enc.logits.float(), dim=-1)  # (B, T-1, K)
+        if c.soft_decoder_weight > 0:
+            mixed = torch.einsum("btk,btksp->btsp", probs, preds.float())
+            loss = loss + c.soft_decoder_weight * (mixed - target.float()).square().mean()
+        if c.marginal_entropy_weight > 0:
+            marginal = probs.mean(dim=(0, 1))  # (K,)
+            entropy = -(marginal * marginal.clamp_min(1e-12).log()).sum()
+            loss = loss - c.marginal_entropy_weight * entropy / math.log(c.num_actions)
         with torch.no_grad():
             counts = code_counts(best, c.num_actions)
             if self.training:
