@@ -1,7 +1,7 @@
 """One training loop for every playworld model (STYLE.md habit 6: models differ only in their loss).
 
-AdamW with warmup + cosine, gradient clipping and accumulation, optional EMA, bf16 autocast where it
-is faster, optional torch.compile, NaN/inf detection, JSONL + TensorBoard logs, periodic validation
+AdamW with warmup + cosine, gradient clipping and accumulation, optional EMA, bf16 autocast or bf16
+weights with fp32 masters (:mod:`playworld.train.mixed`), optional torch.compile, NaN/inf detection, JSONL + TensorBoard logs, periodic validation
 with sample images, atomic resumable checkpoints every N steps and on SIGINT/SIGTERM, exact resume,
 and DDP under torchrun (rank 0 alone writes).
 """
@@ -30,6 +30,7 @@ from playworld.train.config import RunConfig
 from playworld.train.distributed import DistInfo, all_reduce_mean, init_distributed
 from playworld.train.ema import EMA
 from playworld.train.logger import MetricsLogger
+from playworld.train.mixed import MasterWeights, resolve_train_precision
 from playworld.train.registry import ModelSpec, get_spec
 from playworld.train.schedule import lr_at
 
@@ -138,11 +139,15 @@ class Trainer:
         np.random.seed(cfg.train.seed % (2**32))
         self.model = (model if model is not None else self.spec.build_trainable(cfg, self.device)).to(self.device)
         self.release = self.spec.release_module(self.model)
+        self.precision = resolve_train_precision(cfg.train.precision, self.device)
+        # bf16 weights, fp32 masters: what the optimizer, EMA and checkpoints see (train/mixed.py)
+        self.masters = MasterWeights(self.model) if self.precision == "bf16-weights" else None
+        groups = param_groups(self.model, cfg.optim.weight_decay)
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+            self.masters.optimizer_groups(groups) if self.masters else groups, lr=cfg.optim.lr,
             betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
             fused=self.device.type == "cuda")
-        self.ema = EMA(self.release, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.ema = EMA(self._trainable(self.release), cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.ckpt = CheckpointManager(self.run_dir, keep=cfg.train.keep_checkpoints)
         self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)
         self.step = 0
@@ -163,10 +168,15 @@ class Trainer:
         return module
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        p = self.cfg.train.precision
-        if p == "bf16" or (p == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _trainable(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """name -> fp32 value of each trainable parameter of ``module`` (the master copy under bf16 weights)."""
+        if self.masters is not None:
+            return self.masters.trainable(module)
+        return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
     def _loader(self, split: str, seed: int):
         from playworld.data.loader import ClipLoader
@@ -295,7 +305,9 @@ class Trainer:
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / accum
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / accum
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.masters is not None:
+            self.masters.grads_to_masters()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         totals = all_reduce_mean(totals, self.dist, self.device)
@@ -306,8 +318,10 @@ class Trainer:
                 f"{self.step + 1} (loss={totals['loss']}, grad_norm={grad_norm}); stopped without saving. "
                 f"Last good checkpoint: {latest or 'none yet'}. Try a lower optim.lr or train.precision=fp32.")
         self.optimizer.step()
+        if self.masters is not None:
+            self.masters.masters_to_weights()
         if self.ema is not None:
-            self.ema.update(self.release)
+            self.ema.update(self._trainable(self.release))
         totals["lr"] = lr
         totals["grad_norm"] = grad_norm
         return totals
