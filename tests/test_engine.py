@@ -204,3 +204,17 @@ def test_two_process_ddp_matches_single_process_with_same_global_batch(dataset, 
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4 if precision == "fp32" else 2e-2,
                                    atol=1e-6 if precision == "fp32" else 1e-3)
+
+
+def test_auto_measures_once_and_a_resumed_run_keeps_its_choice(dataset, tmp_path, monkeypatch):
+    import playworld.train.mixed as mixed
+
+    cfg = _cfg(dataset, precision="auto")
+    monkeypatch.setattr(mixed, "cpu_bf16_speedup", lambda: 3.0)  # a CPU that multiplies bf16 fast
+    first = _trainer(cfg, tmp_path / "run")
+    assert first.precision == "bf16-weights" and first.model.net[0].weight.dtype == torch.bfloat16
+    first.fit(stop_after=2)
+    monkeypatch.setattr(mixed, "cpu_bf16_speedup", lambda: 1.0)  # the probe now says otherwise
+    resumed = _trainer(cfg, tmp_path / "run")
+    assert resumed.precision == "bf16-weights"
+    assert _trainer(cfg, tmp_path / "fresh").precision == "fp32"

@@ -106,10 +106,13 @@ def test_updates_too_small_for_bf16_accumulate_in_the_masters():
     torch.testing.assert_close(lin.weight.float(), torch.full((1, 4), 0.99), rtol=0, atol=4e-3)
 
 
-def test_auto_keeps_cpu_in_fp32_and_named_modes_pass_through():
-    assert resolve_train_precision("auto", torch.device("cpu")) == "fp32"
+def test_auto_picks_bf16_weights_on_a_cpu_that_multiplies_bf16_fast_and_named_modes_pass_through():
+    cpu = torch.device("cpu")
+    assert resolve_train_precision("auto", cpu, speedup=lambda: 2.3) == "bf16-weights"
+    assert resolve_train_precision("auto", cpu, speedup=lambda: 1.2) == "fp32"  # emulated or barely faster
+    assert resolve_train_precision("auto", cpu) in ("fp32", "bf16-weights")  # this machine, measured
     for mode in ("fp32", "bf16", "bf16-weights"):
-        assert resolve_train_precision(mode, torch.device("cpu")) == mode
+        assert resolve_train_precision(mode, cpu, speedup=lambda: 0.5) == mode
 
 
 # ----------------------------------------------------------------------------- learning as well as fp32

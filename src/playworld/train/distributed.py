@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,16 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo, device: torch.devi
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     t /= info.world_size
     return dict(zip(keys, t.tolist()))
+
+
+def broadcast_choice(value: str, choices: Sequence[str], info: DistInfo, device: torch.device) -> str:
+    """Rank 0's ``value`` (one of ``choices``) on every rank: a choice that ranks measure for
+    themselves must still agree (a no-op for one process)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([list(choices).index(value)], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return choices[int(t)]
 
 
 def barrier(info: DistInfo) -> None:

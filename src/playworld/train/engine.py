@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -24,10 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from playworld.errors import CheckpointError, DatasetError, TrainingError
+from playworld.io import read_json
 from playworld.models.base import to_uint8, to_unit
 from playworld.train.checkpoint import CheckpointManager, read_checkpoint_config, save_release
-from playworld.train.config import RunConfig
-from playworld.train.distributed import DistInfo, all_reduce_mean, init_distributed
+from playworld.train.config import RunConfig, TrainPrecision
+from playworld.train.distributed import DistInfo, all_reduce_mean, broadcast_choice, init_distributed
 from playworld.train.ema import EMA
 from playworld.train.logger import MetricsLogger
 from playworld.train.mixed import MasterWeights, resolve_train_precision
@@ -139,7 +140,8 @@ class Trainer:
         np.random.seed(cfg.train.seed % (2**32))
         self.model = (model if model is not None else self.spec.build_trainable(cfg, self.device)).to(self.device)
         self.release = self.spec.release_module(self.model)
-        self.precision = resolve_train_precision(cfg.train.precision, self.device)
+        self.ckpt = CheckpointManager(self.run_dir, keep=cfg.train.keep_checkpoints)
+        self.precision = self._resolve_precision()
         # bf16 weights, fp32 masters: what the optimizer, EMA and checkpoints see (train/mixed.py)
         self.masters = MasterWeights(self.model) if self.precision == "bf16-weights" else None
         groups = param_groups(self.model, cfg.optim.weight_decay)
@@ -148,7 +150,6 @@ class Trainer:
             betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
             fused=self.device.type == "cuda")
         self.ema = EMA(self._trainable(self.release), cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-        self.ckpt = CheckpointManager(self.run_dir, keep=cfg.train.keep_checkpoints)
         self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)
         self.step = 0
         self._stop = threading.Event()
@@ -166,6 +167,26 @@ class Trainer:
         if self.cfg.train.compile:
             module = torch.compile(module)  # type: ignore[assignment]
         return module
+
+    def _resolve_precision(self) -> str:
+        """``train.precision`` for this device (:func:`playworld.train.mixed.resolve_train_precision`).
+        ``auto`` measures; a run being resumed keeps the choice its checkpoint recorded, and every DDP
+        rank takes rank 0's, so a noisy measurement never changes what a run computes in."""
+        latest = self.ckpt.latest() if self.cfg.train.precision == "auto" else None
+        chosen = self._recorded_precision(latest) if latest else \
+            resolve_train_precision(self.cfg.train.precision, self.device)
+        return broadcast_choice(chosen, get_args(TrainPrecision), self.dist, self.device)
+
+    def _recorded_precision(self, latest: Path) -> str:
+        """The precision ``auto`` chose for the run whose latest checkpoint is ``latest`` (before it was
+        recorded, auto never chose bf16 weights: bf16 autocast on CUDA, fp32 elsewhere)."""
+        state = read_json(latest / "state.json", CheckpointError, f"state of checkpoint {latest.name}")
+        chosen = state.get("extra", {}).get("precision")
+        if chosen is None:
+            return resolve_train_precision("auto", self.device, speedup=lambda: 0.0)
+        if chosen not in get_args(TrainPrecision):
+            raise CheckpointError(f"{latest / 'state.json'}: unknown training precision {chosen!r}")
+        return chosen
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":
@@ -193,7 +214,7 @@ class Trainer:
             return None
         path = self.ckpt.save(step=self.step, model=self.model, optimizer=self.optimizer,
                               ema=self.ema.state_dict() if self.ema else None, loader=loader.state_dict(),
-                              config=self.cfg.to_dict())
+                              config=self.cfg.to_dict(), extra={"precision": self.precision})
         self.save_release()
         return path
 

@@ -35,11 +35,13 @@ weights and EMA exports are fp32 as before and exact resume holds.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from playworld.precision import cpu_bf16_speedup
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
 _CAST_INPUT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -173,13 +175,25 @@ class MasterWeights:
         self._hooks = []
 
 
-def resolve_train_precision(precision: str, device: torch.device) -> str:
+# auto picks bf16 weights on a CPU whose bf16 product probe is at least this much faster than fp32:
+# whole training steps gain less than the probe (norms, attention softmax, quantizers, the optimizer
+# and data stay fp32): 1.7-2.0x per step where the probe measures 2.2-4.2x (docs/models.md)
+CPU_PROBE_FLOOR = 1.5
+
+
+def resolve_train_precision(precision: str, device: torch.device,
+                            speedup: Callable[[], float] | None = None) -> str:
     """``train.precision`` on ``device`` -> "fp32", "bf16" (autocast) or "bf16-weights".
 
-    ``auto`` is bf16 autocast on CUDA devices that support bf16 and fp32 elsewhere.
+    ``auto``: bf16 autocast on CUDA devices that support bf16; on a CPU, bf16 weights where a bf16
+    matrix product measures (``speedup()``, default :func:`playworld.precision.cpu_bf16_speedup`) at least
+    ``CPU_PROBE_FLOOR`` times faster than fp32 (CPUs with AVX512-BF16 or AMX; CPUs that emulate bf16
+    are slower in it); fp32 otherwise.
     """
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    return precision
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu" and (speedup or cpu_bf16_speedup)() >= CPU_PROBE_FLOOR:
+        return "bf16-weights"
+    return "fp32"
