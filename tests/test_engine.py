@@ -70,9 +70,9 @@ def _trainer(cfg: RunConfig, run: Path, **kw) -> Trainer:
     return Trainer(cfg, run, model=ToyModel(cfg.model), progress=False, **kw)
 
 
-@pytest.mark.parametrize("precision,ema", [("fp32", 0.0), ("bf16-weights", 0.9)])
-def test_interrupted_and_resumed_run_matches_uninterrupted(dataset, tmp_path, precision, ema):
-    cfg = _cfg(dataset, precision=precision, ema_decay=ema)
+@pytest.mark.parametrize("precision,ema,accum", [("fp32", 0.0, 1), ("bf16-weights", 0.9, 2)])
+def test_interrupted_and_resumed_run_matches_uninterrupted(dataset, tmp_path, precision, ema, accum):
+    cfg = _cfg(dataset, precision=precision, ema_decay=ema, grad_accum=accum)
     full = _trainer(cfg, tmp_path / "a").fit()
     first = _trainer(cfg, tmp_path / "b").fit(stop_after=3)
     assert first.interrupted and first.step == 3
