@@ -98,14 +98,16 @@ class MasterWeights:
                 self._pairs.append((p, master))
                 owners[id(sub)] = sub
         self._versions = [p._version for p, _ in self._pairs]
-        self._hooks = [m.register_forward_pre_hook(_cast_input) for m in module.modules()
-                       if isinstance(m, _CAST_INPUT) and isinstance(getattr(m, "weight", None), Tensor)]
+        for m in module.modules():
+            if isinstance(m, _CAST_INPUT) and isinstance(getattr(m, "weight", None), Tensor):
+                m.register_forward_pre_hook(_cast_input)
         # torch tags the hooks it is given, so each is a partial, not a bound method
         save, load, loaded = (functools.partial(f, self) for f in (
             MasterWeights._masters_into_state, MasterWeights._state_into_masters, MasterWeights._loaded))
         for sub in owners.values():
-            self._hooks += [sub.register_state_dict_post_hook(save), sub.register_load_state_dict_pre_hook(load),
-                            sub.register_load_state_dict_post_hook(loaded)]
+            sub.register_state_dict_post_hook(save)
+            sub.register_load_state_dict_pre_hook(load)
+            sub.register_load_state_dict_post_hook(loaded)
 
     # ------------------------------------------------------------------ what the optimizer sees
     def __len__(self) -> int:
@@ -167,12 +169,6 @@ class MasterWeights:
 
     def _loaded(self, _module: nn.Module, _incompatible: Any) -> None:
         self._versions = [p._version for p, _ in self._pairs]  # the load wrote the masters' rounding
-
-    def remove(self) -> None:
-        """Take the hooks off (the weights stay in low precision)."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
 
 
 # auto picks bf16 weights on a CPU whose bf16 product probe is at least this much faster than fp32:
