@@ -1,9 +1,9 @@
 """One training loop for every playworld model (STYLE.md habit 6: models differ only in their loss).
 
 AdamW with warmup + cosine, gradient clipping and accumulation, optional EMA, bf16 autocast or bf16
-weights with fp32 masters (:mod:`playworld.train.mixed`), optional torch.compile, NaN/inf detection, JSONL + TensorBoard logs, periodic validation
-with sample images, atomic resumable checkpoints every N steps and on SIGINT/SIGTERM, exact resume,
-and DDP under torchrun (rank 0 alone writes).
+weights with fp32 masters (:mod:`playworld.train.mixed`), optional torch.compile, NaN/inf detection,
+JSONL + TensorBoard logs, periodic validation with sample images, atomic resumable checkpoints every
+N steps and on SIGINT/SIGTERM, exact resume, and DDP under torchrun (rank 0 alone writes).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class Trainer:
             self.masters.optimizer_groups(groups) if self.masters else groups, lr=cfg.optim.lr,
             betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
             fused=self.device.type == "cuda")
-        self.ema = EMA(self._trainable(self.release), cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.ema = EMA(self._trainable(self.release), cfg.train.ema_decay) if cfg.train.ema_decay else None
         self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)
         self.step = 0
         self._stop = threading.Event()
@@ -194,7 +194,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _trainable(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """name -> fp32 value of each trainable parameter of ``module`` (the master copy under bf16 weights)."""
+        """name -> fp32 value of each trainable parameter of ``module`` (its master under bf16 weights)."""
         if self.masters is not None:
             return self.masters.trainable(module)
         return {n: p for n, p in module.named_parameters() if p.requires_grad}

@@ -123,7 +123,7 @@ class MasterWeights:
         return [{**g, "params": [self.master(p) for p in g["params"]]} for g in groups]
 
     def trainable(self, module: nn.Module) -> dict[str, Tensor]:
-        """name -> fp32 value of each trainable parameter of ``module`` (masters where held): what EMA tracks."""
+        """name -> fp32 value of each trainable parameter of ``module`` (masters where held): for EMA."""
         return {n: self.master(p) for n, p in module.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------------ one step
@@ -173,7 +173,8 @@ class MasterWeights:
 
 # auto picks bf16 weights on a CPU whose bf16 product probe is at least this much faster than fp32:
 # whole training steps gain less than the probe (norms, attention softmax, quantizers, the optimizer
-# and data stay fp32): 1.7-2.0x per step where the probe measures 2.2-4.2x (docs/models.md)
+# and data stay fp32): 1.7-1.9x less CPU time per small-preset step where the probe measured 4.4x at
+# one thread (docs/training.md)
 CPU_PROBE_FLOOR = 1.5
 
 
