@@ -85,6 +85,22 @@ def test_a_models_own_write_to_a_weight_reaches_its_master_only_where_written():
     assert torch.equal(master[[0, 1, 3, 4]], exact[[0, 1, 3, 4]])  # untouched rows keep their fp32 bits
 
 
+def test_a_lam_dead_action_restart_reaches_the_masters():
+    torch.manual_seed(0)
+    m = LatentActionModel(LAMConfig(height=16, width=16, patch_size=4, num_actions=4, dim=32, heads=2,
+                                    kernel_radius=2)).train()
+    masters = MasterWeights(m)
+    assert m.kernels.dtype == m.to_logits.weight.dtype == torch.float32  # keep_fp32
+    before = masters.master(m.action_emb.weight).clone()
+    with torch.no_grad():
+        m.usage.copy_(torch.tensor([0.7, 0.001, 0.2, 0.099]))  # action 1 is dead: restarts from action 0
+    m.compute_loss(torch.rand(2, 3, 16, 16, 3)).loss.backward()
+    masters.grads_to_masters()
+    emb = masters.master(m.action_emb.weight)
+    assert torch.equal(emb[1], m.action_emb.weight[1].float()) and not torch.equal(emb[1], before[1])
+    assert torch.equal(emb[[0, 2, 3]], before[[0, 2, 3]])
+
+
 def test_updates_too_small_for_bf16_accumulate_in_the_masters():
     """lr * grad = 1e-4 is below half of bf16's spacing at 1.0 (2^-8): a bf16 weight stepped directly
     never moves, the master walks 100 steps to 0.99 and the bf16 weight follows it."""
