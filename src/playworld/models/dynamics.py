@@ -98,6 +98,10 @@ class DynamicsModel(nn.Module):
     before ``tokens[:, 0]`` (with a cache, the last committed frame); None means there is none.
     """
 
+    # trained with bf16 weights (playworld.train.mixed), the output head stays fp32: bf16 logits of
+    # magnitude ~10 would be rounded by ~0.03 before the cross-entropy
+    keep_fp32 = ("head.",)
+
     def __init__(self, config: DynamicsConfig) -> None:
         super().__init__()
         self.config = config

@@ -234,6 +234,9 @@ class LatentActionModel(nn.Module):
 
     usage: Tensor
     steps_seen: Tensor
+    # trained with bf16 weights (playworld.train.mixed), these stay fp32: the motion kernels (the
+    # prediction's linear part) and the attention pooling and classifier that give the action logits
+    keep_fp32 = ("kernels", "pool.", "to_logits.")
 
     def __init__(self, config: LAMConfig) -> None:
         super().__init__()
@@ -295,8 +298,8 @@ class LatentActionModel(nn.Module):
             diff = torch.cat([torch.zeros_like(patches[:, :1]), patches[:, 1:] - patches[:, :-1]], dim=1)
             x = torch.cat([patches, diff], dim=-1)  # (B, T, S, 2P)
         h = self.encoder(self.enc_in(x))[:, 1:]  # (B, T-1, S, D): frame t+1 has seen x_1..x_{t+1}
-        weights = torch.softmax(self.pool(h).squeeze(-1), dim=-1)  # (B, T-1, S)
-        pooled = torch.einsum("bts,btsd->btd", weights, h)  # (B, T-1, D)
+        weights = torch.softmax(self.pool(h).squeeze(-1).float(), dim=-1)  # (B, T-1, S), fp32
+        pooled = torch.einsum("bts,btsd->btd", weights, h.to(weights.dtype))  # (B, T-1, D)
         logits = self.to_logits(pooled)  # (B, T-1, K)
         return LAMEncoding(logits=logits, actions=logits.argmax(-1), features=pooled)
 

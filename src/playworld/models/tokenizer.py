@@ -141,6 +141,10 @@ class VideoTokenizer(nn.Module):
     update the quantizer's statistics; call ``eval()`` first to disable dropout.
     """
 
+    # trained with bf16 weights (playworld.train.mixed), these stay fp32: the quantizer and the
+    # projection that feeds it, so that latents and codebook distances are fp32
+    keep_fp32 = ("to_code.", "quantizer.")
+
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
         c = self.config = config

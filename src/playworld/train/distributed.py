@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -71,6 +72,16 @@ def all_reduce_sum_fields(stats: T, info: DistInfo) -> T:
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
             summed[f.name] = value
     return dataclasses.replace(stats, **summed)  # type: ignore[type-var]
+
+
+def broadcast_choice(value: str, choices: Sequence[str], info: DistInfo, device: torch.device) -> str:
+    """Rank 0's ``value`` (one of ``choices``) on every rank: a choice that ranks measure for
+    themselves must still agree (a no-op for one process)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([list(choices).index(value)], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return choices[int(t)]
 
 
 def barrier(info: DistInfo) -> None:

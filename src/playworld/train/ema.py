@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 
 class EMA:
-    """shadow <- decay * shadow + (1 - decay) * param, for the trainable parameters of ``module``.
+    """shadow <- decay * shadow + (1 - decay) * param, for ``params``: name -> the trainable parameters
+    of a module (their fp32 master copies when the module holds bf16 weights, playworld.train.mixed).
 
     Buffers (e.g. a VQ codebook updated by EMA itself) are copied as they are at export time.
     """
 
-    def __init__(self, module: nn.Module, decay: float) -> None:
+    def __init__(self, params: Mapping[str, torch.Tensor], decay: float) -> None:
         self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().clone() for n, p in params.items()}
 
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        for n, p in module.named_parameters():
+    def update(self, params: Mapping[str, torch.Tensor]) -> None:
+        for n, p in params.items():
             if n in self.shadow:
                 self.shadow[n].lerp_(p.detach(), 1.0 - self.decay)
 

@@ -1,9 +1,9 @@
 """One training loop for every playworld model (STYLE.md habit 6: models differ only in their loss).
 
-AdamW with warmup + cosine, gradient clipping and accumulation, optional EMA, bf16 autocast where it
-is faster, optional torch.compile, NaN/inf detection, JSONL + TensorBoard logs, periodic validation
-with sample images, atomic resumable checkpoints every N steps and on SIGINT/SIGTERM, exact resume,
-and DDP under torchrun (rank 0 alone writes).
+AdamW with warmup + cosine, gradient clipping and accumulation, optional EMA, bf16 autocast or bf16
+weights with fp32 masters (:mod:`playworld.train.mixed`), optional torch.compile, NaN/inf detection,
+JSONL + TensorBoard logs, periodic validation with sample images, atomic resumable checkpoints every
+N steps and on SIGINT/SIGTERM, exact resume, and DDP under torchrun (rank 0 alone writes).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from playworld.errors import CheckpointError, DatasetError, TrainingError
+from playworld.io import read_json
 from playworld.models.base import HeldOutStats, to_uint8, to_unit
 from playworld.train.checkpoint import (
     CheckpointManager,
@@ -33,10 +34,17 @@ from playworld.train.checkpoint import (
     read_checkpoint_config,
     save_release,
 )
-from playworld.train.config import RunConfig
-from playworld.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum_fields, init_distributed
+from playworld.train.config import RunConfig, TrainPrecision
+from playworld.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    all_reduce_sum_fields,
+    broadcast_choice,
+    init_distributed,
+)
 from playworld.train.ema import EMA
 from playworld.train.logger import MetricsLogger
+from playworld.train.mixed import MasterWeights, resolve_train_precision
 from playworld.train.registry import ModelSpec, get_spec
 from playworld.train.schedule import lr_at
 
@@ -195,12 +203,16 @@ class Trainer:
         self.release = self.spec.release_module(self.model)
         if cfg.train.init_from:
             self._init_from(Path(cfg.train.init_from))
+        self.ckpt = CheckpointManager(self.run_dir, keep=cfg.train.keep_checkpoints)
+        self.precision = self._resolve_precision()
+        # bf16 weights, fp32 masters: what the optimizer, EMA and checkpoints see (train/mixed.py)
+        self.masters = MasterWeights(self.model) if self.precision == "bf16-weights" else None
+        groups = param_groups(self.model, cfg.optim.weight_decay)
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+            self.masters.optimizer_groups(groups) if self.masters else groups, lr=cfg.optim.lr,
             betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
             fused=self.device.type == "cuda")
-        self.ema = EMA(self.release, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-        self.ckpt = CheckpointManager(self.run_dir, keep=cfg.train.keep_checkpoints)
+        self.ema = EMA(self._trainable(self.release), cfg.train.ema_decay) if cfg.train.ema_decay else None
         self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)
         self.step = 0
         self._stop = threading.Event()
@@ -229,11 +241,36 @@ class Trainer:
             module = torch.compile(module)  # type: ignore[assignment]
         return module
 
+    def _resolve_precision(self) -> str:
+        """``train.precision`` for this device (:func:`playworld.train.mixed.resolve_train_precision`).
+        ``auto`` measures; a run being resumed keeps the choice its checkpoint recorded, and every DDP
+        rank takes rank 0's, so a noisy measurement never changes what a run computes in."""
+        latest = self.ckpt.latest() if self.cfg.train.precision == "auto" else None
+        chosen = self._recorded_precision(latest) if latest else \
+            resolve_train_precision(self.cfg.train.precision, self.device)
+        return broadcast_choice(chosen, get_args(TrainPrecision), self.dist, self.device)
+
+    def _recorded_precision(self, latest: Path) -> str:
+        """The precision ``auto`` chose for the run whose latest checkpoint is ``latest`` (before it was
+        recorded, auto never chose bf16 weights: bf16 autocast on CUDA, fp32 elsewhere)."""
+        state = read_json(latest / "state.json", CheckpointError, f"state of checkpoint {latest.name}")
+        chosen = state.get("extra", {}).get("precision")
+        if chosen is None:
+            return resolve_train_precision("auto", self.device, speedup=lambda: 0.0)
+        if chosen not in get_args(TrainPrecision):
+            raise CheckpointError(f"{latest / 'state.json'}: unknown training precision {chosen!r}")
+        return chosen
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        p = self.cfg.train.precision
-        if p == "bf16" or (p == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _trainable(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """name -> fp32 value of each trainable parameter of ``module`` (its master under bf16 weights)."""
+        if self.masters is not None:
+            return self.masters.trainable(module)
+        return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
     def _loader(self, split: str, seed: int):
         from playworld.data.loader import ClipLoader
@@ -250,7 +287,7 @@ class Trainer:
             return None
         path = self.ckpt.save(step=self.step, model=self.model, optimizer=self.optimizer,
                               ema=self.ema.state_dict() if self.ema else None, loader=loader.state_dict(),
-                              config=self.cfg.to_dict())
+                              config=self.cfg.to_dict(), extra={"precision": self.precision})
         self.save_release()
         return path
 
@@ -362,7 +399,9 @@ class Trainer:
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / accum
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / accum
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.masters is not None:
+            self.masters.grads_to_masters()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         totals = all_reduce_mean(totals, self.dist, self.device)
@@ -373,8 +412,10 @@ class Trainer:
                 f"{self.step + 1} (loss={totals['loss']}, grad_norm={grad_norm}); stopped without saving. "
                 f"Last good checkpoint: {latest or 'none yet'}. Try a lower optim.lr or train.precision=fp32.")
         self.optimizer.step()
+        if self.masters is not None:
+            self.masters.masters_to_weights()
         if self.ema is not None:
-            self.ema.update(self.release)
+            self.ema.update(self._trainable(self.release))
         totals["lr"] = lr
         totals["grad_norm"] = grad_norm
         return totals
