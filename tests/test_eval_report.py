@@ -110,7 +110,8 @@ def test_compare_flags_differences_outside_the_intervals(oracle, tmp_path):
     good = json.loads(json.dumps(oracle.metrics))
     worse = copy.deepcopy(good)
     worse["headline"]["mapping_accuracy"].update(mean=0.5, low=0.4, high=0.6)
-    worse["headline"]["ms_per_frame"].update(mean=0.01, low=0.005, high=0.015)  # faster: lower is better
+    fast = good["headline"]["ms_per_frame"]["low"] / 10  # the oracle takes ~0.015 ms: relative, not absolute
+    worse["headline"]["ms_per_frame"].update(mean=fast, low=fast / 2, high=fast * 1.5)  # faster: lower is better
     worse["settings"]["seed"] = 7
     for name, m in (("a", good), ("b", worse)):
         (tmp_path / name).mkdir()
