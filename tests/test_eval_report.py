@@ -93,10 +93,12 @@ def test_report_parses_and_every_embedded_image_decodes(oracle):
     parser.feed(page)
     assert "http://" not in page and "https://" not in page and "<script" not in page  # opens offline
     assert {"Headline", "Rollouts", "Tokenizer", "Latent actions against the true actions",
-            "Consistency of each action", "Memory: there and back again", "Speed"} <= set(parser.headings)
+            "Consistency of each action", "Memory: there and back again", "Speed",
+            "Motion and liveness"} <= set(parser.headings)
     alts = [img["alt"] for img in parser.images]
     assert {"PSNR against horizon", "Delta PSNR against horizon", "SSIM against horizon", "code usage",
-            "confusion matrix", "consistency per action", "rollouts", "action grid", "memory_model"} <= set(alts)
+            "confusion matrix", "consistency per action", "rollouts", "action grid", "memory_model",
+            "held-key motion", "held-key pixel change"} <= set(alts)
     for img in parser.images:
         decoded = _decode(img["src"])
         assert decoded.width > 20 and decoded.height > 20

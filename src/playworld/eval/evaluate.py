@@ -29,7 +29,7 @@ from playworld.eval.kept import motion_kept
 from playworld.eval.keys import KeyCurves, summarise, windows
 from playworld.eval.motion import opposite_pairs, silhouettes
 from playworld.eval.realgame import held_transitions
-from playworld.eval.realism import FEATURES, frame_features, frechet
+from playworld.eval.realism import FEATURES, real_floor, realism
 from playworld.eval.rollouts import KINDS, BatchFigures, EvalWorld, device_of, evaluate_batch
 from playworld.eval.schema import FORMAT, SCHEMA_VERSION
 from playworld.eval.stats import Estimate, bootstrap, psnr, psnr_of_mean_mse
@@ -358,16 +358,12 @@ class Evaluation:
         s, k, steps = curves.change.shape
         episodes = [self.clips.locate(int(i))[0] for i in self.chosen.rollout[:self.done]]
         self.held = held_transitions(self.clips.dataset, episodes, cfg.real_hold, cfg.motion)
-        real, reason = {}, None
+        real = self.held.reference(self.mapping, seed=cfg.seed, resamples=cfg.bootstrap)
+        reason = None
         if not self.mapping:
             reason = "no recorded true actions, so no mapping of latent actions to real ones"
-        else:
-            for lt, tr in self.mapping.items():
-                summary = self.held.summary(tr, seed=cfg.seed, resamples=cfg.bootstrap)
-                if summary is not None:
-                    real[lt] = summary
-            if not real:
-                reason = f"no true action is held for {cfg.real_hold}+ frames in the evaluated episodes"
+        elif not real:
+            reason = f"no mapped true action is held for {cfg.real_hold}+ frames in the evaluated episodes"
         summary = summarise(curves, real, seed=cfg.seed, resamples=cfg.bootstrap)
         wins = windows(steps)
         per_action = []
@@ -404,19 +400,10 @@ class Evaluation:
         floor at this sample size)."""
         cfg = self.cfg
         first = windows(gen.shape[2] - 1)["late"][0]
-        s = gen.shape[0]
-        feats = frame_features(gen[:, :, first:].reshape(-1, *gen.shape[-3:])).reshape(s, -1, FEATURES)
-        real = frame_features(self.held.frames)
-        fd = bootstrap(np.arange(s), seed=cfg.seed, resamples=cfg.bootstrap,
-                       statistic=lambda sel: frechet(real, feats[sel].reshape(-1, feats.shape[-1])))
-        episodes = [self.clips.locate(int(i))[0] for i in self.chosen.rollout[:self.done]]
-        floor = None
-        if len(episodes) >= 2:
-            lengths = [self.clips.dataset.frames(e).shape[0] for e in episodes]
-            owner = np.repeat(np.arange(len(episodes)), lengths)
-            floor = frechet(real[owner % 2 == 0], real[owner % 2 == 1])
-        return {"frechet": fd.to_json(), "real_vs_real": floor, "steps": [first, gen.shape[2] - 1],
-                "generated_frames": int(feats.shape[0] * feats.shape[1]), "real_frames": len(real),
+        fd = realism(self.held.frames, gen[:, :, first:], seed=cfg.seed, resamples=cfg.bootstrap)
+        return {"frechet": fd.to_json(), "real_vs_real": real_floor(self.held.frames, self.held.frame_episode),
+                "steps": [first, gen.shape[2] - 1], "generated_frames": int(np.prod(gen[:, :, first:].shape[:3])),
+                "real_frames": len(self.held.frames),
                 "features": f"colour histograms and moments, gradient and Laplacian energy, 4x4 grey layout ({FEATURES})"}
 
     def speed_section(self, figs: list[BatchFigures]) -> None:

@@ -39,13 +39,23 @@ def held_mask(actions: np.ndarray, hold: int) -> np.ndarray:
 class HeldTransitions:
     """Real transitions under a held action: action (N,), shift (N, 2) (dy, dx) px, change (N,) 0-255,
     group (N,) the episode of each (the bootstrap unit); frames: (F, H, W, C) uint8, every frame of the
-    episodes read (the real side of the realism figure)."""
+    episodes read (the real side of the realism figure), frame_episode (F,) the episode of each."""
 
     action: np.ndarray
     shift: np.ndarray
     change: np.ndarray
     group: np.ndarray
     frames: np.ndarray
+    frame_episode: np.ndarray
+
+    def reference(self, mapping: dict[int, int], *, seed: int, resamples: int) -> dict[int, RealMotion]:
+        """latent -> the real motion of the true action ``mapping`` gives it (where there is enough of it)."""
+        out = {}
+        for latent, true in mapping.items():
+            summary = self.summary(true, seed=seed, resamples=resamples)
+            if summary is not None:
+                out[latent] = summary
+        return out
 
     def summary(self, action: int, *, seed: int, resamples: int, min_transitions: int = 8) -> RealMotion | None:
         """The steady motion and change of ``action``, or None with fewer than ``min_transitions``."""
@@ -88,11 +98,12 @@ def held_transitions(dataset: Dataset, episodes: list[int], hold: int, motion: M
     """Read ``episodes`` (dataset episode indices) of ``dataset`` and keep their held-action transitions."""
     if hold < 1:
         raise ValueError(f"hold must be >= 1 frame, got {hold}")
-    acts, shifts, changes, groups, frames = [], [], [], [], []
+    acts, shifts, changes, groups, frames, owner = [], [], [], [], [], []
     for g, ep in enumerate(episodes):
         video = torch.from_numpy(np.array(dataset.frames(ep)))  # (L, H, W, C) uint8
         actions = np.asarray(dataset.actions(ep), dtype=np.int64)[:-1]  # (L-1,): the action of t -> t+1
         frames.append(video.numpy())
+        owner.append(np.full(len(video), g))
         keep = held_mask(actions, hold)
         if not keep.any():
             continue
@@ -107,6 +118,6 @@ def held_transitions(dataset: Dataset, episodes: list[int], hold: int, motion: M
     if not acts:
         empty = np.zeros(0)
         return HeldTransitions(empty.astype(np.int64), np.zeros((0, 2)), empty, empty.astype(np.int64),
-                               np.concatenate(frames))
+                               np.concatenate(frames), np.concatenate(owner))
     return HeldTransitions(np.concatenate(acts), np.concatenate(shifts), np.concatenate(changes),
-                           np.concatenate(groups), np.concatenate(frames))
+                           np.concatenate(groups), np.concatenate(frames), np.concatenate(owner))

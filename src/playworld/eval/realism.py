@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
 
+from playworld.eval.stats import Estimate, bootstrap
+
 FEATURES = 51
 
 
@@ -69,3 +71,24 @@ def frechet(real: np.ndarray, generated: np.ndarray) -> float:
     root = _sqrtm_psd(cr)
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ cg @ root), 0, None)).sum()  # tr (C_r C_g)^(1/2)
     return float(np.square(mr - mg).sum() + np.trace(cr) + np.trace(cg) - 2 * cross)
+
+
+def realism(real: np.ndarray, generated: np.ndarray, *, seed: int, resamples: int) -> Estimate:
+    """Fréchet distance of generated frames (S, N, H, W, 3) uint8, grouped by start frame, from real
+    frames (M, H, W, 3) uint8; the interval resamples start frames (the real set held fixed)."""
+    s = generated.shape[0]
+    feats = frame_features(generated.reshape(-1, *generated.shape[-3:])).reshape(s, -1, FEATURES)
+    ref = frame_features(real)
+    return bootstrap(np.arange(s), seed=seed, resamples=resamples,
+                     statistic=lambda sel: frechet(ref, feats[sel].reshape(-1, FEATURES)))
+
+
+def real_floor(real: np.ndarray, owner: np.ndarray) -> float | None:
+    """The distance between the frames of even and odd episodes (``owner`` (M,) episode of each frame):
+    what two real samples of this size score. None with fewer than 2 episodes."""
+    ids = np.unique(owner)
+    if len(ids) < 2:
+        return None
+    feats = frame_features(real)
+    even = np.isin(owner, ids[::2])
+    return frechet(feats[even], feats[~even])
