@@ -2,8 +2,9 @@
 
 Order: rollout clips batch by batch (tokenizer and rollout figures, and the shifts behind "motion
 kept"; stops taking batches when ``max_minutes`` is spent), the action clips (latent vs true actions),
-then the fixed-size parts (consistency, memory, held keys: key response, liveness, realism; grid, speed). Every figure is an Estimate with a bootstrap interval over the
-evaluated episodes (or start frames, or timed frames, as each section says).
+then the fixed-size parts (consistency, memory, held keys: key response, liveness, realism; grid,
+speed). Every figure is an Estimate with a bootstrap interval over the evaluated episodes (or start
+frames, or timed frames, as each section says).
 """
 
 from __future__ import annotations
