@@ -13,9 +13,10 @@ fixed, documented set that sees what goes wrong in a long rollout:
   the mean absolute Laplacian (1): blur lowers them, noise and flicker raise them;
 - layout: the mean grey of a 4 x 4 grid of cells (16): where things are.
 
-Each feature is standardised by the real frames' mean and standard deviation, so that no unit
-dominates (the distance is then in units of the real spread; 0 = identical Gaussians). A frozen world
-(one frame repeated) has no spread and scores the real set's whole variance.
+Each feature is standardised by the mean and standard deviation of both sets pooled, so that no unit
+dominates (0 = identical Gaussians). Not by the real set's alone: a colour bin that no real frame of
+the sample uses (CoinRun's backgrounds change with the level) would be divided by ~0 and decide the
+distance. A frozen world (one frame repeated) has no spread and scores the real set's whole variance.
 """
 
 from __future__ import annotations
@@ -60,11 +61,13 @@ def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
 
 
 def frechet(real: np.ndarray, generated: np.ndarray) -> float:
-    """Fréchet distance of Gaussians fitted to features (N, D) and (M, D), in units of the real
-    features' standard deviation. Both need at least 2 rows."""
+    """Fréchet distance of Gaussians fitted to features (N, D) and (M, D), each feature in units of
+    the pooled standard deviation of both sets. Both need at least 2 rows."""
     if len(real) < 2 or len(generated) < 2 or real.shape[1] != generated.shape[1]:
         raise ValueError(f"frechet: need >= 2 rows of the same width, got {real.shape} and {generated.shape}")
-    mu, sd = real.mean(0), real.std(0) + 1e-6
+    pooled = np.concatenate([real, generated])
+    mu, sd = pooled.mean(0), pooled.std(0)
+    sd = np.where(sd > 1e-9, sd, 1.0)  # a feature constant in both sets adds nothing either way
     r, g = (real - mu) / sd, (generated - mu) / sd
     mr, mg = r.mean(0), g.mean(0)
     cr, cg = np.cov(r, rowvar=False), np.cov(g, rowvar=False)

@@ -200,7 +200,7 @@ def _motion_section(m: dict[str, Any]) -> list[str]:
     floor = "—" if real["real_vs_real"] is None else f"{real['real_vs_real']:.2f}"
     parts.append(f"<p><b>Realism</b>: Fréchet distance of {real['generated_frames']} generated frames (held keys, steps "
                  f"{real['steps'][0]}-{real['steps'][1]}) from {real['real_frames']} real frames, on fixed features "
-                 f"({esc(real['features'])}), standardised by the real frames: {_fmt(real['frechet'])} "
+                 f"({esc(real['features'])}), standardised by both sets pooled: {_fmt(real['frechet'])} "
                  f"(lower is better; real against real, two halves of the episodes: {floor}).</p>")
     return parts
 
