@@ -61,7 +61,9 @@ def main() -> None:
     p.add_argument("--data", required=True, help="dataset with recorded true actions (used for evaluation only)")
     p.add_argument("--split", default="test")
     p.add_argument("--episodes", type=int, default=16, help="held-out episodes (teacher forcing, real reference)")
-    p.add_argument("--clip-len", type=int, default=16, help="frames per teacher-forced clip")
+    p.add_argument("--clip-len", type=int, default=19, help="frames per clip (eval's default: 4 context + 15)")
+    p.add_argument("--action-clips", type=int, default=4, help="clips per episode for the latent -> true mapping "
+                   "(eval's default, so the same clips and mapping as `playworld eval`)")
     p.add_argument("--context", type=int, default=4, help="real context frames before each teacher-forced step")
     p.add_argument("--starts", type=int, default=8, help="start frames of the held-key rollouts")
     p.add_argument("--steps", type=int, default=100, help="steps each key is held (>= 30)")
@@ -81,7 +83,8 @@ def main() -> None:
     copy = CopyLast(world)
     motion = MotionEstimator()
     clips = ClipDataset(args.data, clip_len=args.clip_len, split=args.split)
-    chosen = choose_clips(clips, args.episodes, 1, args.seed).rollout
+    choice = choose_clips(clips, args.episodes, args.action_clips, args.seed)
+    chosen = choice.rollout
     video = clips.get_batch(chosen.tolist())  # (N, T, H, W, C) uint8
     unit = video.float() / 255
     n, c = len(video), args.context
@@ -104,9 +107,13 @@ def main() -> None:
             kept[name] = motion_kept(motion(unit[:, c - 1:-1], pred).numpy().reshape(-1, 2), tf_real, tf_groups, **boot)
 
     # the latent -> true mapping and the real game's held-action motion on the same episodes
-    true = np.stack([clips.clip_actions(int(i))[:-1] for i in chosen])  # (N, T-1)
+    with torch.no_grad():
+        mapped = choice.action
+        lat = torch.cat([world.lam.infer_actions(clips.get_batch(mapped[s:s + args.batch].tolist()).float() / 255)
+                         for s in range(0, len(mapped), args.batch)]).long().numpy()  # (M, T-1)
+    true = np.stack([clips.clip_actions(int(i))[:-1] for i in mapped])  # (M, T-1)
     valid = true >= 0
-    mapping, accuracy = act.best_mapping(act.confusion(latent.numpy()[valid], true[valid], world.num_actions,
+    mapping, accuracy = act.best_mapping(act.confusion(lat[valid], true[valid], world.num_actions,
                                                        clips.dataset.num_actions))
     episodes = [clips.locate(int(i))[0] for i in chosen]
     held = held_transitions(clips.dataset, episodes, args.hold, motion)
