@@ -138,6 +138,13 @@ def test_config_and_data_errors_name_the_problem(sprite, tmp_path):
         EvalConfig(opposites="7-1")
     with pytest.raises(ConfigError, match="eval.context"):
         EvalConfig(context=(0,))
+    with pytest.raises(ConfigError, match=r"eval.key_steps must be >= 30 \(the late window"):
+        EvalConfig(key_steps=20)
+    with pytest.raises(ConfigError, match="eval.motion_cutoff"):
+        EvalConfig(motion_cutoff=-1.0)
+    from playworld.maskgit import play_sampling
+    play = play_sampling()  # eval's default is what a player sees
+    assert (EvalConfig().maskgit_steps, EvalConfig().temperature) == (play.steps, play.temperature)
     clips, root = sprite
     cfg = _config(horizon=40)  # clips of 44 frames: longer than every episode
     from playworld.errors import DatasetError
