@@ -25,8 +25,10 @@ PERM = np.array([2, 0, 3, 1])  # true action a is latent PERM[a]
 
 
 def _config(**kw) -> EvalConfig:
+    # the sprite wraps around the frame, so motion is measured without the window (periodic frames);
+    # its actions are uniformly random, so a true action held for 2 frames is its steady motion
     base = dict(split="train", episodes=12, batch=8, bootstrap=200, consistency_starts=8, memory_starts=8,
-                progress=False, opposites="1:0,3:2")
+                progress=False, opposites="1:0,3:2", motion_window=False, real_hold=2, key_starts=4, key_steps=30)
     return EvalConfig(**{**base, **kw})
 
 
@@ -136,6 +138,13 @@ def test_config_and_data_errors_name_the_problem(sprite, tmp_path):
         EvalConfig(opposites="7-1")
     with pytest.raises(ConfigError, match="eval.context"):
         EvalConfig(context=(0,))
+    with pytest.raises(ConfigError, match=r"eval.key_steps must be >= 30 \(the late window"):
+        EvalConfig(key_steps=20)
+    with pytest.raises(ConfigError, match="eval.motion_cutoff"):
+        EvalConfig(motion_cutoff=-1.0)
+    from playworld.maskgit import play_sampling
+    play = play_sampling()  # eval's default is what a player sees
+    assert (EvalConfig().maskgit_steps, EvalConfig().temperature) == (play.steps, play.temperature)
     clips, root = sprite
     cfg = _config(horizon=40)  # clips of 44 frames: longer than every episode
     from playworld.errors import DatasetError
@@ -151,3 +160,74 @@ def test_max_minutes_stops_taking_episodes_and_says_so(sprite):
                            "truncated_by_time": True}
     assert m["rollouts"]["contexts"]["1"]["psnr"]["inferred"][0]["n"] == 4
     validate(json.loads(json.dumps(m)))
+
+
+class CopyWorld(OracleWorld):
+    """A world that returns its input unchanged, whatever the key: motion 0, liveness 0."""
+
+    def step(self, actions):
+        assert self.last is not None
+        return self.last
+
+
+@pytest.fixture(scope="module")
+def copy_metrics(sprite):
+    clips, root = sprite
+    cfg = _config(episodes=8, action_clips=2)
+    return evaluate(CopyWorld(clips.video, PERM), ClipDataset(root, clip_len=cfg.clip_len, split="train"), cfg).metrics
+
+
+def test_a_perfect_world_keeps_all_motion_and_its_keys_stay_live(oracle_metrics):
+    mo = oracle_metrics.metrics["motion"]
+    for stage in ("tokenizer_kept", "dynamics_kept"):
+        for axis in ("dy", "dx"):
+            assert mo[stage]["slope"][axis]["mean"] == pytest.approx(1.0, abs=1e-3)
+            assert mo[stage]["correlation"][axis]["mean"] == pytest.approx(1.0, abs=1e-3)
+        assert mo[stage]["real_motion"] == pytest.approx(2.0, abs=1e-3)  # every step moves 2 px on one axis
+    keys = mo["keys"]
+    assert keys["real_available"] and keys["response_actions"] == [0, 1, 2, 3]
+    for window in ("early", "late", "far"):
+        assert keys["response"][window]["mean"] == pytest.approx(1.0, abs=1e-3)
+        assert 0.8 < keys["liveness"][window]["mean"] < 1.25  # same motion; sprite colours differ by clip
+    for entry in keys["per_action"]:  # latent l holds true action PERM^-1[l]: 2 px a step, as in the data
+        true = int(np.argsort(PERM)[entry["latent"]])
+        assert entry["true"] == true
+        move = 2 * np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])[true]
+        assert [entry["late"]["dy"]["mean"], entry["late"]["dx"]["mean"]] == pytest.approx(move, abs=1e-3)
+        assert [entry["real"]["dy"]["mean"], entry["real"]["dx"]["mean"]] == pytest.approx(move, abs=1e-3)
+    assert np.array(keys["curves"]["shift"]).shape == (4, 30, 2) and np.array(keys["curves"]["change"]).shape == (4, 30)
+
+
+def test_a_world_that_returns_its_input_is_flagged_frozen(oracle_metrics, copy_metrics):
+    mo = copy_metrics["motion"]
+    assert mo["tokenizer_kept"]["slope"]["dx"]["mean"] == pytest.approx(1.0, abs=1e-3)  # the tokenizer is exact
+    assert mo["dynamics_kept"]["slope"]["dx"]["mean"] == 0 and mo["dynamics_kept"]["slope"]["dy"]["mean"] == 0
+    for window in ("early", "late", "far"):
+        assert mo["keys"]["response"][window]["mean"] == 0 and mo["keys"]["liveness"][window]["mean"] == 0
+        assert mo["keys"]["change"][window]["high"] == 0
+    assert mo["realism"]["frechet"]["mean"] > 2 * oracle_metrics.metrics["motion"]["realism"]["frechet"]["mean"]
+    head = copy_metrics["headline"]
+    assert head["key_response_late"]["mean"] == 0 and head["liveness_late"]["mean"] == 0
+    assert head["realism_frechet"]["better"] == "lower" and head["liveness_far"]["better"] == "higher"
+
+
+def test_version_1_files_are_still_read_and_compared(oracle_metrics, tmp_path):
+    from playworld.eval.compare import compare
+
+    m = json.loads(json.dumps(oracle_metrics.metrics))
+    v1 = copy.deepcopy(m)
+    v1["schema_version"] = 1
+    del v1["motion"]
+    v1["headline"] = {k: v for k, v in v1["headline"].items() if "motion" not in k and "key_" not in k
+                      and "liveness" not in k and "realism" not in k}
+    validate(v1)
+    with pytest.raises(ConfigError, match=r"top level: missing keys \['motion'\]"):
+        validate({**v1, "schema_version": 2})
+    with pytest.raises(ConfigError, match=r"unknown keys \['motion'\]"):
+        validate({**m, "schema_version": 1})
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old" / "metrics.json").write_text(json.dumps(v1))
+    (tmp_path / "new" / "metrics.json").write_text(json.dumps(m))
+    c = compare([tmp_path / "old", tmp_path / "new"])
+    assert c.rows["liveness_late"][0] is None and c.rows["liveness_late"][1]["mean"] > 0.8

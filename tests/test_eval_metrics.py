@@ -82,7 +82,7 @@ def test_linear_probe_reads_a_linearly_coded_label_and_not_noise():
 @pytest.mark.parametrize("shift", [(3, -5), (-2, 0), (0, 7)])
 def test_phase_correlation_recovers_a_wrapped_shift(shift):
     x = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0))
-    est = phase_correlation(x, torch.roll(x, shifts=shift, dims=(1, 2)))
+    est = phase_correlation(x, torch.roll(x, shifts=shift, dims=(1, 2)), window=False)  # periodic: no window
     torch.testing.assert_close(est, torch.tensor([shift, shift], dtype=torch.float32), atol=0.05, rtol=0)
 
 

@@ -93,10 +93,12 @@ def test_report_parses_and_every_embedded_image_decodes(oracle):
     parser.feed(page)
     assert "http://" not in page and "https://" not in page and "<script" not in page  # opens offline
     assert {"Headline", "Rollouts", "Tokenizer", "Latent actions against the true actions",
-            "Consistency of each action", "Memory: there and back again", "Speed"} <= set(parser.headings)
+            "Consistency of each action", "Memory: there and back again", "Speed",
+            "Motion and liveness"} <= set(parser.headings)
     alts = [img["alt"] for img in parser.images]
     assert {"PSNR against horizon", "Delta PSNR against horizon", "SSIM against horizon", "code usage",
-            "confusion matrix", "consistency per action", "rollouts", "action grid", "memory_model"} <= set(alts)
+            "confusion matrix", "consistency per action", "rollouts", "action grid", "memory_model",
+            "held-key motion", "held-key pixel change"} <= set(alts)
     for img in parser.images:
         decoded = _decode(img["src"])
         assert decoded.width > 20 and decoded.height > 20
@@ -110,7 +112,8 @@ def test_compare_flags_differences_outside_the_intervals(oracle, tmp_path):
     good = json.loads(json.dumps(oracle.metrics))
     worse = copy.deepcopy(good)
     worse["headline"]["mapping_accuracy"].update(mean=0.5, low=0.4, high=0.6)
-    worse["headline"]["ms_per_frame"].update(mean=0.01, low=0.005, high=0.015)  # faster: lower is better
+    fast = good["headline"]["ms_per_frame"]["low"] / 10  # the oracle takes ~0.015 ms: relative, not absolute
+    worse["headline"]["ms_per_frame"].update(mean=fast, low=fast / 2, high=fast * 1.5)  # faster: lower is better
     worse["settings"]["seed"] = 7
     for name, m in (("a", good), ("b", worse)):
         (tmp_path / name).mkdir()

@@ -8,7 +8,8 @@ frames, or from ``reset(options={"prompt": frame})``. A world has no reward of i
 ``max_episode_steps``. ``gymnasium.make("playworld/LatentWorld-v0", run=RUN, prompts=DIR)`` works
 once this module is imported (Genie, arXiv 2402.15391, sec. 3.3: agents trained inside the world).
 ``precision="auto"`` steps the world in bf16 where this machine multiplies bf16 faster
-(:mod:`playworld.precision`); the default is fp32.
+(:mod:`playworld.precision`); the default is fp32. Frames are sampled at `playworld play`'s setting
+(:func:`playworld.maskgit.play_sampling`, 1 greedy MaskGIT step) unless ``world_config`` says otherwise.
 """
 
 from __future__ import annotations

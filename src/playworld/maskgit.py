@@ -48,6 +48,19 @@ class SamplingConfig:
             raise ConfigError(f"sampling.schedule must be 'cosine' or 'linear', got {self.schedule!r}")
 
 
+# What a player sees: `playworld play`, `playworld rollout`, the Gymnasium env and `playworld eval` all
+# default to this one setting (1 greedy step: as accurate as 4 or 8 steps on held-out CoinRun and the
+# only one fast enough to play on 2 CPU cores; docs/play.md), so a headline figure measures the frames
+# a player gets. Other settings stay one flag away (--steps / --maskgit-steps, --temperature).
+PLAY_STEPS = 1
+PLAY_TEMPERATURE = 0.0
+
+
+def play_sampling() -> SamplingConfig:
+    """A fresh :class:`SamplingConfig` of play's setting (``PLAY_STEPS`` greedy steps)."""
+    return SamplingConfig(steps=PLAY_STEPS, temperature=PLAY_TEMPERATURE)
+
+
 def masked_counts(num_tokens: int, steps: int, schedule: str = "cosine") -> list[int]:
     """Number of tokens left masked after each iteration: strictly decreasing, ending at 0.
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import CheckpointError, ConfigError
-from playworld.maskgit import SamplingConfig, maskgit_decode
+from playworld.maskgit import SamplingConfig, maskgit_decode, play_sampling
 from playworld.models.base import to_uint8, to_unit
 from playworld.models.dynamics import DynamicsModel, check_compatible
 from playworld.nn.blocks import TemporalKVCache
@@ -40,7 +40,8 @@ class WorldConfig:
 
     context_frames: int = field(16, help="frames the dynamics model attends to (its KV cache window)")
     decoder_context: int = field(16, help="frames the tokenizer's decoder attends to when decoding a frame")
-    sampling: SamplingConfig = field(default_factory=SamplingConfig, help="MaskGIT decoding of each new frame")
+    sampling: SamplingConfig = field(default_factory=play_sampling,
+                                     help="MaskGIT decoding of each new frame (default: play's, 1 greedy step)")
 
     def __post_init__(self) -> None:
         if self.context_frames < 1:

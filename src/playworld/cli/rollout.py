@@ -10,6 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from typing import get_args
 
     from playworld.config import Precision
+    from playworld.maskgit import PLAY_STEPS, PLAY_TEMPERATURE
 
     p = sub.add_parser(
         "rollout", help="play an action string in a trained world from a picture or dataset frame, to a video",
@@ -29,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="video to write (.mp4 or .gif)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--fit", choices=("crop", "pad"), default="crop", help="fit a picture by center-crop or pad")
-    p.add_argument("--steps", type=int, default=1,
+    p.add_argument("--steps", type=int, default=PLAY_STEPS,
                    help="MaskGIT steps per frame (default: %(default)s, as `playworld play`; see docs/play.md)")
-    p.add_argument("--temperature", type=float, default=0.0,
+    p.add_argument("--temperature", type=float, default=PLAY_TEMPERATURE,
                    help="sampling temperature, 0 = greedy (default: %(default)s, as `playworld play`)")
     p.add_argument("--precision", choices=get_args(Precision), default="fp32",
                    help="dtype of the dynamics model and decoder (auto: bf16 where faster) (default: %(default)s)")

@@ -15,7 +15,8 @@ from typing import Any
 from playworld.errors import ConfigError
 from playworld.eval.schema import load_metrics
 
-COMPARABLE = ("split", "episodes", "context", "horizon", "seed", "maskgit_steps", "temperature")
+COMPARABLE = ("split", "episodes", "context", "horizon", "seed", "maskgit_steps", "temperature", "key_starts",
+              "key_steps", "real_hold", "motion_cutoff", "motion_window")
 
 
 def find_metrics(path: str | Path) -> Path:

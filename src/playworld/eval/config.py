@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
+from playworld.eval.motion import MotionEstimator
+from playworld.maskgit import PLAY_STEPS, PLAY_TEMPERATURE
 
 
 @dataclass
@@ -17,8 +19,9 @@ class EvalConfig:
     context: tuple[int, ...] = field((1, 4), help="context frames given before each rollout (Genie: 1)")
     horizon: int = field(15, help="frames generated after the context")
     batch: int = field(16, help="worlds stepped together")
-    maskgit_steps: int = field(4, help="MaskGIT iterations per generated frame (Genie: 25)")
-    temperature: float = field(1.0, help="MaskGIT sampling temperature (0 = greedy)")
+    maskgit_steps: int = field(PLAY_STEPS, help="MaskGIT iterations per generated frame (default: what `playworld "
+                               "play` uses, so the figures are what a player sees; Genie: 25)")
+    temperature: float = field(PLAY_TEMPERATURE, help="MaskGIT sampling temperature (0 = greedy; default: play's)")
     precision: Precision = field(
         "fp32", help="dtype of the dynamics model and decoder: fp32, bf16, or auto (bf16 where it is faster)")
     seed: int = field(0, help="seed of the episode choice, random actions, sampling and the bootstrap")
@@ -33,6 +36,15 @@ class EvalConfig:
     gif_clips: int = field(4, help="rollouts shown side by side in the report's gif")
     grid_starts: int = field(6, help="rows (start frames) of the start-frame x latent-action grid gif")
     grid_steps: int = field(10, help="frames per cell of the grid gif")
+    key_starts: int = field(8, help="start frames from which every latent action is held (key response, liveness)")
+    key_steps: int = field(100, help="steps each latent action is held (>= 30: early 2-8, late 20-30, far = the "
+                           "last 10)")
+    real_hold: int = field(4, help="frames a true action must have been held for a real-game transition to count "
+                           "as its steady motion")
+    motion_cutoff: float = field(8.0, help="cycles per frame where the motion estimator's low-pass weighs e^-2 "
+                                 "(0 = none; docs/eval.md)")
+    motion_window: bool = field(True, help="Hann-window frames before measuring motion (off only for worlds that "
+                                "wrap around)")
     speed_frames: int = field(16, help="frames timed at batch 1 for ms/frame")
     bootstrap: int = field(1000, help="bootstrap resamples per interval")
     max_minutes: float = field(0.0, help="stop taking new episodes after this many minutes (0 = no limit)")
@@ -41,7 +53,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         for name in ("episodes", "horizon", "batch", "maskgit_steps", "action_clips", "consistency_starts",
-                     "consistency_steps", "memory_k", "memory_starts", "gif_clips", "grid_starts", "grid_steps",
+                     "consistency_steps", "memory_k", "memory_starts",
+                     "key_starts", "real_hold", "gif_clips", "grid_starts", "grid_steps",
                      "speed_frames", "bootstrap"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
@@ -52,9 +65,19 @@ class EvalConfig:
         self.context = tuple(sorted(set(self.context)))
         if self.temperature < 0:
             raise ConfigError(f"eval.temperature must be >= 0, got {self.temperature}")
+        if self.key_steps < 30:
+            raise ConfigError(f"eval.key_steps must be >= 30 (the late window is steps 20-30), got {self.key_steps}")
+        if not self.motion_cutoff >= 0:
+            raise ConfigError(f"eval.motion_cutoff must be >= 0 cycles per frame (0 = no low-pass), "
+                              f"got {self.motion_cutoff}")
         if self.max_minutes < 0:
             raise ConfigError(f"eval.max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
         self.opposite_pairs()  # validate the format now
+
+    @property
+    def motion(self) -> MotionEstimator:
+        """The motion estimator these settings describe."""
+        return MotionEstimator(cutoff=self.motion_cutoff, window=self.motion_window)
 
     @property
     def clip_len(self) -> int:

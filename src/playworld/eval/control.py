@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from playworld.eval.motion import phase_correlation
+from playworld.eval.motion import MotionEstimator
 from playworld.eval.rollouts import EvalWorld
 from playworld.eval.stats import psnr
 
@@ -34,9 +34,9 @@ def press_each_action(world: EvalWorld, prompts: Tensor, steps: int, seed: int, 
     return video.view(len(prompts), k, *video.shape[1:])
 
 
-def action_motion(frames: Tensor) -> np.ndarray:
+def action_motion(frames: Tensor, motion: MotionEstimator | None = None) -> np.ndarray:
     """frames (S, K, 1+L, H, W, C) -> summed per-step global shift (S, K, 2) in pixels (dy, dx)."""
-    shifts = phase_correlation(frames[:, :, :-1], frames[:, :, 1:])  # (S, K, L, 2)
+    shifts = (motion or MotionEstimator())(frames[:, :, :-1], frames[:, :, 1:])  # (S, K, L, 2)
     return shifts.sum(2).numpy()
 
 

@@ -1,9 +1,10 @@
 """All of `playworld eval` on one world and one dataset split -> the metrics.json dict and the media.
 
-Order: rollout clips batch by batch (tokenizer and rollout figures; stops taking batches when
-``max_minutes`` is spent), the action clips (latent vs true actions), then the fixed-size parts
-(consistency, grid, memory, speed). Every figure is an Estimate with a bootstrap interval over the
-evaluated episodes (or start frames, or timed frames, as each section says).
+Order: rollout clips batch by batch (tokenizer and rollout figures, and the shifts behind "motion
+kept"; stops taking batches when ``max_minutes`` is spent), the action clips (latent vs true actions),
+then the fixed-size parts (consistency, memory, held keys: key response, liveness, realism; grid,
+speed). Every figure is an Estimate with a bootstrap interval over the evaluated episodes (or start
+frames, or timed frames, as each section says).
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from playworld.eval.clips import EvalClips, choose_clips
 from playworld.eval.config import EvalConfig
 from playworld.eval.control import Walk, action_motion, ms_per_frame, press_each_action, return_psnr, walk
 from playworld.eval.envwalk import default_opposites, procgen_walk
+from playworld.eval.kept import motion_kept
+from playworld.eval.keys import KeyCurves, summarise, windows
 from playworld.eval.motion import opposite_pairs, silhouettes
+from playworld.eval.realgame import held_transitions
+from playworld.eval.realism import FEATURES, real_floor, realism
 from playworld.eval.rollouts import KINDS, BatchFigures, EvalWorld, device_of, evaluate_batch
 from playworld.eval.schema import FORMAT, SCHEMA_VERSION
 from playworld.eval.stats import Estimate, bootstrap, psnr, psnr_of_mean_mse
@@ -80,9 +85,10 @@ class Evaluation:
         self.rollout_section(figs)
         self.actions_section(figs)
         self.prompts = self.clips.get_batch(self.chosen.rollout[: max(cfg.consistency_starts, cfg.memory_starts,
-                                                                      cfg.grid_starts)].tolist())[:, :self.cmax]
+                                                                      cfg.grid_starts, cfg.key_starts)].tolist())[:, :self.cmax]
         self.consistency_section()
         self.memory_section()
+        self.motion_section(figs)
         self.speed_section(figs)
         self.media(figs)
         self.headline()
@@ -97,7 +103,7 @@ class Evaluation:
                 if figs and self.deadline is not None and time.monotonic() > self.deadline:
                     break
                 video = self.clips.get_batch(idx[s:s + cfg.batch].tolist())
-                figs.append(evaluate_batch(self.world, video, cfg.context, cfg.horizon, cfg.seed + s))
+                figs.append(evaluate_batch(self.world, video, cfg.context, cfg.horizon, cfg.seed + s, cfg.motion))
                 bar.update(len(video))
         n = sum(len(f.recon_psnr) for f in figs)
         self.done = n  # episodes evaluated: the first n of self.chosen.rollout
@@ -233,7 +239,7 @@ class Evaluation:
         cfg = self.cfg
         prompts = self.prompts[:cfg.consistency_starts]
         frames = press_each_action(self.world, prompts, cfg.consistency_steps, cfg.seed, cfg.batch)
-        motion = action_motion(frames)  # (S, K, 2)
+        motion = action_motion(frames, cfg.motion)  # (S, K, 2)
         s, k = motion.shape[:2]
         sil = silhouettes(motion.reshape(s * k, 2), np.tile(np.arange(k), s)).reshape(s, k)
         self.mean_motion = motion.mean(0)  # (K, 2)
@@ -319,6 +325,88 @@ class Evaluation:
         self.out.strips["memory_real"] = rw.frames[:4]
         self.out.strips["memory_model_on_real"] = model[:4].numpy()
 
+    # -- motion and liveness ------------------------------------------------------------------------------------
+    def motion_section(self, figs: list[BatchFigures]) -> None:
+        """Motion kept by the tokenizer and by teacher-forced dynamics; key response, liveness and realism
+        of held keys against the real game (docs/eval.md, "Motion and liveness")."""
+        cfg = self.cfg
+        est = {"cutoff": cfg.motion_cutoff, "window": cfg.motion_window}
+        offsets = np.cumsum([0] + [len(f.recon_psnr) for f in figs])
+
+        def flat(name: str) -> tuple[np.ndarray, np.ndarray]:  # (N, 2) shifts and (N,) episode of each
+            parts = [getattr(f, name) for f in figs]  # each (B, T', 2)
+            groups = [np.repeat(np.arange(o, o + p.shape[0]), p.shape[1]) for o, p in zip(offsets, parts)]
+            return np.concatenate([p.reshape(-1, 2) for p in parts]), np.concatenate(groups)
+
+        real, groups = flat("real_shift")
+        tf_real, tf_groups = flat("tf_real_shift")
+        section: dict[str, Any] = {
+            "estimator": est,
+            "tokenizer_kept": motion_kept(flat("recon_shift")[0], real, groups, seed=cfg.seed,
+                                          resamples=cfg.bootstrap).to_json(),
+            "dynamics_kept": motion_kept(flat("tf_shift")[0], tf_real, tf_groups, seed=cfg.seed,
+                                         resamples=cfg.bootstrap).to_json()}
+        self.out.metrics["motion"] = section
+        section["keys"], gen = self.keys_part()
+        section["realism"] = self.realism_part(gen)
+
+    def keys_part(self) -> tuple[dict[str, Any], np.ndarray]:
+        """Every latent action held ``key_steps`` steps -> the keys object and the generated frames
+        (S, K, 1+L, H, W, C) uint8."""
+        cfg = self.cfg
+        frames = press_each_action(self.world, self.prompts[:cfg.key_starts], cfg.key_steps, cfg.seed, cfg.batch)
+        curves = KeyCurves.measure(frames, cfg.motion)
+        s, k, steps = curves.change.shape
+        episodes = [self.clips.locate(int(i))[0] for i in self.chosen.rollout[:self.done]]
+        self.held = held_transitions(self.clips.dataset, episodes, cfg.real_hold, cfg.motion)
+        real = self.held.reference(self.mapping, seed=cfg.seed, resamples=cfg.bootstrap)
+        reason = None
+        if not self.mapping:
+            reason = "no recorded true actions, so no mapping of latent actions to real ones"
+        elif not real:
+            reason = f"no mapped true action is held for {cfg.real_hold}+ frames in the evaluated episodes"
+        summary = summarise(curves, real, seed=cfg.seed, resamples=cfg.bootstrap)
+        wins = windows(steps)
+        per_action = []
+        for a in range(k):
+            entry: dict[str, Any] = {"latent": a, "true": self.mapping.get(a), "real": None}
+            for name, (lo, hi) in wins.items():
+                shift, change = curves.window(lo, hi)
+                entry[name] = {"dy": self.est(shift[:, a, 0]), "dx": self.est(shift[:, a, 1]),
+                               "change": self.est(change[:, a])}
+            if a in real:
+                entry["real"] = real[a].to_json()
+            per_action.append(entry)
+
+        def opt(e: Estimate | None) -> dict[str, Any] | None:
+            return None if e is None else e.to_json()
+
+        keys = {
+            "starts": s, "steps": steps, "real_hold": cfg.real_hold,
+            "windows": {n: list(w) for n, w in wins.items()},
+            "real_available": bool(real), "real_reason": reason,
+            "response": {n: opt(e) for n, e in summary.response.items()},
+            "liveness": {n: opt(e) for n, e in summary.liveness.items()},
+            "change": {n: e.to_json() for n, e in summary.change.items()},
+            "response_actions": summary.response_actions, "liveness_actions": summary.liveness_actions,
+            "per_action": per_action,
+            "curves": {"shift": curves.shift.mean(0).tolist(), "change": curves.change.mean(0).tolist()},
+        }
+        return keys, frames.numpy()
+
+    def realism_part(self, gen: np.ndarray) -> dict[str, Any]:
+        """Fréchet distance (fixed hand-crafted features, :mod:`playworld.eval.realism`) of the held-key
+        frames from step 20 on against every frame of the evaluated real episodes; the interval resamples
+        start frames. ``real_vs_real``: the same distance between the two halves of the real episodes (the
+        floor at this sample size)."""
+        cfg = self.cfg
+        first = windows(gen.shape[2] - 1)["late"][0]
+        fd = realism(self.held.frames, gen[:, :, first:], seed=cfg.seed, resamples=cfg.bootstrap)
+        return {"frechet": fd.to_json(), "real_vs_real": real_floor(self.held.frames, self.held.frame_episode),
+                "steps": [first, gen.shape[2] - 1], "generated_frames": int(np.prod(gen[:, :, first:].shape[:3])),
+                "real_frames": len(self.held.frames),
+                "features": f"colour histograms and moments, gradient and Laplacian energy, 4x4 grey layout ({FEATURES})"}
+
     def speed_section(self, figs: list[BatchFigures]) -> None:
         cfg = self.cfg
         times = ms_per_frame(self.world, self.prompts[:1], cfg.speed_frames, cfg.seed)
@@ -354,6 +442,15 @@ class Evaluation:
             "probe_accuracy": (m["actions"]["probe_accuracy"], "higher"),
             "consistency": (m["consistency"]["overall"], "higher"),
             "memory_return_psnr": (m["memory"]["model_return_psnr"], "higher"),
+            "tokenizer_motion_kept_dx": (m["motion"]["tokenizer_kept"]["slope"]["dx"], "higher"),
+            "tokenizer_motion_kept_dy": (m["motion"]["tokenizer_kept"]["slope"]["dy"], "higher"),
+            "dynamics_motion_kept_dx": (m["motion"]["dynamics_kept"]["slope"]["dx"], "higher"),
+            "dynamics_motion_kept_dy": (m["motion"]["dynamics_kept"]["slope"]["dy"], "higher"),
+            "key_response_early": (m["motion"]["keys"]["response"]["early"], "higher"),
+            "key_response_late": (m["motion"]["keys"]["response"]["late"], "higher"),
+            "liveness_late": (m["motion"]["keys"]["liveness"]["late"], "higher"),
+            "liveness_far": (m["motion"]["keys"]["liveness"]["far"], "higher"),
+            "realism_frechet": (m["motion"]["realism"]["frechet"], "lower"),
             "ms_per_frame": (m["speed"]["ms_per_frame"], "lower"),
         }
         m["headline"] = {k: {**v, "better": b} for k, (v, b) in head.items() if v is not None}

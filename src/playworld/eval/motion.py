@@ -2,7 +2,9 @@
 
 The motion between two frames is their global shift, found by phase correlation (Kuglin & Hines
 1975): the normalised cross-power spectrum of the two frames is a plane wave whose inverse FFT peaks
-at the shift. In CoinRun the camera follows the agent, so the global shift is the agent's motion.
+at the shift; low-passed and windowed here (:func:`phase_correlation`) so that fine texture and static
+artifacts do not outvote the scene. In CoinRun the camera follows the agent, so the global shift is
+the agent's motion, opposite in sign.
 
 Consistency of action a: the silhouette (Rousseeuw 1987) of the motions it caused from many start
 frames, treating each action's motions as a cluster: s_i = (b_i - a_i) / max(a_i, b_i), where a_i is
@@ -14,29 +16,83 @@ differently from every other action; 0 = indistinguishable; < 0 = more like anot
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
 
+LOWPASS_CYCLES = 8.0  # cycles per frame where the low-pass weight is e^-2 (see phase_correlation)
 
-def phase_correlation(a: Tensor, b: Tensor) -> Tensor:
+
+@dataclass(frozen=True)
+class MotionEstimator:
+    """How global motion is measured (:func:`phase_correlation`'s settings).
+
+    cutoff: cycles per frame at which the Gaussian low-pass on the cross-power spectrum weighs e^-2
+    (0 = no low-pass: the classic whitened estimator); window: Hann-window the frames first (for camera
+    motion, where content enters at the edges; off for a world that wraps around, whose frames are
+    periodic and need none)."""
+
+    cutoff: float = LOWPASS_CYCLES
+    window: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.cutoff >= 0 and math.isfinite(self.cutoff)):
+            raise ValueError(f"motion cutoff must be a finite number >= 0 cycles per frame, got {self.cutoff}")
+
+    def __call__(self, a: Tensor, b: Tensor) -> Tensor:
+        return phase_correlation(a, b, cutoff=self.cutoff, window=self.window)
+
+
+def _hann2d(h: int, w: int) -> Tensor:
+    return torch.hann_window(h, periodic=False)[:, None] * torch.hann_window(w, periodic=False)[None, :]
+
+
+def phase_correlation(a: Tensor, b: Tensor, *, cutoff: float = LOWPASS_CYCLES, window: bool = True) -> Tensor:
     """Global shift from frames a to b: (..., H, W, C) -> (..., 2) float (dy, dx) in pixels, such that
-    b ~= roll(a, (dy, dx)). Integer peak refined to sub-pixel by a parabola through its neighbours."""
+    b ~= roll(a, (dy, dx)).
+
+    Whitening the cross-power spectrum gives every frequency the same vote, so fine texture and static
+    high-frequency artifacts (a tokenizer's patch grid, dither) outvote the scene and pull the peak to
+    zero shift. A Gaussian low-pass W(f) = exp(-2 (f / cutoff)^2) (f in cycles per frame, per axis scaled
+    by that axis's length) on the whitened spectrum keeps the coarse structure that carries the motion
+    (the remedy of Stone et al., "A fast direct Fourier-based algorithm for subpixel registration of
+    images", IEEE TGRS 2001, which weighs out high frequencies). Its inverse FFT is a Gaussian peak
+    (sigma = H / (2 pi cutoff / 2) px, 2.5 px for 64 px frames at cutoff 8), so the sub-pixel refinement
+    fits a parabola to the log of the peak and its neighbours, exact for a Gaussian. ``window``
+    multiplies mean-free frames by a Hann window so the wrap-around jump at the frame's edges (content
+    entering on one side, leaving on the other) does not add a static peak at zero shift.
+    ``cutoff=0, window=False`` is the classic estimator (Kuglin & Hines 1975)."""
     ga = a.float().mean(-1)
     gb = b.float().mean(-1)  # (..., H, W) grey
+    h, w = ga.shape[-2:]
     ga, gb = ga - ga.mean((-2, -1), keepdim=True), gb - gb.mean((-2, -1), keepdim=True)
+    if window:
+        win = _hann2d(h, w).to(ga.device)
+        ga, gb = ga * win, gb * win
     cross = torch.fft.fft2(gb) * torch.fft.fft2(ga).conj()
-    r = torch.fft.ifft2(cross / cross.abs().clamp_min(1e-9)).real  # (..., H, W)
-    h, w = r.shape[-2:]
+    cross = cross / cross.abs().clamp_min(1e-9)
+    if cutoff > 0:
+        fy = torch.fft.fftfreq(h, device=ga.device) * h  # cycles per frame
+        fx = torch.fft.fftfreq(w, device=ga.device) * w
+        cross = cross * torch.exp(-2 * (fy[:, None].square() + fx[None, :].square()) / cutoff**2)
+    r = torch.fft.ifft2(cross).real  # (..., H, W)
     flat = r.flatten(-2).argmax(-1)
     iy, ix = flat // w, flat % w
 
-    def refine(line: Tensor, i: Tensor, n: int) -> Tensor:  # line (..., n): parabola through i-1, i, i+1
+    def refine(line: Tensor, i: Tensor, n: int) -> Tensor:  # line (..., n): peak through i-1, i, i+1
         left = line.gather(-1, ((i - 1) % n)[..., None])[..., 0]
         mid = line.gather(-1, i[..., None])[..., 0]
         right = line.gather(-1, ((i + 1) % n)[..., None])[..., 0]
+        positive = (left > 0) & (mid > 0) & (right > 0)
+        # a parabola through the logs (exact for a Gaussian peak) where all three are positive, else
+        # through the values (the whitened peak is a sampled sinc, about a parabola near its top)
+        ll, lm, lr = (torch.log(x.clamp_min(1e-30)) for x in (left, mid, right))
+        left, mid, right = (torch.where(positive, lg, x) for lg, x in ((ll, left), (lm, mid), (lr, right)))
         denom = left - 2 * mid + right
-        off = torch.where(denom.abs() > 1e-9, 0.5 * (left - right) / denom, torch.zeros_like(denom))
+        off = torch.where(denom.abs() > 1e-12, 0.5 * (left - right) / denom, torch.zeros_like(denom))
         return i.float() + off.clamp(-0.5, 0.5)
 
     row = r.gather(-2, iy[..., None, None].expand(*iy.shape, 1, w))[..., 0, :]  # (..., W)

@@ -127,6 +127,84 @@ def consistency_plot(metrics: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+def key_plot(metrics: dict[str, Any], what: str) -> bytes:
+    """Held keys, per step: ``what`` = 'motion' (dx and dy panels) or 'change' (pixel change); one line
+    per latent action, its real game's figure under the mapped true action dashed in the same colour."""
+    keys = metrics["motion"]["keys"]
+    shift, change = np.asarray(keys["curves"]["shift"]), np.asarray(keys["curves"]["change"])  # (K, L, 2), (K, L)
+    steps = np.arange(1, change.shape[1] + 1)
+    panels = [("dx", 1), ("dy", 0)] if what == "motion" else [("change", None)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 3.6), squeeze=False)
+    for ax, (name, axis) in zip(axes[0], panels):
+        for a, entry in enumerate(keys["per_action"]):
+            colour = f"C{a % 10}"
+            series = change[a] if axis is None else shift[a, :, axis]
+            ax.plot(steps, series, color=colour, linewidth=1.2, label=f"{a}→{entry['true']}")
+            if entry["real"] is not None:
+                ax.axhline(entry["real"][name]["mean"], color=colour, linestyle="--", linewidth=0.9)
+        for lo, hi in keys["windows"].values():
+            ax.axvspan(lo, hi, color="#000", alpha=0.05)
+        ax.set_xlabel("steps the key is held")
+        ax.set_ylabel("mean |pixel change| per step (0-255)" if axis is None else f"scene motion {name} (px/step)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2, title="latent→true", title_fontsize=7)
+    fig.suptitle("solid: the world, mean over start frames; dashed: the real game, true action held "
+                 f"{keys['real_hold']}+ frames; shaded: early, late, far windows", fontsize=9)
+    return _png(fig)
+
+
+def _motion_section(m: dict[str, Any]) -> list[str]:
+    mo, esc = m["motion"], html.escape
+    keys, real = mo["keys"], mo["realism"]
+    est = mo["estimator"]
+    parts = ["<h2>Motion and liveness</h2>",
+             "<p>Motion is the global scene shift between consecutive frames (phase correlation, low-passed at "
+             f"{est['cutoff']:g} cycles per frame{', Hann-windowed' if est['window'] else ''}; CoinRun's camera "
+             "follows the agent, so the scene moves opposite to it). <b>Motion kept</b>: the slope of a stage's "
+             "shift on the real shift of the same frames (1 = all kept, 0 = static), with the correlation.</p>",
+             "<table><tr><th>stage</th><th>kept dy</th><th>kept dx</th><th>corr dy</th><th>corr dx</th>"
+             "<th>real |motion| px</th><th>transitions</th></tr>"]
+    for name, label in (("tokenizer_kept", "tokenizer: reconstruction vs real"),
+                        ("dynamics_kept", "dynamics, teacher-forced: real t → predicted t+1")):
+        k = mo[name]
+        parts.append(f"<tr><td>{label}</td><td>{_fmt(k['slope']['dy'])}</td><td>{_fmt(k['slope']['dx'])}</td>"
+                     f"<td>{_fmt(k['correlation']['dy'])}</td><td>{_fmt(k['correlation']['dx'])}</td>"
+                     f"<td>{k['real_motion']:.2f}</td><td>{k['transitions']}</td></tr>")
+    parts.append("</table>")
+    w = keys["windows"]
+    parts.append(f"<p><b>Held keys</b>: every latent action held {keys['steps']} steps from {keys['starts']} real "
+                 f"start frames. Key response = the world's motion projected on the real game's under the mapped "
+                 f"true action (1 = real speed and direction, 0 = none); liveness = its pixel change over the real "
+                 f"game's (0 = frozen; flicker also changes pixels, so read it beside key response). Windows: early "
+                 f"{w['early']}, late {w['late']}, far {w['far']}.</p>")
+    if not keys["real_available"]:
+        parts.append(f"<p class=note>No real-game reference: {esc(keys['real_reason'] or '')}</p>")
+    parts.append("<table><tr><th>window</th><th>key response</th><th>liveness</th><th>pixel change / step</th></tr>")
+    for name in ("early", "late", "far"):
+        parts.append(f"<tr><td>{name} {w[name]}</td><td>{_fmt(keys['response'][name])}</td>"
+                     f"<td>{_fmt(keys['liveness'][name])}</td><td>{_fmt(keys['change'][name])}</td></tr>")
+    parts.append("</table><table><tr><th>latent → true</th><th>early dy, dx</th><th>late dy, dx</th>"
+                 "<th>far dy, dx</th><th>real dy, dx</th><th>change late / far</th><th>real change</th></tr>")
+    for e in keys["per_action"]:
+        r = e["real"]
+        parts.append(
+            f"<tr><td>{e['latent']} → {e['true'] if e['true'] is not None else '—'}</td>"
+            + "".join(f"<td>{e[n]['dy']['mean']:+.2f}, {e[n]['dx']['mean']:+.2f}</td>" for n in ("early", "late", "far"))
+            + (f"<td>{r['dy']['mean']:+.2f}, {r['dx']['mean']:+.2f} <span class=note>({r['transitions']})</span></td>"
+               if r else "<td>—</td>")
+            + f"<td>{e['late']['change']['mean']:.2f} / {e['far']['change']['mean']:.2f}</td>"
+            + (f"<td>{_fmt(r['change'])}</td>" if r else "<td>—</td>") + "</tr>")
+    parts.append("</table>")
+    parts.append(_img(key_plot(m, "motion"), "image/png", "held-key motion", "scene motion per step, held keys"))
+    parts.append(_img(key_plot(m, "change"), "image/png", "held-key pixel change", "pixel change per step, held keys"))
+    floor = "—" if real["real_vs_real"] is None else f"{real['real_vs_real']:.2f}"
+    parts.append(f"<p><b>Realism</b>: Fréchet distance of {real['generated_frames']} generated frames (held keys, steps "
+                 f"{real['steps'][0]}-{real['steps'][1]}) from {real['real_frames']} real frames, on fixed features "
+                 f"({esc(real['features'])}), standardised by both sets pooled: {_fmt(real['frechet'])} "
+                 f"(lower is better; real against real, two halves of the episodes: {floor}).</p>")
+    return parts
+
+
 def strip_png(strip: np.ndarray, scale: int = 3) -> bytes:
     """(rows, cols, H, W, 3) uint8 -> PNG of the grid, pixels enlarged."""
     from playworld.eval.evaluate import tile
@@ -208,6 +286,9 @@ def render_report(metrics: dict[str, Any], gifs: dict[str, bytes] | None = None,
     if "action_grid" in gifs:
         parts.append(_img(gifs["action_grid"], "image/gif", "action grid", "rows: start frames; columns: latent "
                           "actions, each pressed repeatedly", width=min(900, 80 * len(c["per_action"])), pixel=True))
+
+    if "motion" in m:  # schema v2 on
+        parts.extend(_motion_section(m))
 
     mem = m["memory"]
     walks = ", ".join(f"{w['there']}→{w['back']}" for w in mem["walks"]) or "none"

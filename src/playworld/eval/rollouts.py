@@ -6,6 +6,11 @@ generates ``horizon`` frames driven by (a) the latent actions the LAM infers fro
 context length predicts the same target frames (the clip's last ``horizon``), so the curves compare.
 Delta PSNR_t = PSNR_t(a) - PSNR_t(b), per clip, at every horizon t (Genie reports t = 4).
 
+Motion kept: the global shift between consecutive real frames, between their tokenizer
+reconstructions, and from a real frame to the world's teacher-forced prediction of the next one (real
+context, the LAM-inferred action), so that :mod:`playworld.eval.kept` can say how much of the real
+motion each stage keeps.
+
 Shapes: B clips, T = max(context) + horizon frames, H x W x C pixels, K codes.
 """
 
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from playworld.eval.motion import MotionEstimator
 from playworld.eval.stats import psnr, ssim
 
 KINDS = ("inferred", "random", "copy_last")
@@ -68,7 +74,10 @@ def rollout(world: EvalWorld, prompt: Tensor, actions: Tensor, seed: int) -> tup
 class BatchFigures:
     """Per-clip numbers of one batch. recon_psnr/ssim: (B,); code_counts: (B, K); psnr/ssim[c][kind]:
     (B, horizon); inferred: (B, T-1) latent actions; frames: (B, horizon, H, W, C) uint8 per kind, of
-    the longest context (for gifs); step_seconds / frames_stepped: time inside ``World.step``."""
+    the longest context (for gifs); step_seconds / frames_stepped: time inside ``World.step``;
+    real_shift / recon_shift: (B, T-1, 2) (dy, dx) between consecutive real / reconstructed frames;
+    tf_real_shift / tf_shift: (B, horizon, 2) from real frame t-1 to real frame t / to the world's
+    teacher-forced prediction of frame t, for t = max(context) .. T-1."""
 
     recon_psnr: np.ndarray
     recon_ssim: np.ndarray
@@ -79,11 +88,25 @@ class BatchFigures:
     frames: dict[str, np.ndarray] = field(default_factory=dict)
     step_seconds: float = 0.0
     frames_stepped: int = 0
+    real_shift: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
+    recon_shift: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
+    tf_real_shift: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
+    tf_shift: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
+
+
+def teacher_forced(world: EvalWorld, video: Tensor, actions: Tensor, context: int, seed: int) -> Tensor:
+    """video uint8 (B, T, H, W, C), actions (B, T-1) -> (B, T-context, H, W, C) uint8: frame t predicted
+    from the real frames t-context .. t-1 and action t-1, for t = context .. T-1 (one step each)."""
+    out = []
+    for t in range(context, video.shape[1]):
+        world.reset(video[:, t - context:t], seed=seed)
+        out.append(world.step(actions[:, t - 1]).cpu())
+    return torch.stack(out, 1)
 
 
 @torch.no_grad()
 def evaluate_batch(world: EvalWorld, video: Tensor, context: tuple[int, ...], horizon: int,
-                   seed: int) -> BatchFigures:
+                   seed: int, motion: MotionEstimator | None = None) -> BatchFigures:
     """video uint8 (B, T, H, W, C) with T = max(context) + horizon -> :class:`BatchFigures`."""
     b, t = video.shape[:2]
     cmax = max(context)
@@ -116,4 +139,10 @@ def evaluate_batch(world: EvalWorld, video: Tensor, context: tuple[int, ...], ho
                 out.frames[kind] = frames.numpy()
         out.psnr[c]["copy_last"], out.ssim[c]["copy_last"] = psnr(copy, target).numpy(), ssim(copy, target).numpy()
     out.frames["truth"] = video[:, cmax:].numpy()
+    motion = motion or MotionEstimator()
+    out.real_shift = motion(unit[:, :-1], unit[:, 1:]).numpy()
+    out.recon_shift = motion(rec[:, :-1], rec[:, 1:]).numpy()
+    pred = teacher_forced(world, video, inferred, cmax, seed).float() / 255  # (B, horizon, H, W, C)
+    out.tf_real_shift = out.real_shift[:, cmax - 1:]
+    out.tf_shift = motion(unit[:, cmax - 1:-1], pred).numpy()
     return out

@@ -1,7 +1,9 @@
 """The schema of ``metrics.json`` (documented in docs/eval.md), and its validator.
 
 Bump ``SCHEMA_VERSION`` on any change a reader could notice (a key added, removed, renamed or of
-another type); readers refuse other versions with a message, never misread them.
+another type); readers refuse other versions with a message, never misread them. Older versions that
+are still read are kept in ``SCHEMAS`` (v1: before the motion section; its headline lacks the motion
+figures, which ``--compare`` then shows as missing).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from playworld.errors import ConfigError
 from playworld.io import read_json
 
 FORMAT = "playworld-eval"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ ESTIMATE = {"mean": float, "low": float, "high": float, "n": int}
 PER_KIND = {"inferred": ListOf(ESTIMATE), "random": ListOf(ESTIMATE), "copy_last": ListOf(ESTIMATE)}
 ROLLOUT = {"psnr": PER_KIND, "ssim": PER_KIND, "delta_psnr": ListOf(ESTIMATE), "psnr_of_mean_mse": PER_KIND}
 
-SCHEMA: dict[str, Any] = {
+SCHEMA_V1: dict[str, Any] = {
     "format": str,
     "schema_version": int,
     "created_at": str,
@@ -71,6 +73,30 @@ SCHEMA: dict[str, Any] = {
               "temperature": float, "device": str, "threads": int},
     "headline": MapOf({**ESTIMATE, "better": str}),
 }
+
+KEPT = {"slope": {"dy": ESTIMATE, "dx": ESTIMATE}, "correlation": {"dy": ESTIMATE, "dx": ESTIMATE},
+        "real_motion": float, "transitions": int}
+WINDOWED = {"dy": ESTIMATE, "dx": ESTIMATE, "change": ESTIMATE}
+BY_WINDOW = {"early": Opt(ESTIMATE), "late": Opt(ESTIMATE), "far": Opt(ESTIMATE)}
+REAL_MOTION = {"action": int, "dy": ESTIMATE, "dx": ESTIMATE, "change": ESTIMATE, "transitions": int, "episodes": int}
+MOTION = {
+    "estimator": {"cutoff": float, "window": bool},
+    "tokenizer_kept": KEPT,
+    "dynamics_kept": KEPT,
+    "keys": {
+        "starts": int, "steps": int, "real_hold": int, "windows": MapOf(ListOf(int)),
+        "real_available": bool, "real_reason": Opt(str), "response": BY_WINDOW, "liveness": BY_WINDOW,
+        "change": {"early": ESTIMATE, "late": ESTIMATE, "far": ESTIMATE},
+        "response_actions": ListOf(int), "liveness_actions": ListOf(int),
+        "per_action": ListOf({"latent": int, "true": Opt(int), "real": Opt(REAL_MOTION),
+                              "early": WINDOWED, "late": WINDOWED, "far": WINDOWED}),
+        "curves": {"shift": ListOf(ListOf(ListOf(float))), "change": ListOf(ListOf(float))},
+    },
+    "realism": {"frechet": ESTIMATE, "real_vs_real": Opt(float), "steps": ListOf(int), "generated_frames": int,
+                "real_frames": int, "features": str},
+}
+SCHEMA: dict[str, Any] = {**SCHEMA_V1, "motion": MOTION}
+SCHEMAS: dict[int, dict[str, Any]] = {1: SCHEMA_V1, SCHEMA_VERSION: SCHEMA}
 
 
 def _check(value: Any, spec: Any, where: str) -> None:
@@ -108,16 +134,18 @@ def _check(value: Any, spec: Any, where: str) -> None:
 
 
 def validate(metrics: Any, where: str = "metrics.json") -> None:
-    """Raise ConfigError naming ``where`` and the key path at the first departure from the schema."""
+    """Raise ConfigError naming ``where`` and the key path at the first departure from the schema of
+    the file's version (the current one, or an older one still read)."""
     if not isinstance(metrics, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(metrics).__name__}")
     if metrics.get("format") != FORMAT:
         raise ConfigError(f"{where}: format is {metrics.get('format')!r}, not {FORMAT!r} (not a playworld eval)")
-    if metrics.get("schema_version") != SCHEMA_VERSION:
-        raise ConfigError(f"{where}: schema_version {metrics.get('schema_version')!r} is not the supported "
-                          f"{SCHEMA_VERSION}; re-run `playworld eval` with this version of playworld")
+    version = metrics.get("schema_version")
+    if isinstance(version, bool) or version not in SCHEMAS:
+        raise ConfigError(f"{where}: schema_version {version!r} is not one this playworld reads "
+                          f"({sorted(SCHEMAS)}); re-run `playworld eval` with this version of playworld")
     try:
-        _check(metrics, SCHEMA, "")
+        _check(metrics, SCHEMAS[version], "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     for name, est in _estimates(metrics, ""):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
+from playworld.maskgit import PLAY_STEPS, PLAY_TEMPERATURE
 
 
 @dataclass
@@ -48,9 +49,9 @@ class PlayConfig:
         "faster (~1.2x per frame on CPUs with AVX512-BF16/AMX), else fp32")
     defer_commit: bool = field(True, help="send each frame before writing it to the model's memory (the write "
                                "runs while the frame travels; a key pressed meanwhile waits for it)")
-    steps: int = field(1, help="MaskGIT iterations per frame (1: 30-35 frames/s for the shipped world on 2 cores in bf16, "
+    steps: int = field(PLAY_STEPS, help="MaskGIT iterations per frame (1: 30-35 frames/s for the shipped world on 2 cores in bf16, "
                        "and as accurate as 4 or 8; see docs/play.md)")
-    temperature: float = field(0.0, help="sampling temperature (0 = greedy: the same keys give the same frames; "
+    temperature: float = field(PLAY_TEMPERATURE, help="sampling temperature (0 = greedy: the same keys give the same frames; "
                                "1 = sampled, more varied)")
     context_frames: int = field(16, help="frames the dynamics model and decoder attend to")
     prompt_frames: int = field(1, help="frames of a dataset prompt (context before the start frame)")

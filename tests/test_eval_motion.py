@@ -1,0 +1,133 @@
+"""The motion estimator recovers known shifts of textured frames: sub-pixel, both signs, both axes,
+with and without static artifacts that stay put while the scene moves (where the classic whitened
+estimator reads no motion at all)."""
+
+import numpy as np
+import pytest
+import torch
+
+from playworld.eval.motion import MotionEstimator, phase_correlation
+from textures import fourier_shift, shifted_pair, texture
+
+torch.set_num_threads(1)
+SHIFTS = [(0.3, -1.7), (-2.45, 0.8), (1.0, 0.0), (0.0, -0.6), (-0.5, -0.5), (3.2, 2.5)]
+
+
+def _pairs(static: bool, seeds=range(4)):
+    pairs = [shifted_pair(dy, dx, seed=s, static=static) for s in seeds for dy, dx in SHIFTS]
+    a, b = map(torch.stack, zip(*pairs))
+    return a, b, torch.tensor([sh for _ in seeds for sh in SHIFTS], dtype=torch.float32)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_low_passed_estimator_recovers_sub_pixel_camera_shifts(static):
+    a, b, truth = _pairs(static)
+    err = (phase_correlation(a, b) - truth).abs()  # (N, 2)
+    # content enters at the edges, so not exact: a few hundredths of a pixel, a tenth with static overlays
+    assert err.mean() < (0.15 if static else 0.06) and err.max() < (0.4 if static else 0.2)
+    # the slope of estimated on true shift, per axis, is the figure eval reports as "motion kept"
+    est = phase_correlation(a, b).numpy()
+    for axis in (0, 1):
+        slope = np.polyfit(truth[:, axis].numpy(), est[:, axis], 1)[0]
+        assert abs(slope - 1) < (0.1 if static else 0.03)
+
+
+def test_the_classic_whitened_estimator_is_fooled_by_static_artifacts():
+    a, b, truth = _pairs(static=True)
+    classic = phase_correlation(a, b, cutoff=0, window=False)
+    assert (classic - truth).abs().mean() > 0.5  # often locked on the artifacts: zero shift
+    assert (classic.abs() < 0.05).float().mean() > 0.3
+    kept = [np.polyfit(truth[:, ax].numpy(), classic[:, ax].numpy(), 1)[0] for ax in (0, 1)]
+    assert max(kept) < 0.6  # under 60% of the motion "kept" by frames that kept all of it
+    clean_a, clean_b, _ = _pairs(static=False)
+    assert (phase_correlation(clean_a, clean_b, cutoff=0, window=False) - truth).abs().mean() < 0.2
+
+
+@pytest.mark.parametrize("dy,dx", [(0.25, -3.5), (-1.75, 0.0), (0.0, 2.4)])
+def test_periodic_shifts_are_exact_without_the_window(dy, dx):
+    img = texture(64, seed=3)
+    est = phase_correlation(img, fourier_shift(img, dy, dx), window=False)
+    torch.testing.assert_close(est, torch.tensor([dy, dx]), atol=0.01, rtol=0)
+
+
+def test_estimator_settings_are_validated_and_callable():
+    a, b = shifted_pair(1.5, -0.5)
+    torch.testing.assert_close(MotionEstimator()(a, b), phase_correlation(a, b))
+    with pytest.raises(ValueError, match="cutoff"):
+        MotionEstimator(cutoff=-1.0)
+
+
+def test_real_coinrun_frames_shifted_by_known_amounts():
+    pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
+    from procgen import ProcgenGym3Env
+
+    env = ProcgenGym3Env(num=1, env_name="coinrun", start_level=7, num_levels=1, distribution_mode="hard")
+    for _ in range(6):
+        env.act(np.array([4]))
+    frame = torch.from_numpy(env.observe()[1]["rgb"][0].copy()).float()  # (64, 64, 3)
+    env.close()
+    canvas = torch.nn.functional.pad(frame.permute(2, 0, 1), (16, 16, 16, 16), mode="reflect").permute(1, 2, 0)
+    for dy, dx in SHIFTS:
+        a, b = canvas[16:80, 16:80], fourier_shift(canvas, dy, dx)[16:80, 16:80]
+        est = phase_correlation(a, b)
+        assert (est - torch.tensor([dy, dx])).abs().max() < 0.2, (dy, dx, est)
+
+
+def test_motion_kept_is_the_slope_through_the_origin_with_its_correlation():
+    from playworld.eval.kept import motion_kept
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(0, 1.5, (400, 2))
+    groups = np.repeat(np.arange(40), 10)
+    half = motion_kept(0.5 * real + rng.normal(0, 0.05, real.shape), real, groups, seed=0, resamples=200)
+    assert half.slope["dx"].low < 0.5 < half.slope["dx"].high and abs(half.slope["dy"].mean - 0.5) < 0.02
+    assert half.correlation["dx"].mean > 0.98 and half.transitions == 400
+    static = motion_kept(np.zeros_like(real), real, groups, seed=0, resamples=50)
+    assert static.slope["dx"].mean == 0 and static.correlation["dy"].mean == 0
+    noise = motion_kept(rng.normal(0, 1.5, real.shape), real, groups, seed=0, resamples=200)
+    assert abs(noise.slope["dx"].mean) < 0.15 and noise.correlation["dx"].low < 0 < noise.correlation["dx"].high
+    with pytest.raises(ValueError, match="must be"):
+        motion_kept(real[:, :1], real, groups, seed=0, resamples=10)
+
+
+def test_held_actions_and_key_response_of_a_known_motion():
+    from playworld.eval.keys import KeyCurves, response, summarise
+    from playworld.eval.realgame import RealMotion, held_mask
+    from playworld.eval.stats import Estimate
+
+    assert held_mask(np.array([1, 1, 1, 2, 2, -1, -1, 3]), 2).tolist() == [0, 1, 1, 0, 1, 0, 0, 0]
+    assert response(np.array([[-0.5, 0.0], [0.0, 1.0]]), np.array([-1.0, 0.0])).tolist() == [0.5, 0.0]
+    one = Estimate(1.0, 1.0, 1.0, 5)
+    real = {0: RealMotion(3, Estimate(-1.0, -1.0, -1.0, 5), Estimate(0.0, 0.0, 0.0, 5), Estimate(4.0, 4, 4, 5), 20, 5),
+            1: RealMotion(7, Estimate(0.0, 0, 0, 5), Estimate(0.02, 0, 0.05, 5), one, 20, 5)}  # 1: too slow to count
+    steps = np.arange(1, 31)
+    shift = np.zeros((3, 2, 30, 2))
+    shift[:, 0, :, 0] = np.where(steps <= 10, -1.0, -0.1)  # action 0 moves as in the game, then nearly stops
+    change = np.zeros((3, 2, 30))
+    change[:, 0] = np.where(steps <= 10, 4.0, 0.4)
+    s = summarise(KeyCurves(shift, change), real, seed=0, resamples=50)
+    assert s.response_actions == [0] and s.liveness_actions == [0, 1]
+    assert s.response["early"].mean == pytest.approx(1.0) and s.response["late"].mean == pytest.approx(0.1)
+    assert s.liveness["early"].mean == pytest.approx(0.5)  # action 1 is frozen: mean of 1.0 and 0.0
+    assert s.liveness["far"].mean == pytest.approx(0.05)
+
+
+def test_realism_ranks_noise_blur_and_frozen_frames_worse_than_real_ones():
+    from playworld.eval.realism import FEATURES, frame_features, frechet
+
+    def frames(seeds):  # textured frames with the scene moving: the "real game"
+        out = [shifted_pair(float(s % 5) - 2, float(s % 3) - 1, seed=int(s))[i] for s in seeds for i in (0, 1)]
+        return torch.stack(out).round().clamp(0, 255).to(torch.uint8)
+
+    real, other = frames(range(0, 150)), frames(range(150, 300))
+    f_real = frame_features(real)
+    assert f_real.shape == (300, FEATURES)
+    gen = torch.Generator().manual_seed(0)
+    noisy = (other.float() + 30 * torch.randn(other.shape, generator=gen)).clamp(0, 255).to(torch.uint8)
+    blurred = torch.nn.functional.avg_pool2d(other.permute(0, 3, 1, 2).float(), 5, 1, 2).permute(0, 2, 3, 1)
+    frozen = other[:1].expand_as(other)
+    base = frechet(f_real, frame_features(other))
+    for name, bad in (("noise", noisy), ("blur", blurred.to(torch.uint8)), ("frozen", frozen)):
+        assert frechet(f_real, frame_features(bad)) > 3 * base, name
+    with pytest.raises(ValueError, match="divisible by 4"):
+        frame_features(np.zeros((2, 10, 10, 3), np.uint8))
