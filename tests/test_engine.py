@@ -373,3 +373,17 @@ def test_init_from_starts_from_another_runs_release_weights(dataset, tmp_path):
     with pytest.raises(CheckpointError, match="config.json"):
         Trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(tmp_path / "nope"))),
                 tmp_path / "e", progress=False)
+
+
+def test_a_config_field_added_after_a_run_started_resumes_at_its_default():
+    from playworld.models.dynamics import DynamicsConfig
+    from playworld.train.engine import config_defaults, config_differences
+
+    cfg = RunConfig(kind="dynamics", model=DynamicsConfig(dim=32, depth=1, heads=2))
+    saved = cfg.to_dict()
+    del saved["model"]["context_noise"]  # a checkpoint written before the field existed
+    assert config_differences(saved, cfg.to_dict(), config_defaults(cfg)) == []
+    changed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, context_noise=0.1))
+    diffs = config_differences(saved, changed.to_dict(), config_defaults(changed))
+    assert len(diffs) == 1 and diffs[0].startswith("model.context_noise: checkpoint 0.0 vs now 0.1")
+    assert config_differences(saved, cfg.to_dict())  # without the defaults the missing key is a difference

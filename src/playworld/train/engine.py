@@ -9,6 +9,8 @@ N steps and on SIGINT/SIGTERM, exact resume, and DDP under torchrun (rank 0 alon
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import signal
 import sys
@@ -156,9 +158,32 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ (ignoring ones that may change on resume)."""
+def config_defaults(cfg: RunConfig) -> dict[str, Any]:
+    """Dotted key -> default value (as JSON would hold it) of every field of ``cfg``'s dataclass sections."""
+    out: dict[str, Any] = {}
+    for section in ("model", "optim", "data", "train"):
+        value = getattr(cfg, section)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for f in dataclasses.fields(value):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                continue
+            out[f"{section}.{f.name}"] = json.loads(json.dumps(default))
+    return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       defaults: dict[str, Any] | None = None) -> list[str]:
+    """Dotted keys whose values differ (ignoring ones that may change on resume). A key the checkpoint
+    lacks counts as its ``defaults`` value: a field added to a config after the run started, left at
+    its default, does not change what the run trains."""
     a, b = _flatten(saved), _flatten(current)
+    for k, v in (defaults or {}).items():
+        a.setdefault(k, v)
     keys = sorted(set(a) | set(b))
     return [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in keys
             if a.get(k) != b.get(k) and k not in _RESUME_MUTABLE]
@@ -302,7 +327,7 @@ class Trainer:
         path = self.ckpt.latest()
         if path is None:
             return
-        diffs = config_differences(read_checkpoint_config(path), self.cfg.to_dict())
+        diffs = config_differences(read_checkpoint_config(path), self.cfg.to_dict(), config_defaults(self.cfg))
         if diffs:
             raise CheckpointError(f"{path}: config differs from the run being resumed: " + "; ".join(diffs))
         state, ema = self.ckpt.load(path, model=self.model, optimizer=self.optimizer, device=self.device)
