@@ -66,6 +66,8 @@ def test_context_noise_corrupts_only_visible_inputs_at_a_bounded_rate():
     batch = clean.random_mask(tokens, g)
     assert torch.equal(clean.corrupt(batch, g), batch.inputs)  # off by default
     noisy = _dynamics(context_noise=0.5)
+    assert torch.equal(noisy.corrupt(batch, g), batch.inputs)  # eval mode: validation sees clean inputs
+    noisy.train()
     out = noisy.corrupt(batch, g)
     assert (out[batch.mask] == noisy.mask_id).all()  # [MASK] positions untouched
     changed = (out != batch.inputs)[~batch.mask].float().mean()

@@ -168,9 +168,10 @@ class DynamicsModel(nn.Module):
 
     def corrupt(self, batch: MaskedBatch, generator: torch.Generator | None = None) -> Tensor:
         """Inputs (B, T, S) with a share r ~ U[0, context_noise] (per clip) of the *visible* tokens replaced
-        by uniformly random token ids; [MASK] positions are left as they are."""
+        by uniformly random token ids; [MASK] positions are left as they are. Training mode only, so
+        validation losses stay comparable across settings."""
         inputs = batch.inputs
-        if self.config.context_noise <= 0:
+        if self.config.context_noise <= 0 or not self.training:
             return inputs
         b = inputs.shape[0]
         rate = self.config.context_noise * torch.rand(b, 1, 1, device=inputs.device, generator=generator)
