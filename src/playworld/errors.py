@@ -19,3 +19,7 @@ class CheckpointError(PlayworldError):
 
 class TrainingError(PlayworldError):
     """Training cannot go on (for example a NaN/inf loss); the last good checkpoint is kept."""
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """Release weights whose ``config.json`` records no sha256 (written before playworld recorded them)."""

@@ -34,6 +34,7 @@ from playworld.train.checkpoint import (
     check_state_dict,
     load_tensors,
     read_checkpoint_config,
+    read_release_config,
     save_release,
 )
 from playworld.train.config import RunConfig, TrainPrecision
@@ -247,7 +248,7 @@ class Trainer:
     def _init_from(self, source: Path) -> None:
         """Load the release weights of run ``source`` into the model being trained, before the optimizer
         and EMA are built from it (a resumed run then overwrites them with its checkpoint)."""
-        saved = RunConfig.from_dict(read_checkpoint_config(source), where=str(source / "config.json"))
+        saved = RunConfig.from_dict(read_release_config(source), where=str(source / "config.json"))
         if saved.kind != self.cfg.kind:
             raise CheckpointError(f"train.init_from {source}: a {saved.kind} run, but this run trains {self.cfg.kind}")
         weights = load_tensors(source / "model.safetensors", self.device)

@@ -1,0 +1,90 @@
+"""Release weights prove they are intact: config.json records the sha256 and size of model.safetensors,
+and every loader (load_model, playworld.load, World.load, train.init_from) checks them."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+import playworld
+from playworld.errors import CheckpointError, UnverifiedWeightsWarning
+from playworld.train.checkpoint import load_model, sha256_file
+from playworld.world import World
+from tiny_world import save_tiny_run
+
+SHIPPED = Path(playworld.__file__).parent / "assets" / "coinrun"
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    return save_tiny_run(tmp_path / "run")
+
+
+def test_save_release_records_the_size_and_sha256_of_the_weights(run):
+    d = run / "lam"
+    files = json.loads((d / "config.json").read_text())["files"]
+    assert files == {"model.safetensors": {"sha256": sha256_file(d / "model.safetensors"),
+                                           "bytes": (d / "model.safetensors").stat().st_size}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_model(d) is not None
+        World.load(run)
+
+
+def test_a_flipped_byte_is_named(run):
+    weights = run / "dynamics" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the hash can tell
+    weights.write_bytes(bytes(data))
+    for load in (load_model, playworld.load):
+        with pytest.raises(CheckpointError, match=r"dynamics/model\.safetensors: sha256 .* \(file corrupt or modified\)"):
+            load(run / "dynamics")
+    with pytest.raises(CheckpointError, match=r"dynamics/model\.safetensors: sha256"):
+        World.load(run)
+
+
+def test_a_truncated_file_is_named_by_its_size(run):
+    weights = run / "tokenizer" / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=rf"tokenizer/model\.safetensors: {size - 10} bytes, but config.json "
+                       rf"records {size}"):
+        playworld.load(run)
+
+
+def test_an_old_release_without_hashes_warns_naming_its_directory_and_loads(run):
+    d = run / "lam"
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["files"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UnverifiedWeightsWarning, match=rf"{d}: config.json records no sha256"):
+        assert load_model(d) is not None
+
+
+def test_a_missing_config_is_named_as_such(run):
+    (run / "lam" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"lam/config\.json: missing"):
+        load_model(run / "lam")
+    with pytest.raises(CheckpointError, match=r"lam/config\.json: missing beside"):
+        playworld.load(run)
+
+
+def test_a_malformed_files_entry_is_refused(run):
+    d = run / "lam"
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["files"]["model.safetensors"]["sha256"] = "abc"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"lam/config\.json: files\.model\.safetensors must be"):
+        load_model(d)
+
+
+def test_the_shipped_world_records_its_hashes_and_loads_without_warning():
+    for part in ("tokenizer", "lam", "dynamics"):
+        files = json.loads((SHIPPED / part / "config.json").read_text())["files"]
+        assert files["model.safetensors"]["sha256"] == sha256_file(SHIPPED / part / "model.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        World.load(SHIPPED)
