@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import playworld
-from playworld.errors import CheckpointError, UnverifiedWeightsWarning
+from playworld.errors import CheckpointError, UnfinishedRunWarning, UnverifiedWeightsWarning
 from playworld.train.checkpoint import load_model, sha256_file
 from playworld.world import World
 from tiny_world import save_tiny_run
@@ -88,3 +88,39 @@ def test_the_shipped_world_records_its_hashes_and_loads_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         World.load(SHIPPED)
+
+
+def _tokenizer_run(data: Path, steps: int):
+    from playworld.models.tokenizer import TokenizerConfig
+    from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig
+
+    tok = TokenizerConfig(image_size=16, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2, num_codes=32, code_dim=8)
+    return RunConfig(kind="tokenizer", model=tok, optim=OptimConfig(lr=1e-2, warmup_steps=1),
+                     data=DataConfig(path=str(data), clip_len=4, batch_size=2),
+                     train=TrainConfig(steps=steps, log_every=1, val_every=0, ckpt_every=1, seed=0))
+
+
+def test_an_interrupted_run_never_passes_for_a_finished_one(tmp_path):
+    from playworld.models.dynamics import DynamicsConfig
+    from playworld.train import RunConfig, Trainer
+
+    from helpers import make_dataset
+
+    cfg = _tokenizer_run(make_dataset(tmp_path / "ds", episodes=3, length=6), steps=3)
+    run = tmp_path / "tok"
+    assert Trainer(cfg, run, progress=False).fit(stop_after=1).interrupted
+    progress = json.loads((run / "config.json").read_text())["progress"]
+    assert progress == {"step": 1, "steps": 3, "finished": False}
+    with pytest.warns(UnfinishedRunWarning, match=rf"{run}: an unfinished run \(step 1 of 3\)"):
+        load_model(run)
+    dyn = RunConfig(kind="dynamics", model=DynamicsConfig(vocab_size=32, token_height=4, token_width=4, dim=32,
+                                                           depth=1, heads=2),
+                    data=cfg.data, deps={"tokenizer": str(run), "lam": str(tmp_path / "lam")})
+    with pytest.raises(CheckpointError, match=rf"{run}: the tokenizer run is unfinished \(step 1 of 3\)"):
+        Trainer(dyn, tmp_path / "dyn", progress=False)
+    # re-running finishes it: the same directory now loads silently
+    assert Trainer(cfg, run, progress=False).fit().step == 3
+    assert json.loads((run / "config.json").read_text())["progress"] == {"step": 3, "steps": 3, "finished": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(run)

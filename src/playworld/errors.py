@@ -23,3 +23,7 @@ class TrainingError(PlayworldError):
 
 class UnverifiedWeightsWarning(UserWarning):
     """Release weights whose ``config.json`` records no sha256 (written before playworld recorded them)."""
+
+
+class UnfinishedRunWarning(UserWarning):
+    """Release weights of a run that has not reached its ``train.steps`` (interrupted, or still training)."""

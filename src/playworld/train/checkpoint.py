@@ -2,7 +2,8 @@
 
 Two kinds (STYLE.md habit 7):
 - release weights: ``DIR/model.safetensors`` + ``DIR/config.json`` (the run config, plus the sha256
-  and size of model.safetensors under ``"files"``), loadable with :func:`load_model`, which checks them;
+  and size of model.safetensors under ``"files"``; from a trainer, ``"progress"``: step, steps, finished),
+  loadable with :func:`load_model`, which checks the files and warns on an unfinished run;
 - resume state: ``RUN/checkpoints/step-NNNNNNN/`` holding model, optimizer, EMA and RNG tensors
   (safetensors) and ``state.json`` (step, loader position, Python/NumPy RNG, sha256 of every file).
 
@@ -27,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from playworld.errors import CheckpointError, UnverifiedWeightsWarning
+from playworld.errors import CheckpointError, UnfinishedRunWarning, UnverifiedWeightsWarning
 from playworld.io import atomic_write, atomic_write_text, read_json
 
 STATE_VERSION = 1
@@ -271,14 +272,19 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def save_release(out_dir: Path, weights: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+def save_release(out_dir: Path, weights: dict[str, torch.Tensor], config: dict[str, Any], *,
+                 step: int | None = None, steps: int | None = None) -> None:
     """Write ``out_dir/model.safetensors``, then ``out_dir/config.json``: the run config plus
-    ``"files": {"model.safetensors": {"sha256", "bytes"}}``, which :func:`load_model` checks (each atomically)."""
+    ``"files": {"model.safetensors": {"sha256", "bytes"}}``, which :func:`load_model` checks (each atomically).
+    A trainer passes ``step`` and ``steps``: recorded as ``"progress": {"step", "steps", "finished"}``, so the
+    weights of a run stopped before ``steps`` never pass for finished ones (loaders warn, dynamics refuses them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_file = out_dir / "model.safetensors"
     save_tensors(weights_file, weights, metadata={"kind": config["kind"]})
     config = {**config, "files": {weights_file.name: file_record(weights_file)}}
+    if step is not None and steps is not None:
+        config["progress"] = {"step": step, "steps": steps, "finished": step >= steps}
     atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -317,6 +323,19 @@ def verify_release_files(model_dir: Path, config: dict[str, Any]) -> None:
                                   "records (file corrupt or modified)")
 
 
+def unfinished(config: dict[str, Any], where: Path) -> str | None:
+    """"step N of M" if a release's config records that its run stopped before its last step, else None
+    (finished, or a release from before progress was recorded)."""
+    progress = config.get("progress")
+    if progress is None:
+        return None
+    if not (isinstance(progress, dict) and isinstance(progress.get("finished"), bool)
+            and isinstance(progress.get("step"), int) and isinstance(progress.get("steps"), int)):
+        raise CheckpointError(f"{where}: \"progress\" must be {{\"step\": int, \"steps\": int, \"finished\": bool}}, "
+                              f"got {progress!r}")
+    return None if progress["finished"] else f"step {progress['step']} of {progress['steps']}"
+
+
 def read_release_config(model_dir: Path) -> dict[str, Any]:
     """The ``config.json`` of the release in ``model_dir``, after checking the weight files it lists
     (:func:`verify_release_files`); a missing config.json raises CheckpointError saying so."""
@@ -330,6 +349,10 @@ def read_release_config(model_dir: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_file}: expected a JSON object")
     verify_release_files(model_dir, config)
+    stopped = unfinished(config, config_file)
+    if stopped:
+        warnings.warn(f"{model_dir}: an unfinished run ({stopped}): these are its latest weights, not its final "
+                      "ones; re-run its `playworld train` command to finish it", UnfinishedRunWarning, stacklevel=3)
     return config
 
 

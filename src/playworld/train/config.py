@@ -17,8 +17,9 @@ Kind = Literal["tokenizer", "lam", "dynamics"]
 # with fp32 master copies in the optimizer (playworld.train.mixed)
 TrainPrecision = Literal["auto", "fp32", "bf16", "bf16-weights"]
 # Top-level keys that a release's config.json adds to the run config (playworld.train.checkpoint):
-# "files" (sha256 and size of each weight file), read and checked by load_model, not by RunConfig.
-RELEASE_KEYS = frozenset({"files"})
+# "files" (sha256 and size of each weight file) and "progress" (step, steps, finished), read and checked
+# by load_model, not by RunConfig.
+RELEASE_KEYS = frozenset({"files", "progress"})
 
 
 @dataclass

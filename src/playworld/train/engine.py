@@ -318,11 +318,12 @@ class Trainer:
         return path
 
     def save_release(self) -> None:
-        """Release weights (EMA if enabled) + config at the run's root: what `playworld.load` reads."""
+        """Release weights (EMA if enabled) + config at the run's root: what `playworld.load` reads. Before
+        ``train.steps`` the config records the run as unfinished (step N of M), and loaders warn."""
         if not self.dist.is_main:
             return
         weights = self.ema.export(self.release) if self.ema else self.release.state_dict()
-        save_release(self.run_dir, weights, self.cfg.to_dict())
+        save_release(self.run_dir, weights, self.cfg.to_dict(), step=self.step, steps=self.cfg.train.steps)
 
     def _resume(self, loader: Any) -> None:
         path = self.ckpt.latest()
