@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -74,7 +75,8 @@ def _train_one(kind: str, out: Path, args: argparse.Namespace, scoped: bool, dep
     result = Trainer(cfg, out, progress=not args.no_progress).fit(resume=True)
     if result.interrupted:
         print(f"{kind}: stopped at step {result.step}; checkpoint saved in {out}. Re-run to continue.")
-        return 130
+        # the shell's convention, 128 + the signal: 130 after SIGINT (Ctrl-C), 143 after SIGTERM
+        return 128 + (result.signal or signal.SIGINT)
     print(f"{kind}: done at step {result.step}: {out}")
     return 0
 

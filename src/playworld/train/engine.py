@@ -63,6 +63,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # loss of every step this call ran (rank-averaged)
     interrupted: bool = False
     run_dir: Path | None = None
+    signal: int | None = None  # the signal that stopped it (SIGINT, SIGTERM), if one did
 
 
 class _LossModule(nn.Module):
@@ -242,6 +243,7 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)
         self.step = 0
         self._stop = threading.Event()
+        self._stop_signal: int | None = None
         self._forward = self._build_forward()
 
     # ------------------------------------------------------------------ set-up
@@ -339,6 +341,8 @@ class Trainer:
             self.ema.load_state_dict(ema)
         self.step = state.step
         loader.load_state_dict(state.loader)
+        if self.dist.is_main:
+            print(f"{self.cfg.kind}: resuming from step {self.step} ({path})", file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ loop
     def _install_signals(self) -> list[tuple[int, Any]]:
@@ -347,8 +351,14 @@ class Trainer:
         previous = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous.append((sig, signal.getsignal(sig)))
-            signal.signal(sig, lambda *_: self._stop.set())
+            signal.signal(sig, self._on_signal)
         return previous
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        """Stop after the current step (a checkpoint is written); the first signal names the exit code."""
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        self._stop.set()
 
     def fit(self, *, resume: bool = True, stop_after: int | None = None) -> TrainResult:
         """Train until ``train.steps``; ``stop_after`` ends this call early after that many steps
@@ -396,6 +406,7 @@ class Trainer:
                     self.save_checkpoint(loader)
                 if stopping and not done:
                     result.interrupted = True
+                    result.signal = self._stop_signal
                     break
         finally:
             bar.close()
