@@ -124,3 +124,35 @@ def test_an_interrupted_run_never_passes_for_a_finished_one(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_model(run)
+
+
+def test_the_cli_says_it_plays_an_unfinished_run(run, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from playworld.cli import main
+
+    d = run / "dynamics"
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "progress": {"step": 1, "steps": 3, "finished": False}}))
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "start.png")
+    assert main(["rollout", str(run), "--image", str(tmp_path / "start.png"), "--actions", "1",
+                 "--out", str(tmp_path / "out.gif"), "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"playworld: warning: {d}: an unfinished run (step 1 of 3): these are its latest weights" in err
+
+
+def test_init_from_checks_the_weights_it_starts_from(run, tmp_path):
+    import dataclasses
+
+    from playworld.train import Trainer
+
+    weights = run / "tokenizer" / "model.safetensors"
+    cfg = _tokenizer_run(tmp_path / "ds", steps=1)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(run / "tokenizer")))
+    Trainer(cfg, tmp_path / "a", progress=False)  # intact: starts
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"tokenizer/model\.safetensors: sha256"):
+        Trainer(cfg, tmp_path / "b", progress=False)
