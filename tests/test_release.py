@@ -75,10 +75,11 @@ def test_a_missing_config_is_named_as_such(run):
 def test_a_malformed_files_entry_is_refused(run):
     d = run / "lam"
     cfg = json.loads((d / "config.json").read_text())
-    cfg["files"]["model.safetensors"]["sha256"] = "abc"
-    (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"lam/config\.json: files\.model\.safetensors must be"):
-        load_model(d)
+    for bad in ("abc", "z" * 64):
+        cfg["files"]["model.safetensors"]["sha256"] = bad
+        (d / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match=r"lam/config\.json: files\.model\.safetensors must be"):
+            load_model(d)
 
 
 def test_the_shipped_world_records_its_hashes_and_loads_without_warning():

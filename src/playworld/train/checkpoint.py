@@ -307,7 +307,8 @@ def verify_release_files(model_dir: Path, config: dict[str, Any]) -> None:
         if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
             raise CheckpointError(f"{where}: \"files\" lists {name!r}, not a file name in {model_dir}")
         digest, size = (record.get("sha256"), record.get("bytes")) if isinstance(record, dict) else (None, None)
-        if not (isinstance(digest, str) and len(digest) == 64 and isinstance(size, int) and not isinstance(size, bool)):
+        hex_digest = isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")
+        if not (hex_digest and isinstance(size, int) and not isinstance(size, bool) and size >= 0):
             raise CheckpointError(f"{where}: files.{name} must be {{\"sha256\": 64 hex digits, \"bytes\": int}}, "
                                   f"got {record!r}")
         path = model_dir / name
