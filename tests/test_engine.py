@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -122,6 +123,29 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(dataset, tmp_
         _trainer(cfg, tmp_path / "run").fit()
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*"))
     assert ckpts == ["step-00000002"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_a_checkpoint_and_is_reported(dataset, tmp_path, capsys, signum):
+    cfg = _cfg(dataset, steps=8)
+    trainer = _trainer(cfg, tmp_path / "run")
+    step = trainer._train_step
+
+    def step_then_signal(batches):
+        out = step(batches)
+        if trainer.step == 1:  # the handler runs in this thread, before the loop checks its flag
+            os.kill(os.getpid(), signum)
+        return out
+
+    trainer._train_step = step_then_signal
+    before = signal.getsignal(signum)
+    result = trainer.fit()
+    assert result.interrupted and result.signal == signum and result.step == 2
+    assert signal.getsignal(signum) is before  # the caller's handler is back
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+    assert "resuming" not in capsys.readouterr().err
+    assert _trainer(cfg, tmp_path / "run").fit().step == 8
+    assert "tokenizer: resuming from step 2 (" in capsys.readouterr().err
 
 
 def test_corrupted_checkpoint_is_named(dataset, tmp_path):

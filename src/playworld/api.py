@@ -49,6 +49,10 @@ def load(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     if not path.exists():
         raise CheckpointError(f"{path}: no such run directory")
     out = LoadedRun(path=path)
+    for d in (path, *(path / p for p in PARTS)):
+        if (d / "model.safetensors").is_file() and not (d / "config.json").is_file():
+            raise CheckpointError(f"{d / 'config.json'}: missing beside {d / 'model.safetensors'}; release weights "
+                                  "need the config.json that `playworld train` writes next to them")
     dirs = {p: path / p for p in PARTS if _is_model_dir(path / p)}
     if _is_model_dir(path):
         kind = read_checkpoint_config(path).get("kind")

@@ -19,3 +19,15 @@ class CheckpointError(PlayworldError):
 
 class TrainingError(PlayworldError):
     """Training cannot go on (for example a NaN/inf loss); the last good checkpoint is kept."""
+
+
+class PlayworldWarning(UserWarning):
+    """Base of playworld's warnings (the CLI prints these as ``playworld: warning: ...``)."""
+
+
+class UnverifiedWeightsWarning(PlayworldWarning):
+    """Release weights whose ``config.json`` records no sha256 (written before playworld recorded them)."""
+
+
+class UnfinishedRunWarning(PlayworldWarning):
+    """Release weights of a run that has not reached its ``train.steps`` (interrupted, or still training)."""

@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temporary name in the same directory, fsync, then rename.
 
-A reader (or a crash) never sees a half-written file: either the old content or the new.
+A reader (or a crash) never sees a half-written file: either the old content or the new. The file gets
+the mode any new file gets (0666 less the umask), not the 0600 of the temporary file it was written as.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """This process's umask. Linux shows it in /proc/self/status; elsewhere ``os.umask`` can only read it
+    by setting it, so it is set back at once (under a lock, for this module's own threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` and move the result onto ``path`` atomically."""
     path = Path(path)
@@ -36,6 +56,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it 0600
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

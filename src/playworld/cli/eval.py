@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from playworld.cli.threads import add_threads_argument
     from playworld.config import add_dataclass_args
     from playworld.eval.config import EvalConfig
 
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", nargs="+", metavar="RUN", help="compare the evaluations of these runs (or of "
                    "their eval directories / metrics.json files) instead of evaluating")
     p.add_argument("--device", default="cpu", help="torch device for the models (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_threads_argument(p)
     add_dataclass_args(p, EvalConfig)
     p.set_defaults(func=run)
 
@@ -56,8 +57,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
     import time
 
-    import torch
-
+    from playworld.cli.threads import apply_threads
     from playworld.config import dataclass_from_args
     from playworld.data.loader import ClipDataset
     from playworld.errors import DatasetError
@@ -71,8 +71,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from playworld.world import World, WorldConfig
 
     cfg = dataclass_from_args(EvalConfig, args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     sampling = SamplingConfig(steps=cfg.maskgit_steps, temperature=cfg.temperature)
     world = World.load(args.run, WorldConfig(sampling=sampling), device=args.device, precision=cfg.precision)

@@ -6,6 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from playworld.cli.threads import add_threads_argument
     from playworld.config import add_dataclass_args
     from playworld.play.config import PlayConfig
 
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset directory to draw start frames from "
                    "(default: RUN/prompts when it holds a dataset, as the shipped world does)")
     p.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_threads_argument(p)
     add_dataclass_args(p, PlayConfig)
     p.set_defaults(func=run)
 

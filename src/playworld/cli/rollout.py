@@ -9,6 +9,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     from typing import get_args
 
+    from playworld.cli.threads import add_threads_argument
     from playworld.config import Precision
     from playworld.maskgit import PLAY_STEPS, PLAY_TEMPERATURE
 
@@ -38,10 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dtype of the dynamics model and decoder (auto: bf16 where faster) (default: %(default)s)")
     p.add_argument("--fps", type=float, default=15.0, help="video frame rate (default: %(default)s)")
     p.add_argument("--scale", type=int, default=4, help="enlarge each pixel in the video (default: %(default)s)")
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from playworld.cli.threads import apply_threads
     from playworld.errors import ConfigError
     from playworld.maskgit import SamplingConfig
     from playworld.play.actions import load_action_names, parse_action_string
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: use a .mp4 or .gif file name")
     if args.scale < 1 or args.fps <= 0 or args.prompt_frames < 1:
         raise ConfigError("--scale and --prompt-frames must be >= 1 and --fps > 0")
+    apply_threads(args.threads)
     world = World.load(args.run, WorldConfig(sampling=SamplingConfig(steps=args.steps,
                                                                      temperature=args.temperature)),
                        precision=args.precision)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from playworld.cli.threads import add_threads_argument
+
     p = sub.add_parser(
         "tokenize", help="encode a video to tokens (or decode tokens to a video) with a trained tokenizer",
         description="Encode: playworld tokenize RUN clip.mp4 --out clip.tokens.safetensors [--recon recon.mp4]\n"
@@ -21,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", choices=("crop", "pad"), default="crop", help="keep aspect by center-crop or pad")
     p.add_argument("--chunk", type=int, default=16, help="frames encoded together (causal: any size gives the "
                    "same tokens up to the context window)")
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
@@ -29,11 +32,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from playworld.api import load
+    from playworld.cli.threads import apply_threads
     from playworld.errors import ConfigError
     from playworld.models.base import psnr_from_mse, to_uint8, to_unit
     from playworld.train.checkpoint import load_tensors, save_tensors
     from playworld.video import read_video, write_video
 
+    apply_threads(args.threads)
     loaded = load(args.run)
     loaded.require("tokenizer")
     tok = loaded.tokenizer

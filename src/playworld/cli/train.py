@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ KINDS = ("tokenizer", "lam", "dynamics")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from playworld.cli.threads import add_threads_argument
     from playworld.presets import preset_names
 
     p = sub.add_parser(
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run directory")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(p)
     p.add_argument("--allow-collapsed-lam", action="store_true",
                    help="all: train the dynamics model even if the LAM's encoder is collapsed on held-out clips "
                    "(uses under half its actions or has perplexity < 1.5); by default `all` stops after the LAM")
@@ -74,7 +77,8 @@ def _train_one(kind: str, out: Path, args: argparse.Namespace, scoped: bool, dep
     result = Trainer(cfg, out, progress=not args.no_progress).fit(resume=True)
     if result.interrupted:
         print(f"{kind}: stopped at step {result.step}; checkpoint saved in {out}. Re-run to continue.")
-        return 130
+        # the shell's convention, 128 + the signal: 130 after SIGINT (Ctrl-C), 143 after SIGTERM
+        return 128 + (result.signal or signal.SIGINT)
     print(f"{kind}: done at step {result.step}: {out}")
     return 0
 
@@ -97,6 +101,9 @@ def _check_lam(lam_dir: Path, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from playworld.cli.threads import apply_threads
+
+    apply_threads(args.threads)
     out = Path(args.out)
     if args.what == "all":
         deps = {"tokenizer": str(out / "tokenizer"), "lam": str(out / "lam")}

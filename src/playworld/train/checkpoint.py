@@ -1,8 +1,9 @@
 """Checkpoints without pickle: safetensors for tensors, JSON for everything else.
 
 Two kinds (STYLE.md habit 7):
-- release weights: ``DIR/model.safetensors`` + ``DIR/config.json`` (the run config), loadable with
-  :func:`load_model`;
+- release weights: ``DIR/model.safetensors`` + ``DIR/config.json`` (the run config, plus the sha256
+  and size of model.safetensors under ``"files"``; from a trainer, ``"progress"``: step, steps, finished),
+  loadable with :func:`load_model`, which checks the files and warns on an unfinished run;
 - resume state: ``RUN/checkpoints/step-NNNNNNN/`` holding model, optimizer, EMA and RNG tensors
   (safetensors) and ``state.json`` (step, loader position, Python/NumPy RNG, sha256 of every file).
 
@@ -16,6 +17,7 @@ import hashlib
 import json
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from playworld.errors import CheckpointError
+from playworld.errors import CheckpointError, UnfinishedRunWarning, UnverifiedWeightsWarning
 from playworld.io import atomic_write, atomic_write_text, read_json
 
 STATE_VERSION = 1
@@ -264,21 +266,106 @@ def read_checkpoint_config(path: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- release weights
 
-def save_release(out_dir: Path, weights: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
-    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` (each atomically)."""
+def file_record(path: Path) -> dict[str, Any]:
+    """What a release's config.json records of one weight file: ``{"sha256": hex, "bytes": size}``."""
+    path = Path(path)
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def save_release(out_dir: Path, weights: dict[str, torch.Tensor], config: dict[str, Any], *,
+                 step: int | None = None, steps: int | None = None) -> None:
+    """Write ``out_dir/model.safetensors``, then ``out_dir/config.json``: the run config plus
+    ``"files": {"model.safetensors": {"sha256", "bytes"}}``, which :func:`load_model` checks (each atomically).
+    A trainer passes ``step`` and ``steps``: recorded as ``"progress": {"step", "steps", "finished"}``, so the
+    weights of a run stopped before ``steps`` never pass for finished ones (loaders warn, dynamics refuses them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_tensors(out_dir / "model.safetensors", weights, metadata={"kind": config["kind"]})
+    weights_file = out_dir / "model.safetensors"
+    save_tensors(weights_file, weights, metadata={"kind": config["kind"]})
+    config = {**config, "files": {weights_file.name: file_record(weights_file)}}
+    if step is not None and steps is not None:
+        config["progress"] = {"step": step, "steps": steps, "finished": step >= steps}
     atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def verify_release_files(model_dir: Path, config: dict[str, Any]) -> None:
+    """Check every file a release's ``config.json`` lists under ``"files"`` (size, then sha256); a
+    mismatch raises CheckpointError naming the file. A config without the entry (a release written
+    before playworld recorded hashes) warns (UnverifiedWeightsWarning) naming the directory."""
+    model_dir = Path(model_dir)
+    where = model_dir / "config.json"
+    files = config.get("files")
+    if files is None:
+        warnings.warn(f"{model_dir}: config.json records no sha256 of model.safetensors (written before playworld "
+                      "recorded them), so these weights are loaded unverified", UnverifiedWeightsWarning,
+                      stacklevel=3)
+        return
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        raise CheckpointError(f"{where}: \"files\" must map each weight file (model.safetensors at least) to "
+                              "its {\"sha256\", \"bytes\"}")
+    for name, record in files.items():
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise CheckpointError(f"{where}: \"files\" lists {name!r}, not a file name in {model_dir}")
+        digest, size = (record.get("sha256"), record.get("bytes")) if isinstance(record, dict) else (None, None)
+        hex_digest = isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")
+        if not (hex_digest and isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+            raise CheckpointError(f"{where}: files.{name} must be {{\"sha256\": 64 hex digits, \"bytes\": int}}, "
+                                  f"got {record!r}")
+        path = model_dir / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: listed in config.json but missing")
+        actual = path.stat().st_size
+        if actual != size:
+            raise CheckpointError(f"{path}: {actual} bytes, but config.json records {size} (truncated, or "
+                                  "replaced by another file)")
+        actual_digest = sha256_file(path)
+        if actual_digest != digest:
+            raise CheckpointError(f"{path}: sha256 {actual_digest} differs from the {digest} that config.json "
+                                  "records (file corrupt or modified)")
+
+
+def unfinished(config: dict[str, Any], where: Path) -> str | None:
+    """"step N of M" if a release's config records that its run stopped before its last step, else None
+    (finished, or a release from before progress was recorded)."""
+    progress = config.get("progress")
+    if progress is None:
+        return None
+    if not (isinstance(progress, dict) and isinstance(progress.get("finished"), bool)
+            and isinstance(progress.get("step"), int) and isinstance(progress.get("steps"), int)):
+        raise CheckpointError(f"{where}: \"progress\" must be {{\"step\": int, \"steps\": int, \"finished\": bool}}, "
+                              f"got {progress!r}")
+    return None if progress["finished"] else f"step {progress['step']} of {progress['steps']}"
+
+
+def read_release_config(model_dir: Path) -> dict[str, Any]:
+    """The ``config.json`` of the release in ``model_dir``, after checking the weight files it lists
+    (:func:`verify_release_files`); a missing config.json raises CheckpointError saying so."""
+    model_dir = Path(model_dir)
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        beside = " beside model.safetensors" if (model_dir / "model.safetensors").is_file() else ""
+        raise CheckpointError(f"{config_file}: missing{beside}; release weights are model.safetensors with the "
+                              "config.json that `playworld train` writes next to it")
+    config = read_json(config_file, CheckpointError, "config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object")
+    verify_release_files(model_dir, config)
+    stopped = unfinished(config, config_file)
+    if stopped:
+        warnings.warn(f"{model_dir}: an unfinished run ({stopped}): these are its latest weights, not its final "
+                      "ones; re-run its `playworld train` command to finish it", UnfinishedRunWarning, stacklevel=3)
+    return config
+
+
 def load_model(model_dir: Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Build the released model in ``model_dir`` from its config and load its weights (eval mode)."""
+    """Build the released model in ``model_dir`` from its config and load its weights (eval mode),
+    after checking them against the sha256 and size its config.json records."""
     from playworld.train.config import RunConfig
     from playworld.train.registry import get_spec
 
     model_dir = Path(model_dir)
-    cfg = RunConfig.from_dict(read_checkpoint_config(model_dir), where=str(model_dir / "config.json"))
+    raw = read_release_config(model_dir)
+    cfg = RunConfig.from_dict(raw, where=str(model_dir / "config.json"))
     module = get_spec(cfg.kind).build_release(cfg.model)
     weights = load_tensors(model_dir / "model.safetensors", device)
     check_state_dict(module, weights, str(model_dir / "model.safetensors"))

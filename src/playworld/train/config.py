@@ -16,6 +16,10 @@ Kind = Literal["tokenizer", "lam", "dynamics"]
 # playworld.config.Precision (what eval and play compute in) plus a training-only mode: bf16 weights
 # with fp32 master copies in the optimizer (playworld.train.mixed)
 TrainPrecision = Literal["auto", "fp32", "bf16", "bf16-weights"]
+# Top-level keys that a release's config.json adds to the run config (playworld.train.checkpoint):
+# "files" (sha256 and size of each weight file) and "progress" (step, steps, finished), read and checked
+# by load_model, not by RunConfig.
+RELEASE_KEYS = frozenset({"files", "progress"})
 
 
 @dataclass
@@ -128,7 +132,7 @@ class RunConfig:
         missing = {"kind", "model"} - set(data)
         if missing:
             raise ConfigError(f"{where}: missing key(s) {sorted(missing)}")
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)} - RELEASE_KEYS
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
         spec = get_spec(data["kind"])

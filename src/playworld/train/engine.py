@@ -34,6 +34,7 @@ from playworld.train.checkpoint import (
     check_state_dict,
     load_tensors,
     read_checkpoint_config,
+    read_release_config,
     save_release,
 )
 from playworld.train.config import RunConfig, TrainPrecision
@@ -62,6 +63,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # loss of every step this call ran (rank-averaged)
     interrupted: bool = False
     run_dir: Path | None = None
+    signal: int | None = None  # the signal that stopped it (SIGINT, SIGTERM), if one did
 
 
 class _LossModule(nn.Module):
@@ -241,13 +243,14 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main)
         self.step = 0
         self._stop = threading.Event()
+        self._stop_signal: int | None = None
         self._forward = self._build_forward()
 
     # ------------------------------------------------------------------ set-up
     def _init_from(self, source: Path) -> None:
         """Load the release weights of run ``source`` into the model being trained, before the optimizer
         and EMA are built from it (a resumed run then overwrites them with its checkpoint)."""
-        saved = RunConfig.from_dict(read_checkpoint_config(source), where=str(source / "config.json"))
+        saved = RunConfig.from_dict(read_release_config(source), where=str(source / "config.json"))
         if saved.kind != self.cfg.kind:
             raise CheckpointError(f"train.init_from {source}: a {saved.kind} run, but this run trains {self.cfg.kind}")
         weights = load_tensors(source / "model.safetensors", self.device)
@@ -317,11 +320,12 @@ class Trainer:
         return path
 
     def save_release(self) -> None:
-        """Release weights (EMA if enabled) + config at the run's root: what `playworld.load` reads."""
+        """Release weights (EMA if enabled) + config at the run's root: what `playworld.load` reads. Before
+        ``train.steps`` the config records the run as unfinished (step N of M), and loaders warn."""
         if not self.dist.is_main:
             return
         weights = self.ema.export(self.release) if self.ema else self.release.state_dict()
-        save_release(self.run_dir, weights, self.cfg.to_dict())
+        save_release(self.run_dir, weights, self.cfg.to_dict(), step=self.step, steps=self.cfg.train.steps)
 
     def _resume(self, loader: Any) -> None:
         path = self.ckpt.latest()
@@ -337,6 +341,8 @@ class Trainer:
             self.ema.load_state_dict(ema)
         self.step = state.step
         loader.load_state_dict(state.loader)
+        if self.dist.is_main:
+            print(f"{self.cfg.kind}: resuming from step {self.step} ({path})", file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ loop
     def _install_signals(self) -> list[tuple[int, Any]]:
@@ -345,8 +351,14 @@ class Trainer:
         previous = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous.append((sig, signal.getsignal(sig)))
-            signal.signal(sig, lambda *_: self._stop.set())
+            signal.signal(sig, self._on_signal)
         return previous
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        """Stop after the current step (a checkpoint is written); the first signal names the exit code."""
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        self._stop.set()
 
     def fit(self, *, resume: bool = True, stop_after: int | None = None) -> TrainResult:
         """Train until ``train.steps``; ``stop_after`` ends this call early after that many steps
@@ -394,6 +406,7 @@ class Trainer:
                     self.save_checkpoint(loader)
                 if stopping and not done:
                     result.interrupted = True
+                    result.signal = self._stop_signal
                     break
         finally:
             bar.close()

@@ -45,12 +45,18 @@ class ModelSpec:
 
 
 def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
+    from playworld.errors import CheckpointError
     from playworld.models.dynamics import DynamicsTrainer
-    from playworld.train.checkpoint import load_model
+    from playworld.train.checkpoint import load_model, read_checkpoint_config, unfinished
 
     for dep in ("tokenizer", "lam"):
         if dep not in run_cfg.deps:
             raise ConfigError(f"a dynamics run needs deps.{dep}: the {dep} run directory to use (frozen)")
+        where = Path(run_cfg.deps[dep])
+        stopped = unfinished(read_checkpoint_config(where), where / "config.json")
+        if stopped:
+            raise CheckpointError(f"{where}: the {dep} run is unfinished ({stopped}); a dynamics model learns on "
+                                  f"top of its final weights: re-run its `playworld train` command to finish it first")
     tok = load_model(Path(run_cfg.deps["tokenizer"]), device)
     lam = load_model(Path(run_cfg.deps["lam"]), device)
     return DynamicsTrainer(run_cfg.model, tokenizer=tok, lam=lam)
