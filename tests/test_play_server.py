@@ -2,8 +2,10 @@
 and hostile messages that get an error reply while the server keeps serving."""
 
 import base64
+import contextlib
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 from playworld.maskgit import SamplingConfig
 from playworld.play.config import PlayConfig
 from playworld.play.rollout import rollout
+from playworld.play.scheduler import StepScheduler
 from playworld.play.server import PlayServer
 from playworld.world import World, WorldConfig
 from tiny_world import SIZE, decode_video, tiny_models
@@ -32,6 +35,32 @@ def data_dir(tmp_path_factory):
 def _server(data_dir, **cfg) -> PlayServer:
     config = PlayConfig(**{"steps": 2, "temperature": 1.0, "window_ms": 1.0, "context_frames": 4, **cfg})
     return PlayServer(tiny_models(), config, data=data_dir)
+
+
+class SlowScheduler(StepScheduler):
+    """Every tick takes at least ``tick_s``: a model much slower than its players."""
+
+    def __init__(self, tick_s: float) -> None:
+        super().__init__(window_ms=0.0)
+        self.tick_s = tick_s
+
+    def _tick(self, jobs) -> None:
+        time.sleep(self.tick_s)
+        super()._tick(jobs)
+
+
+def _slow_server(data_dir, tick_s: float, **cfg) -> PlayServer:
+    config = PlayConfig(**{"steps": 1, "window_ms": 0.0, "context_frames": 4, **cfg})
+    return PlayServer(tiny_models(), config, data=data_dir, scheduler=SlowScheduler(tick_s))
+
+
+def wait_until(condition, timeout_s: float = 5.0) -> float:
+    """Seconds until ``condition()`` held (fails after ``timeout_s``)."""
+    t0 = time.monotonic()
+    while not condition():
+        assert time.monotonic() - t0 < timeout_s, "condition not met in time"
+        time.sleep(0.01)
+    return time.monotonic() - t0
 
 
 def recv(ws) -> dict:
@@ -249,3 +278,26 @@ def test_named_actions_from_the_run_directory_label_keys_and_replays(data_dir, t
                                                 '"name": "up"}]}')
     with pytest.raises(ValueError, match=r"action_names.json: actions\[0\]: latent 9 is not an action"):
         PlayServer(tiny_models(), PlayConfig(steps=1), run_dir=tmp_path)
+
+
+def test_players_who_leave_free_their_slot_and_drop_their_queued_work_at_once(data_dir):
+    server = _slow_server(data_dir, tick_s=0.1, max_sessions=3)
+    with TestClient(server.app()) as client, contextlib.ExitStack() as stack:
+        players = [stack.enter_context(client.websocket_connect("/ws")) for _ in range(3)]
+        for ws in players:
+            recv(ws)
+            assert ask(ws, type="start", source="dataset", index=0)["type"] == "frame"
+            ws.send_text(json.dumps({"type": "replay", "actions": ",".join(["2"] * 200)}))  # 20 s of ticks
+            for a in range(3):
+                ws.send_text(json.dumps({"type": "step", "action": a}))
+        wait_until(lambda: server.scheduler.pending == 3)  # the three replays are running
+        for ws in players:
+            ws.close(1000)  # they leave mid-reply, without waiting for an answer
+        assert wait_until(lambda: not server.sessions) < 2.0  # slots free at once, not after the replays
+        assert server.scheduler.pending == 0  # no work left for the sessions that left
+        ticks = server.scheduler.stats.ticks
+        with client.websocket_connect("/ws") as newcomer:
+            assert recv(newcomer)["type"] == "hello"
+            time.sleep(0.5)
+            assert server.scheduler.stats.ticks <= ticks + 1  # at most the tick that was running
+            assert ask(newcomer, type="start", source="dataset", index=1)["type"] == "frame"

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -36,6 +37,7 @@ from playworld.play.session import Session, SessionError
 from playworld.world import World, WorldConfig
 
 log = logging.getLogger("playworld.play")
+MAX_UNANSWERED = 1024  # messages read from one player and not yet answered; past it, reading waits
 
 
 class RateLimiter:
@@ -148,7 +150,12 @@ class PlayServer:
             history=format_action_string(session.actions), sessions=len(self.sessions))
 
     async def serve(self, ws: WebSocket) -> None:
-        """One player's connection, from accept to close."""
+        """One player's connection, from accept to close.
+
+        Two tasks share it: one reads every message as it arrives (so a disconnect is seen at once, and
+        the transport's keepalive pings are answered however slow the model is) and queues it; the other
+        answers the queued messages in order. When the player leaves, the answering task is cancelled:
+        its operation leaves the scheduler, the queued messages are dropped, and the slot is free."""
         await ws.accept()
         c = self.config
         if len(self.sessions) >= c.max_sessions:
@@ -158,37 +165,71 @@ class PlayServer:
         sid, self._next_id = self._next_id, self._next_id + 1
         session = self.sessions[sid] = Session(self.new_world(), self.limits)
         self.scheduler.players = len(self.sessions)
-        limiter, rng = RateLimiter(c.rate, c.burst), np.random.default_rng(secrets.randbits(64))
+        inbox: asyncio.Queue[P.Message | str] = asyncio.Queue(maxsize=MAX_UNANSWERED)
         try:
             await ws.send_text(json.dumps({**self.hello(), "session": sid}))
-            while True:
-                try:
-                    event = await asyncio.wait_for(ws.receive(), timeout=c.idle_timeout_s)
-                except TimeoutError:
-                    await ws.send_text(P.error_message(f"closed after {c.idle_timeout_s:.0f} s without a message"))
-                    await ws.close(code=1000)
-                    return
-                if event["type"] == "websocket.disconnect":
-                    return
-                if not limiter.allow():
-                    await ws.send_text(P.error_message(f"rate limit: at most {c.rate:g} messages per second "
-                                                       f"(bursts of {c.burst}); message dropped"))
-                    continue
-                try:
-                    msg = P.parse_message(event.get("text"), num_actions=self.num_actions,
-                                          max_upload_bytes=c.max_upload_bytes, max_message_chars=c.max_message_chars)
-                    reply = await self.dispatch(session, msg, rng)
-                except (P.ProtocolError, SessionError, PlayworldError) as e:
-                    reply = P.error_message(str(e))
-                except Exception as e:  # noqa: BLE001 - one session's failure never takes the server down
-                    log.exception("session %d: unexpected error", sid)
-                    reply = P.error_message(f"internal error ({type(e).__name__}); the session goes on")
-                await ws.send_text(reply)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._answer, ws, sid, session, inbox, tasks.cancel_scope)
+                idle = await self._read(ws, inbox)
+                tasks.cancel_scope.cancel()  # the player left: their queued and running work ends here
+            if idle:
+                await ws.send_text(P.error_message(f"closed after {c.idle_timeout_s:.0f} s without a message"))
+                await ws.close(code=1000)
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the client left mid-reply (uvicorn's ClientDisconnected is an OSError)
         finally:
             self.sessions.pop(sid, None)
             self.scheduler.players = len(self.sessions)
+
+    async def _read(self, ws: WebSocket, inbox: asyncio.Queue[P.Message | str]) -> bool:
+        """Read messages as they arrive and queue them (parsed, or as their error reply) until the player
+        leaves (returns False) or sends nothing for ``idle_timeout_s`` (returns True)."""
+        c = self.config
+        limiter = RateLimiter(c.rate, c.burst)
+        while True:
+            try:
+                event = await asyncio.wait_for(ws.receive(), timeout=c.idle_timeout_s)
+            except TimeoutError:
+                return True
+            if event["type"] == "websocket.disconnect":
+                return False
+            if not limiter.allow():
+                await inbox.put(P.error_message(f"rate limit: at most {c.rate:g} messages per second "
+                                                f"(bursts of {c.burst}); message dropped"))
+                continue
+            try:
+                msg: P.Message | str = P.parse_message(
+                    event.get("text"), num_actions=self.num_actions,
+                    max_upload_bytes=c.max_upload_bytes, max_message_chars=c.max_message_chars)
+            except P.ProtocolError as e:
+                msg = P.error_message(str(e))
+            await inbox.put(msg)
+
+    async def _answer(self, ws: WebSocket, sid: int, session: Session, inbox: asyncio.Queue[P.Message | str],
+                      connection: anyio.CancelScope) -> None:
+        """Answer the queued messages in the order they came, one at a time; a failed send (the player
+        left mid-reply) ends the connection."""
+        try:
+            await self._answer_all(ws, sid, session, inbox)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            connection.cancel()
+
+    async def _answer_all(self, ws: WebSocket, sid: int, session: Session,
+                          inbox: asyncio.Queue[P.Message | str]) -> None:
+        rng = np.random.default_rng(secrets.randbits(64))
+        while True:
+            item = await inbox.get()
+            if isinstance(item, str):
+                reply = item
+            else:
+                try:
+                    reply = await self.dispatch(session, item, rng)
+                except (P.ProtocolError, SessionError, PlayworldError) as e:
+                    reply = P.error_message(str(e))
+                except Exception as e:  # noqa: BLE001 - one session's failure never takes the server down
+                    log.exception("session %d: unexpected error", sid)
+                    reply = P.error_message(f"internal error ({type(e).__name__}); the session goes on")
+            await ws.send_text(reply)
 
     def app(self) -> FastAPI:
         @contextlib.asynccontextmanager
