@@ -301,3 +301,19 @@ def test_players_who_leave_free_their_slot_and_drop_their_queued_work_at_once(da
             time.sleep(0.5)
             assert server.scheduler.stats.ticks <= ticks + 1  # at most the tick that was running
             assert ask(newcomer, type="start", source="dataset", index=1)["type"] == "frame"
+
+
+def test_a_flood_is_capped_by_what_is_queued_and_the_connection_stays_usable(data_dir):
+    server = _slow_server(data_dir, tick_s=0.1, max_queued=3)  # rate 60/s, bursts of 120
+    with TestClient(server.app()) as client, client.websocket_connect("/ws") as ws:
+        assert recv(ws)["limits"]["max_queued"] == 3
+        ask(ws, type="start", source="dataset", index=0)
+        for i in range(300):  # far faster than the model: 300 steps at once
+            ws.send_text(json.dumps({"type": "step", "action": i % 4}))
+        replies = [recv(ws) for _ in range(300)]  # one reply each, in the order sent
+        assert [r["step"] for r in replies[:3]] == [1, 2, 3]
+        busy = [r for r in replies[3:] if r["message"].startswith("busy: 3 requests of this session are waiting")]
+        limited = [r for r in replies[3:] if r["message"].startswith("rate limit: at most 60 messages per second")]
+        assert len(busy) + len(limited) == 297 and len(limited) >= 120 and busy  # (the bucket refills meanwhile)
+        assert server.scheduler.stats.ticks <= 5  # the refused steps cost the model nothing
+        assert ask(ws, type="step", action=1)["step"] == 4  # and the session plays on

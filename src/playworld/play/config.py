@@ -42,6 +42,8 @@ class PlayConfig:
     max_pixels: int = field(40_000_000, help="largest uploaded picture, in pixels (decompression bombs)")
     rate: float = field(60.0, help="messages per second a session may send, sustained")
     burst: int = field(120, help="messages a session may send at once above the sustained rate")
+    max_queued: int = field(8, help="requests one session may have waiting or running (start, step, undo, restart, "
+                            "replay, record); more get an error reply and are dropped")
     idle_timeout_s: float = field(900.0, help="close a session after this long without a message")
     window_ms: float = field(2.0, help="how long the scheduler waits to gather other sessions' steps")
     precision: Precision = field(
@@ -65,7 +67,8 @@ class PlayConfig:
     record_scale: int = field(4, help="pixel enlargement of downloaded recordings")
 
     def __post_init__(self) -> None:
-        for name in ("port", "max_sessions", "max_upload_bytes", "max_pixels", "burst", "steps", "context_frames",
+        for name in ("port", "max_sessions", "max_upload_bytes", "max_pixels", "burst", "max_queued", "steps",
+                     "context_frames",
                      "prompt_frames", "record_scale"):
             if getattr(self, name) < (0 if name == "port" else 1):
                 raise ConfigError(f"play.{name} must be positive, got {getattr(self, name)}")

@@ -3,7 +3,7 @@
 Each connection gets its own :class:`~playworld.play.session.Session` with its own ``World`` (its own
 caches and seed; the model weights are shared). All model work goes through one
 :class:`~playworld.play.scheduler.StepScheduler`. Limits: sessions, upload bytes and pixels, message
-size and rate (token bucket), idle time. Any bad message gets an ``error`` reply and the session goes on.
+size and rate (token bucket), requests queued per session, idle time. Any bad message gets an ``error`` reply and the session goes on.
 """
 
 from __future__ import annotations
@@ -57,6 +57,22 @@ class RateLimiter:
         return False
 
 
+class _Inbox:
+    """One connection's messages read and not yet answered, in order: requests for the model, or the
+    error replies of messages that were refused (ready to send)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[P.Message | str] = asyncio.Queue(maxsize=MAX_UNANSWERED)
+        self.requests = 0  # requests waiting or being answered
+
+    async def put(self, item: P.Message | str) -> None:
+        self.requests += not isinstance(item, str)
+        await self.queue.put(item)
+
+    def answered(self, item: P.Message | str) -> None:
+        self.requests -= not isinstance(item, str)
+
+
 class PlayServer:
     """The shared model, the scheduler and the live sessions; :meth:`app` is the FastAPI application."""
 
@@ -89,7 +105,8 @@ class PlayServer:
                 "actions": [{"latent": i, "name": labels[i].name if i in labels else str(i + 1),
                              "key": labels[i].key if i in labels else None} for i in range(self.num_actions)],
                 "dataset": len(self.prompts) if self.prompts is not None else 0,
-                "limits": {"max_upload_bytes": c.max_upload_bytes, "rate": c.rate, "max_history": c.max_history,
+                "limits": {"max_upload_bytes": c.max_upload_bytes, "rate": c.rate, "burst": c.burst,
+                           "max_queued": c.max_queued, "max_history": c.max_history,
                            "max_record_frames": c.max_record_frames, "max_sessions": c.max_sessions}}
 
     def _label(self, action: int | None) -> str | None:
@@ -165,7 +182,7 @@ class PlayServer:
         sid, self._next_id = self._next_id, self._next_id + 1
         session = self.sessions[sid] = Session(self.new_world(), self.limits)
         self.scheduler.players = len(self.sessions)
-        inbox: asyncio.Queue[P.Message | str] = asyncio.Queue(maxsize=MAX_UNANSWERED)
+        inbox = _Inbox()
         try:
             await ws.send_text(json.dumps({**self.hello(), "session": sid}))
             async with anyio.create_task_group() as tasks:
@@ -181,7 +198,7 @@ class PlayServer:
             self.sessions.pop(sid, None)
             self.scheduler.players = len(self.sessions)
 
-    async def _read(self, ws: WebSocket, inbox: asyncio.Queue[P.Message | str]) -> bool:
+    async def _read(self, ws: WebSocket, inbox: _Inbox) -> bool:
         """Read messages as they arrive and queue them (parsed, or as their error reply) until the player
         leaves (returns False) or sends nothing for ``idle_timeout_s`` (returns True)."""
         c = self.config
@@ -203,9 +220,12 @@ class PlayServer:
                     max_upload_bytes=c.max_upload_bytes, max_message_chars=c.max_message_chars)
             except P.ProtocolError as e:
                 msg = P.error_message(str(e))
+            if not isinstance(msg, str) and inbox.requests >= c.max_queued:
+                msg = P.error_message(f"busy: {inbox.requests} requests of this session are waiting or running "
+                                      f"(at most {c.max_queued}); message dropped, send it again after a reply")
             await inbox.put(msg)
 
-    async def _answer(self, ws: WebSocket, sid: int, session: Session, inbox: asyncio.Queue[P.Message | str],
+    async def _answer(self, ws: WebSocket, sid: int, session: Session, inbox: _Inbox,
                       connection: anyio.CancelScope) -> None:
         """Answer the queued messages in the order they came, one at a time; a failed send (the player
         left mid-reply) ends the connection."""
@@ -215,10 +235,10 @@ class PlayServer:
             connection.cancel()
 
     async def _answer_all(self, ws: WebSocket, sid: int, session: Session,
-                          inbox: asyncio.Queue[P.Message | str]) -> None:
+                          inbox: _Inbox) -> None:
         rng = np.random.default_rng(secrets.randbits(64))
         while True:
-            item = await inbox.get()
+            item = await inbox.queue.get()
             if isinstance(item, str):
                 reply = item
             else:
@@ -229,6 +249,8 @@ class PlayServer:
                 except Exception as e:  # noqa: BLE001 - one session's failure never takes the server down
                     log.exception("session %d: unexpected error", sid)
                     reply = P.error_message(f"internal error ({type(e).__name__}); the session goes on")
+                finally:
+                    inbox.answered(item)
             await ws.send_text(reply)
 
     def app(self) -> FastAPI:
