@@ -151,6 +151,17 @@ def test_two_sessions_are_isolated_and_match_a_solo_world(data_dir):
     ('{"type": "start", "source": "image", "data": "aGVsbG8="}', "uploaded picture: not a readable picture"),
     ('{"type": "start", "source": "image", "data": "data:image/png,abc"}', "without ;base64"),
     ("[" * 100_000, "not valid JSON"),
+    # numbers that cannot be actions are named as such (a 5,000-digit one was "internal error (ValueError)")
+    ('{"type": "step", "action": ' + "9" * 5000 + "}", "'action' must be an integer in [0, 3], got a 5000-digit number"),
+    ('{"type": "step", "action": -' + "9" * 5000 + "}", "'action' must be an integer in [0, 3], got a 5000-digit"),
+    ('{"type": "step", "action": -1}', "'action' must be an integer in [0, 3], got -1"),
+    ('{"type": "step", "action": 1.5}', "'action' must be an integer in [0, 3], got 1.5"),
+    ('{"type": "step", "action": 1e400}', "'action' must be an integer in [0, 3], got inf"),
+    ('{"type": "step", "action": false}', "'action' must be an integer in [0, 3], got false"),
+    ('{"type": "step", "action": [1]}', "'action' must be an integer in [0, 3], got a JSON array"),
+    ('{"type": "start", "source": "dataset", "seed": ' + "7" * 5000 + "}", "'seed' must be an integer in [0, "),
+    ('{"type": "replay", "actions": "1,' + "9" * 5000 + '"}', "action 2 ('99999"),
+    ('{"type": "replay", "actions": "1,\u00b2"}', "action 2 ('\u00b2') is neither a number"),
 ])
 def test_malformed_messages_get_an_error_and_the_session_goes_on(data_dir, message, error):
     with TestClient(_server(data_dir).app()) as client, client.websocket_connect("/ws") as ws:
