@@ -328,3 +328,18 @@ def test_a_flood_is_capped_by_what_is_queued_and_the_connection_stays_usable(dat
         assert len(busy) + len(limited) == 297 and len(limited) >= 120 and busy  # (the bucket refills meanwhile)
         assert server.scheduler.stats.ticks <= 5  # the refused steps cost the model nothing
         assert ask(ws, type="step", action=1)["step"] == 4  # and the session plays on
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"hello, world", "it is text, not a picture"),
+    (b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', "it is text, not a picture; SVG is not supported"),
+    (bytes(range(256)), "not in an image format this server reads, such as PNG, JPEG"),
+    (png()[:60], "image file is truncated"),
+])
+def test_non_images_are_named_without_object_reprs(data_dir, data, why):
+    with TestClient(_server(data_dir).app()) as client, client.websocket_connect("/ws") as ws:
+        recv(ws)
+        reply = ask(ws, type="start", source="image", data=base64.b64encode(data).decode())
+        assert reply["type"] == "error" and reply["message"].startswith(f"uploaded picture: not a readable picture ({why}")
+        assert "0x" not in reply["message"] and "<" not in reply["message"] and "Error" not in reply["message"]
+        assert ask(ws, type="start", source="dataset", index=0)["type"] == "frame"

@@ -7,6 +7,7 @@ size. Untrusted bytes are checked before decoding: a byte limit and a pixel limi
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,27 @@ def image_to_frame(data: bytes, size: tuple[int, int], *, fit: str = "crop", max
     except ImageError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ImageError(f"{name}: too many pixels ({e})") from e
+        raise ImageError(f"{name}: too many pixels ({_clean(e)})") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not a readable picture ({_unknown_format(data)})") from e
     except Exception as e:  # noqa: BLE001 - any decoder failure on untrusted bytes is one named error
-        raise ImageError(f"{name}: not a readable picture ({type(e).__name__}: {str(e)[:200]})") from e
+        raise ImageError(f"{name}: not a readable picture ({_clean(e) or type(e).__name__})") from e
+
+
+def _clean(error: BaseException) -> str:
+    """An error's text without object reprs (``<_io.BytesIO object at 0x...>``), at most 200 characters."""
+    return re.sub(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>", "", str(error))[:200].strip()
+
+
+def _unknown_format(data: bytes) -> str:
+    """Why bytes that no decoder recognised are not a picture."""
+    try:
+        text = data[:256].decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c.isspace() for c in text):
+        return "it is text, not a picture; SVG is not supported"
+    return "not in an image format this server reads, such as PNG, JPEG, GIF, WebP or BMP"
 
 
 def fit_frame(img: Image.Image, size: tuple[int, int], fit: str) -> np.ndarray:
