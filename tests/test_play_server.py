@@ -343,3 +343,47 @@ def test_non_images_are_named_without_object_reprs(data_dir, data, why):
         assert reply["type"] == "error" and reply["message"].startswith(f"uploaded picture: not a readable picture ({why}")
         assert "0x" not in reply["message"] and "<" not in reply["message"] and "Error" not in reply["message"]
         assert ask(ws, type="start", source="dataset", index=0)["type"] == "frame"
+
+
+@contextlib.contextmanager
+def live(server: PlayServer):
+    """``server`` under uvicorn on 127.0.0.1 with the transport limit `playworld play` gives it; yields its URL."""
+    import threading
+
+    import uvicorn
+
+    uv = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=0, log_level="warning",
+                                       ws_max_size=server.config.max_message_chars))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: uv.started, timeout_s=20)
+        yield f"ws://127.0.0.1:{uv.servers[0].sockets[0].getsockname()[1]}/ws"
+    finally:
+        uv.should_exit = True
+        thread.join(20)
+
+
+def test_oversize_messages_get_an_error_reply_up_to_the_transport_limit_then_close_with_1009(data_dir):
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.sync.client import connect
+
+    server = _server(data_dir, max_upload_bytes=20_000)
+    served, transport = server.config.max_served_chars, server.config.max_message_chars
+    envelope = '{"type": "start", "source": "image", "data": "%s"}'
+    with live(server) as url, connect(url, max_size=None) as ws:
+        hello = json.loads(ws.recv(timeout=20))
+        assert hello["limits"]["max_served_chars"] == served and hello["limits"]["max_message_bytes"] == transport
+        for size in (served + 1, transport - 100):  # over what is served, within the transport's limit
+            ws.send(envelope % ("A" * (size - len(envelope) + 2)))
+            reply = json.loads(ws.recv(timeout=20))
+            assert reply["type"] == "error" and reply["message"].startswith(
+                f"message of {size} characters exceeds the limit of {served} (an uploaded picture may have at most "
+                "20000 bytes)"), reply["message"][:200]
+        ws.send(json.dumps({"type": "start", "source": "dataset", "index": 0}))
+        assert json.loads(ws.recv(timeout=20))["type"] == "frame"  # the session went on
+        ws.send("A" * (transport + 1))  # over the transport's limit: closed before the server sees it
+        with pytest.raises(ConnectionClosedError) as closed:
+            ws.recv(timeout=20)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        wait_until(lambda: not server.sessions)  # and the slot is free

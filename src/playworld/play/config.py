@@ -83,5 +83,15 @@ class PlayConfig:
         return SessionLimits(self.max_history, self.checkpoint_every, self.max_record_frames, self.max_replay)
 
     @property
+    def max_served_chars(self) -> int:
+        """The longest message the server answers: a picture of ``max_upload_bytes`` in base64 and its JSON
+        envelope. A longer one (up to :attr:`max_message_chars`) gets an error reply; the session goes on."""
+        return (self.max_upload_bytes + 2) // 3 * 4 + 4096
+
+    @property
     def max_message_chars(self) -> int:
-        return (self.max_upload_bytes + 2) // 3 * 4 + 4096  # a base64 picture and its JSON envelope
+        """The transport's limit on one WebSocket message, in bytes (`playworld play` gives it to uvicorn as
+        ``ws_max_size``): a longer message closes the connection with code 1009 before the server sees it,
+        without a reply. Twice :attr:`max_served_chars` and 1 MiB, so that a message somewhat over what is
+        served (a picture over the upload limit) gets an error reply instead."""
+        return 2 * self.max_served_chars + (1 << 20)

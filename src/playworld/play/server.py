@@ -105,7 +105,8 @@ class PlayServer:
                 "actions": [{"latent": i, "name": labels[i].name if i in labels else str(i + 1),
                              "key": labels[i].key if i in labels else None} for i in range(self.num_actions)],
                 "dataset": len(self.prompts) if self.prompts is not None else 0,
-                "limits": {"max_upload_bytes": c.max_upload_bytes, "rate": c.rate, "burst": c.burst,
+                "limits": {"max_upload_bytes": c.max_upload_bytes, "max_served_chars": c.max_served_chars,
+                           "max_message_bytes": c.max_message_chars, "rate": c.rate, "burst": c.burst,
                            "max_queued": c.max_queued, "max_history": c.max_history,
                            "max_record_frames": c.max_record_frames, "max_sessions": c.max_sessions}}
 
@@ -217,7 +218,7 @@ class PlayServer:
             try:
                 msg: P.Message | str = P.parse_message(
                     event.get("text"), num_actions=self.num_actions,
-                    max_upload_bytes=c.max_upload_bytes, max_message_chars=c.max_message_chars)
+                    max_upload_bytes=c.max_upload_bytes, max_message_chars=c.max_served_chars)
             except P.ProtocolError as e:
                 msg = P.error_message(str(e))
             if not isinstance(msg, str) and inbox.requests >= c.max_queued:
