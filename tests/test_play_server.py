@@ -94,7 +94,7 @@ def test_page_is_self_contained_and_pixelated(data_dir):
 def test_play_steps_undo_restart_and_replay_are_exact(data_dir):
     with TestClient(_server(data_dir).app()) as client, client.websocket_connect("/ws") as ws:
         hello = recv(ws)
-        assert hello["type"] == "hello" and hello["num_actions"] == 4 and hello["dataset"] == 12
+        assert hello["type"] == "hello" and hello["num_actions"] == 4 and hello["dataset"] == {"prompts": 12, "episodes": 2, "frames": 12}
         assert [a["name"] for a in hello["actions"]] == ["1", "2", "3", "4"]
         first = ask(ws, type="start", source="dataset", index=3, seed=11)
         assert pixels(first).shape == (SIZE, SIZE, 3) and first["step"] == 0 and first["seed"] == 11
@@ -387,3 +387,24 @@ def test_oversize_messages_get_an_error_reply_up_to_the_transport_limit_then_clo
             ws.recv(timeout=20)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
         wait_until(lambda: not server.sessions)  # and the slot is free
+
+
+def test_hello_counts_prompts_episodes_and_frames(data_dir):
+    with TestClient(_server(data_dir, prompt_frames=4).app()) as client, client.websocket_connect("/ws") as ws:
+        assert recv(ws)["dataset"] == {"prompts": 6, "episodes": 2, "frames": 12}  # 2 episodes of 6 frames
+    with TestClient(PlayServer(tiny_models(), PlayConfig(steps=1, context_frames=4)).app()) as client, \
+            client.websocket_connect("/ws") as ws:
+        assert recv(ws)["dataset"] == {"prompts": 0, "episodes": 0, "frames": 0}
+
+
+def test_a_dataset_with_a_missing_or_truncated_shard_is_refused_before_serving(tmp_path):
+    from playworld.errors import DatasetError
+
+    data = make_dataset(tmp_path / "data", episodes=2, length=6, size=SIZE)
+    (shard,) = sorted((data / "shards").glob("*.frames.npy"))
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(DatasetError, match=rf"{shard.name}: \d+ bytes, the manifest records \d+ \(truncated"):
+        _server(data)
+    shard.unlink()
+    with pytest.raises(DatasetError, match=rf"{shard.name}: shard file missing \(the manifest lists it\)"):
+        _server(data)

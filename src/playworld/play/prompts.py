@@ -139,9 +139,34 @@ class DatasetPrompts:
         self.clips = ClipDataset(self.root, clip_len=self.frames, split=None)
         if len(self.clips) == 0:
             raise DatasetError(f"{self.root}: no episode has {self.frames} frames for a prompt")
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Every shard that holds a prompt exists with the size its manifest records and opens with the
+        expected shape (no checksum: that reads every byte; `playworld data verify` does it). Raises
+        DatasetError naming the file, so that a server never starts with prompts it cannot show."""
+        ds = self.clips.dataset
+        for index in sorted({e.shard for e in self.clips.episodes}):
+            for f in ds.manifest.shards[index].files().values():
+                path = self.root / f.path
+                if not path.is_file():
+                    raise DatasetError(f"{path}: shard file missing (the manifest lists it); the dataset "
+                                       f"{self.root} is incomplete")
+                if (size := path.stat().st_size) != f.bytes:
+                    raise DatasetError(f"{path}: {size} bytes, the manifest records {f.bytes} (truncated or replaced)")
+            ds.shard_arrays(index)
 
     def __len__(self) -> int:
+        """Prompts: clips of ``frames`` consecutive frames (one per frame of each episode when frames=1)."""
         return len(self.clips)
+
+    @property
+    def episodes(self) -> int:
+        return len(self.clips.dataset)
+
+    @property
+    def num_frames(self) -> int:
+        return self.clips.dataset.manifest.num_frames
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:

@@ -99,12 +99,13 @@ class PlayServer:
         return World(*self.models, self.world_config)
 
     def hello(self) -> dict[str, Any]:
-        c = self.config
+        c, p = self.config, self.prompts
         labels = {a.latent: a for a in self.names}
         return {"type": "hello", "height": self.size[0], "width": self.size[1], "num_actions": self.num_actions,
                 "actions": [{"latent": i, "name": labels[i].name if i in labels else str(i + 1),
                              "key": labels[i].key if i in labels else None} for i in range(self.num_actions)],
-                "dataset": len(self.prompts) if self.prompts is not None else 0,
+                "dataset": {"prompts": len(p), "episodes": p.episodes, "frames": p.num_frames} if p is not None else
+                {"prompts": 0, "episodes": 0, "frames": 0},
                 "limits": {"max_upload_bytes": c.max_upload_bytes, "max_served_chars": c.max_served_chars,
                            "max_message_bytes": c.max_message_chars, "rate": c.rate, "burst": c.burst,
                            "max_queued": c.max_queued, "max_history": c.max_history,
