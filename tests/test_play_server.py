@@ -408,3 +408,22 @@ def test_a_dataset_with_a_missing_or_truncated_shard_is_refused_before_serving(t
     shard.unlink()
     with pytest.raises(DatasetError, match=rf"{shard.name}: shard file missing \(the manifest lists it\)"):
         _server(data)
+
+
+def test_under_uvicorn_players_who_leave_mid_replay_free_their_slots_at_once(data_dir):
+    from websockets.sync.client import connect
+
+    server = _slow_server(data_dir, tick_s=0.1, max_sessions=2)
+    with live(server) as url:
+        for _ in range(2):
+            ws = connect(url)
+            assert json.loads(ws.recv(timeout=20))["type"] == "hello"
+            ws.send(json.dumps({"type": "start", "source": "dataset", "index": 0}))
+            assert json.loads(ws.recv(timeout=20))["type"] == "frame"
+            ws.send(json.dumps({"type": "replay", "actions": ",".join(["3"] * 200)}))  # 20 s of ticks
+            ws.send(json.dumps({"type": "step", "action": 0}))
+            ws.close()  # leaves without waiting for the replay
+        assert wait_until(lambda: not server.sessions) < 2.0
+        assert server.scheduler.pending == 0
+        with connect(url) as newcomer:
+            assert json.loads(newcomer.recv(timeout=20))["type"] == "hello"  # not "server full"
