@@ -346,14 +346,14 @@ def test_non_images_are_named_without_object_reprs(data_dir, data, why):
 
 
 @contextlib.contextmanager
-def live(server: PlayServer):
+def live(server: PlayServer, **uvicorn_options):
     """``server`` under uvicorn on 127.0.0.1 with the transport limit `playworld play` gives it; yields its URL."""
     import threading
 
     import uvicorn
 
     uv = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=0, log_level="warning",
-                                       ws_max_size=server.config.max_message_chars))
+                                       ws_max_size=server.config.max_message_chars, **uvicorn_options))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     try:
@@ -427,3 +427,24 @@ def test_under_uvicorn_players_who_leave_mid_replay_free_their_slots_at_once(dat
         assert server.scheduler.pending == 0
         with connect(url) as newcomer:
             assert json.loads(newcomer.recv(timeout=20))["type"] == "hello"  # not "server full"
+
+
+def test_under_uvicorn_a_flood_of_2000_steps_is_answered_and_keepalive_holds(data_dir):
+    from websockets.sync.client import connect
+
+    server = _slow_server(data_dir, tick_s=0.05, rate=1e6, burst=10**6)  # only the queue cap (8) limits
+    with live(server, ws_ping_interval=0.3, ws_ping_timeout=0.3) as url, connect(url) as ws:
+        ws.recv(timeout=20)
+        ws.send(json.dumps({"type": "start", "source": "dataset", "index": 0}))
+        assert json.loads(ws.recv(timeout=20))["type"] == "frame"
+        for i in range(2000):
+            ws.send(json.dumps({"type": "step", "action": i % 4}))
+        replies = [json.loads(ws.recv(timeout=20)) for _ in range(2000)]
+        frames = [r for r in replies if r["type"] == "frame"]
+        assert 8 <= len(frames) < 100 and [r["step"] for r in frames] == list(range(1, len(frames) + 1))
+        assert all(r["message"].startswith("busy: 8 requests") for r in replies if r["type"] == "error")
+        # a 2 s replay: the keepalive pings (every 0.3 s) are answered while the model works
+        ws.send(json.dumps({"type": "replay", "actions": ",".join(["1"] * 40)}))
+        assert json.loads(ws.recv(timeout=20))["step"] == 40
+        ws.send(json.dumps({"type": "step", "action": 2}))
+        assert json.loads(ws.recv(timeout=20))["step"] == 41
