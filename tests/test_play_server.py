@@ -448,3 +448,14 @@ def test_under_uvicorn_a_flood_of_2000_steps_is_answered_and_keepalive_holds(dat
         assert json.loads(ws.recv(timeout=20))["step"] == 40
         ws.send(json.dumps({"type": "step", "action": 2}))
         assert json.loads(ws.recv(timeout=20))["step"] == 41
+
+
+def test_action_strings_name_huge_and_non_ascii_numbers():
+    from playworld.errors import ConfigError
+    from playworld.play.actions import parse_action_string
+
+    assert parse_action_string("0000000001, 4", 4) == [0, 3]  # leading zeros are still the number
+    with pytest.raises(ConfigError, match=r"action 2 \('99999.*'\) is out of range 1..4"):
+        parse_action_string("1," + "9" * 5000, 4)
+    with pytest.raises(ConfigError, match=r"action 1 \('\u0663'\) is neither a number 1..4 nor a named action"):
+        parse_action_string("\u0663", 4)  # ARABIC-INDIC DIGIT THREE: isdigit(), but not an ASCII number

@@ -11,7 +11,9 @@ Client -> server, one JSON object per text message, ``type`` first:
 - ``{"type": "record", "format": "mp4"|"gif"}``: the session's recording as a video
 
 Server -> client: ``hello`` (world facts and limits), ``frame`` (base64 RGB bytes and figures),
-``recording`` (base64 video), ``error`` (``message`` says what was wrong; the session goes on).
+``recording`` (base64 video), ``error`` (``message`` says what was wrong; the session goes on). Every
+message gets exactly one reply, in the order sent (a dropped one, over the rate or the queue limit,
+gets its ``error`` at its turn).
 """
 
 from __future__ import annotations
