@@ -3,7 +3,8 @@
 Each connection gets its own :class:`~playworld.play.session.Session` with its own ``World`` (its own
 caches and seed; the model weights are shared). All model work goes through one
 :class:`~playworld.play.scheduler.StepScheduler`. Limits: sessions, upload bytes and pixels, message
-size and rate (token bucket), requests queued per session, idle time. Any bad message gets an ``error`` reply and the session goes on.
+size and rate (token bucket), requests queued per session, idle time. Any bad message gets an ``error``
+reply and the session goes on; a player who leaves ends their session at once (:meth:`PlayServer.serve`).
 """
 
 from __future__ import annotations
@@ -236,8 +237,7 @@ class PlayServer:
         except (WebSocketDisconnect, RuntimeError, OSError):
             connection.cancel()
 
-    async def _answer_all(self, ws: WebSocket, sid: int, session: Session,
-                          inbox: _Inbox) -> None:
+    async def _answer_all(self, ws: WebSocket, sid: int, session: Session, inbox: _Inbox) -> None:
         rng = np.random.default_rng(secrets.randbits(64))
         while True:
             item = await inbox.queue.get()
