@@ -433,7 +433,7 @@ def test_under_uvicorn_a_flood_of_2000_steps_is_answered_and_keepalive_holds(dat
     from websockets.sync.client import connect
 
     server = _slow_server(data_dir, tick_s=0.05, rate=1e6, burst=10**6)  # only the queue cap (8) limits
-    with live(server, ws_ping_interval=0.3, ws_ping_timeout=0.3) as url, connect(url) as ws:
+    with live(server, ws_ping_interval=0.5, ws_ping_timeout=1.0) as url, connect(url) as ws:
         ws.recv(timeout=20)
         ws.send(json.dumps({"type": "start", "source": "dataset", "index": 0}))
         assert json.loads(ws.recv(timeout=20))["type"] == "frame"
@@ -443,11 +443,11 @@ def test_under_uvicorn_a_flood_of_2000_steps_is_answered_and_keepalive_holds(dat
         frames = [r for r in replies if r["type"] == "frame"]
         assert 8 <= len(frames) < 100 and [r["step"] for r in frames] == list(range(1, len(frames) + 1))
         assert all(r["message"].startswith("busy: 8 requests") for r in replies if r["type"] == "error")
-        # a 2 s replay: the keepalive pings (every 0.3 s) are answered while the model works
-        ws.send(json.dumps({"type": "replay", "actions": ",".join(["1"] * 40)}))
-        assert json.loads(ws.recv(timeout=20))["step"] == 40
+        # a 3 s replay: the keepalive pings (every 0.5 s) are answered while the model works
+        ws.send(json.dumps({"type": "replay", "actions": ",".join(["1"] * 60)}))
+        assert json.loads(ws.recv(timeout=20))["step"] == 60
         ws.send(json.dumps({"type": "step", "action": 2}))
-        assert json.loads(ws.recv(timeout=20))["step"] == 41
+        assert json.loads(ws.recv(timeout=20))["step"] == 61
 
 
 def test_action_strings_name_huge_and_non_ascii_numbers():
@@ -459,3 +459,20 @@ def test_action_strings_name_huge_and_non_ascii_numbers():
         parse_action_string("1," + "9" * 5000, 4)
     with pytest.raises(ConfigError, match=r"action 1 \('\u0663'\) is neither a number 1..4 nor a named action"):
         parse_action_string("\u0663", 4)  # ARABIC-INDIC DIGIT THREE: isdigit(), but not an ASCII number
+
+
+def test_a_flood_of_refusals_takes_one_inbox_entry_and_each_message_still_gets_its_reply():
+    import asyncio
+
+    from playworld.play.server import MAX_UNANSWERED, _Inbox
+
+    async def main():
+        inbox = _Inbox()
+        for _ in range(3 * MAX_UNANSWERED):  # would block reading if each refusal took an entry
+            await asyncio.wait_for(inbox.put("rate limit"), timeout=1.0)
+        await inbox.put("busy")
+        assert len(inbox.entries) == 2 and inbox.requests == 0
+        replies = [await inbox.get() for _ in range(3 * MAX_UNANSWERED + 1)]
+        assert replies == ["rate limit"] * (3 * MAX_UNANSWERED) + ["busy"] and not inbox.entries
+
+    asyncio.run(main())

@@ -17,6 +17,7 @@ import logging
 import secrets
 import tempfile
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -38,7 +39,7 @@ from playworld.play.session import Session, SessionError
 from playworld.world import World, WorldConfig
 
 log = logging.getLogger("playworld.play")
-MAX_UNANSWERED = 1024  # messages read from one player and not yet answered; past it, reading waits
+MAX_UNANSWERED = 1024  # entries (see _Inbox) read from one player and not yet answered; past it, reading waits
 
 
 class RateLimiter:
@@ -60,15 +61,35 @@ class RateLimiter:
 
 class _Inbox:
     """One connection's messages read and not yet answered, in order: requests for the model, or the
-    error replies of messages that were refused (ready to send)."""
+    error replies of messages that were refused (ready to send). A run of identical replies (a flood's
+    refusals) takes one entry, so a flood never fills it; past ``MAX_UNANSWERED`` entries, reading waits."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[P.Message | str] = asyncio.Queue(maxsize=MAX_UNANSWERED)
+        self.entries: deque[list[Any]] = deque()  # [item, copies]
         self.requests = 0  # requests waiting or being answered
+        self._ready, self._room = asyncio.Event(), asyncio.Event()
 
     async def put(self, item: P.Message | str) -> None:
-        self.requests += not isinstance(item, str)
-        await self.queue.put(item)
+        if isinstance(item, str) and self.entries and self.entries[-1][0] == item:
+            self.entries[-1][1] += 1
+        else:
+            while len(self.entries) >= MAX_UNANSWERED:
+                self._room.clear()
+                await self._room.wait()
+            self.entries.append([item, 1])
+            self.requests += not isinstance(item, str)
+        self._ready.set()
+
+    async def get(self) -> P.Message | str:
+        while not self.entries:
+            self._ready.clear()
+            await self._ready.wait()
+        entry = self.entries[0]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.entries.popleft()
+            self._room.set()
+        return entry[0]
 
     def answered(self, item: P.Message | str) -> None:
         self.requests -= not isinstance(item, str)
@@ -240,7 +261,7 @@ class PlayServer:
     async def _answer_all(self, ws: WebSocket, sid: int, session: Session, inbox: _Inbox) -> None:
         rng = np.random.default_rng(secrets.randbits(64))
         while True:
-            item = await inbox.queue.get()
+            item = await inbox.get()
             if isinstance(item, str):
                 reply = item
             else:
