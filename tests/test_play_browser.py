@@ -90,7 +90,7 @@ def test_play_in_a_real_browser(url, browser, tmp_path):
 
     browser.get(url)
     hello = wait(browser, "window.playworld.hello")
-    assert hello["num_actions"] == 4 and hello["dataset"] == 12
+    assert hello["num_actions"] == 4 and hello["dataset"] == {"prompts": 12, "episodes": 2, "frames": 12}
     assert browser.execute_script("return getComputedStyle(document.getElementById('world')).imageRendering") \
         == "pixelated"
 

@@ -96,10 +96,10 @@ def parse_action_string(text: str, num_actions: int, names: list[ActionName] = (
         raise ConfigError(f"action string has {len(items)} actions, more than the limit {max_len}")
     out = []
     for i, item in enumerate(items):
-        if item.isdigit():
-            k = int(item)
+        if item.isascii() and item.isdigit():
+            k = int(item) if len(item.lstrip("0")) <= 9 else 0  # (Python converts at most 4,300 digits)
             if not 1 <= k <= num_actions:
-                raise ConfigError(f"action {i + 1} ({item!r}) is out of range 1..{num_actions} "
+                raise ConfigError(f"action {i + 1} ({item[:40]!r}) is out of range 1..{num_actions} "
                                   "(actions are numbered as the keys 1..N)")
             out.append(k - 1)
         elif item.lower() in by_name:

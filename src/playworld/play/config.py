@@ -42,6 +42,8 @@ class PlayConfig:
     max_pixels: int = field(40_000_000, help="largest uploaded picture, in pixels (decompression bombs)")
     rate: float = field(60.0, help="messages per second a session may send, sustained")
     burst: int = field(120, help="messages a session may send at once above the sustained rate")
+    max_queued: int = field(8, help="requests one session may have waiting or running (start, step, undo, restart, "
+                            "replay, record); more get an error reply and are dropped")
     idle_timeout_s: float = field(900.0, help="close a session after this long without a message")
     window_ms: float = field(2.0, help="how long the scheduler waits to gather other sessions' steps")
     precision: Precision = field(
@@ -65,7 +67,8 @@ class PlayConfig:
     record_scale: int = field(4, help="pixel enlargement of downloaded recordings")
 
     def __post_init__(self) -> None:
-        for name in ("port", "max_sessions", "max_upload_bytes", "max_pixels", "burst", "steps", "context_frames",
+        for name in ("port", "max_sessions", "max_upload_bytes", "max_pixels", "burst", "max_queued", "steps",
+                     "context_frames",
                      "prompt_frames", "record_scale"):
             if getattr(self, name) < (0 if name == "port" else 1):
                 raise ConfigError(f"play.{name} must be positive, got {getattr(self, name)}")
@@ -80,5 +83,15 @@ class PlayConfig:
         return SessionLimits(self.max_history, self.checkpoint_every, self.max_record_frames, self.max_replay)
 
     @property
+    def max_served_chars(self) -> int:
+        """The longest message the server answers: a picture of ``max_upload_bytes`` in base64 and its JSON
+        envelope. A longer one (up to :attr:`max_message_chars`) gets an error reply; the session goes on."""
+        return (self.max_upload_bytes + 2) // 3 * 4 + 4096
+
+    @property
     def max_message_chars(self) -> int:
-        return (self.max_upload_bytes + 2) // 3 * 4 + 4096  # a base64 picture and its JSON envelope
+        """The transport's limit on one WebSocket message, in bytes (`playworld play` gives it to uvicorn as
+        ``ws_max_size``): a longer message closes the connection with code 1009 before the server sees it,
+        without a reply. Twice :attr:`max_served_chars` and 1 MiB, so that a message somewhat over what is
+        served (a picture over the upload limit) gets an error reply instead."""
+        return 2 * self.max_served_chars + (1 << 20)

@@ -7,6 +7,7 @@ size. Untrusted bytes are checked before decoding: a byte limit and a pixel limi
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,27 @@ def image_to_frame(data: bytes, size: tuple[int, int], *, fit: str = "crop", max
     except ImageError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ImageError(f"{name}: too many pixels ({e})") from e
+        raise ImageError(f"{name}: too many pixels ({_clean(e)})") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not a readable picture ({_unknown_format(data)})") from e
     except Exception as e:  # noqa: BLE001 - any decoder failure on untrusted bytes is one named error
-        raise ImageError(f"{name}: not a readable picture ({type(e).__name__}: {str(e)[:200]})") from e
+        raise ImageError(f"{name}: not a readable picture ({_clean(e) or type(e).__name__})") from e
+
+
+def _clean(error: BaseException) -> str:
+    """An error's text without object reprs (``<_io.BytesIO object at 0x...>``), at most 200 characters."""
+    return re.sub(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>", "", str(error))[:200].strip()
+
+
+def _unknown_format(data: bytes) -> str:
+    """Why bytes that no decoder recognised are not a picture."""
+    try:
+        text = data[:256].decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c.isspace() for c in text):
+        return "it is text, not a picture; SVG is not supported"
+    return "not in an image format this server reads, such as PNG, JPEG, GIF, WebP or BMP"
 
 
 def fit_frame(img: Image.Image, size: tuple[int, int], fit: str) -> np.ndarray:
@@ -120,9 +139,34 @@ class DatasetPrompts:
         self.clips = ClipDataset(self.root, clip_len=self.frames, split=None)
         if len(self.clips) == 0:
             raise DatasetError(f"{self.root}: no episode has {self.frames} frames for a prompt")
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Every shard that holds a prompt exists with the size its manifest records and opens with the
+        expected shape (no checksum: that reads every byte; `playworld data verify` does it). Raises
+        DatasetError naming the file, so that a server never starts with prompts it cannot show."""
+        ds = self.clips.dataset
+        for index in sorted({e.shard for e in self.clips.episodes}):
+            for f in ds.manifest.shards[index].files().values():
+                path = self.root / f.path
+                if not path.is_file():
+                    raise DatasetError(f"{path}: shard file missing (the manifest lists it); the dataset "
+                                       f"{self.root} is incomplete")
+                if (size := path.stat().st_size) != f.bytes:
+                    raise DatasetError(f"{path}: {size} bytes, the manifest records {f.bytes} (truncated or replaced)")
+            ds.shard_arrays(index)
 
     def __len__(self) -> int:
+        """Prompts: clips of ``frames`` consecutive frames (one per frame of each episode when frames=1)."""
         return len(self.clips)
+
+    @property
+    def episodes(self) -> int:
+        return len(self.clips.dataset)
+
+    @property
+    def num_frames(self) -> int:
+        return self.clips.dataset.manifest.num_frames
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:

@@ -11,7 +11,9 @@ Client -> server, one JSON object per text message, ``type`` first:
 - ``{"type": "record", "format": "mp4"|"gif"}``: the session's recording as a video
 
 Server -> client: ``hello`` (world facts and limits), ``frame`` (base64 RGB bytes and figures),
-``recording`` (base64 video), ``error`` (``message`` says what was wrong; the session goes on).
+``recording`` (base64 video), ``error`` (``message`` says what was wrong; the session goes on). Every
+message gets exactly one reply, in the order sent (a dropped one, over the rate or the queue limit,
+gets its ``error`` at its turn).
 """
 
 from __future__ import annotations
@@ -67,12 +69,42 @@ _FIELDS = {"start": {"source", "index", "data", "fit", "seed"}, "step": {"action
            "restart": set(), "replay": {"actions"}, "record": {"format"}}
 
 
+class LongNumber:
+    """A JSON integer literal too long to be any field's value (kept as its digit count, never converted:
+    Python refuses to convert integers of more than 4,300 digits, and no limit here needs more than 20)."""
+
+    MAX_DIGITS = 20
+
+    def __init__(self, literal: str) -> None:
+        self.digits = len(literal.lstrip("-"))
+
+    def __str__(self) -> str:
+        return f"a {self.digits}-digit number"
+
+
+def _parse_int(literal: str) -> int | LongNumber:
+    return int(literal) if len(literal.lstrip("-")) <= LongNumber.MAX_DIGITS else LongNumber(literal)
+
+
+def _describe(value: object) -> str:
+    """A client's value, for an error reply: short, and never an object's repr."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "nothing"
+    if isinstance(value, (int, float, LongNumber)):
+        return str(value)
+    if isinstance(value, str):
+        return repr(value[:40])
+    return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+
+
 def _int(msg: dict, key: str, *, low: int, high: int, required: bool = True) -> int | None:
     value = msg.get(key)
     if value is None and not required:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ProtocolError(f"{msg['type']}: {key!r} must be an integer in [{low}, {high}], got {str(value)[:40]!r}")
+        raise ProtocolError(f"{msg['type']}: {key!r} must be an integer in [{low}, {high}], got {_describe(value)}")
     return value
 
 
@@ -100,7 +132,7 @@ def parse_message(text: str | bytes | None, *, num_actions: int, max_upload_byte
         raise ProtocolError(f"message of {len(text)} characters exceeds the limit of {max_message_chars} "
                             f"(an uploaded picture may have at most {max_upload_bytes} bytes)")
     try:
-        msg = json.loads(text)
+        msg = json.loads(text, parse_int=_parse_int)
     except (json.JSONDecodeError, RecursionError) as e:
         raise ProtocolError(f"message is not valid JSON ({str(e)[:100]})") from e
     if not isinstance(msg, dict):
@@ -109,7 +141,7 @@ def parse_message(text: str | bytes | None, *, num_actions: int, max_upload_byte
     if "type" not in msg:
         raise ProtocolError(f"message has no 'type'; expected one of {list(TYPES)}")
     if kind not in TYPES:
-        raise ProtocolError(f"unknown message type {str(kind)[:40]!r}; expected one of {list(TYPES)}")
+        raise ProtocolError(f"unknown message type {_describe(kind)}; expected one of {list(TYPES)}")
     extra = sorted(set(msg) - _FIELDS[kind] - {"type"})
     if extra:
         raise ProtocolError(f"{kind}: unknown field(s) {[k[:40] for k in extra[:5]]}; "
@@ -126,11 +158,11 @@ def parse_message(text: str | bytes | None, *, num_actions: int, max_upload_byte
         return Replay(msg["actions"])
     if kind == "record":
         if msg.get("format") not in ("mp4", "gif"):
-            raise ProtocolError(f"record: 'format' must be 'mp4' or 'gif', got {str(msg.get('format'))[:20]!r}")
+            raise ProtocolError(f"record: 'format' must be 'mp4' or 'gif', got {_describe(msg.get('format'))}")
         return Record(msg["format"])
     source, fit = msg.get("source"), msg.get("fit", "crop")
     if fit not in ("crop", "pad"):
-        raise ProtocolError(f"start: 'fit' must be 'crop' or 'pad', got {str(fit)[:20]!r}")
+        raise ProtocolError(f"start: 'fit' must be 'crop' or 'pad', got {_describe(fit)}")
     seed = _int(msg, "seed", low=0, high=2**62, required=False)
     if source == "dataset":
         if "data" in msg:
@@ -138,7 +170,7 @@ def parse_message(text: str | bytes | None, *, num_actions: int, max_upload_byte
         return Start("dataset", index=_int(msg, "index", low=0, high=2**62, required=False), seed=seed)
     if source == "image":
         return Start("image", image=_decode_image(msg.get("data"), max_upload_bytes), fit=fit, seed=seed)
-    raise ProtocolError(f"start: 'source' must be 'dataset' or 'image', got {str(source)[:20]!r}")
+    raise ProtocolError(f"start: 'source' must be 'dataset' or 'image', got {_describe(source)}")
 
 
 def frame_message(frame: bytes, height: int, width: int, **figures: object) -> str:

@@ -19,6 +19,7 @@ before pressing the next key (every human) gets it a third of a step sooner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Generator, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,7 @@ class StepScheduler:
         self.defer_commit = defer_commit  # reply before committing (see the module's docstring)
         self.players = 2  # sessions that may submit work; the server keeps it current (no window for one)
         self._pending: list[_Job] = []
+        self._running: list[_Job] = []  # the jobs of the tick now on the worker thread
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._torch_threads = torch_threads
@@ -116,7 +118,17 @@ class StepScheduler:
         self._pending.append(job)
         assert self._wake is not None
         self._wake.set()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the session went away: its operation makes no further move
+            with contextlib.suppress(ValueError):
+                self._pending.remove(job)
+            raise
+
+    @property
+    def pending(self) -> int:
+        """Operations still to be driven (waiting or in the tick now running) whose session still waits."""
+        return sum(not j.future.cancelled() for j in (*self._pending, *self._running))
 
     def _tick(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
@@ -196,12 +208,16 @@ class StepScheduler:
             if not jobs:
                 continue
             assert self._pool is not None
-            await loop.run_in_executor(self._pool, self._tick, jobs)
+            self._running = jobs
+            try:
+                await loop.run_in_executor(self._pool, self._tick, jobs)
+            finally:
+                self._running = []
             for job in jobs:
+                if job.future.cancelled():  # its session left during the tick: drop it, done or not
+                    continue
                 if not job.done:
                     self._pending.append(job)
-                elif job.future.cancelled():
-                    continue
                 elif job.error is not None:
                     job.future.set_exception(job.error)
                 else:

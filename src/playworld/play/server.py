@@ -3,7 +3,8 @@
 Each connection gets its own :class:`~playworld.play.session.Session` with its own ``World`` (its own
 caches and seed; the model weights are shared). All model work goes through one
 :class:`~playworld.play.scheduler.StepScheduler`. Limits: sessions, upload bytes and pixels, message
-size and rate (token bucket), idle time. Any bad message gets an ``error`` reply and the session goes on.
+size and rate (token bucket), requests queued per session, idle time. Any bad message gets an ``error``
+reply and the session goes on; a player who leaves ends their session at once (:meth:`PlayServer.serve`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import logging
 import secrets
 import tempfile
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -36,6 +39,7 @@ from playworld.play.session import Session, SessionError
 from playworld.world import World, WorldConfig
 
 log = logging.getLogger("playworld.play")
+MAX_UNANSWERED = 1024  # entries (see _Inbox) read from one player and not yet answered; past it, reading waits
 
 
 class RateLimiter:
@@ -53,6 +57,42 @@ class RateLimiter:
             self.tokens -= 1
             return True
         return False
+
+
+class _Inbox:
+    """One connection's messages read and not yet answered, in order: requests for the model, or the
+    error replies of messages that were refused (ready to send). A run of identical replies (a flood's
+    refusals) takes one entry, so a flood never fills it; past ``MAX_UNANSWERED`` entries, reading waits."""
+
+    def __init__(self) -> None:
+        self.entries: deque[list[Any]] = deque()  # [item, copies]
+        self.requests = 0  # requests waiting or being answered
+        self._ready, self._room = asyncio.Event(), asyncio.Event()
+
+    async def put(self, item: P.Message | str) -> None:
+        if isinstance(item, str) and self.entries and self.entries[-1][0] == item:
+            self.entries[-1][1] += 1
+        else:
+            while len(self.entries) >= MAX_UNANSWERED:
+                self._room.clear()
+                await self._room.wait()
+            self.entries.append([item, 1])
+            self.requests += not isinstance(item, str)
+        self._ready.set()
+
+    async def get(self) -> P.Message | str:
+        while not self.entries:
+            self._ready.clear()
+            await self._ready.wait()
+        entry = self.entries[0]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.entries.popleft()
+            self._room.set()
+        return entry[0]
+
+    def answered(self, item: P.Message | str) -> None:
+        self.requests -= not isinstance(item, str)
 
 
 class PlayServer:
@@ -81,13 +121,16 @@ class PlayServer:
         return World(*self.models, self.world_config)
 
     def hello(self) -> dict[str, Any]:
-        c = self.config
+        c, p = self.config, self.prompts
         labels = {a.latent: a for a in self.names}
         return {"type": "hello", "height": self.size[0], "width": self.size[1], "num_actions": self.num_actions,
                 "actions": [{"latent": i, "name": labels[i].name if i in labels else str(i + 1),
                              "key": labels[i].key if i in labels else None} for i in range(self.num_actions)],
-                "dataset": len(self.prompts) if self.prompts is not None else 0,
-                "limits": {"max_upload_bytes": c.max_upload_bytes, "rate": c.rate, "max_history": c.max_history,
+                "dataset": {"prompts": len(p), "episodes": p.episodes, "frames": p.num_frames} if p is not None else
+                {"prompts": 0, "episodes": 0, "frames": 0},
+                "limits": {"max_upload_bytes": c.max_upload_bytes, "max_served_chars": c.max_served_chars,
+                           "max_message_bytes": c.max_message_chars, "rate": c.rate, "burst": c.burst,
+                           "max_queued": c.max_queued, "max_history": c.max_history,
                            "max_record_frames": c.max_record_frames, "max_sessions": c.max_sessions}}
 
     def _label(self, action: int | None) -> str | None:
@@ -148,7 +191,12 @@ class PlayServer:
             history=format_action_string(session.actions), sessions=len(self.sessions))
 
     async def serve(self, ws: WebSocket) -> None:
-        """One player's connection, from accept to close."""
+        """One player's connection, from accept to close.
+
+        Two tasks share it: one reads every message as it arrives (so a disconnect is seen at once, and
+        the transport's keepalive pings are answered however slow the model is) and queues it; the other
+        answers the queued messages in order. When the player leaves, the answering task is cancelled:
+        its operation leaves the scheduler, the queued messages are dropped, and the slot is free."""
         await ws.accept()
         c = self.config
         if len(self.sessions) >= c.max_sessions:
@@ -158,37 +206,75 @@ class PlayServer:
         sid, self._next_id = self._next_id, self._next_id + 1
         session = self.sessions[sid] = Session(self.new_world(), self.limits)
         self.scheduler.players = len(self.sessions)
-        limiter, rng = RateLimiter(c.rate, c.burst), np.random.default_rng(secrets.randbits(64))
+        inbox = _Inbox()
         try:
             await ws.send_text(json.dumps({**self.hello(), "session": sid}))
-            while True:
-                try:
-                    event = await asyncio.wait_for(ws.receive(), timeout=c.idle_timeout_s)
-                except TimeoutError:
-                    await ws.send_text(P.error_message(f"closed after {c.idle_timeout_s:.0f} s without a message"))
-                    await ws.close(code=1000)
-                    return
-                if event["type"] == "websocket.disconnect":
-                    return
-                if not limiter.allow():
-                    await ws.send_text(P.error_message(f"rate limit: at most {c.rate:g} messages per second "
-                                                       f"(bursts of {c.burst}); message dropped"))
-                    continue
-                try:
-                    msg = P.parse_message(event.get("text"), num_actions=self.num_actions,
-                                          max_upload_bytes=c.max_upload_bytes, max_message_chars=c.max_message_chars)
-                    reply = await self.dispatch(session, msg, rng)
-                except (P.ProtocolError, SessionError, PlayworldError) as e:
-                    reply = P.error_message(str(e))
-                except Exception as e:  # noqa: BLE001 - one session's failure never takes the server down
-                    log.exception("session %d: unexpected error", sid)
-                    reply = P.error_message(f"internal error ({type(e).__name__}); the session goes on")
-                await ws.send_text(reply)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._answer, ws, sid, session, inbox, tasks.cancel_scope)
+                idle = await self._read(ws, inbox)
+                tasks.cancel_scope.cancel()  # the player left: their queued and running work ends here
+            if idle:
+                await ws.send_text(P.error_message(f"closed after {c.idle_timeout_s:.0f} s without a message"))
+                await ws.close(code=1000)
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the client left mid-reply (uvicorn's ClientDisconnected is an OSError)
         finally:
             self.sessions.pop(sid, None)
             self.scheduler.players = len(self.sessions)
+
+    async def _read(self, ws: WebSocket, inbox: _Inbox) -> bool:
+        """Read messages as they arrive and queue them (parsed, or as their error reply) until the player
+        leaves (returns False) or sends nothing for ``idle_timeout_s`` (returns True)."""
+        c = self.config
+        limiter = RateLimiter(c.rate, c.burst)
+        while True:
+            try:
+                event = await asyncio.wait_for(ws.receive(), timeout=c.idle_timeout_s)
+            except TimeoutError:
+                return True
+            if event["type"] == "websocket.disconnect":
+                return False
+            if not limiter.allow():
+                await inbox.put(P.error_message(f"rate limit: at most {c.rate:g} messages per second "
+                                                f"(bursts of {c.burst}); message dropped"))
+                continue
+            try:
+                msg: P.Message | str = P.parse_message(
+                    event.get("text"), num_actions=self.num_actions,
+                    max_upload_bytes=c.max_upload_bytes, max_message_chars=c.max_served_chars)
+            except P.ProtocolError as e:
+                msg = P.error_message(str(e))
+            if not isinstance(msg, str) and inbox.requests >= c.max_queued:
+                msg = P.error_message(f"busy: {inbox.requests} requests of this session are waiting or running "
+                                      f"(at most {c.max_queued}); message dropped, send it again after a reply")
+            await inbox.put(msg)
+
+    async def _answer(self, ws: WebSocket, sid: int, session: Session, inbox: _Inbox,
+                      connection: anyio.CancelScope) -> None:
+        """Answer the queued messages in the order they came, one at a time; a failed send (the player
+        left mid-reply) ends the connection."""
+        try:
+            await self._answer_all(ws, sid, session, inbox)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            connection.cancel()
+
+    async def _answer_all(self, ws: WebSocket, sid: int, session: Session, inbox: _Inbox) -> None:
+        rng = np.random.default_rng(secrets.randbits(64))
+        while True:
+            item = await inbox.get()
+            if isinstance(item, str):
+                reply = item
+            else:
+                try:
+                    reply = await self.dispatch(session, item, rng)
+                except (P.ProtocolError, SessionError, PlayworldError) as e:
+                    reply = P.error_message(str(e))
+                except Exception as e:  # noqa: BLE001 - one session's failure never takes the server down
+                    log.exception("session %d: unexpected error", sid)
+                    reply = P.error_message(f"internal error ({type(e).__name__}); the session goes on")
+                finally:
+                    inbox.answered(item)
+            await ws.send_text(reply)
 
     def app(self) -> FastAPI:
         @contextlib.asynccontextmanager
