@@ -25,7 +25,7 @@ import torch
 from playworld.data.loader import ClipDataset
 from playworld.eval.actions import best_mapping, confusion, nmi
 from playworld.models.base import to_unit
-from playworld.train.checkpoint import load_model
+from playworld.train.checkpoint import load_model, read_checkpoint_config
 from playworld.train.lam_check import measure_lam
 
 
@@ -75,8 +75,6 @@ def main() -> None:
         subprocess.run(cmd, check=True, env=env)
         minutes = (time.monotonic() - start) / 60
         check = measure_lam(run, max_clips=args.clips, device="cpu")
-        from playworld.train.checkpoint import read_checkpoint_config
-
         cfg = read_checkpoint_config(run)
         figs = true_action_figures(run, data, cfg["data"]["val_split"] or "train", cfg["data"]["clip_len"],
                                    args.clips)
