@@ -18,6 +18,21 @@ from playworld.errors import CheckpointError
 
 PARTS = ("tokenizer", "lam", "dynamics")
 
+DEFAULT_RUN = Path(__file__).resolve().parent / "assets" / "coinrun"
+"""The CoinRun world shipped with the package (tokenizer/, lam/, dynamics/ and prompts/ of held-out-level
+start frames): what `playworld play`, :meth:`playworld.World.load` and :func:`playworld.make_env` use
+when given no run."""
+
+
+def resolve_run(run: str | Path | None) -> Path:
+    """``run`` or, if None, the shipped default world; a missing directory raises naming the path."""
+    if run is not None:
+        return Path(run)
+    if not (DEFAULT_RUN / "dynamics").is_dir():
+        raise CheckpointError(f"no RUN given and the default world {DEFAULT_RUN} is missing (not shipped in "
+                              "this checkout yet); pass a run directory written by `playworld train all --out RUN`")
+    return DEFAULT_RUN
+
 
 @dataclass
 class LoadedRun:

@@ -25,6 +25,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from playworld.api import resolve_run
 from playworld.errors import ConfigError
 from playworld.play.prompts import DatasetPrompts, fit_frames, world_frame_size
 from playworld.world import World, WorldConfig
@@ -74,10 +75,21 @@ class PromptSource:
         return p
 
 
-def _load(run_or_world: str | Path | World, world_config: WorldConfig | None, device: str, precision: str) -> World:
+def _load(run_or_world: str | Path | World | None, world_config: WorldConfig | None, device: str,
+          precision: str) -> World:
     if isinstance(run_or_world, World):
         return run_or_world
     return World.load(run_or_world, world_config, device, precision)
+
+
+def _default_prompts(run: str | Path | World | None,
+                     prompts: str | Path | np.ndarray | None) -> str | Path | np.ndarray | None:
+    """``prompts``, or when none are given the start frames a run ships in ``RUN/prompts`` (the shipped
+    world's held-out CoinRun levels when ``run`` is None too), as `playworld play` picks them."""
+    if prompts is not None or isinstance(run, World):
+        return prompts
+    shipped = resolve_run(run) / "prompts"
+    return shipped if (shipped / "manifest.json").is_file() else None
 
 
 class LatentWorldEnv(gym.Env[np.ndarray, np.int64]):
@@ -85,7 +97,7 @@ class LatentWorldEnv(gym.Env[np.ndarray, np.int64]):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
 
-    def __init__(self, run: str | Path | World, prompts: str | Path | np.ndarray | None = None, *,
+    def __init__(self, run: str | Path | World | None = None, prompts: str | Path | np.ndarray | None = None, *,
                  max_episode_steps: int = 200, reward_fn: RewardFn | None = None,
                  world_config: WorldConfig | None = None, device: str = "cpu", precision: str = "fp32",
                  render_mode: str | None = None) -> None:
@@ -97,7 +109,7 @@ class LatentWorldEnv(gym.Env[np.ndarray, np.int64]):
         h, w = world_frame_size(self.world)
         self.action_space = spaces.Discrete(self.world.num_actions)
         self.observation_space = spaces.Box(0, 255, (h, w, 3), np.uint8)
-        self.prompts = PromptSource(prompts, (h, w))
+        self.prompts = PromptSource(_default_prompts(run, prompts), (h, w))
         self.max_episode_steps, self.reward_fn, self.render_mode = max_episode_steps, reward_fn, render_mode
         self._obs: np.ndarray | None = None
         self._t = 0
@@ -133,7 +145,7 @@ class LatentWorldVectorEnv(VectorEnv):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, run: str | Path | World, num_envs: int, prompts: str | Path | np.ndarray | None = None, *,
+    def __init__(self, run: str | Path | World | None, num_envs: int, prompts: str | Path | np.ndarray | None = None, *,
                  max_episode_steps: int = 200, reward_fn: RewardFn | None = None,
                  world_config: WorldConfig | None = None, device: str = "cpu", precision: str = "fp32",
                  render_mode: str | None = None) -> None:
@@ -146,7 +158,7 @@ class LatentWorldVectorEnv(VectorEnv):
         self.single_observation_space = spaces.Box(0, 255, (h, w, 3), np.uint8)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self.prompts = PromptSource(prompts, (h, w))
+        self.prompts = PromptSource(_default_prompts(run, prompts), (h, w))
         self.max_episode_steps, self.reward_fn = max_episode_steps, reward_fn
         self._obs: np.ndarray | None = None
         self._t, self._needs_reset = 0, False
@@ -193,8 +205,11 @@ class LatentWorldVectorEnv(VectorEnv):
         return None if self._obs is None else tuple(self._obs.copy())
 
 
-def make_env(run: str | Path | World, num_envs: int | None = None, **kwargs: Any) -> LatentWorldEnv | LatentWorldVectorEnv:
-    """``LatentWorldEnv(run, **kwargs)``, or with ``num_envs`` a :class:`LatentWorldVectorEnv` of that size."""
+def make_env(run: str | Path | World | None = None, num_envs: int | None = None,
+             **kwargs: Any) -> LatentWorldEnv | LatentWorldVectorEnv:
+    """``LatentWorldEnv(run, **kwargs)``, or with ``num_envs`` a :class:`LatentWorldVectorEnv` of that size.
+    Without ``run``, the CoinRun world shipped with the package; without ``prompts``, the run's own
+    ``RUN/prompts`` start frames where it ships them."""
     if num_envs is None:
         return LatentWorldEnv(run, **kwargs)
     return LatentWorldVectorEnv(run, num_envs, **kwargs)

@@ -103,14 +103,16 @@ class World:
         return cls(tokenizer, lam, dynamics, config)
 
     @classmethod
-    def load(cls, run_dir: str | Path, config: WorldConfig | None = None,
+    def load(cls, run_dir: str | Path | None = None, config: WorldConfig | None = None,
              device: str | torch.device = "cpu", precision: str = "fp32") -> World:
         """Load ``run_dir/{tokenizer,lam,dynamics}/`` (each ``model.safetensors`` + ``config.json``,
-        the layout `playworld train` writes; read by :func:`playworld.api.load`). ``precision``: "fp32",
-        "bf16" or "auto" for the dynamics model and decoder (:mod:`playworld.precision`)."""
-        from playworld.api import load
+        the layout `playworld train` writes; read by :func:`playworld.api.load`); without ``run_dir``, the
+        CoinRun world shipped with the package (:data:`playworld.api.DEFAULT_RUN`). ``precision``:
+        "fp32", "bf16" or "auto" for the dynamics model and decoder (:mod:`playworld.precision`)."""
+        from playworld.api import load, resolve_run
         from playworld.precision import cast_for_play, resolve_precision
 
+        run_dir = resolve_run(run_dir)
         dtype = resolve_precision(precision, device)
 
         run = load(run_dir, device)

@@ -27,10 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from playworld.api import load
+    from playworld.api import load, resolve_run
     from playworld.config import dataclass_from_args
     from playworld.play.config import PlayConfig
-    from playworld.play.prompts import resolve_run
     from playworld.play.scheduler import StepScheduler
     from playworld.play.server import PlayServer
     from playworld.precision import cast_for_play, resolve_precision

@@ -15,19 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from playworld.errors import CheckpointError, DatasetError, PlayworldError
-
-DEFAULT_RUN = Path(__file__).resolve().parent.parent / "assets" / "coinrun"
-
-
-def resolve_run(run: str | Path | None) -> Path:
-    """``run`` or, if None, the shipped default world; a missing directory raises naming the path."""
-    if run is not None:
-        return Path(run)
-    if not (DEFAULT_RUN / "dynamics").is_dir():
-        raise CheckpointError(f"no RUN given and the default world {DEFAULT_RUN} is missing (not shipped in "
-                              "this checkout yet); pass a run directory written by `playworld train all --out RUN`")
-    return DEFAULT_RUN
+from playworld.errors import DatasetError, PlayworldError
 
 
 class ImageError(PlayworldError, ValueError):
