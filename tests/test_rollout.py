@@ -82,3 +82,13 @@ def test_rollout_cli_errors_name_the_problem(run_dir, tmp_path, monkeypatch, cap
     argv = ["rollout", str(run_dir), *[x for kv in base.items() for x in kv], "--steps", "1"]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_rollout_cli_defaults_to_the_shipped_world_and_its_start_frames(run_dir, tmp_path, capsys):
+    out = tmp_path / "shipped.gif"
+    assert main(["rollout", "--actions", "1,2", "--out", str(out), "--scale", "1"]) == 0
+    assert decode_video(out).shape[1:] == (64, 64, 3)  # the shipped CoinRun world's frames
+    assert "assets/coinrun/prompts" in capsys.readouterr().out
+    # a run that ships no start frames says what to pass
+    assert main(["rollout", str(run_dir), "--actions", "1", "--out", str(tmp_path / "c.gif"), "--steps", "1"]) == 2
+    assert "no --prompt given" in capsys.readouterr().err

@@ -17,12 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "rollout", help="play an action string in a trained world from a picture or dataset frame, to a video",
         description="playworld rollout RUN --prompt start.png --actions 1,1,3 --out clip.mp4\n"
         "playworld rollout RUN --prompt data/coinrun-demo --episode 3 --frame 10 --actions right,right --out c.gif\n"
+        "playworld rollout --actions right,right,jump --out c.gif   (the shipped world and its start frames)\n"
         "Actions are numbered from 1 as the keys of `playworld play` (1 = latent action 0), or named "
         "when the run has action_names.json.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="run directory with tokenizer/, lam/ and dynamics/")
-    p.add_argument("--prompt", "--image", dest="prompt", required=True,
-                   help="a picture file (any format Pillow reads) or a dataset directory")
+    p.add_argument("run", nargs="?", help="run directory with tokenizer/, lam/ and dynamics/ "
+                   "(default: the world shipped with the package, as `playworld play`)")
+    p.add_argument("--prompt", "--image", dest="prompt",
+                   help="a picture file (any format Pillow reads) or a dataset directory (default: RUN/prompts, "
+                   "the start frames a run ships, as the shipped world does)")
     p.add_argument("--episode", type=int, default=0, help="dataset prompt: episode index (default: %(default)s)")
     p.add_argument("--frame", type=int, default=0, help="dataset prompt: frame index (default: %(default)s)")
     p.add_argument("--prompt-frames", type=int, default=1,
@@ -44,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from playworld.api import resolve_run
     from playworld.cli.threads import apply_threads
     from playworld.errors import ConfigError
     from playworld.maskgit import SamplingConfig
@@ -58,10 +62,16 @@ def run(args: argparse.Namespace) -> int:
     if args.scale < 1 or args.fps <= 0 or args.prompt_frames < 1:
         raise ConfigError("--scale and --prompt-frames must be >= 1 and --fps > 0")
     apply_threads(args.threads)
-    world = World.load(args.run, WorldConfig(sampling=SamplingConfig(steps=args.steps,
+    run_dir = resolve_run(args.run)
+    if args.prompt is None:
+        if not (run_dir / "prompts" / "manifest.json").is_file():
+            raise ConfigError(f"{run_dir}: no --prompt given and the run ships no start frames in "
+                              f"{run_dir / 'prompts'}; pass --prompt PICTURE or --prompt DATASET_DIR")
+        args.prompt = str(run_dir / "prompts")
+    world = World.load(run_dir, WorldConfig(sampling=SamplingConfig(steps=args.steps,
                                                                      temperature=args.temperature)),
                        precision=args.precision)
-    actions = parse_action_string(args.actions, world.num_actions, load_action_names(args.run, world.num_actions))
+    actions = parse_action_string(args.actions, world.num_actions, load_action_names(run_dir, world.num_actions))
     prompt_path, size = Path(args.prompt), world_frame_size(world)
     if prompt_path.is_dir():
         clip = DatasetPrompts(prompt_path, args.prompt_frames).frame(args.episode, args.frame)
