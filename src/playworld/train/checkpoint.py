@@ -357,17 +357,28 @@ def read_release_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
+def read_release(model_dir: Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, torch.Tensor]]:
+    """The run config (a :class:`~playworld.train.config.RunConfig`) and weights of the release in
+    ``model_dir``, the weights checked against the sha256 and size its config.json records."""
+    from playworld.train.config import RunConfig
+
+    model_dir = Path(model_dir)
+    cfg = RunConfig.from_dict(read_release_config(model_dir), where=str(model_dir / "config.json"))
+    return cfg, load_tensors(model_dir / "model.safetensors", device)
+
+
+def load_into(module: nn.Module, model_dir: Path, weights: dict[str, torch.Tensor]) -> None:
+    """Load release ``weights`` read from ``model_dir`` into ``module``, naming the file on a mismatch."""
+    check_state_dict(module, weights, str(Path(model_dir) / "model.safetensors"))
+    module.load_state_dict(weights)
+
+
 def load_model(model_dir: Path, device: str | torch.device = "cpu") -> nn.Module:
     """Build the released model in ``model_dir`` from its config and load its weights (eval mode),
     after checking them against the sha256 and size its config.json records."""
-    from playworld.train.config import RunConfig
     from playworld.train.registry import get_spec
 
-    model_dir = Path(model_dir)
-    raw = read_release_config(model_dir)
-    cfg = RunConfig.from_dict(raw, where=str(model_dir / "config.json"))
+    cfg, weights = read_release(model_dir, device)
     module = get_spec(cfg.kind).build_release(cfg.model)
-    weights = load_tensors(model_dir / "model.safetensors", device)
-    check_state_dict(module, weights, str(model_dir / "model.safetensors"))
-    module.load_state_dict(weights)
+    load_into(module, model_dir, weights)
     return module.to(device).eval()

@@ -31,10 +31,9 @@ from playworld.io import read_json
 from playworld.models.base import HeldOutStats, to_uint8, to_unit
 from playworld.train.checkpoint import (
     CheckpointManager,
-    check_state_dict,
-    load_tensors,
+    load_into,
     read_checkpoint_config,
-    read_release_config,
+    read_release,
     save_release,
 )
 from playworld.train.config import RunConfig, TrainPrecision
@@ -250,12 +249,10 @@ class Trainer:
     def _init_from(self, source: Path) -> None:
         """Load the release weights of run ``source`` into the model being trained, before the optimizer
         and EMA are built from it (a resumed run then overwrites them with its checkpoint)."""
-        saved = RunConfig.from_dict(read_release_config(source), where=str(source / "config.json"))
+        saved, weights = read_release(source, self.device)
         if saved.kind != self.cfg.kind:
             raise CheckpointError(f"train.init_from {source}: a {saved.kind} run, but this run trains {self.cfg.kind}")
-        weights = load_tensors(source / "model.safetensors", self.device)
-        check_state_dict(self.release, weights, str(source / "model.safetensors"))
-        self.release.load_state_dict(weights)
+        load_into(self.release, source, weights)
 
     def _build_forward(self) -> nn.Module:
         module: nn.Module = _LossModule(self.model)
