@@ -182,6 +182,10 @@ class ActionUsage:
         return int((self.encoder_counts > 0).sum())
 
     @property
+    def decoder_used(self) -> int:
+        return int((self.decoder_counts > 0).sum())
+
+    @property
     def encoder_perplexity(self) -> float:
         return float(usage_and_perplexity(self.encoder_counts)[1])
 
@@ -204,7 +208,7 @@ class ActionUsage:
         6.90) and agrees with the decoder's winner on 12.5% of 480 transitions'."""
         _, dec_ppl = usage_and_perplexity(self.decoder_counts)
         return (f"the encoder uses {self.encoder_used} of {self.num_actions} actions (perplexity "
-                f"{self.encoder_perplexity:.2f}; the decoder's winners use {int((self.decoder_counts > 0).sum())}, "
+                f"{self.encoder_perplexity:.2f}; the decoder's winners use {self.decoder_used}, "
                 f"perplexity {float(dec_ppl):.2f}) and agrees with the decoder's winner on {self.agreement:.1%} "
                 f"of {self.transitions} transitions")
 
@@ -215,7 +219,7 @@ class ActionUsage:
         dec_usage, dec_ppl = usage_and_perplexity(self.decoder_counts)
         return {"actions/encoder_used": float(self.encoder_used), "actions/encoder_usage": float(enc_usage),
                 "actions/encoder_perplexity": float(enc_ppl), "actions/agreement": self.agreement,
-                "actions/decoder_used": float((self.decoder_counts > 0).sum()),
+                "actions/decoder_used": float(self.decoder_used),
                 "actions/decoder_usage": float(dec_usage), "actions/decoder_perplexity": float(dec_ppl),
                 "actions/encoder_collapsed": float(self.collapse() is not None)}
 
@@ -441,7 +445,8 @@ class LatentActionModel(nn.Module):
         enc = self._encode_patches(patches)
         enc_loss = F.cross_entropy(enc.logits.flatten(0, 1).float(), best.flatten())
         loss = dec_loss + c.encoder_weight * enc_loss
-        probs = torch.softmax(enc.logits.float(), dim=-1)  # (B, T-1, K)
+        if c.soft_decoder_weight > 0 or c.marginal_entropy_weight > 0:
+            probs = torch.softmax(enc.logits.float(), dim=-1)  # (B, T-1, K)
         if c.soft_decoder_weight > 0:
             mixed = torch.einsum("btk,btksp->btsp", probs, preds.float())
             loss = loss + c.soft_decoder_weight * (mixed - target.float()).square().mean()
