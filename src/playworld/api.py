@@ -34,6 +34,14 @@ def resolve_run(run: str | Path | None) -> Path:
     return DEFAULT_RUN
 
 
+def run_prompts(run_dir: str | Path) -> Path | None:
+    """``run_dir/prompts`` when the run ships start frames there (a dataset, as the shipped world does),
+    else None: the start frames `playworld play`, `playworld rollout` and :func:`playworld.make_env` use
+    when given none."""
+    prompts = Path(run_dir) / "prompts"
+    return prompts if (prompts / "manifest.json").is_file() else None
+
+
 @dataclass
 class LoadedRun:
     """The models found in a run (None where a part is absent) and each part's run config."""

@@ -25,7 +25,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from playworld.api import resolve_run
+from playworld.api import resolve_run, run_prompts
 from playworld.errors import ConfigError
 from playworld.play.prompts import DatasetPrompts, fit_frames, world_frame_size
 from playworld.world import World, WorldConfig
@@ -88,8 +88,7 @@ def _default_prompts(run: str | Path | World | None,
     world's held-out CoinRun levels when ``run`` is None too), as `playworld play` picks them."""
     if prompts is not None or isinstance(run, World):
         return prompts
-    shipped = resolve_run(run) / "prompts"
-    return shipped if (shipped / "manifest.json").is_file() else None
+    return run_prompts(resolve_run(run))
 
 
 class LatentWorldEnv(gym.Env[np.ndarray, np.int64]):

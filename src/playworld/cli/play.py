@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from playworld.api import load, resolve_run
+    from playworld.api import load, resolve_run, run_prompts
     from playworld.config import dataclass_from_args
     from playworld.play.config import PlayConfig
     from playworld.play.scheduler import StepScheduler
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = scheduler.call(resolve_precision, config.precision, args.device)
     scheduler.call(cast_for_play, loaded.tokenizer, loaded.dynamics, dtype)
     data = args.data
-    if data is None and (run_dir / "prompts" / "manifest.json").is_file():
-        data = run_dir / "prompts"  # start frames shipped with the world (held-out levels)
+    if data is None:
+        data = run_prompts(run_dir)  # start frames shipped with the world, if it ships them
     server = PlayServer((loaded.tokenizer, loaded.lam, loaded.dynamics), config, run_dir=run_dir, data=data,
                         scheduler=scheduler)
     if config.host not in ("127.0.0.1", "localhost", "::1"):

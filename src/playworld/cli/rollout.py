@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from playworld.api import resolve_run
+    from playworld.api import resolve_run, run_prompts
     from playworld.cli.threads import apply_threads
     from playworld.errors import ConfigError
     from playworld.maskgit import SamplingConfig
@@ -64,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     run_dir = resolve_run(args.run)
     if args.prompt is None:
-        if not (run_dir / "prompts" / "manifest.json").is_file():
+        shipped = run_prompts(run_dir)
+        if shipped is None:
             raise ConfigError(f"{run_dir}: no --prompt given and the run ships no start frames in "
                               f"{run_dir / 'prompts'}; pass --prompt PICTURE or --prompt DATASET_DIR")
-        args.prompt = str(run_dir / "prompts")
+        args.prompt = str(shipped)
     world = World.load(run_dir, WorldConfig(sampling=SamplingConfig(steps=args.steps,
                                                                      temperature=args.temperature)),
                        precision=args.precision)
