@@ -70,6 +70,8 @@ def main() -> None:
     p.add_argument("--hold", type=int, default=4, help="frames a true action is held for the real reference")
     p.add_argument("--maskgit-steps", type=int, default=PLAY_STEPS, help="default: play's")
     p.add_argument("--temperature", type=float, default=PLAY_TEMPERATURE, help="default: play's")
+    p.add_argument("--copy-penalty", type=float, default=0.0, help="logit taken from each place's previous "
+                   "token before sampling (default: %(default)s)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -78,8 +80,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    world = World.load(args.run, WorldConfig(sampling=SamplingConfig(steps=args.maskgit_steps,
-                                                                     temperature=args.temperature)))
+    world = World.load(args.run, WorldConfig(sampling=SamplingConfig(
+        steps=args.maskgit_steps, temperature=args.temperature, copy_penalty=args.copy_penalty)))
     copy = CopyLast(world)
     motion = MotionEstimator()
     clips = ClipDataset(args.data, clip_len=args.clip_len, split=args.split)
@@ -151,7 +153,8 @@ def main() -> None:
         _cell(real_floor(held.frames, held.frame_episode)) + " (even vs odd episodes)")
 
     print(f"{args.run} on {args.data}:{args.split}: {n} episodes, {args.starts} starts x {world.num_actions} keys x "
-          f"{args.steps} steps, MaskGIT {args.maskgit_steps} steps at temperature {args.temperature}; "
+          f"{args.steps} steps, MaskGIT {args.maskgit_steps} steps at temperature {args.temperature}, copy penalty "
+          f"{args.copy_penalty}; "
           f"mapping accuracy {accuracy:.3f}; {time.perf_counter() - start:.0f} s")
     print("\n| figure | world | copy-last | real game |\n|---|---|---|---|")
     for key, cells in rows.items():

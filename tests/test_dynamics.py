@@ -172,3 +172,24 @@ def test_sampling_config_validates():
     with pytest.raises(ConfigError, match="temperature"):
         SamplingConfig(temperature=-1.0)
 
+
+
+def test_copy_penalty_turns_a_narrow_copy_mode_into_change_and_needs_prev():
+    s, vocab = 6, 5
+    prev = torch.tensor([[0, 1, 2, 3, 4, 0]])
+    # every place prefers its previous token by a margin of 0.5 over the token one above it
+    logits = torch.zeros(1, s, vocab)
+    logits.scatter_(-1, prev[..., None], 1.0)
+    logits.scatter_(-1, ((prev + 1) % vocab)[..., None], 0.5)
+    greedy = SamplingConfig(steps=1, temperature=0.0)
+    assert torch.equal(maskgit_decode(lambda t: logits, 1, s, vocab, greedy, prev=prev), prev)
+    weak = SamplingConfig(steps=1, temperature=0.0, copy_penalty=0.25)
+    assert torch.equal(maskgit_decode(lambda t: logits, 1, s, vocab, weak, prev=prev), prev)  # margin 0.5 holds
+    strong = SamplingConfig(steps=2, temperature=0.0, copy_penalty=1.0)
+    assert torch.equal(maskgit_decode(lambda t: logits, 1, s, vocab, strong, prev=prev), (prev + 1) % vocab)
+    with pytest.raises(ValueError, match="copy_penalty needs prev"):
+        maskgit_decode(lambda t: logits, 1, s, vocab, strong)
+    with pytest.raises(ConfigError, match="copy_penalty"):
+        SamplingConfig(copy_penalty=-1.0)
+    with pytest.raises(ConfigError, match="copy_penalty"):
+        SamplingConfig(copy_penalty=float("nan"))

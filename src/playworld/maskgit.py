@@ -34,6 +34,10 @@ class SamplingConfig:
     choice_temperature: float = field(
         1.0, help="scale of the Gumbel noise added to confidences, annealed linearly to 0 over the steps")
     schedule: Literal["cosine", "linear"] = field("cosine", help="fraction of tokens still masked vs progress")
+    copy_penalty: float = field(
+        0.0, help="subtracted from the logit of the token that held each place in the previous frame before "
+        "sampling: a repetition penalty (Keskar et al. 2019) against the copy-last mode that greedy decoding "
+        "settles into; 0 = off")
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -44,6 +48,8 @@ class SamplingConfig:
             raise ConfigError(f"sampling.top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.choice_temperature < 0:
             raise ConfigError(f"sampling.choice_temperature must be >= 0, got {self.choice_temperature}")
+        if not 0.0 <= self.copy_penalty < float("inf"):
+            raise ConfigError(f"sampling.copy_penalty must be a finite number >= 0, got {self.copy_penalty}")
         if self.schedule not in ("cosine", "linear"):
             raise ConfigError(f"sampling.schedule must be 'cosine' or 'linear', got {self.schedule!r}")
 
@@ -118,24 +124,34 @@ def maskgit_decode(
     config: SamplingConfig,
     generator: torch.Generator | RowGenerators | None = None,
     device: torch.device | str = "cpu",
+    prev: Tensor | None = None,
 ) -> Tensor:
     """Decode one frame of ``num_tokens`` tokens for ``batch`` worlds.
 
     logits_fn: tokens (B, S) long, masked positions = ``mask_id`` -> logits (B, S, V) over real tokens.
     Returns (B, S) long, no ``mask_id`` left. Calls ``logits_fn`` exactly ``config.steps`` times
     (fewer if steps > S). ``generator``: one for the whole batch, or (generator, rows) groups in
-    row order; each group draws exactly the numbers it would draw if decoded alone.
+    row order; each group draws exactly the numbers it would draw if decoded alone. ``prev`` (B, S):
+    the previous frame's tokens, whose logits ``config.copy_penalty`` lowers (required when it is on).
     """
     device = torch.device(device)
     groups = [(generator, batch)] if generator is None or isinstance(generator, torch.Generator) else list(generator)
     if sum(n for _, n in groups) != batch:
         raise ValueError(f"generator groups cover {sum(n for _, n in groups)} rows, expected {batch}")
+    penalty = None
+    if config.copy_penalty > 0:
+        if prev is None or prev.shape != (batch, num_tokens):
+            raise ValueError(f"copy_penalty needs prev (B, S) = {(batch, num_tokens)}, got "
+                             f"{None if prev is None else tuple(prev.shape)}")
+        penalty = prev[..., None]  # (B, S, 1)
     tokens = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     counts = masked_counts(num_tokens, config.steps, config.schedule)
     for i, n_left in enumerate(counts):
         logits = logits_fn(tokens)
         if logits.shape[:2] != (batch, num_tokens):
             raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected ({batch}, {num_tokens}, V)")
+        if penalty is not None:  # (B, S, V): the previous frame's token at each place loses copy_penalty
+            logits = logits.scatter_add(-1, penalty, logits.new_full(penalty.shape, -config.copy_penalty))
         masked = tokens == mask_id  # (B, S)
         flat = logits.reshape(batch * num_tokens, -1)
         sampled = _by_group(groups, lambda g, lo, hi, flat=flat: sample_tokens(

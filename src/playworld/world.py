@@ -265,7 +265,7 @@ class World:
             return dynamics(tokens[:, None], frame_actions, cache=caches, commit=False, prev=prev)[:, 0].float()
 
         tokens = maskgit_decode(logits_fn, prev.shape[0], dynamics.config.num_tokens, dynamics.mask_id,
-                                first.config.sampling, groups, first.device)  # (B, S)
+                                first.config.sampling, groups, first.device, prev=prev)  # (B, S)
         if not defer_commit:
             dynamics.commit(tokens[:, None], frame_actions, caches, prev=prev)  # type: ignore[arg-type]
         h, w = first.grid
