@@ -214,6 +214,24 @@ def make_env(run: str | Path | World | None = None, num_envs: int | None = None,
     return LatentWorldVectorEnv(run, num_envs, **kwargs)
 
 
+def sb3_vec_env(run: str | Path | World | LatentWorldVectorEnv | None = None, num_envs: int = 8,
+                **kwargs: Any) -> Any:
+    """The batched world as a Stable-Baselines3 ``VecEnv``: ``PPO("CnnPolicy", sb3_vec_env(RUN, 8))``.
+
+    ``run`` and ``kwargs`` are :class:`LatentWorldVectorEnv`'s (or pass one already made). Episodes restart
+    in the same step they end, with ``infos[i]["terminal_observation"]`` (:mod:`playworld.sb3`). Needs the
+    ``rl`` extra (``pip install "playworld[rl]"``)."""
+    try:
+        from playworld.sb3 import SB3VecEnv
+    except ImportError as e:
+        raise ImportError(f"sb3_vec_env needs Stable-Baselines3 ({e}): pip install 'playworld[rl]'") from e
+    if isinstance(run, LatentWorldVectorEnv):
+        if kwargs:
+            raise ConfigError(f"sb3_vec_env got an environment and options for a new one: {sorted(kwargs)}")
+        return SB3VecEnv(run)
+    return SB3VecEnv(LatentWorldVectorEnv(run, num_envs, **kwargs))
+
+
 def register() -> None:
     """Register ``playworld/LatentWorld-v0`` with Gymnasium (done on import; safe to call again)."""
     if ENV_ID not in gym.registry:
