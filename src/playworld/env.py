@@ -10,13 +10,14 @@ once this module is imported (Genie, arXiv 2402.15391, sec. 3.3: agents trained 
 ``precision="auto"`` steps the world in bf16 where this machine multiplies bf16 faster
 (:mod:`playworld.precision`); the default is fp32. Frames are sampled at `playworld play`'s setting
 (:func:`playworld.maskgit.play_sampling`, 1 greedy MaskGIT step) unless ``world_config`` says otherwise.
+``sb3_vec_env`` gives the batched world as a Stable-Baselines3 ``VecEnv`` (:mod:`playworld.sb3`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -29,6 +30,9 @@ from playworld.api import resolve_run, run_prompts
 from playworld.errors import ConfigError
 from playworld.play.prompts import DatasetPrompts, fit_frames, world_frame_size
 from playworld.world import World, WorldConfig
+
+if TYPE_CHECKING:
+    from playworld.sb3 import SB3VecEnv
 
 ENV_ID = "playworld/LatentWorld-v0"
 RewardFn = Callable[[np.ndarray, int, np.ndarray], float]
@@ -212,6 +216,24 @@ def make_env(run: str | Path | World | None = None, num_envs: int | None = None,
     if num_envs is None:
         return LatentWorldEnv(run, **kwargs)
     return LatentWorldVectorEnv(run, num_envs, **kwargs)
+
+
+def sb3_vec_env(run: str | Path | World | LatentWorldVectorEnv | None = None, num_envs: int = 8,
+                **kwargs: Any) -> SB3VecEnv:
+    """The batched world as a Stable-Baselines3 ``VecEnv``: ``PPO("CnnPolicy", sb3_vec_env(RUN, 8))``.
+
+    ``run`` and ``kwargs`` are :class:`LatentWorldVectorEnv`'s (or pass one already made). Episodes restart
+    in the same step they end, with ``infos[i]["terminal_observation"]`` (:mod:`playworld.sb3`). Needs the
+    ``rl`` extra (``pip install "playworld[rl]"``)."""
+    try:
+        from playworld.sb3 import SB3VecEnv
+    except ImportError as e:
+        raise ImportError(f"sb3_vec_env needs Stable-Baselines3 ({e}): pip install 'playworld[rl]'") from e
+    if isinstance(run, LatentWorldVectorEnv):
+        if kwargs:
+            raise ConfigError(f"sb3_vec_env got an environment and options for a new one: {sorted(kwargs)}")
+        return SB3VecEnv(run)
+    return SB3VecEnv(LatentWorldVectorEnv(run, num_envs, **kwargs))
 
 
 def register() -> None:

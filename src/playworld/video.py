@@ -11,11 +11,12 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
 from playworld.errors import DatasetError
 from playworld.io import atomic_write
 
+GIF_MIN_DELAY_CS = 2  # browsers show a delay under 2 centiseconds as 10: the shortest delay that plays as written
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -46,11 +47,8 @@ def write_video(path: str | Path, frames: np.ndarray, *, fps: float = 15.0, scal
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     suffix = path.suffix.lower()
     if suffix == ".gif":
-        images = [Image.fromarray(f) for f in frames]
-        duration = max(int(round(1000 / fps)), 20)
-
         def write(tmp: Path) -> None:
-            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+            tmp.write_bytes(gif_bytes(frames, fps))
     elif suffix == ".mp4":
         def write(tmp: Path) -> None:
             with av.open(str(tmp), mode="w", format="mp4") as out:
@@ -70,3 +68,28 @@ def write_video(path: str | Path, frames: np.ndarray, *, fps: float = 15.0, scal
         raise ValueError(f"{path}: unsupported video format {suffix!r} (use .mp4 or .gif)")
     atomic_write(path, write)
     return path
+
+
+def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
+    """A looping gif of (T, H, W, 3) uint8 frames holding all T frames, each shown 1/fps s (in whole centiseconds).
+
+    Pillow's gif writer merges a frame identical to the one before into it (summing their durations), so a
+    still stretch of a rollout decodes as fewer frames than were made. Here the stream is assembled from
+    Pillow's per-frame helpers (``getheader`` / ``getdata``): every frame gets a graphic control extension
+    with its delay and is drawn over the last one (disposal 1), as the rectangle that changed (one pixel
+    when nothing did) with its own adaptive palette as a local color table.
+    """
+    delay_ms = max(int(round(100 / fps)), GIF_MIN_DELAY_CS) * 10
+    first = Image.fromarray(frames[0]).convert("P", palette=Image.Palette.ADAPTIVE)
+    header, _ = GifImagePlugin.getheader(first, None, {"loop": 0, "duration": delay_ms})
+    chunks = list(header)
+    for t, frame in enumerate(frames):
+        top, left, bottom, right = 0, 0, 1, 1
+        changed = np.argwhere((frame != frames[t - 1]).any(-1)) if t else np.argwhere(np.ones(frame.shape[:2]))
+        if len(changed):
+            (top, left), (bottom, right) = changed.min(0), changed.max(0) + 1
+        patch = Image.fromarray(frame[top:bottom, left:right]).convert("P", palette=Image.Palette.ADAPTIVE)
+        chunks += GifImagePlugin.getdata(patch, (int(left), int(top)), duration=delay_ms, disposal=1,
+                                         include_color_table=True)
+    chunks.append(b";")  # gif trailer
+    return b"".join(chunks)

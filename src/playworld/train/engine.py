@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from playworld.errors import CheckpointError, DatasetError, TrainingError
 from playworld.io import read_json
-from playworld.models.base import HeldOutStats, to_uint8, to_unit
+from playworld.models.base import HeldOutStats, to_unit
 from playworld.train.checkpoint import (
     CheckpointManager,
     load_into,
@@ -188,23 +188,6 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
     keys = sorted(set(a) | set(b))
     return [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in keys
             if a.get(k) != b.get(k) and k not in _RESUME_MUTABLE]
-
-
-@torch.no_grad()
-def sample_grid(model: nn.Module, video: torch.Tensor) -> np.ndarray | None:
-    """An (H', W', 3) uint8 picture of what the model makes of ``video`` (B, T, H, W, C) in [0, 1]:
-    ``model.visualize(video)`` if it has one, else for each clip a row of input frames above a row
-    of ``model.reconstruct(video)`` frames; None if the model offers neither."""
-    visualize = getattr(model, "visualize", None)
-    if visualize is not None:
-        return visualize(video)
-    reconstruct = getattr(model, "reconstruct", None)
-    if reconstruct is None:
-        return None
-    recon = reconstruct(video).float().clamp(0, 1)  # (B, T, H, W, C)
-    rows = torch.stack([video.float(), recon], dim=1)  # (B, 2, T, H, W, C)
-    grid = rows.permute(0, 1, 3, 2, 4, 5).flatten(0, 2).flatten(1, 2)  # (B*2*H, T*W, C)
-    return to_uint8(grid).cpu().numpy()
 
 
 class Trainer:
@@ -497,8 +480,9 @@ class Trainer:
                 tqdm.write(f"warning: {cfg.kind} step {self.step}: {warning}", file=sys.stderr)
         self.logger.log(self.step, totals, prefix="val")
         if self.dist.is_main and first is not None:
-            image = sample_grid(self.model, first[:4])
-            if image is not None:
-                self.logger.image(self.step, "val", image)
+            with self._autocast():
+                sheet = self.spec.samples(self.model, first[:4])  # labelled: playworld.train.samples
+            if sheet is not None:
+                self.logger.image(self.step, "val", sheet.render())
         self.model.train()
         return totals

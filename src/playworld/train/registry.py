@@ -25,10 +25,16 @@ class ModelSpec:
     config_path: str  # "module:ConfigClass"
     model_path: str  # "module:ModelClass", built as ModelClass(config)
     trainable: Callable[[Any, Any], nn.Module] | None = None  # (run_config, device) -> module with compute_loss
+    samples_path: str | None = None  # "module:function": (trainable, video) -> SampleSheet | None, for RUN/samples
 
     @property
     def config_cls(self) -> type:
         return _attr(self.config_path)
+
+    def samples(self, trainable: nn.Module, video: Any) -> Any:
+        """The labelled :class:`playworld.train.samples.SampleSheet` of ``trainable`` on ``video``
+        (B, T, H, W, C) in [0, 1], or None when this kind has none or the module is not its model."""
+        return None if self.samples_path is None else _attr(self.samples_path)(trainable, video)
 
     def build_release(self, model_cfg: Any) -> nn.Module:
         return _attr(self.model_path)(model_cfg)
@@ -64,10 +70,13 @@ def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
 
 SPECS: dict[str, ModelSpec] = {
     "tokenizer": ModelSpec("tokenizer", "playworld.models.tokenizer:TokenizerConfig",
-                           "playworld.models.tokenizer:VideoTokenizer"),
-    "lam": ModelSpec("lam", "playworld.models.lam:LAMConfig", "playworld.models.lam:LatentActionModel"),
+                           "playworld.models.tokenizer:VideoTokenizer",
+                           samples_path="playworld.train.samples:tokenizer_samples"),
+    "lam": ModelSpec("lam", "playworld.models.lam:LAMConfig", "playworld.models.lam:LatentActionModel",
+                     samples_path="playworld.train.samples:lam_samples"),
     "dynamics": ModelSpec("dynamics", "playworld.models.dynamics:DynamicsConfig",
-                          "playworld.models.dynamics:DynamicsModel", trainable=_dynamics_trainable),
+                          "playworld.models.dynamics:DynamicsModel", trainable=_dynamics_trainable,
+                          samples_path="playworld.train.samples:dynamics_samples"),
 }
 
 
