@@ -61,6 +61,34 @@ def test_untrained_kernels_start_near_the_identity_so_the_prior_is_copy_last():
     torch.testing.assert_close(pred, video[:, :-1])
 
 
+def test_kernel_gate_moves_only_where_it_opens_and_starts_open():
+    m = _lam(kernel_gate=True)
+    assert m.gate is not None and _lam().gate is None
+    with torch.no_grad():
+        m.dec_out.weight.zero_()
+        m.dec_out.bias.zero_()
+        m.kernels.zero_()
+        m.kernels[:, 2, 3] = 1.0  # every action: shift the picture one pixel left
+    video = torch.rand(1, 2, 16, 16, 3)
+    shifted = torch.cat([video[:, :1, :, 1:], video[:, :1, :, -1:]], dim=3)  # replicate padding at the edge
+    actions = torch.zeros(1, 1, dtype=torch.long)
+    opened = m.predict(video, actions)  # untrained gate: sigmoid(3) = 0.95 open everywhere
+    torch.testing.assert_close(opened, (video[:, :1] + 0.9526 * (shifted - video[:, :1])).clamp(0, 1),
+                               atol=1e-3, rtol=0)
+    # a trunk reading that opens the gate on patch 0 only: the shift happens there and nowhere else
+    with torch.no_grad():
+        m.gate.weight.zero_()
+        m.gate.weight[:, 0] = 60.0
+        m.gate.bias.fill_(-30.0)
+    context = m.patchify(video)[:, :1]  # (1, 1, S, P)
+    h = torch.zeros(1, 1, m.config.num_patches, m.config.dim)
+    h[:, :, 0, 0] = 1.0  # patch 0: 60 - 30 = +30 (open); elsewhere -30 (closed)
+    prior = m._kernel_prior(context, h)[:, :, 0]  # action 0: (1, 1, S, P)
+    moved = m.patchify(torch.cat([shifted, shifted], dim=1))[:, :1]
+    torch.testing.assert_close(prior[:, :, 0], moved[:, :, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(prior[:, :, 1:], context[:, :, 1:], atol=1e-6, rtol=0)
+
+
 def test_loss_metrics_and_infer_actions_api():
     m = _lam().train()
     video = torch.rand(3, 4, 16, 16, 3)

@@ -67,6 +67,11 @@ class LAMConfig:
     mlp_ratio: float = field(4.0, help="MLP hidden width / dim")
     frame_diff_input: bool = field(True, help="feed the encoder x_t - x_{t-1} alongside x_t")
     kernel_radius: int = field(4, help="radius in pixels of each action's motion kernel (0 = no kernel)")
+    kernel_gate: bool = field(
+        False, help="apply the action kernels only where a per-pixel gate, read by the decoder trunk from "
+        "x_1..x_t, opens: x_t + g * (k_a * x_t - x_t). The gate does not see the action, so an action still "
+        "means the same motion from any frame, but the motion can be local (a sprite on a fixed screen) "
+        "as well as global (a scrolling camera)")
     kernel_padding: Literal["replicate", "circular"] = field(
         "replicate", help="how the motion kernel sees past the frame's edge (circular for wrapping worlds)")
     wta_spread: float = field(0.05, help="share of the decoder loss given to the actions that lost")
@@ -257,7 +262,12 @@ class LatentActionModel(nn.Module):
         self.action_emb = nn.Embedding(k, c.dim)
         self.head = STTransformer(c.dim, c.head_depth, c.heads, s, causal=True, **tr)
         self.dec_out = nn.Linear(c.dim, c.patch_dim)
+        # per-pixel gate of the kernels, from the trunk (no action); None = kernels act on every pixel
+        self.gate = nn.Linear(c.dim, c.patch_size * c.patch_size) if c.kernel_gate and c.kernel_radius else None
         init_weights(self)
+        if self.gate is not None:  # start open (sigmoid(3) = 0.95): the global-kernel prior, then learn where
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, 3.0)
         side = 2 * c.kernel_radius + 1
         kernels = torch.zeros(k, side, side)
         kernels[:, c.kernel_radius, c.kernel_radius] = 1.0  # identity: "copy x_t" before training
@@ -308,8 +318,9 @@ class LatentActionModel(nn.Module):
         return LAMEncoding(logits=logits, actions=logits.argmax(-1), features=pooled)
 
     # -- decoder ----------------------------------------------------------------------------------------
-    def _kernel_prior(self, context: Tensor) -> Tensor:
-        """context (B, T', S, P) -> every action's kernel applied to each frame: (B, T', K, S, P)."""
+    def _kernel_prior(self, context: Tensor, h: Tensor | None = None) -> Tensor:
+        """context (B, T', S, P) -> every action's kernel applied to each frame: (B, T', K, S, P).
+        h (B, T', S, D): the trunk's reading of the context, for the gate (``kernel_gate``)."""
         c = self.config
         b, t = context.shape[:2]
         if c.kernel_radius == 0:
@@ -319,7 +330,13 @@ class LatentActionModel(nn.Module):
         img = F.pad(img, (r, r, r, r), mode=c.kernel_padding)
         out = F.conv2d(img, self.kernels[:, None].to(img.dtype))  # (B*T'*C, K, H, W)
         out = rearrange(out, "(b t c) k h w -> b t k h w c", b=b, t=t)
-        return rearrange(out, "b t k (h p) (w q) c -> b t k (h w) (p q c)", p=c.patch_size, q=c.patch_size)
+        out = rearrange(out, "b t k (h p) (w q) c -> b t k (h w) (p q c)", p=c.patch_size, q=c.patch_size)
+        if self.gate is None or h is None:
+            return out
+        gate = torch.sigmoid(self.gate(h).float()).to(out.dtype)  # (B, T', S, p*p)
+        gate = gate.repeat_interleave(c.channels, dim=-1)[:, :, None]  # (B, T', 1, S, P), pixel-major like P
+        x = context[:, :, None].to(out.dtype)
+        return x + gate * (out - x)
 
     def decode_all(self, context: Tensor) -> Tensor:
         """context: patches of x_1..x_{T-1} (B, T-1, S, P) -> predictions of x_2..x_T under every
@@ -329,15 +346,16 @@ class LatentActionModel(nn.Module):
         hk = h[:, :, None] + self.action_emb.weight[None, None, :, None, :]  # (B, T-1, K, S, D)
         out = self.head(rearrange(hk, "b t k s d -> (b t k) 1 s d"))
         delta = rearrange(self.dec_out(out), "(b t k) 1 s p -> b t k s p", b=b, t=t)
-        return self._kernel_prior(context) + delta
+        return self._kernel_prior(context, h) + delta
 
     def decode(self, context: Tensor, actions: Tensor) -> Tensor:
         """context (B, T-1, S, P), actions (B, T-1) long -> predicted patches of x_2..x_T (B, T-1, S, P)."""
         b, t = context.shape[:2]
-        h = self.trunk(self.dec_in(context)) + self.action_emb(actions)[:, :, None, :]  # (B, T-1, S, D)
+        trunk = self.trunk(self.dec_in(context))  # (B, T-1, S, D)
+        h = trunk + self.action_emb(actions)[:, :, None, :]
         delta = rearrange(self.dec_out(self.head(rearrange(h, "b t s d -> (b t) 1 s d"))),
                           "(b t) 1 s p -> b t s p", b=b)
-        prior = self._kernel_prior(context)  # (B, T-1, K, S, P)
+        prior = self._kernel_prior(context, trunk)  # (B, T-1, K, S, P)
         index = actions[:, :, None, None, None].expand(-1, -1, 1, *prior.shape[3:])
         return prior.gather(2, index).squeeze(2) + delta
 
