@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from playworld.data.format import Dataset
-from playworld.data.ingest import IngestConfig, cut_scores, read_input
-from playworld.video import write_video
+from playworld.data.ingest import cut_scores
+from playworld.video import read_video, write_video
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     frames = np.concatenate([ds.frames(e) for e in episodes])  # (L, H, W, 3)
     with tempfile.TemporaryDirectory() as tmp:
         video = write_video(Path(tmp) / "joined.mp4", frames, fps=args.fps)
-        decoded = read_input(video, IngestConfig(size=frames.shape[1], fps=args.fps))
+        decoded = read_video(video, size=frames.shape[1], fps=args.fps)  # as `playworld ingest` decodes
     if len(decoded) != len(frames):
         raise SystemExit(f"decoded {len(decoded)} frames of {len(frames)} written; boundaries would not line up")
     scores = cut_scores(decoded)  # (L-1,): entry t-1 scores frames t-1 -> t

@@ -30,16 +30,17 @@ def test_before_any_measurement_steps_are_weighed_by_cost_and_there_is_no_eta():
     assert est.eta_s is None and est.total_s is None
 
 
-def test_unmeasured_stages_are_timed_from_the_nearest_measured_stage():
-    stages = [StageState("tok", steps=10, done=10, cost=2.0, seconds_per_step=4.0),  # 2 s per cost unit
-              StageState("lam", steps=20, done=5, cost=1.0, seconds_per_step=1.0),  # 1 s per cost unit
+def test_unmeasured_stages_are_timed_from_the_measured_stages():
+    stages = [StageState("tok", steps=10, done=10, cost=2.0, seconds_per_step=4.0),
+              StageState("lam", steps=20, done=5, cost=1.0, seconds_per_step=1.0),
               StageState("dyn", steps=30, done=0, cost=5.0)]
     est = estimate_pipeline(stages)
-    assert est.seconds_per_step == (4.0, 1.0, 5.0)  # dyn scaled from lam (the latest measured before it)
-    assert est.eta_s == pytest.approx(15 * 1.0 + 30 * 5.0)
-    assert est.total_s == pytest.approx(10 * 4.0 + 20 * 1.0 + 30 * 5.0)
-    assert est.fraction == pytest.approx((40 + 5) / (40 + 20 + 150))
-    # a stage before any measured one is timed from the first measured one after it
+    per_unit = (4.0 + 1.0) / (2.0 + 1.0)  # seconds per cost unit, pooled over the measured stages
+    assert est.seconds_per_step == pytest.approx((4.0, 1.0, 5.0 * per_unit))
+    assert est.eta_s == pytest.approx(15 * 1.0 + 30 * 5.0 * per_unit)
+    assert est.total_s == pytest.approx(10 * 4.0 + 20 * 1.0 + 30 * 5.0 * per_unit)
+    assert est.fraction == pytest.approx((40 + 5) / est.total_s)
+    # a stage before the measured one is timed from it too
     first_unmeasured = [StageState("tok", 10, 0, 2.0), StageState("lam", 20, 1, 1.0, seconds_per_step=0.5)]
     assert estimate_pipeline(first_unmeasured).seconds_per_step == (1.0, 0.5)
 

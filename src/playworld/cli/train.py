@@ -89,13 +89,14 @@ def _train_one(kind: str, out: Path, args: argparse.Namespace, scoped: bool, dep
     if pipeline is not None:
         pipeline.start_stage(kind, steps_done(out))
     result = trainer.fit(resume=True, on_step=pipeline.on_step if pipeline is not None else None)
+    say = pipeline.write if pipeline is not None else print
     if pipeline is not None:
         pipeline.end_stage(kind, result.step)
     if result.interrupted:
-        print(f"{kind}: stopped at step {result.step}; checkpoint saved in {out}. Re-run to continue.")
+        say(f"{kind}: stopped at step {result.step}; checkpoint saved in {out}. Re-run to continue.")
         # the shell's convention, 128 + the signal: 130 after SIGINT (Ctrl-C), 143 after SIGTERM
         return 128 + (result.signal or signal.SIGINT)
-    print(f"{kind}: done at step {result.step}: {out}")
+    say(f"{kind}: done at step {result.step}: {out}")
     return 0
 
 
@@ -124,21 +125,22 @@ def _pipeline(out: Path, args: argparse.Namespace, deps: dict[str, str]) -> Pipe
     return PipelineProgress(stages)
 
 
-def _check_lam(lam_dir: Path, args: argparse.Namespace) -> None:
+def _check_lam(lam_dir: Path, args: argparse.Namespace, pipeline: PipelineProgress | None = None) -> None:
     """Stop `all` before the dynamics model if the LAM's encoder is collapsed on held-out clips (see
     playworld.train.lam_check); with --allow-collapsed-lam, say so and go on."""
     from playworld.errors import TrainingError
     from playworld.train.lam_check import measure_lam, require_healthy_lam
 
+    say = pipeline.write if pipeline is not None else print
     check = measure_lam(lam_dir)
     try:
         require_healthy_lam(check, lam_dir)
     except TrainingError as e:
         if not args.allow_collapsed_lam:
             raise
-        print(f"warning (--allow-collapsed-lam, training the dynamics model anyway): {e}", file=sys.stderr)
+        say(f"warning (--allow-collapsed-lam, training the dynamics model anyway): {e}", file=sys.stderr)
         return
-    print(f"lam: check passed: {check.describe()}")
+    say(f"lam: check passed: {check.describe()}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             for kind in KINDS:
                 if kind == "dynamics" and not args.print_config:
-                    _check_lam(out / "lam", args)
+                    _check_lam(out / "lam", args, pipeline)
                 code = _train_one(kind, out / kind, args, True, deps if kind == "dynamics" else {}, pipeline)
                 if code:
                     return code

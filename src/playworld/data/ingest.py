@@ -33,7 +33,7 @@ from playworld.data.split import SplitRule
 from playworld.errors import ConfigError, DatasetError
 
 __all__ = ["IngestConfig", "FileResult", "IngestReport", "ingest", "fit_image", "resample", "scene_cuts",
-           "cut_scores", "read_input"]
+           "cut_scores"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 # What decoding a bad file can raise: FFmpeg errors, I/O errors, and Pillow's (SyntaxError, struct.error
@@ -296,7 +296,7 @@ def _episodes(frames: np.ndarray, cfg: IngestConfig, scores: np.ndarray) -> _Spl
     return _Split(kept, dropped, len(cuts), pieces - len(cuts) - 1)
 
 
-def read_input(path: Path, cfg: IngestConfig) -> np.ndarray:
+def _read(path: Path, cfg: IngestConfig) -> np.ndarray:
     """Decode one input to (L, S, S, 3) uint8, or raise ValueError/_UNREADABLE with the reason."""
     if not path.exists():
         raise FileNotFoundError("no such file or folder")
@@ -339,7 +339,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, o
         for raw in tqdm(paths, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
             path = Path(raw)
             try:
-                frames = read_input(path, cfg)
+                frames = _read(path, cfg)
             except _UNREADABLE as e:
                 reason = _reason(e)
                 if cfg.strict:

@@ -339,7 +339,7 @@ class Trainer:
         self.step = state.step
         loader.load_state_dict(state.loader)
         if self.dist.is_main:
-            print(f"{self.cfg.kind}: resuming from step {self.step} ({path})", file=sys.stderr, flush=True)
+            tqdm.write(f"{self.cfg.kind}: resuming from step {self.step} ({path})", file=sys.stderr)
 
     # ------------------------------------------------------------------ loop
     def _install_signals(self) -> list[tuple[int, Any]]:
