@@ -5,8 +5,8 @@ timestamps (the frame nearest each 1/fps tick is kept), cut into episodes at sce
 ``max_episode_frames`` (or kept whole, one episode per input, with ``cuts=False``); episodes shorter than
 ``min_episode_frames`` are dropped. The report says how many cuts each input gave, the episode lengths,
 and the largest frame-difference scores, so that a threshold can be chosen from the gap between the
-scores of real cuts and the rest. Ingested episodes have
-no actions and no level seed; their source is the input path, and they are split by episode.
+scores of real cuts and the rest. Ingested episodes have no actions and no level seed; their source is
+the input path, and they are split by episode.
 
 A file that is empty, corrupt, truncated or unreadable is reported by name with the reason and skipped
 (or aborts the whole ingest with ``strict``); the dataset is only renamed into place once complete.
@@ -54,7 +54,7 @@ class IngestConfig:
     fit: Literal["crop", "pad"] = field("crop", help="keep aspect by center-cropping or by padding with black")
     cut_threshold: float = field(
         40.0, help="scene cut where the mean abs difference of consecutive 16x16 thumbnails (0-255) exceeds "
-        "this; 0 disables. The report lists the largest scores: choose a value in the gap below the real cuts")
+        "this; 0 disables. Choose it from ingest's report of the scores (docs/data.md)")
     cuts: bool = field(True, help="split inputs at scene cuts and every --max-episode-frames; --no-cuts keeps "
                        "each input whole, one episode per file (for sources already split into episodes)")
     max_episode_frames: int = field(1000, help="split longer runs into episodes of at most this length (0: no limit)")
