@@ -158,3 +158,51 @@ def test_cli_ingest(inputs: dict[str, Path], tmp_path: Path, capsys: pytest.Capt
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite", "--strict"]) == 2 and "x.mp4" in capsys.readouterr().err
     assert os.path.exists(out), "a failed --strict run must not remove the dataset it would replace"
+
+
+def scenes_video(path: Path, backgrounds: list[int], frames_each: int = 20) -> Path:
+    """A 64x64 video at 15 fps of one scene per background (a grey level), a square moving in each;
+    written with playworld.video, so the cuts are at multiples of ``frames_each``."""
+    from playworld.video import write_video as write
+
+    frames = np.zeros((len(backgrounds) * frames_each, 64, 64, 3), np.uint8)
+    for k, grey in enumerate(backgrounds):
+        for i in range(frames_each):
+            t = k * frames_each + i
+            frames[t] = grey
+            frames[t, 20:36, 4 + 2 * i:20 + 2 * i] = (230, 30, 30)
+    return write(path, frames, fps=15)
+
+
+def test_ingest_reports_the_cuts_it_found(tmp_path: Path) -> None:
+    video = scenes_video(tmp_path / "four.mp4", [20, 200, 90, 250])  # cuts at frames 20, 40, 60
+    report = ingest([video], tmp_path / "ds", IngestConfig(fps=15, min_episode_frames=8), progress=False)
+    (result,) = report.files
+    assert (result.cuts, result.episodes, result.lengths, result.length_splits) == (3, 4, (20, 20, 20, 20), 0)
+    assert sorted(s.t for s in report.top_scores[:3]) == [20, 40, 60] and report.top_scores[2].score > 40
+    assert report.top_scores[2].t == 40  # 200 -> 90, the smallest of the three jumps in grey level
+    assert report.top_scores[3].score < 10  # the moving square: far below any cut
+    text = report.summary()
+    assert "scene cuts (--cut-threshold 40): 3 in 1 input(s); 0 more split(s) at --max-episode-frames 1000" in text
+    assert f"{video}: 3 cut(s) -> 4 episode(s) of 80 frames" in text
+    assert "episode lengths (frames): min 20, 10% 20, median 20, 90% 20, max 20" in text
+    assert "* four.mp4 @2.7s" in text  # the weakest cut, where it is
+    assert "frame pairs scoring above 5: 3, 10: 3, 15: 3, 20: 3, 30: 3, 40: 3, 60: 3, 80: 3, 120: 2 (" in text  # 200 -> 90 scores under 120
+    assert Dataset(tmp_path / "ds").manifest.source["cuts"] == [3]
+    # a threshold above the weakest cut (200 -> 90: 110 grey levels) merges those scenes, and says so
+    high = ingest([video], tmp_path / "ds2", IngestConfig(fps=15, min_episode_frames=8,
+                                                          cut_threshold=report.top_scores[2].score + 1),
+                  progress=False)
+    assert high.files[0].cuts == 2 and high.files[0].lengths == (20, 40, 20)
+
+
+def test_no_cuts_keeps_one_episode_per_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = scenes_video(tmp_path / "a.mp4", [20, 200, 90])
+    b = scenes_video(tmp_path / "b.mp4", [250, 20], frames_each=40)  # 80 frames: longer than the max below
+    out = tmp_path / "ds"
+    assert main(["ingest", str(a), str(b), "--out", str(out), "--no-cuts", "--max-episode-frames", "30",
+                 "--min-episode-frames", "8", "--no-progress"]) == 0
+    assert [(Path(e.source).name, e.length) for e in Dataset(out).episodes()] == [("a.mp4", 60), ("b.mp4", 80)]
+    text = capsys.readouterr().out
+    assert "scene cuts: off (--no-cuts): one episode per input" in text and "2 episodes, 140 frames" in text
+    assert "largest frame differences" in text and "'*'" not in text  # scores shown, none marked as a cut

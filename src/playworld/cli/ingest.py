@@ -15,8 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ingest", help="turn video files and image folders into a dataset",
         description="Resize (keeping aspect), resample to --fps by timestamps, split at scene cuts and "
-        "--max-episode-frames, and write a dataset without actions. Unreadable inputs are reported and "
-        "skipped (or abort with --strict).")
+        "--max-episode-frames (--no-cuts: one episode per input), and write a dataset without actions. The "
+        "report gives the cuts found per input, the episode lengths and the largest frame differences, to "
+        "choose --cut-threshold by (docs/data.md). Unreadable inputs are reported and skipped (or abort "
+        "with --strict).")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="video files and folders of images")
     add_dataclass_args(parser, IngestConfig)
     parser.add_argument("--out", type=Path, required=True, help="dataset directory to create")

@@ -10,6 +10,10 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playworld.train.progress import PipelineProgress
 
 KINDS = ("tokenizer", "lam", "dynamics")
 
@@ -62,42 +66,81 @@ def _overrides_for(kind: str, args: argparse.Namespace, scoped: bool) -> list[st
     return out
 
 
-def _train_one(kind: str, out: Path, args: argparse.Namespace, scoped: bool, deps: dict[str, str]) -> int:
-    from playworld.errors import ConfigError
+def _config(kind: str, args: argparse.Namespace, scoped: bool, deps: dict[str, str]):
     from playworld.presets import build_run_config
-    from playworld.train import Trainer
 
-    cfg = build_run_config(kind, args.preset, data_path=args.data, overrides=_overrides_for(kind, args, scoped),
-                           deps=deps)
+    return build_run_config(kind, args.preset, data_path=args.data, overrides=_overrides_for(kind, args, scoped),
+                            deps=deps)
+
+
+def _train_one(kind: str, out: Path, args: argparse.Namespace, scoped: bool, deps: dict[str, str],
+               pipeline: PipelineProgress | None = None) -> int:
+    from playworld.errors import ConfigError
+    from playworld.train import Trainer
+    from playworld.train.progress import steps_done
+
+    cfg = _config(kind, args, scoped, deps)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     if args.no_resume and (out / "checkpoints").exists():
         raise ConfigError(f"{out}: already holds a run; remove it or drop --no-resume")
-    result = Trainer(cfg, out, progress=not args.no_progress).fit(resume=True)
+    trainer = Trainer(cfg, out, progress=not args.no_progress)
+    if pipeline is not None:
+        pipeline.start_stage(kind, steps_done(out))
+    result = trainer.fit(resume=True, on_step=pipeline.on_step if pipeline is not None else None)
+    say = pipeline.write if pipeline is not None else print
+    if pipeline is not None:
+        pipeline.end_stage(kind, result.step)
     if result.interrupted:
-        print(f"{kind}: stopped at step {result.step}; checkpoint saved in {out}. Re-run to continue.")
+        say(f"{kind}: stopped at step {result.step}; checkpoint saved in {out}. Re-run to continue.")
         # the shell's convention, 128 + the signal: 130 after SIGINT (Ctrl-C), 143 after SIGTERM
         return 128 + (result.signal or signal.SIGINT)
-    print(f"{kind}: done at step {result.step}: {out}")
+    say(f"{kind}: done at step {result.step}: {out}")
     return 0
 
 
-def _check_lam(lam_dir: Path, args: argparse.Namespace) -> None:
+def _pipeline(out: Path, args: argparse.Namespace, deps: dict[str, str]) -> PipelineProgress | None:
+    """The overall progress of `train all` (rank 0 only; none with --no-progress or --print-config):
+    each stage weighted by its estimated cost, stages already finished in OUT counted as done, and
+    rates measured by an earlier call (OUT/KIND/logs) reused."""
+    import os
+
+    from playworld.train.progress import (
+        PipelineProgress,
+        StageState,
+        measured_seconds_per_step,
+        step_cost,
+        steps_done,
+    )
+
+    if args.print_config or args.no_progress or os.environ.get("RANK", "0") != "0":
+        return None
+    cfgs = {kind: _config(kind, args, True, deps if kind == "dynamics" else {}) for kind in KINDS}
+    stages = []
+    for kind, cfg in cfgs.items():
+        frozen = [cfgs["tokenizer"], cfgs["lam"]] if kind == "dynamics" else []
+        stages.append(StageState(kind, cfg.train.steps, min(steps_done(out / kind), cfg.train.steps),
+                                 step_cost(kind, cfg, frozen), measured_seconds_per_step(out / kind)))
+    return PipelineProgress(stages)
+
+
+def _check_lam(lam_dir: Path, args: argparse.Namespace, pipeline: PipelineProgress | None = None) -> None:
     """Stop `all` before the dynamics model if the LAM's encoder is collapsed on held-out clips (see
     playworld.train.lam_check); with --allow-collapsed-lam, say so and go on."""
     from playworld.errors import TrainingError
     from playworld.train.lam_check import measure_lam, require_healthy_lam
 
+    say = pipeline.write if pipeline is not None else print
     check = measure_lam(lam_dir)
     try:
         require_healthy_lam(check, lam_dir)
     except TrainingError as e:
         if not args.allow_collapsed_lam:
             raise
-        print(f"warning (--allow-collapsed-lam, training the dynamics model anyway): {e}", file=sys.stderr)
+        say(f"warning (--allow-collapsed-lam, training the dynamics model anyway): {e}", file=sys.stderr)
         return
-    print(f"lam: check passed: {check.describe()}")
+    say(f"lam: check passed: {check.describe()}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,12 +150,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.what == "all":
         deps = {"tokenizer": str(out / "tokenizer"), "lam": str(out / "lam")}
-        for kind in KINDS:
-            if kind == "dynamics" and not args.print_config:
-                _check_lam(out / "lam", args)
-            code = _train_one(kind, out / kind, args, True, deps if kind == "dynamics" else {})
-            if code:
-                return code
+        pipeline = _pipeline(out, args, deps)
+        try:
+            for kind in KINDS:
+                if kind == "dynamics" and not args.print_config:
+                    _check_lam(out / "lam", args, pipeline)
+                code = _train_one(kind, out / kind, args, True, deps if kind == "dynamics" else {}, pipeline)
+                if code:
+                    return code
+        finally:
+            if pipeline is not None:
+                pipeline.close()
         return 0
     deps = {}
     if args.what == "dynamics":

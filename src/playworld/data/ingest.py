@@ -2,8 +2,11 @@
 
 Each input is resized to ``size x size`` keeping its aspect (center crop or pad), resampled to ``fps`` by
 timestamps (the frame nearest each 1/fps tick is kept), cut into episodes at scene cuts and at
-``max_episode_frames``; episodes shorter than ``min_episode_frames`` are dropped. Ingested episodes have
-no actions and no level seed; their source is the input path, and they are split by episode.
+``max_episode_frames`` (or kept whole, one episode per input, with ``cuts=False``); episodes shorter than
+``min_episode_frames`` are dropped. The report says how many cuts each input gave, the episode lengths,
+and the largest frame-difference scores, so that a threshold can be chosen from the gap between the
+scores of real cuts and the rest. Ingested episodes have no actions and no level seed; their source is
+the input path, and they are split by episode.
 
 A file that is empty, corrupt, truncated or unreadable is reported by name with the reason and skipped
 (or aborts the whole ingest with ``strict``); the dataset is only renamed into place once complete.
@@ -29,7 +32,8 @@ from playworld.data.format import MANIFEST, DatasetWriter, EpisodeData, partial_
 from playworld.data.split import SplitRule
 from playworld.errors import ConfigError, DatasetError
 
-__all__ = ["IngestConfig", "FileResult", "IngestReport", "ingest", "fit_image", "resample", "scene_cuts"]
+__all__ = ["IngestConfig", "FileResult", "IngestReport", "ingest", "fit_image", "resample", "scene_cuts",
+           "cut_scores"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 # What decoding a bad file can raise: FFmpeg errors, I/O errors, and Pillow's (SyntaxError, struct.error
@@ -37,6 +41,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 _UNREADABLE = (av.error.FFmpegError, OSError, ValueError, EOFError, SyntaxError, struct.error,
                Image.DecompressionBombError)
 T = TypeVar("T")
+TOP_SCORES = 12  # frame-difference scores the report lists (the largest, over all inputs)
+SCORE_LADDER = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 80.0, 120.0)  # thresholds the report counts scores above
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +54,9 @@ class IngestConfig:
     fit: Literal["crop", "pad"] = field("crop", help="keep aspect by center-cropping or by padding with black")
     cut_threshold: float = field(
         40.0, help="scene cut where the mean abs difference of consecutive 16x16 thumbnails (0-255) exceeds "
-        "this; 0 disables")
+        "this; 0 disables. Choose it from ingest's report of the scores (docs/data.md)")
+    cuts: bool = field(True, help="split inputs at scene cuts and every --max-episode-frames; --no-cuts keeps "
+                       "each input whole, one episode per file (for sources already split into episodes)")
     max_episode_frames: int = field(1000, help="split longer runs into episodes of at most this length (0: no limit)")
     min_episode_frames: int = field(16, help="drop episodes shorter than this")
     image_fps: float | None = field(None, help="frame rate of image folders (default: --fps, every image kept)")
@@ -81,12 +89,27 @@ class FileResult:
     episodes: int = 0
     frames: int = 0
     dropped: int = 0  # episodes shorter than min_episode_frames
+    cuts: int = 0  # scene cuts found
+    length_splits: int = 0  # further splits at max_episode_frames
+    lengths: tuple[int, ...] = ()  # frames of each kept episode
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """One frame-difference score: frames ``t-1`` and ``t`` (at the output fps) of input ``path``."""
+
+    score: float
+    path: str
+    t: int
 
 
 @dataclasses.dataclass(frozen=True)
 class IngestReport:
     out: Path
     files: tuple[FileResult, ...]
+    cfg: IngestConfig = dataclasses.field(default_factory=IngestConfig)
+    top_scores: tuple[Score, ...] = ()  # the largest frame-difference scores of all inputs, largest first
+    above: tuple[tuple[float, int], ...] = ()  # (threshold, frame pairs of all inputs scoring above it)
 
     @property
     def failed(self) -> list[FileResult]:
@@ -97,8 +120,55 @@ class IngestReport:
         lines = [f"ingested {len(ok)} of {len(self.files)} input(s) into {self.out}: "
                  f"{sum(f.episodes for f in ok)} episodes, {sum(f.frames for f in ok)} frames, "
                  f"{sum(f.dropped for f in ok)} short episode(s) dropped"]
+        if ok:
+            lines += self._cut_lines(ok)
+            lines.append(_length_line([n for f in ok for n in f.lengths]))
+            lines += self._score_lines()
         lines += [f"  skipped {f.path}: {f.error}" for f in self.failed]
         return "\n".join(lines)
+
+    def _cut_lines(self, ok: list[FileResult]) -> list[str]:
+        cfg = self.cfg
+        if not cfg.cuts:
+            return ["scene cuts: off (--no-cuts): one episode per input"]
+        rule = f"--cut-threshold {cfg.cut_threshold:g}" if cfg.cut_threshold > 0 else "off (--cut-threshold 0)"
+        lines = [f"scene cuts ({rule}): {sum(f.cuts for f in ok)} in {len(ok)} input(s); "
+                 f"{sum(f.length_splits for f in ok)} more split(s) at --max-episode-frames {cfg.max_episode_frames}"]
+        shown = ok if len(ok) <= 20 else sorted(ok, key=lambda f: -f.cuts)[:10]
+        if len(ok) > 20:
+            counts: dict[int, int] = {}
+            for f in ok:
+                counts[f.cuts] = counts.get(f.cuts, 0) + 1
+            lines.append("  cuts per input: " + ", ".join(f"{n} cut(s): {k} input(s)" for n, k in sorted(counts.items())))
+            lines.append("  most cuts:")
+        lines += [f"  {f.path}: {f.cuts} cut(s) -> {f.episodes} episode(s) of {f.frames} frames" for f in shown]
+        return lines
+
+    def _score_lines(self) -> list[str]:
+        """The largest frame-difference scores (with where they are, to look at) and how many frame pairs
+        score above each of a ladder of thresholds: a range where that count stays flat is a gap between
+        real cuts and the rest, and a threshold inside it is safe; a count that keeps growing means there
+        is no clean gap (cuts will merge or split episodes)."""
+        top = self.top_scores
+        if not top:
+            return []
+        threshold = self.cfg.cut_threshold if self.cfg.cuts else 0.0
+        mark = f" ('*': above --cut-threshold {threshold:g}, a cut)" if threshold > 0 else ""
+        lines = [f"largest frame differences (mean abs difference of 16x16 thumbnails, 0-255){mark}:"]
+        lines.append("  " + ", ".join(f"{s.score:.1f}{'*' if threshold > 0 and s.score > threshold else ''} "
+                                      f"{Path(s.path).name} @{s.t / self.cfg.fps:.1f}s" for s in top))
+        if self.above:
+            lines.append("  frame pairs scoring above " + ", ".join(f"{t:g}: {n}" for t, n in self.above)
+                         + " (where the count stays flat over a range, any threshold in it gives the same cuts)")
+        return lines
+
+
+def _length_line(lengths: list[int]) -> str:
+    if not lengths:
+        return "episode lengths: none kept"
+    q = np.percentile(np.asarray(lengths), [0, 10, 50, 90, 100])
+    return (f"episode lengths (frames): min {q[0]:.0f}, 10% {q[1]:.0f}, median {q[2]:.0f}, 90% {q[3]:.0f}, "
+            f"max {q[4]:.0f}")
 
 
 def fit_image(img: Image.Image, size: int, fit: str) -> np.ndarray:
@@ -138,18 +208,24 @@ def resample(items: Iterable[tuple[float, T]], fps: float) -> Iterator[T]:
         prev = (t, item)
 
 
-def scene_cuts(frames: np.ndarray, threshold: float) -> list[int]:
-    """Indices ``t`` where a new scene starts: frames (L, S, S, 3) uint8 -> sorted list of t in [1, L).
-
-    The score of t is the mean abs difference (0-255) between 16x16 block-mean thumbnails of frames t-1, t.
-    """
-    if threshold <= 0 or len(frames) < 2:
-        return []
+def cut_scores(frames: np.ndarray) -> np.ndarray:
+    """Frame-difference scores: frames (L, S, S, 3) uint8 -> (L-1,) float32; entry t-1 scores frames
+    t-1 -> t as the mean abs difference (0-255) between their 16x16 block-mean thumbnails."""
     n, s = len(frames), frames.shape[1]
+    if n < 2:
+        return np.zeros(0, np.float32)
     b = max(1, s // 16)
     g = s // b
     thumbs = frames[:, :g * b, :g * b].reshape(n, g, b, g, b, 3).mean(axis=(2, 4), dtype=np.float32)  # (L,g,g,3)
-    score = np.abs(np.diff(thumbs, axis=0)).mean(axis=(1, 2, 3))  # (L-1,)
+    return np.abs(np.diff(thumbs, axis=0)).mean(axis=(1, 2, 3))  # (L-1,)
+
+
+def scene_cuts(frames: np.ndarray, threshold: float, scores: np.ndarray | None = None) -> list[int]:
+    """Indices ``t`` where a new scene starts: frames (L, S, S, 3) uint8 -> sorted list of t in [1, L),
+    where :func:`cut_scores` (or the given ``scores``) exceeds ``threshold`` (0 disables)."""
+    if threshold <= 0 or len(frames) < 2:
+        return []
+    score = cut_scores(frames) if scores is None else scores
     return [int(t) + 1 for t in np.nonzero(score > threshold)[0]]
 
 
@@ -191,19 +267,33 @@ def _decode_images(folder: Path, cfg: IngestConfig) -> list[np.ndarray]:
     return frames
 
 
-def _episodes(frames: np.ndarray, cfg: IngestConfig) -> tuple[list[np.ndarray], int]:
-    """Split (L, S, S, 3) at scene cuts and every ``max_episode_frames``; returns (kept, dropped count)."""
-    bounds = [0, *scene_cuts(frames, cfg.cut_threshold), len(frames)]
-    kept, dropped = [], 0
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    kept: list[np.ndarray]
+    dropped: int  # pieces shorter than min_episode_frames
+    cuts: int  # scene cuts found
+    length_splits: int  # further splits at max_episode_frames
+
+
+def _episodes(frames: np.ndarray, cfg: IngestConfig, scores: np.ndarray) -> _Split:
+    """Split (L, S, S, 3) at scene cuts (``scores``: :func:`cut_scores` of ``frames``) and every
+    ``max_episode_frames``, or not at all without ``cfg.cuts``."""
+    if not cfg.cuts:
+        keep = len(frames) >= cfg.min_episode_frames
+        return _Split([frames] if keep else [], 0 if keep else 1, 0, 0)
+    cuts = scene_cuts(frames, cfg.cut_threshold, scores)
+    bounds = [0, *cuts, len(frames)]
+    kept, dropped, pieces = [], 0, 0
     for a, b in zip(bounds[:-1], bounds[1:]):
         step = cfg.max_episode_frames or (b - a)
         for s in range(a, b, step):
+            pieces += 1
             piece = frames[s:min(s + step, b)]
             if len(piece) >= cfg.min_episode_frames:
                 kept.append(piece)
             else:
                 dropped += 1
-    return kept, dropped
+    return _Split(kept, dropped, len(cuts), pieces - len(cuts) - 1)
 
 
 def _read(path: Path, cfg: IngestConfig) -> np.ndarray:
@@ -243,6 +333,8 @@ def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, o
     writer = DatasetWriter(out, frame_shape=(cfg.size, cfg.size, 3), num_actions=None, source={},
                            rule=SplitRule(by="episode"), shard_frames=cfg.shard_frames)
     results: list[FileResult] = []
+    top: list[Score] = []  # the TOP_SCORES largest frame-difference scores so far
+    above = dict.fromkeys(sorted({*SCORE_LADDER, *([cfg.cut_threshold] if cfg.cut_threshold > 0 else [])}), 0)
     try:
         for raw in tqdm(paths, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
             path = Path(raw)
@@ -254,15 +346,23 @@ def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, o
                     raise DatasetError(f"{path}: {reason} (--strict: nothing was written)") from e
                 results.append(FileResult(str(path), error=reason))
                 continue
-            kept, dropped = _episodes(frames, cfg)
-            results.append(FileResult(str(path), None, len(kept), sum(len(k) for k in kept), dropped))
+            scores = cut_scores(frames)
+            top.extend(Score(float(scores[t]), str(path), int(t) + 1) for t in np.argsort(-scores)[:TOP_SCORES])
+            top = sorted(top, key=lambda x: -x.score)[:TOP_SCORES]
+            for t in above:
+                above[t] += int((scores > t).sum())
+            split = _episodes(frames, cfg, scores)
+            kept = split.kept
+            results.append(FileResult(str(path), None, len(kept), sum(len(k) for k in kept), split.dropped,
+                                      split.cuts, split.length_splits, tuple(len(k) for k in kept)))
             for ep in kept:
                 writer.add(EpisodeData(ep, None, None, level_seed=None, source=str(path)))
-        report = IngestReport(out, tuple(results))
+        report = IngestReport(out, tuple(results), cfg, tuple(top), tuple(above.items()))
         if not any(f.episodes for f in results):
             raise DatasetError(f"{out}: no episodes to write\n{report.summary()}")
         writer.source = {"kind": "ingest", "config": to_dict(cfg),
                          "files": [f.path for f in results if f.error is None],
+                         "cuts": [f.cuts for f in results if f.error is None],
                          "skipped": [[f.path, f.error] for f in report.failed]}
         writer.finalize()
     except BaseException:

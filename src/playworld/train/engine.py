@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -322,7 +322,7 @@ class Trainer:
         self.step = state.step
         loader.load_state_dict(state.loader)
         if self.dist.is_main:
-            print(f"{self.cfg.kind}: resuming from step {self.step} ({path})", file=sys.stderr, flush=True)
+            tqdm.write(f"{self.cfg.kind}: resuming from step {self.step} ({path})", file=sys.stderr)
 
     # ------------------------------------------------------------------ loop
     def _install_signals(self) -> list[tuple[int, Any]]:
@@ -340,10 +340,11 @@ class Trainer:
             self._stop_signal = signum
         self._stop.set()
 
-    def fit(self, *, resume: bool = True, stop_after: int | None = None) -> TrainResult:
+    def fit(self, *, resume: bool = True, stop_after: int | None = None,
+            on_step: Callable[[int], None] | None = None) -> TrainResult:
         """Train until ``train.steps``; ``stop_after`` ends this call early after that many steps
         (as SIGINT would: a checkpoint is written). With ``resume``, continue from the latest
-        checkpoint in the run directory."""
+        checkpoint in the run directory. ``on_step(step)`` is called after every step (on every rank)."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         loader = self._loader(cfg.data.split, cfg.train.seed)
@@ -355,7 +356,8 @@ class Trainer:
             return result
         previous = self._install_signals()
         bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not self.progress,
-                   desc=f"train {cfg.kind}", dynamic_ncols=True, smoothing=0.05)
+                   desc=f"train {cfg.kind}", dynamic_ncols=True, smoothing=0.05,
+                   mininterval=0.1 if sys.stderr.isatty() else 60.0)  # a log file gets a line a minute
         batches: Iterator[torch.Tensor] = iter(loader)
         ran = 0
         window_t, window_clips = time.perf_counter(), 0
@@ -370,6 +372,8 @@ class Trainer:
                 ran += 1
                 window_clips += cfg.data.batch_size * cfg.train.grad_accum * self.dist.world_size
                 bar.update(1)
+                if on_step is not None:
+                    on_step(self.step)
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                     dt = max(time.perf_counter() - window_t, 1e-9)
                     metrics["clips_per_s"] = window_clips / dt
@@ -377,7 +381,7 @@ class Trainer:
                         metrics["tokens_per_s"] = window_clips * tokens_per_clip / dt
                     window_t, window_clips = time.perf_counter(), 0
                     self.logger.log(self.step, metrics)
-                    bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{metrics['clips_per_s']:.1f}")
+                    bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{metrics['clips_per_s']:.1f}", refresh=False)
                 if cfg.train.val_every and self.step % cfg.train.val_every == 0:
                     self.validate()
                 done = self.step >= cfg.train.steps
