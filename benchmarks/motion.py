@@ -27,7 +27,7 @@ from playworld.eval.realgame import held_transitions
 from playworld.eval.realism import real_floor, realism
 from playworld.eval.rollouts import reconstruct, teacher_forced
 from playworld.eval.stats import Estimate
-from playworld.maskgit import PLAY_STEPS, PLAY_TEMPERATURE, SamplingConfig
+from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE, SamplingConfig
 from playworld.world import World, WorldConfig
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     p.add_argument("--hold", type=int, default=4, help="frames a true action is held for the real reference")
     p.add_argument("--maskgit-steps", type=int, default=PLAY_STEPS, help="default: play's")
     p.add_argument("--temperature", type=float, default=PLAY_TEMPERATURE, help="default: play's")
-    p.add_argument("--copy-penalty", type=float, default=0.0, help="logit taken from each place's previous "
+    p.add_argument("--copy-penalty", type=float, default=PLAY_COPY_PENALTY, help="logit taken from each place's previous "
                    "token before sampling (default: %(default)s)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--bootstrap", type=int, default=1000)

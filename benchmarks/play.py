@@ -164,7 +164,8 @@ def main() -> None:
     fp32 = scheduler.call(models, args) if dtype != torch.float32 else mods  # the baseline, its own copy
     scheduler.call(cast_for_play, mods[0], mods[2], dtype)
     wcfg = WorldConfig(context_frames=args.context, decoder_context=args.context,
-                       sampling=SamplingConfig(steps=args.steps, temperature=PlayConfig.temperature))
+                       sampling=SamplingConfig(steps=args.steps, temperature=PlayConfig.temperature,
+                                                      copy_penalty=PlayConfig.copy_penalty))
     side = mods[0].config.image_size
     print(f"model: {args.run or args.preset + ' (random weights)'}, {side}x{side}, MaskGIT steps {args.steps}, "
           f"context {args.context}, torch threads {scheduler.call(torch.get_num_threads)}, "

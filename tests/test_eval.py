@@ -119,6 +119,15 @@ def test_metrics_validate_and_the_validator_names_what_is_wrong(oracle_metrics):
     bad["memory"]["extra"] = 1
     with pytest.raises(ConfigError, match=r"run/metrics.json: memory: missing keys \['k'\], unknown keys \['extra'\]"):
         validate(bad, "run/metrics.json")
+    # a key added to v2 later (the copy penalty of the sampling setting): files without it still read,
+    # and when present it is checked
+    assert m["speed"]["copy_penalty"] == 0.0
+    older = copy.deepcopy(m)
+    del older["speed"]["copy_penalty"]
+    validate(older)
+    older["speed"]["copy_penalty"] = "none"
+    with pytest.raises(ConfigError, match=r"speed.copy_penalty: expected a finite number"):
+        validate(older)
 
 
 def test_a_collapsed_lam_fails_loudly_unless_allowed(sprite):

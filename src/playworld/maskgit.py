@@ -60,11 +60,12 @@ class SamplingConfig:
 # a player gets. Other settings stay one flag away (--steps / --maskgit-steps, --temperature).
 PLAY_STEPS = 1
 PLAY_TEMPERATURE = 0.0
+PLAY_COPY_PENALTY = 0.0
 
 
 def play_sampling() -> SamplingConfig:
     """A fresh :class:`SamplingConfig` of play's setting (``PLAY_STEPS`` greedy steps)."""
-    return SamplingConfig(steps=PLAY_STEPS, temperature=PLAY_TEMPERATURE)
+    return SamplingConfig(steps=PLAY_STEPS, temperature=PLAY_TEMPERATURE, copy_penalty=PLAY_COPY_PENALTY)
 
 
 def masked_counts(num_tokens: int, steps: int, schedule: str = "cosine") -> list[int]:

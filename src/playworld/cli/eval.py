@@ -73,7 +73,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(EvalConfig, args)
     apply_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    sampling = SamplingConfig(steps=cfg.maskgit_steps, temperature=cfg.temperature)
+    sampling = SamplingConfig(steps=cfg.maskgit_steps, temperature=cfg.temperature,
+                              copy_penalty=cfg.copy_penalty)
     world = World.load(args.run, WorldConfig(sampling=sampling), device=args.device, precision=cfg.precision)
     clips = ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split)
     lam_cfg = world.lam.config

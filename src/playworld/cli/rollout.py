@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     from playworld.cli.threads import add_threads_argument
     from playworld.config import Precision
-    from playworld.maskgit import PLAY_STEPS, PLAY_TEMPERATURE
+    from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE
 
     p = sub.add_parser(
         "rollout", help="play an action string in a trained world from a picture or dataset frame, to a video",
@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="MaskGIT steps per frame (default: %(default)s, as `playworld play`; see docs/play.md)")
     p.add_argument("--temperature", type=float, default=PLAY_TEMPERATURE,
                    help="sampling temperature, 0 = greedy (default: %(default)s, as `playworld play`)")
+    p.add_argument("--copy-penalty", type=float, default=PLAY_COPY_PENALTY,
+                   help="logit taken from each place's previous token before sampling (default: %(default)s, "
+                   "as `playworld play`)")
     p.add_argument("--precision", choices=get_args(Precision), default="fp32",
                    help="dtype of the dynamics model and decoder (auto: bf16 where faster) (default: %(default)s)")
     p.add_argument("--fps", type=float, default=15.0, help="video frame rate (default: %(default)s)")
@@ -69,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{run_dir}: no --prompt given and the run ships no start frames in "
                               f"{run_dir / 'prompts'}; pass --prompt PICTURE or --prompt DATASET_DIR")
         args.prompt = str(shipped)
-    world = World.load(run_dir, WorldConfig(sampling=SamplingConfig(steps=args.steps,
-                                                                     temperature=args.temperature)),
+    world = World.load(run_dir, WorldConfig(sampling=SamplingConfig(
+        steps=args.steps, temperature=args.temperature, copy_penalty=args.copy_penalty)),
                        precision=args.precision)
     actions = parse_action_string(args.actions, world.num_actions, load_action_names(run_dir, world.num_actions))
     prompt_path, size = Path(args.prompt), world_frame_size(world)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
 from playworld.eval.motion import MotionEstimator
-from playworld.maskgit import PLAY_STEPS, PLAY_TEMPERATURE
+from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE
 
 
 @dataclass
@@ -22,6 +22,8 @@ class EvalConfig:
     maskgit_steps: int = field(PLAY_STEPS, help="MaskGIT iterations per generated frame (default: what `playworld "
                                "play` uses, so the figures are what a player sees; Genie: 25)")
     temperature: float = field(PLAY_TEMPERATURE, help="MaskGIT sampling temperature (0 = greedy; default: play's)")
+    copy_penalty: float = field(PLAY_COPY_PENALTY, help="logit taken from each place's previous token before "
+                                "sampling (default: play's)")
     precision: Precision = field(
         "fp32", help="dtype of the dynamics model and decoder: fp32, bf16, or auto (bf16 where it is faster)")
     seed: int = field(0, help="seed of the episode choice, random actions, sampling and the bootstrap")
@@ -65,6 +67,8 @@ class EvalConfig:
         self.context = tuple(sorted(set(self.context)))
         if self.temperature < 0:
             raise ConfigError(f"eval.temperature must be >= 0, got {self.temperature}")
+        if not self.copy_penalty >= 0:
+            raise ConfigError(f"eval.copy_penalty must be >= 0, got {self.copy_penalty}")
         if self.key_steps < 30:
             raise ConfigError(f"eval.key_steps must be >= 30 (the late window is steps 20-30), got {self.key_steps}")
         if not self.motion_cutoff >= 0:

@@ -415,7 +415,7 @@ class Evaluation:
             "ms_per_frame": self.est(times),
             "ms_per_frame_batched": 1000 * sum(f.step_seconds for f in figs) / max(stepped, 1),
             "batch": cfg.batch, "maskgit_steps": cfg.maskgit_steps, "temperature": cfg.temperature,
-            "device": self.device, "threads": torch.get_num_threads()}
+            "copy_penalty": cfg.copy_penalty, "device": self.device, "threads": torch.get_num_threads()}
 
     # -- media and headline --------------------------------------------------------------------------------------
     def media(self, figs: list[BatchFigures]) -> None:

@@ -28,6 +28,14 @@ class Opt:
 
 
 @dataclass(frozen=True)
+class Added:
+    """A key added to a schema version after its first files were written: ``spec`` when present, and
+    files written before it (which lack the key) still read."""
+
+    spec: Any
+
+
+@dataclass(frozen=True)
 class ListOf:
     spec: Any
 
@@ -70,7 +78,7 @@ SCHEMA_V1: dict[str, Any] = {
                  "model_return_psnr": Opt(ESTIMATE), "model_vs_real_psnr": Opt(ESTIMATE)},
     },
     "speed": {"ms_per_frame": ESTIMATE, "ms_per_frame_batched": float, "batch": int, "maskgit_steps": int,
-              "temperature": float, "device": str, "threads": int},
+              "temperature": float, "copy_penalty": Added(float), "device": str, "threads": int},
     "headline": MapOf({**ESTIMATE, "better": str}),
 }
 
@@ -116,10 +124,15 @@ def _check(value: Any, spec: Any, where: str) -> None:
     elif isinstance(spec, dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
-        missing, unknown = sorted(set(spec) - set(value)), sorted(set(value) - set(spec))
+        required = {k for k, s in spec.items() if not isinstance(s, Added)}
+        missing, unknown = sorted(required - set(value)), sorted(set(value) - set(spec))
         if missing or unknown:
             raise ConfigError(f"{where or 'top level'}: missing keys {missing}, unknown keys {unknown}")
         for k, s in spec.items():
+            if isinstance(s, Added):
+                if k not in value:
+                    continue
+                s = s.spec
             _check(value[k], s, f"{where}.{k}" if where else k)
     elif spec is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

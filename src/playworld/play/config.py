@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
-from playworld.maskgit import PLAY_STEPS, PLAY_TEMPERATURE
+from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE
 
 
 @dataclass
@@ -55,6 +55,8 @@ class PlayConfig:
                        "and as accurate as 4 or 8; see docs/play.md)")
     temperature: float = field(PLAY_TEMPERATURE, help="sampling temperature (0 = greedy: the same keys give the same frames; "
                                "1 = sampled, more varied)")
+    copy_penalty: float = field(PLAY_COPY_PENALTY, help="logit taken from the token each place held in the previous "
+                                "frame before sampling: counters greedy decoding settling into a still picture")
     context_frames: int = field(16, help="frames the dynamics model and decoder attend to")
     prompt_frames: int = field(1, help="frames of a dataset prompt (context before the start frame)")
     max_history: int = field(64, help="actions undo can take back per session (at least max_history - "
@@ -75,8 +77,8 @@ class PlayConfig:
         for name in ("rate", "idle_timeout_s", "record_fps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"play.{name} must be > 0, got {getattr(self, name)}")
-        if self.window_ms < 0 or self.temperature < 0:
-            raise ConfigError("play.window_ms and play.temperature must be >= 0")
+        if self.window_ms < 0 or self.temperature < 0 or not self.copy_penalty >= 0:
+            raise ConfigError("play.window_ms, play.temperature and play.copy_penalty must be >= 0")
         self.session_limits()
 
     def session_limits(self) -> SessionLimits:

@@ -131,7 +131,8 @@ def dynamics_samples(model: nn.Module, video: Tensor) -> SampleSheet | None:
         def logits_fn(last: Tensor) -> Tensor:  # last (B, S) with [MASK]s -> (B, S, V)
             return dyn(torch.cat([tokens[:, :-1], last[:, None]], dim=1), frame_actions)[:, -1]
 
-        last = maskgit_decode(logits_fn, b, s, dyn.mask_id, play_sampling(), device=tokens.device)
+        last = maskgit_decode(logits_fn, b, s, dyn.mask_id, play_sampling(), device=tokens.device,
+                              prev=tokens[:, -2])
         clip = torch.cat([tokens[:, :-1], last[:, None]], dim=1)
         return tok.decode(rearrange(clip, "b t (h w) -> b t h w", **grid))[:, -1]  # type: ignore[operator]
 
