@@ -59,6 +59,23 @@ def test_training_mask_keeps_the_first_frame_and_rates_in_range():
     out.loss.backward()
 
 
+def test_clean_prefix_leaves_a_random_number_of_leading_frames_whole_in_training_only():
+    m = _dynamics(clean_prefix=True, mask_rate_min=0.95).train()  # a masked frame has a [MASK] (6 tokens)
+    tokens = torch.randint(0, 32, (256, 5, 6))
+    batch = m.random_mask(tokens, torch.Generator().manual_seed(0))
+    masked_frames = batch.mask.any(-1)  # (B, T)
+    first_masked = torch.where(masked_frames.any(1), masked_frames.float().argmax(1), torch.tensor(5))
+    # everything before the first masked frame is whole, and every frame after it is masked (rate >= 0.5)
+    after = torch.arange(5)[None] >= first_masked[:, None]
+    assert torch.equal(masked_frames, after)
+    assert set(first_masked.tolist()) == {1, 2, 3, 4}  # c ~ U{1..T-1}
+    out = m.compute_loss_tokens(tokens[:8], torch.randint(0, 4, (8, 4)))
+    assert torch.isfinite(out.loss)
+    m.eval()  # validation keeps Genie's masking: only frame 1 is whole
+    batch = m.random_mask(tokens, torch.Generator().manual_seed(0))
+    assert batch.mask[:, 1:].any(-1).all() and not batch.mask[:, 0].any()
+
+
 def test_context_noise_corrupts_only_visible_inputs_at_a_bounded_rate():
     tokens = torch.randint(0, 32, (256, 4, 6))
     g = torch.Generator().manual_seed(0)

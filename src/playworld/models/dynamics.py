@@ -55,6 +55,10 @@ class DynamicsConfig:
     spatial_rope: bool = field(True, help="2D rotary embeddings in spatial attention (else a learned table)")
     prev_frame_input: bool = field(True, help="each token also embeds the token at its place in the previous frame")
     mask_first_frame: bool = field(False, help="also mask frame 1 (default: it is the unmasked context)")
+    clean_prefix: bool = field(False, help="training only: each clip leaves a random number c ~ U{1..T-1} of "
+                               "leading frames unmasked, not only the first, so that the frame after them is "
+                               "predicted from whole, unmasked past frames as at play time (Genie's masking "
+                               "hides 50-100% of every context frame); the loss covers frames c+1..T")
     context_noise: float = field(0.0, help="training only: each clip replaces up to this share of its visible "
                                  "(unmasked) input tokens with random ones, a rate ~ U[0, context_noise] per "
                                  "clip, so that the model learns not to trust its context blindly and recovers "
@@ -164,6 +168,10 @@ class DynamicsModel(nn.Module):
         mask = torch.rand(b, t, s, device=tokens.device, generator=generator) < rate
         if not self.config.mask_first_frame:
             mask[:, 0] = False
+        if self.config.clean_prefix and self.training and t > 2:
+            # c ~ U{1..T-1} clean frames per clip: frame index < c stays visible
+            c = torch.randint(1, t, (b, 1, 1), device=tokens.device, generator=generator)
+            mask &= torch.arange(t, device=tokens.device)[None, :, None] >= c
         return MaskedBatch(inputs=tokens.masked_fill(mask, self.mask_id), mask=mask)
 
     def corrupt(self, batch: MaskedBatch, generator: torch.Generator | None = None) -> Tensor:
