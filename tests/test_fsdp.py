@@ -167,3 +167,33 @@ def test_fsdp_refuses_bf16_weights_and_names_what_works():
         TrainConfig(strategy="fsdp", precision="bf16-weights")
     with pytest.raises(ConfigError, match="train.strategy must be ddp or fsdp"):
         TrainConfig(strategy="zero")
+
+
+def test_a_run_stopped_under_fsdp_resumes_in_one_process_without_it(dataset, tmp_path):
+    """FSDP over a process group of one writes the single-process checkpoint, so the run goes on under DDP's
+    one-process path with the losses an uninterrupted single-process run has."""
+    from playworld.train.distributed import shutdown_distributed
+
+    full = _trainer(_cfg(dataset, batch=4), tmp_path / "full").fit()
+    try:
+        first = _trainer(_cfg(dataset, batch=4, strategy="fsdp"), tmp_path / "run").fit(stop_after=2)
+    finally:
+        shutdown_distributed()
+    assert first.interrupted and first.step == 2
+    second = _trainer(_cfg(dataset, batch=4), tmp_path / "run").fit()
+    assert second.step == 4
+    torch.testing.assert_close(torch.tensor(first.losses + second.losses), torch.tensor(full.losses),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_a_bf16_weights_run_is_not_resumed_under_fsdp(dataset, tmp_path, monkeypatch):
+    import playworld.train.engine as engine
+    from playworld.train.distributed import shutdown_distributed
+
+    monkeypatch.setattr(engine, "resolve_train_precision", lambda *a, **k: "bf16-weights")  # what auto chose
+    _trainer(_cfg(dataset, precision="auto"), tmp_path / "run").fit(stop_after=1)
+    try:
+        with pytest.raises(ConfigError, match="trains in bf16-weights .* which train.strategy=fsdp cannot resume"):
+            _trainer(_cfg(dataset, precision="auto", strategy="fsdp"), tmp_path / "run")
+    finally:
+        shutdown_distributed()
