@@ -27,8 +27,10 @@ from a matmul, so that it can be tested anywhere.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,6 +120,7 @@ def train_worker(spec: dict) -> dict:
         out["precision"] = probe.precision
         out["params_m"] = sum(p.numel() for p in probe.release.parameters()) / 1e6
         del probe, feed, batch
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     trainer = Trainer(cfg, Path(spec["run"]), progress=False)
@@ -198,13 +201,31 @@ def play_fps(root: Path, device: torch.device, batch: int, seconds: float) -> fl
 
 
 def check_model(kind: str, args: argparse.Namespace, data: Path, work: Path, deps: dict[str, str]) -> dict:
+    from playworld.presets import build_run_config
+
     n = args.steps
     over = [f"train.steps={2 * n}", f"train.log_every={max(1, min(10, n // 4))}", "train.val_every=0",
-            f"train.ckpt_every={10 * n}", f"train.device={args.device}", *args.cpu_set, *args.set]
+            f"train.ckpt_every={10 * n}", f"train.device={args.device}", *args.device_set, *args.set]
     base = {"kind": kind, "preset": args.preset, "data": str(data), "overrides": over}
     log(f"{kind}: A, {2 * n} steps uninterrupted")
-    a = run_worker({**base, "run": str(work / "A" / kind), "count_flops": True,
-                    "deps": {k: str(work / "A" / k) for k in deps}}, work)
+    spec_a = {**base, "run": str(work / "A" / kind), "count_flops": True,
+              "deps": {k: str(work / "A" / k) for k in deps}}
+    fitted = None
+    try:
+        a = run_worker(spec_a, work)
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        # the preset's batch does not fit: the same global batch as two accumulated halves
+        cfg = build_run_config(kind, args.preset, overrides=over)
+        fitted = [f"data.batch_size={max(1, cfg.data.batch_size // 2)}", f"train.grad_accum={2 * cfg.train.grad_accum}"]
+        log(f"{kind}: out of memory at batch {cfg.data.batch_size}; again with {' '.join(fitted)}")
+        for d in (work / "A" / kind, work / "A" / f"{kind}-flops"):
+            shutil.rmtree(d, ignore_errors=True)
+        over = over + fitted
+        base = {**base, "overrides": over}
+        a = run_worker({**spec_a, "overrides": over}, work)
+    args.refit[kind] = fitted
     log(f"{kind}: B, {n} steps, stop")
     b1 = run_worker({**base, "run": str(work / "B" / kind), "stop_after": n,
                      "deps": {k: str(work / "A" / k) for k in deps}}, work)
@@ -220,6 +241,7 @@ def check_model(kind: str, args: argparse.Namespace, data: Path, work: Path, dep
     step_ok = b1["step"] == n and b2["first_step"] == n and b2["step"] == 2 * n
     close = after is not None and same_step is not None and abs(after - same_step) <= 0.02 * abs(same_step)
     out = {
+        "out_of_memory_refit": fitted,
         "params_m": round(a["params_m"], 2), "precision": a["precision"], "steps": 2 * n,
         "resumed_from_step": b2["first_step"], "resume_step_ok": step_ok,
         "final_loss_uninterrupted": a["losses"][-1], "final_loss_resumed": losses_b[-1],
@@ -243,8 +265,8 @@ def check_fsdp(args: argparse.Namespace, data: Path, work: Path) -> dict:
     N steps, stop, resume in a new process to 2N; its losses against run A's (same precision on CUDA)."""
     n = args.steps
     over = [f"train.steps={2 * n}", f"train.log_every={max(1, min(10, n // 4))}", "train.val_every=0",
-            f"train.ckpt_every={10 * n}", f"train.device={args.device}", "train.strategy=fsdp", *args.cpu_set,
-            *args.set]
+            f"train.ckpt_every={10 * n}", f"train.device={args.device}", "train.strategy=fsdp", *args.device_set,
+            *args.set, *(args.refit.get("tokenizer") or [])]
     base = {"kind": "tokenizer", "preset": args.preset, "data": str(data), "overrides": over,
             "run": str(work / "F" / "tokenizer")}
     log(f"tokenizer under FSDP: {n} steps, stop, resume in a new process to {2 * n}")
@@ -279,6 +301,8 @@ def main() -> None:
                    help="config override for every model, e.g. data.batch_size=8")
     p.add_argument("--play-seconds", type=float, default=None, help="per play measurement (default 10 CUDA, 2 CPU)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
+    p.add_argument("--budget", type=float, default=480.0, help="seconds the whole check may take (gpu_check.sh "
+                   "stops it there); optional stages are skipped when it runs short")
     p.add_argument("--no-fsdp", action="store_true", help="skip the tokenizer run under train.strategy=fsdp")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -294,10 +318,15 @@ def main() -> None:
     args.preset = args.preset or ("base" if cuda else "tiny")
     args.steps = args.steps or (100 if cuda else 2)
     args.play_seconds = args.play_seconds or (10.0 if cuda else 2.0)
-    # CPU: fp32 everywhere, so that the FSDP run (fp32 shards) compares with the others like for like
-    args.cpu_set = [] if cuda else ["train.precision=fp32"]
+    # CUDA: loader workers keep the GPU fed. CPU: fp32 everywhere, so that the FSDP run (fp32 shards)
+    # compares with the others like for like
+    args.device_set = ["data.num_workers=4"] if cuda else ["train.precision=fp32"]
+    t0 = time.monotonic()
+    args.refit = {}
     out = Path(args.out)
     work = out / "work"
+    for stale in ("A", "B", "F"):  # runs of an earlier check would resume instead of training
+        shutil.rmtree(work / stale, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     report: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
@@ -318,24 +347,44 @@ def main() -> None:
     report["models"] = {}
     for kind in args.models:
         deps = {"tokenizer": "", "lam": ""} if kind == "dynamics" else {}
+        if deps and not {"tokenizer", "lam"} <= set(args.models):
+            sys.exit("gpu_check: dynamics trains on the tokenizer and LAM of run A; include them in --models")
         missing = [k for k in deps if not (work / "A" / k / "model.safetensors").is_file()]
         if missing:
-            sys.exit(f"gpu_check: dynamics needs the {', '.join(missing)} of run A; include them in --models")
-        report["models"][kind] = check_model(kind, args, data, work, deps)
+            report["models"][kind] = {"error": f"needs the {', '.join(missing)} of run A, which did not train"}
+            continue
+        try:
+            report["models"][kind] = check_model(kind, args, data, work, deps)
+        except RuntimeError as e:  # recorded; the other models are still checked
+            log(f"{kind}: FAILED\n{e}")
+            report["models"][kind] = {"error": str(e)[-3000:]}
         _write(out, report)
-    if "tokenizer" in args.models and not args.no_fsdp:
-        report["fsdp"] = check_fsdp(args, data, work)
+    if "tokenizer" in args.models and not args.no_fsdp and "error" not in report["models"]["tokenizer"]:
+        if time.monotonic() - t0 < 0.6 * args.budget:
+            try:
+                report["fsdp"] = check_fsdp(args, data, work)
+            except RuntimeError as e:
+                log(f"FSDP: FAILED\n{e}")
+                report["fsdp"] = {"error": str(e)[-3000:], "resume_step_ok": False}
+        else:
+            report["fsdp"] = {"skipped": f"over 60% of the {args.budget:.0f} s budget spent", "resume_step_ok": True}
         _write(out, report)
-    peak = report["bf16_peak_tflops"] or report["bf16_matmul_tflops_measured"]
-    report["mfu_against"] = "bf16_peak_tflops" if report["bf16_peak_tflops"] else "bf16_matmul_tflops_measured"
-    for m in report["models"].values():
+    checked = {k: m for k, m in report["models"].items() if "error" not in m}
+    # CUDA: the datasheet's dense bf16 peak (else the measured bf16 matmul); CPU: it trains in fp32 here
+    against = ("bf16_peak_tflops" if report["bf16_peak_tflops"] else "bf16_matmul_tflops_measured") if cuda \
+        else "fp32_matmul_tflops_measured"
+    peak = report[against]
+    report["mfu_against"] = against
+    for m in checked.values():
         m["mfu"] = m["achieved_tflops"] / peak
-    if all((work / "A" / k / "model.safetensors").is_file() for k in KINDS):
+    if len(checked) == len(KINDS):
         report["play_fps"] = {}
         for batch in (1, 16):
             log(f"play: batch {batch}")
-            report["play_fps"][str(batch)] = play_fps(work / "A", device, batch, args.play_seconds)
-    report["ok"] = all(m["resume_ok"] for m in report["models"].values()) and \
+            seconds = min(args.play_seconds, max(1.0, (args.budget - (time.monotonic() - t0) - 30) / 4))
+            report["play_fps"][str(batch)] = play_fps(work / "A", device, batch, seconds)
+            _write(out, report)
+    report["ok"] = len(checked) == len(report["models"]) and all(m["resume_ok"] for m in checked.values()) and \
         report.get("fsdp", {}).get("resume_step_ok", True)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _write(out, report)

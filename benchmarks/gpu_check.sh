@@ -20,7 +20,7 @@ mkdir -p "$OUT_DIR"
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' >&2
 # the whole check, training processes included, is stopped at the limit; what finished is in the JSON
 status=0
-timeout --signal=TERM --kill-after=20 "$LIMIT" "$PY" benchmarks/gpu_check.py --out "$OUT_DIR" "$@" || status=$?
+timeout --signal=TERM --kill-after=20 "$LIMIT" "$PY" benchmarks/gpu_check.py --out "$OUT_DIR" --budget "$LIMIT" "$@" || status=$?
 if [ "$status" -eq 124 ]; then
   echo "gpu_check: stopped at the ${LIMIT}s limit; figures so far are in $OUT_DIR/gpu_check.json" >&2
 fi
