@@ -16,7 +16,10 @@ step (``torch.utils.flop_counter`` on one training step: every matmul and attent
 backward, the dynamics' frozen tokenizer and LAM included) and model FLOPs utilisation: achieved FLOP/s
 over the GPU's dense bf16 peak (its datasheet figure for known GPUs, else ``--peak-tflops``; a measured
 large bf16 matmul is reported beside it). Then play: ``World.step`` frames/s of A's three models at
-batch 1 and 16 (``train.precision`` auto: bf16 autocast on CUDA; play in bf16 on CUDA).
+batch 1 and 16 (``train.precision`` auto: bf16 autocast on CUDA; play in bf16 on CUDA). Optional stages,
+each skipped when the time budget runs short: the tokenizer under ``train.strategy=fsdp`` (FSDP2 over a
+NCCL group of one), stopped and resumed, against run A; and the tokenizer with ``train.compile=true``
+for N steps (losses against A's, tokens/s once compiled; CUDA only unless ``--compile``).
 
 On a machine without CUDA it falls back to the ``tiny`` preset, a few steps and CPU peaks measured
 from a matmul, so that it can be tested anywhere.
@@ -282,6 +285,25 @@ def check_fsdp(args: argparse.Namespace, data: Path, work: Path) -> dict:
             "release_files_verified": _verified(work / "F" / "tokenizer")}
 
 
+def check_compile(args: argparse.Namespace, data: Path, work: Path) -> dict:
+    """The tokenizer with train.compile=true for the first N steps of run A's schedule: its losses against
+    A's (eager) and its tokens/s once compiled (logged windows after the first, which holds the compile)."""
+    n = args.steps
+    over = [f"train.steps={2 * n}", f"train.log_every={max(1, min(10, n // 4))}", "train.val_every=0",
+            f"train.ckpt_every={10 * n}", f"train.device={args.device}", "train.compile=true", *args.device_set,
+            *args.set, *(args.refit.get("tokenizer") or [])]
+    log(f"tokenizer with torch.compile: {n} steps")
+    c = run_worker({"kind": "tokenizer", "preset": args.preset, "data": str(data), "overrides": over,
+                    "run": str(work / "C" / "tokenizer"), "stop_after": n}, work)
+    a = json.loads((work / "A-tokenizer-full.result.json").read_text())
+    rates = logged_rates(work / "C" / "tokenizer")
+    clips_per_step = a["clips_per_step"]
+    return {"steps": c["step"], "wall_s": c["wall_s"],
+            "max_rel_loss_diff_vs_eager": max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(c["losses"], a["losses"])),
+            "tokens_per_s": (statistics.median(rates) / clips_per_step * a["tokens_per_step"]) if rates else None,
+            "tokens_per_s_eager": args.eager_tokens_per_s}
+
+
 def _verified(model_dir: Path) -> bool:
     from playworld.train.checkpoint import read_release_config
 
@@ -303,6 +325,9 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
     p.add_argument("--budget", type=float, default=480.0, help="seconds the whole check may take (gpu_check.sh "
                    "stops it there); optional stages are skipped when it runs short")
+    p.add_argument("--compile", action="store_true", help="run the torch.compile stage on a CPU too")
+    p.add_argument("--no-compile", action="store_true", help="skip the tokenizer run with train.compile=true "
+                   "(on by default on CUDA only)")
     p.add_argument("--no-fsdp", action="store_true", help="skip the tokenizer run under train.strategy=fsdp")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -318,6 +343,7 @@ def main() -> None:
     args.preset = args.preset or ("base" if cuda else "tiny")
     args.steps = args.steps or (100 if cuda else 2)
     args.play_seconds = args.play_seconds or (10.0 if cuda else 2.0)
+    args.no_compile = args.no_compile or not (cuda or args.compile)  # CPU: minutes of compiling on 2 cores
     # CUDA: loader workers keep the GPU fed. CPU: fp32 everywhere, so that the FSDP run (fp32 shards)
     # compares with the others like for like
     args.device_set = ["data.num_workers=4"] if cuda else ["train.precision=fp32"]
@@ -325,7 +351,7 @@ def main() -> None:
     args.refit = {}
     out = Path(args.out)
     work = out / "work"
-    for stale in ("A", "B", "F"):  # runs of an earlier check would resume instead of training
+    for stale in ("A", "B", "F", "C"):  # runs of an earlier check would resume instead of training
         shutil.rmtree(work / stale, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -384,6 +410,17 @@ def main() -> None:
             seconds = min(args.play_seconds, max(1.0, (args.budget - (time.monotonic() - t0) - 30) / 4))
             report["play_fps"][str(batch)] = play_fps(work / "A", device, batch, seconds)
             _write(out, report)
+    if "tokenizer" in checked and not args.no_compile:
+        if args.budget - (time.monotonic() - t0) > 150:
+            args.eager_tokens_per_s = checked["tokenizer"]["tokens_per_s"]
+            try:
+                report["compile"] = check_compile(args, data, work)
+            except RuntimeError as e:
+                log(f"torch.compile: FAILED\n{e}")
+                report["compile"] = {"error": str(e)[-3000:]}
+        else:
+            report["compile"] = {"skipped": "under 150 s of the budget left"}
+        _write(out, report)
     report["ok"] = len(checked) == len(report["models"]) and all(m["resume_ok"] for m in checked.values()) and \
         report.get("fsdp", {}).get("resume_step_ok", True)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
