@@ -246,6 +246,9 @@ class LatentActionModel(nn.Module):
     # trained with bf16 weights (playworld.train.mixed), these stay fp32: the motion kernels (the
     # prediction's linear part) and the attention pooling and classifier that give the action logits
     keep_fp32 = ("kernels", "pool.", "to_logits.")
+    # weights that dead-action restarts write outside the optimizer: FSDP keeps them whole on every rank
+    # (playworld.train.fsdp), as a write to a gathered shard would be lost
+    written_in_forward = ("kernels", "action_emb.", "to_logits.")
 
     def __init__(self, config: LAMConfig) -> None:
         super().__init__()

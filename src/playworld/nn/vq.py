@@ -90,6 +90,9 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_sum", init.clone())  # m_k, consistent with N_k = 1
         else:
             self.codebook = nn.Parameter(init)
+        # a learned codebook is written outside the optimizer (init from data, dead-code restarts): FSDP
+        # keeps it whole on every rank (playworld.train.fsdp); an EMA codebook is a buffer
+        self.written_in_forward = () if ema else ("codebook",)
         self.register_buffer("cluster_size", torch.ones(num_codes))  # N_k, vectors per batch
         self.register_buffer("initialized", torch.tensor(not init_from_data))
 

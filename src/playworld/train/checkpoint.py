@@ -88,9 +88,9 @@ def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], where: s
 
 # ----------------------------------------------------------------------------- optimizer
 
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors (safetensors) and JSON (param groups, scalars)."""
-    sd = opt.state_dict()
+def optimizer_to_tensors(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict (``Optimizer.state_dict()``'s layout) into tensors (safetensors) and
+    JSON (param groups, scalars)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for pid, st in sd["state"].items():
@@ -102,8 +102,10 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Te
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                           meta: dict[str, Any], where: str) -> None:
+def optimizer_state_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                                 meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optimizer state dict that :func:`optimizer_to_tensors` split, after checking that its parameter
+    groups are ``opt``'s."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         pid, name = key.split(".", 1)
@@ -115,10 +117,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     _check_same_groups(groups, current, where)
     # a checkpoint from before groups carried names resumes with the current names
     groups = [{"names": now["names"], **saved} if "names" in now else saved for saved, now in zip(groups, current)]
-    try:
-        opt.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{where}: optimizer state does not fit the model ({e})") from e
+    return {"state": state, "param_groups": groups}
 
 
 def _check_same_groups(saved: list[dict[str, Any]], current: list[dict[str, Any]], where: str) -> None:
@@ -188,6 +187,16 @@ class ResumeState:
     extra: dict[str, Any]
 
 
+@dataclass
+class CheckpointContents:
+    """A resumable checkpoint as read: resume state, full weights, optimizer state dict, EMA tensors."""
+
+    state: ResumeState
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    ema: dict[str, torch.Tensor] | None
+
+
 class CheckpointManager:
     """Resumable checkpoints under ``RUN/checkpoints``; ``latest`` names the newest complete one."""
 
@@ -204,15 +213,17 @@ class CheckpointManager:
             raise CheckpointError(f"{pointer}: points to {path.name}, which does not exist")
         return path
 
-    def save(self, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+    def save(self, *, step: int, weights: dict[str, torch.Tensor], optimizer: dict[str, Any],
              ema: dict[str, torch.Tensor] | None, loader: dict[str, Any], config: dict[str, Any],
              extra: dict[str, Any] | None = None) -> Path:
+        """Write the model's ``weights`` (its full state dict), the ``optimizer``'s state dict
+        (``Optimizer.state_dict()``'s layout), EMA, RNG, loader position and config as ``step-NNNNNNNN``."""
         name = f"step-{step:08d}"
         final = self.root / name
         tmp = self.root / f".{name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_tensors(tmp / "model.safetensors", model.state_dict())
+        save_tensors(tmp / "model.safetensors", weights)
         opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
         save_tensors(tmp / "optimizer.safetensors", opt_tensors)
         if ema is not None:
@@ -236,9 +247,10 @@ class CheckpointManager:
         for old in done[: max(len(done) - self.keep, 0)]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-             device: torch.device) -> tuple[ResumeState, dict[str, torch.Tensor] | None]:
-        """Restore model, optimizer and RNG in place; returns the resume state and EMA tensors."""
+    def read(self, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+             device: torch.device) -> CheckpointContents:
+        """Verify and read the checkpoint at ``path``, checked against ``model`` and ``optimizer``
+        (which are left as they are), and restore the RNG."""
         path = Path(path)
         state_file = path / "state.json"
         state = read_json(state_file, CheckpointError, f"state of checkpoint {path.name}")
@@ -252,12 +264,24 @@ class CheckpointManager:
                 raise CheckpointError(f"{f}: checksum mismatch (file corrupt or modified)")
         weights = load_tensors(path / "model.safetensors", device)
         check_state_dict(model, weights, str(path / "model.safetensors"))
-        model.load_state_dict(weights)
-        optimizer_from_tensors(optimizer, load_tensors(path / "optimizer.safetensors", device),
-                               state["optimizer"], str(path / "optimizer.safetensors"))
+        opt_state = optimizer_state_from_tensors(optimizer, load_tensors(path / "optimizer.safetensors", device),
+                                                 state["optimizer"], str(path / "optimizer.safetensors"))
         ema = load_tensors(path / "ema.safetensors", device) if (path / "ema.safetensors").is_file() else None
         set_rng_state(load_tensors(path / "rng.safetensors"), state["rng"])
-        return ResumeState(step=int(state["step"]), loader=state["loader"], extra=state.get("extra", {})), ema
+        resume = ResumeState(step=int(state["step"]), loader=state["loader"], extra=state.get("extra", {}))
+        return CheckpointContents(resume, weights, opt_state, ema)
+
+    def load(self, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+             device: torch.device) -> tuple[ResumeState, dict[str, torch.Tensor] | None]:
+        """Restore model, optimizer and RNG in place; returns the resume state and EMA tensors."""
+        got = self.read(path, model=model, optimizer=optimizer, device=device)
+        model.load_state_dict(got.weights)
+        try:
+            optimizer.load_state_dict(got.optimizer)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{Path(path) / 'optimizer.safetensors'}: optimizer state does not fit the "
+                                  f"model ({e})") from e
+        return got.state, got.ema
 
 
 def read_checkpoint_config(path: Path) -> dict[str, Any]:

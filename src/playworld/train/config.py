@@ -16,6 +16,8 @@ Kind = Literal["tokenizer", "lam", "dynamics"]
 # playworld.config.Precision (what eval and play compute in) plus a training-only mode: bf16 weights
 # with fp32 master copies in the optimizer (playworld.train.mixed)
 TrainPrecision = Literal["auto", "fp32", "bf16", "bf16-weights"]
+# How ranks under torchrun share the work (playworld.train.engine, playworld.train.fsdp)
+Strategy = Literal["ddp", "fsdp"]
 # Top-level keys that a release's config.json adds to the run config (playworld.train.checkpoint):
 # "files" (sha256 and size of each weight file) and "progress" (step, steps, finished), read and checked
 # by load_model, not by RunConfig.
@@ -88,6 +90,11 @@ class TrainConfig:
         "losses fp32); auto: bf16 autocast on CUDA; on CPU bf16-weights where a bf16 matrix product measures "
         ">= 1.5x faster than fp32 (AVX512-BF16, AMX), else fp32")
     compile: bool = field(False, help="torch.compile the model")
+    strategy: Strategy = field(
+        "ddp", help="data parallelism under torchrun: ddp (each rank holds the whole model; gradients "
+        "all-reduced) or fsdp (weights, gradients and AdamW moments sharded over ranks with PyTorch's FSDP2 "
+        "fully_shard; fp32 weights, precision fp32 or bf16 autocast, not bf16-weights; checkpoints and "
+        "release weights are the files one process writes). fsdp in one process shards over a group of one")
     ema_decay: float = field(0.0, help="keep an EMA of the weights with this decay (0 disables); "
                              "released weights are the EMA")
     grad_accum: int = field(1, help="micro-batches accumulated per optimizer step")
@@ -105,6 +112,13 @@ class TrainConfig:
             raise ConfigError(f"train.val_every must be >= 0, got {self.val_every}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.strategy must be ddp or fsdp, got {self.strategy!r}")
+        if self.strategy == "fsdp" and self.precision == "bf16-weights":
+            raise ConfigError(
+                "train.precision=bf16-weights cannot train under train.strategy=fsdp: FSDP's sharded fp32 "
+                "parameters are already the master weights, and bf16 copies beside them would not be sharded; "
+                "use train.precision=bf16 (autocast on the fp32 shards), fp32 or auto")
 
 
 @dataclass

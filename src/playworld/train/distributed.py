@@ -1,4 +1,4 @@
-"""Process-group set-up for torchrun (DDP): gloo on CPU, NCCL on CUDA. Rank 0 alone writes."""
+"""Process-group set-up for torchrun (DDP, FSDP): gloo on CPU, NCCL on CUDA. Rank 0 alone writes."""
 
 from __future__ import annotations
 
@@ -29,10 +29,14 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (a no-op for one process)."""
+def init_distributed(device_type: str, group_of_one: bool = False) -> DistInfo:
+    """Join the process group torchrun describes in the environment (a no-op for one process, unless
+    ``group_of_one``: then a process group of this process alone, which FSDP needs to shard over one rank)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
+        if group_of_one and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", store=dist.HashStore(),
+                                    rank=0, world_size=1)
         return DistInfo()
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", "0"))

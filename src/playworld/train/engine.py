@@ -3,7 +3,8 @@
 AdamW with warmup + cosine, gradient clipping and accumulation, optional EMA, bf16 autocast or bf16
 weights with fp32 masters (:mod:`playworld.train.mixed`), optional torch.compile, NaN/inf detection,
 JSONL + TensorBoard logs, periodic validation with sample images, atomic resumable checkpoints every
-N steps and on SIGINT/SIGTERM, exact resume, and DDP under torchrun (rank 0 alone writes).
+N steps and on SIGINT/SIGTERM, exact resume, and DDP or FSDP (:mod:`playworld.train.fsdp`) under
+torchrun (rank 0 alone writes).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from playworld.config import ConfigError
 from playworld.errors import CheckpointError, DatasetError, TrainingError
 from playworld.io import read_json
 from playworld.models.base import HeldOutStats, to_unit
@@ -45,6 +47,7 @@ from playworld.train.distributed import (
     init_distributed,
 )
 from playworld.train.ema import EMA
+from playworld.train.fsdp import Sharding
 from playworld.train.logger import MetricsLogger
 from playworld.train.mixed import MasterWeights, resolve_train_precision
 from playworld.train.registry import ModelSpec, get_spec
@@ -53,7 +56,7 @@ from playworld.train.schedule import lr_at
 # Fields that may change between a run and its resumption without changing what is trained.
 _RESUME_MUTABLE = {"train.steps", "train.log_every", "train.val_every", "train.val_batches", "train.ckpt_every",
                    "train.keep_checkpoints", "train.compile", "train.device", "data.num_workers", "data.path",
-                   "deps.tokenizer", "deps.lam", "train.init_from"}
+                   "deps.tokenizer", "deps.lam", "train.init_from", "train.strategy"}
 
 
 @dataclass
@@ -200,7 +203,8 @@ class Trainer:
                  progress: bool = True) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.dist = init_distributed(pick_device(cfg.train.device).type)
+        fsdp = cfg.train.strategy == "fsdp"
+        self.dist = init_distributed(pick_device(cfg.train.device).type, group_of_one=fsdp)
         self.device = pick_device(cfg.train.device, self.dist)
         self.progress = progress and self.dist.is_main
         self.spec: ModelSpec = get_spec(cfg.kind)
@@ -216,6 +220,9 @@ class Trainer:
         self.precision = self._resolve_precision()
         # bf16 weights, fp32 masters: what the optimizer, EMA and checkpoints see (train/mixed.py)
         self.masters = MasterWeights(self.model) if self.precision == "bf16-weights" else None
+        self.sharding: Sharding | None = None  # set by _build_forward under train.strategy=fsdp
+        # before the optimizer is built: FSDP replaces the parameters with their shards
+        self._forward = self._build_forward()
         groups = param_groups(self.model, cfg.optim.weight_decay)
         self.optimizer = torch.optim.AdamW(
             self.masters.optimizer_groups(groups) if self.masters else groups, lr=cfg.optim.lr,
@@ -226,7 +233,6 @@ class Trainer:
         self.step = 0
         self._stop = threading.Event()
         self._stop_signal: int | None = None
-        self._forward = self._build_forward()
 
     # ------------------------------------------------------------------ set-up
     def _init_from(self, source: Path) -> None:
@@ -239,7 +245,9 @@ class Trainer:
 
     def _build_forward(self) -> nn.Module:
         module: nn.Module = _LossModule(self.model)
-        if self.dist.enabled:
+        if self.cfg.train.strategy == "fsdp":
+            self.sharding = Sharding(module, self.model, self.device)
+        elif self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -256,6 +264,12 @@ class Trainer:
         latest = self.ckpt.latest() if self.cfg.train.precision == "auto" else None
         chosen = self._recorded_precision(latest) if latest else \
             resolve_train_precision(self.cfg.train.precision, self.device)
+        if self.cfg.train.strategy == "fsdp" and chosen == "bf16-weights":
+            if latest is not None:
+                raise ConfigError(
+                    f"{latest}: this run trains in bf16-weights (chosen by train.precision=auto when it began), "
+                    "which train.strategy=fsdp cannot resume; resume it with train.strategy=ddp")
+            chosen = "fp32"  # auto under FSDP: its shards are fp32; autocast would be the only other choice
         return broadcast_choice(chosen, get_args(TrainPrecision), self.dist, self.device)
 
     def _recorded_precision(self, latest: Path) -> str:
@@ -291,21 +305,38 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, loader: Any) -> Path | None:
+        """Write a resumable checkpoint and the release weights (rank 0; under FSDP every rank must call
+        it, to gather the full state)."""
+        if self.sharding is not None:
+            weights = self.sharding.full_state(self.model)
+            optimizer = self.sharding.full_optimizer_state(self.optimizer)
+            ema = self.sharding.full_tensors(self.ema.state_dict()) if self.ema else None
+        elif self.dist.is_main:
+            weights, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+            ema = self.ema.state_dict() if self.ema else None
         if not self.dist.is_main:
+            self.save_release()
             return None
-        path = self.ckpt.save(step=self.step, model=self.model, optimizer=self.optimizer,
-                              ema=self.ema.state_dict() if self.ema else None, loader=loader.state_dict(),
-                              config=self.cfg.to_dict(), extra={"precision": self.precision})
+        path = self.ckpt.save(step=self.step, weights=weights, optimizer=optimizer, ema=ema,
+                              loader=loader.state_dict(), config=self.cfg.to_dict(),
+                              extra={"precision": self.precision})
         self.save_release()
         return path
 
     def save_release(self) -> None:
         """Release weights (EMA if enabled) + config at the run's root: what `playworld.load` reads. Before
-        ``train.steps`` the config records the run as unfinished (step N of M), and loaders warn."""
-        if not self.dist.is_main:
+        ``train.steps`` the config records the run as unfinished (step N of M), and loaders warn. Under FSDP
+        every rank must call it (the weights are gathered); rank 0 writes."""
+        if self.sharding is not None:
+            weights = self.sharding.full_state(self.release)
+            if self.ema is not None:
+                weights = {**weights, **self.sharding.full_tensors(self.ema.state_dict())}
+        elif not self.dist.is_main:
             return
-        weights = self.ema.export(self.release) if self.ema else self.release.state_dict()
-        save_release(self.run_dir, weights, self.cfg.to_dict(), step=self.step, steps=self.cfg.train.steps)
+        else:
+            weights = self.ema.export(self.release) if self.ema else self.release.state_dict()
+        if self.dist.is_main:
+            save_release(self.run_dir, weights, self.cfg.to_dict(), step=self.step, steps=self.cfg.train.steps)
 
     def _resume(self, loader: Any) -> None:
         path = self.ckpt.latest()
@@ -314,11 +345,16 @@ class Trainer:
         diffs = config_differences(read_checkpoint_config(path), self.cfg.to_dict(), config_defaults(self.cfg))
         if diffs:
             raise CheckpointError(f"{path}: config differs from the run being resumed: " + "; ".join(diffs))
-        state, ema = self.ckpt.load(path, model=self.model, optimizer=self.optimizer, device=self.device)
+        if self.sharding is not None:
+            got = self.ckpt.read(path, model=self.model, optimizer=self.optimizer, device=torch.device("cpu"))
+            self.sharding.load(got.weights, self.optimizer, got.optimizer)
+            state, ema = got.state, got.ema
+        else:
+            state, ema = self.ckpt.load(path, model=self.model, optimizer=self.optimizer, device=self.device)
         if self.ema is not None:
             if ema is None:
                 raise CheckpointError(f"{path}: no EMA weights, but train.ema_decay > 0")
-            self.ema.load_state_dict(ema)
+            self.ema.load_state_dict(self.sharding.shard_like(ema, self.ema.shadow) if self.sharding else ema)
         self.step = state.step
         loader.load_state_dict(state.loader)
         if self.dist.is_main:
@@ -412,7 +448,10 @@ class Trainer:
         for micro in range(accum):
             video = to_unit(next(batches).to(self.device, non_blocking=True))
             sync = contextlib.nullcontext()
-            if self.dist.enabled and micro < accum - 1:
+            if self.sharding is not None:
+                self.sharding.gradient_sync(micro == accum - 1)
+                self.sharding.before_forward()
+            elif self.dist.enabled and micro < accum - 1:
                 sync = self._forward.no_sync()  # type: ignore[operator]
             with sync:
                 with self._autocast():
@@ -425,7 +464,11 @@ class Trainer:
             self.masters.grads_to_masters()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if self.sharding is not None:
+            self.sharding.after_backward()
+            grad_norm = self.sharding.clip_grad_norm(params, clip)
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         totals = all_reduce_mean(totals, self.dist, self.device)
         if not (math.isfinite(totals["loss"]) and math.isfinite(grad_norm)):
             latest = self.ckpt.latest() if self.dist.is_main else None
@@ -458,6 +501,17 @@ class Trainer:
             cfg.train.val_every = 0
             return None
         self.model.eval()
+        if self.sharding is not None:
+            self.sharding.unshard_all()
+        try:
+            return self._validate(loader)
+        finally:
+            if self.sharding is not None:
+                self.sharding.reshard_all()
+            self.model.train()
+
+    def _validate(self, loader: Any) -> dict[str, float]:
+        cfg = self.cfg
         totals: dict[str, float] = {}
         first = None
         held_out_stats = getattr(self.model, "held_out_stats", None)  # see playworld.models.base.HeldOutStats
@@ -488,5 +542,4 @@ class Trainer:
                 sheet = self.spec.samples(self.model, first[:4])  # labelled: playworld.train.samples
             if sheet is not None:
                 self.logger.image(self.step, "val", sheet.render())
-        self.model.train()
         return totals
