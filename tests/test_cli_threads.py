@@ -38,9 +38,11 @@ def test_every_computing_command_takes_threads(command, capsys):
 
 @pytest.fixture
 def four_cores(monkeypatch):
-    """A machine of 4 usable cores with no OMP_NUM_THREADS set (the test runner sets it)."""
+    """A machine of 4 usable cores with no OMP_NUM_THREADS set (the test runner sets it) and OpenMP's
+    own (spinning) wait policy."""
     monkeypatch.setattr(pthreads, "usable_cores", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -51,14 +53,16 @@ def test_threads_sets_torchs_thread_count(tmp_path, capsys, four_cores):
     torch.set_num_threads(4)
     assert main([*args, "--threads", "1"]) == 0
     assert torch.get_num_threads() == 1
-    assert main(args) == 0
-    assert torch.get_num_threads() == 3  # the default: all cores but one
+    assert main(args) == 0  # torch is loaded here already: OpenMP spins, so the default leaves a core free
+    assert "OMP_WAIT_POLICY" not in os.environ
+    assert torch.get_num_threads() == 3
 
 
-def test_default_threads_leave_a_core_free():
-    assert [default_threads(c) for c in (1, 2, 3, 8)] == [1, 1, 2, 7]
+def test_default_threads_leave_a_core_free_unless_threads_sleep_while_waiting():
+    assert [default_threads(c, passive=False) for c in (1, 2, 3, 8)] == [1, 1, 2, 7]
+    assert [default_threads(c, passive=True) for c in (1, 2, 8)] == [1, 2, 8]
     with pytest.raises(ValueError, match="cores must be >= 1"):
-        default_threads(0)
+        default_threads(0, passive=True)
 
 
 def test_resolve_threads_prefers_the_request_then_omp_num_threads():
@@ -68,16 +72,17 @@ def test_resolve_threads_prefers_the_request_then_omp_num_threads():
     for unusable in ("", "0", "many", "-2"):
         assert resolve_threads(0, 8, {"OMP_NUM_THREADS": unusable}) == 7
     assert resolve_threads(0, 2, {}) == 1
+    assert resolve_threads(0, 2, {"OMP_WAIT_POLICY": "passive"}) == 2
+    assert resolve_threads(0, 2, {"OMP_WAIT_POLICY": "ACTIVE"}) == 1
     with pytest.raises(ValueError, match="threads must be >= 0"):
         resolve_threads(-1, 2, {})
 
 
-def test_prefer_passive_wait_keeps_a_policy_already_set(monkeypatch):
+def test_prefer_passive_wait_only_before_torch_and_keeps_a_policy_already_set(monkeypatch):
     env: dict[str, str] = {}
-    assert prefer_passive_wait(env) is False  # torch is loaded in this process: too late here
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert prefer_passive_wait(env) is False and env == {}  # torch is loaded in this process: too late
     monkeypatch.delitem(sys.modules, "torch")
-    assert prefer_passive_wait({}) is True
+    assert prefer_passive_wait(env) is True and env == {"OMP_WAIT_POLICY": "PASSIVE"}
     env = {"OMP_WAIT_POLICY": "active"}
     assert prefer_passive_wait(env) is False and env == {"OMP_WAIT_POLICY": "active"}
 

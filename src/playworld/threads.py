@@ -2,20 +2,21 @@
 :meth:`playworld.World.load` (thus :func:`playworld.make_env`).
 
 torch's default (one thread per core, OpenMP threads that spin while they wait for each other) is the
-fastest choice for a job alone on the machine and the slowest as soon as anything else computes: on 2
-cores beside one busy process, one session of the shipped world fell from 26 to under 1 frame/s with 2
-threads, and kept 10-20 with 1 (`benchmarks/play.py --contention`). So by default playworld
+fastest choice for a job alone on the machine and the slowest as soon as anything else computes: a
+thread that spins holds its core while the thread it waits for has been pushed off the other one by
+the other process. Measured with ``benchmarks/play.py --contention`` (one session of the shipped world,
+2 cores shared with other jobs, beside 1 / 2 busy processes; loaded/quiet frames/s): 2 spinning threads
+0.18 / 0.27 (0.3-0.8 frames/s); 1 thread 0.61 / 0.29; 2 threads that sleep while they wait
+(``OMP_WAIT_POLICY=PASSIVE``) 0.68 / 0.92, the fastest in every condition. So:
 
-- uses one thread fewer than the cores this process may run on (at least 1): a core stays free for the
-  browser drawing the page, an editor, or another job, and on 2 cores no thread ever waits for another;
-- asks OpenMP to put waiting threads to sleep (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning, so that
-  when other work does take a core, the threads left do not burn the rest of the CPU waiting for it
-  (2 threads beside a busy process on 2 cores: 0.7 frames/s spinning, 16.5 passive). OpenMP reads the
-  variable once, when torch is imported, so only the `playworld` command can set it; a program that
-  imports torch itself sets it in its environment.
+- the `playworld` command sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads OpenMP (which reads it
+  once, at load), and then uses every core this process may run on;
+- where the policy is not passive (a program that imported torch itself, as one using
+  :func:`playworld.make_env` does), all cores but one (at least 1): a core stays free for the browser,
+  an editor or another job, so the spinning threads rarely wait for a thread pushed off its core.
 
-``--threads N`` (``threads=N``) or ``OMP_NUM_THREADS`` choose the count instead; ``OMP_WAIT_POLICY`` set
-in the environment is left as it is.
+``--threads N`` (``threads=N``) or ``OMP_NUM_THREADS`` choose the count instead; an ``OMP_WAIT_POLICY``
+set in the environment is left as it is.
 """
 
 from __future__ import annotations
@@ -35,16 +36,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads(cores: int) -> int:
-    """Threads for ``cores`` usable cores when nothing asks for a number: all but one, at least 1."""
+def default_threads(cores: int, passive: bool) -> int:
+    """Threads for ``cores`` usable cores when nothing asks for a number: all of them if waiting threads
+    sleep (``passive``), else all but one, at least 1."""
     if cores < 1:
         raise ValueError(f"cores must be >= 1, got {cores}")
-    return max(1, cores - 1)
+    return cores if passive else max(1, cores - 1)
 
 
 def resolve_threads(requested: int | None, cores: int, environ: Mapping[str, str] | None = None) -> int:
     """The thread count to use: ``requested`` if > 0; else ``OMP_NUM_THREADS`` if set to a positive
-    number (the user's choice for this machine); else :func:`default_threads` of ``cores``."""
+    number (the user's choice for this machine); else :func:`default_threads` of ``cores`` and of
+    whether ``OMP_WAIT_POLICY`` is passive (the policy OpenMP started with, if torch was imported since
+    this environment was set, as `playworld` does)."""
     if requested is not None and requested < 0:
         raise ValueError(f"threads must be >= 0 (0: playworld's default), got {requested}")
     if requested:
@@ -53,7 +57,7 @@ def resolve_threads(requested: int | None, cores: int, environ: Mapping[str, str
     given = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if given.isdigit() and int(given) > 0:
         return int(given)
-    return default_threads(cores)
+    return default_threads(cores, env.get("OMP_WAIT_POLICY", "").strip().upper() == WAIT_POLICY)
 
 
 def set_threads(requested: int | None = None) -> int:
@@ -68,9 +72,12 @@ def set_threads(requested: int | None = None) -> int:
 
 
 def prefer_passive_wait(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets a policy already. Returns whether
-    it takes effect in this process: only if torch (and so OpenMP) is not loaded yet; processes this
-    one starts inherit it either way."""
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` if torch (so OpenMP) is not loaded yet and the environment sets
+    no policy; processes started later inherit it. Returns whether this process's OpenMP will start
+    passive. Once torch is loaded the environment is left alone: the policy could not change any more,
+    and :func:`resolve_threads` reads it as the policy OpenMP started with."""
     env = os.environ if environ is None else environ
-    env.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
-    return env["OMP_WAIT_POLICY"].upper() == WAIT_POLICY and "torch" not in sys.modules
+    if "torch" not in sys.modules:
+        env.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+        return env["OMP_WAIT_POLICY"].strip().upper() == WAIT_POLICY
+    return False
