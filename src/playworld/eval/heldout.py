@@ -1,12 +1,12 @@
 """Where `playworld eval` takes held-out episodes from when it is given no ``--data``.
 
 In order: (1) the run's own training data, if it is on this machine (the path its config.json
-records): its test split, the levels hashed out of training; (2) for a Procgen world (the game
-read from that data's manifest or from the start frames the run ships in ``RUN/prompts``), a small
+records): its test split, the levels hashed out of training; (2) for a Procgen world (the game read
+from the start frames the run ships in ``RUN/prompts``, as the shipped world does), a small
 set of real-game episodes collected once into a cache directory and reused: one episode on each of
-the first ``episodes`` level seeds that the split rule puts in the test split (so never trained on;
-past the training range too, when the training data had a bounded one); (3) otherwise an error
-that says to pass ``--data``.
+the first ``episodes`` level seeds that the default split rule puts in the test split (levels that
+`playworld train`, which reads the train split, never saw in data split by that rule, whatever range
+of levels it was collected from); (3) otherwise an error that says to pass ``--data``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from playworld.data.split import SplitRule, split_of
 from playworld.errors import ConfigError, DatasetError
 
 HELDOUT_EPISODES = 16
-"""Episodes of the collected held-out set (about 20 MB at 100 frames each): enough for every figure,
+"""Episodes of the collected held-out set (at most 20 MB at 100 frames each): enough for every figure,
 with wide intervals; pass ``--data`` with a bigger test split for tight ones."""
 HELDOUT_FRAMES = 100
 """Frames kept of each collected episode: four non-overlapping clips of the default 4 + 15 frames."""
