@@ -14,6 +14,11 @@ Last, the same players against `playworld play` started in a process of its own 
 it; trained runs only). Default model: the shipped CoinRun world, in the dtype `playworld play` picks
 (--precision); --preset gives random weights of a preset (speed only). Also printed: fp32 against
 that dtype stepped alternately, and a session's snapshot size and undo time.
+
+    .venv/bin/python benchmarks/play.py --contention [--load 1] [--rounds 4] [--seconds 2]
+
+measures only one session's frames/s quiet and beside --load busy processes, for torch threads 1 and 2
+and OpenMP wait policies, as loaded/quiet ratios (benchmarks/contention.py; docs/play.md).
 """
 
 from __future__ import annotations
