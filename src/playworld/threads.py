@@ -5,9 +5,10 @@ torch's default (one thread per core, OpenMP threads that spin while they wait f
 fastest choice for a job alone on the machine and the slowest as soon as anything else computes: a
 thread that spins holds its core while the thread it waits for has been pushed off the other one by
 the other process. Measured with ``benchmarks/play.py --contention`` (one session of the shipped world,
-2 cores shared with other jobs, beside 1 / 2 busy processes; loaded/quiet frames/s): 2 spinning threads
-0.18 / 0.27 (0.3-0.8 frames/s); 1 thread 0.61 / 0.29; 2 threads that sleep while they wait
-(``OMP_WAIT_POLICY=PASSIVE``) 0.68 / 0.92, the fastest in every condition. So:
+2 cores shared with other jobs, beside 1 / 2 busy processes; loaded/quiet frames/s, two runs each): 2
+spinning threads 0.16-0.18 / collapsed already "quiet" (under 1 frame/s whenever another job held a
+core); 1 thread 0.45-0.61 / 0.29; 2 threads that sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``)
+0.68-1.23 / 0.92-0.93, the fastest loaded in every run and about as fast quiet. So:
 
 - the `playworld` command sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads OpenMP (which reads it
   once, at load), and then uses every core this process may run on;
