@@ -14,6 +14,11 @@ Last, the same players against `playworld play` started in a process of its own 
 it; trained runs only). Default model: the shipped CoinRun world, in the dtype `playworld play` picks
 (--precision); --preset gives random weights of a preset (speed only). Also printed: fp32 against
 that dtype stepped alternately, and a session's snapshot size and undo time.
+
+    .venv/bin/python benchmarks/play.py --contention [--load 1] [--rounds 4] [--seconds 2]
+
+measures only one session's frames/s quiet and beside --load busy processes, for torch threads 1 and 2
+and OpenMP wait policies, as loaded/quiet ratios (benchmarks/contention.py; docs/play.md).
 """
 
 from __future__ import annotations
@@ -36,12 +41,13 @@ from playworld.play.config import PlayConfig
 from playworld.play.scheduler import StepScheduler
 from playworld.play.server import PlayServer
 from playworld.precision import PRECISIONS, cast_for_play, resolve_precision
+from playworld.threads import resolve_threads, usable_cores
 from playworld.world import World, WorldConfig
 
 
 def models(args: argparse.Namespace):
     if args.preset is None:
-        from playworld.play.prompts import resolve_run
+        from playworld.api import resolve_run
 
         args.run = str(resolve_run(args.run))
     if args.run:
@@ -149,16 +155,29 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)")
     p.add_argument("--steps", type=int, default=PlayConfig.steps, help="MaskGIT steps per frame (default: %(default)s)")
     p.add_argument("--context", type=int, default=16, help="context frames (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0 = playworld's default, playworld.threads: all cores but one)")
     p.add_argument("--precision", default=PlayConfig.precision, choices=PRECISIONS,
                    help="dtype of the dynamics model and decoder (default: %(default)s, as `playworld play`)")
     p.add_argument("--key-rate", type=float, default=25.0,
                    help="keys per second of the paced player, a held key (default: %(default)s)")
     p.add_argument("--no-process", action="store_true",
                    help="skip the measurement against `playworld play` in its own process (runs only)")
+    p.add_argument("--contention", action="store_true",
+                   help="only measure one session quiet and beside --load busy processes, for torch threads 1 "
+                   "and 2 and OpenMP wait policies (benchmarks/contention.py)")
+    p.add_argument("--load", type=int, default=1, help="--contention: busy processes (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=2, help="--contention: quiet/loaded rounds (default: %(default)s)")
     args = p.parse_args()
+    if args.contention:
+        from contention import run_contention  # benchmarks/contention.py
+
+        model = ["--preset", args.preset] if args.preset else (["--run", args.run] if args.run else [])
+        run_contention([*model, "--steps", str(args.steps), "--context", str(args.context),
+                        "--precision", args.precision], args.load, args.seconds, args.rounds)
+        return
     # all torch work on the scheduler's one worker thread, as `playworld play` does (see StepScheduler.call)
-    scheduler = StepScheduler(PlayConfig.window_ms, torch_threads=args.threads if args.threads > 0 else None)
+    scheduler = StepScheduler(PlayConfig.window_ms, torch_threads=resolve_threads(args.threads, usable_cores()))
     mods = scheduler.call(models, args)
     dtype = scheduler.call(resolve_precision, args.precision)
     fp32 = scheduler.call(models, args) if dtype != torch.float32 else mods  # the baseline, its own copy

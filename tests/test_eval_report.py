@@ -166,8 +166,8 @@ def test_cli_evaluates_a_saved_run_and_compares_two(sprite, tmp_path, capsys):
     assert (tmp_path / "cmp.md").read_text() in printed
     assert main(["eval", str(run), "--data", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
-    assert main(["eval", str(run)]) == 2
-    assert "needs RUN and --data" in capsys.readouterr().err
+    assert main(["eval", str(run)]) == 2  # no --data, and nothing says where its held-out episodes are
+    assert "pass --data DIR" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),

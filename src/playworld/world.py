@@ -104,16 +104,22 @@ class World:
 
     @classmethod
     def load(cls, run_dir: str | Path | None = None, config: WorldConfig | None = None,
-             device: str | torch.device = "cpu", precision: str = "fp32") -> World:
+             device: str | torch.device = "cpu", precision: str = "fp32", threads: int | None = None) -> World:
         """Load ``run_dir/{tokenizer,lam,dynamics}/`` (each ``model.safetensors`` + ``config.json``,
         the layout `playworld train` writes; read by :func:`playworld.api.load`); without ``run_dir``, the
         CoinRun world shipped with the package (:data:`playworld.api.DEFAULT_RUN`). ``precision``:
-        "fp32", "bf16" or "auto" for the dynamics model and decoder (:mod:`playworld.precision`)."""
+        "fp32", "bf16" or "auto" for the dynamics model and decoder (:mod:`playworld.precision`).
+        ``threads``: torch's CPU threads for this process, set here: None, playworld's default (all cores but
+        one, or ``OMP_NUM_THREADS``; :mod:`playworld.threads`, so a step holds up beside other work); N, N;
+        0, torch's setting left as it is."""
         from playworld.api import load, resolve_run
         from playworld.precision import cast_for_play, resolve_precision
+        from playworld.threads import set_threads
 
         run_dir = resolve_run(run_dir)
         dtype = resolve_precision(precision, device)
+        if threads != 0:
+            set_threads(threads)
 
         run = load(run_dir, device)
         run.require("tokenizer", "lam", "dynamics")

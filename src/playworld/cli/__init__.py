@@ -47,6 +47,9 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from playworld.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # before build_parser: the commands' modules load torch, whose OpenMP reads it once
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

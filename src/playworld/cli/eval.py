@@ -1,4 +1,4 @@
-"""`playworld eval RUN --data DIR`: metrics.json + report.html for a trained world (docs/eval.md);
+"""`playworld eval [RUN] [--data DIR]`: metrics.json + report.html for a trained world (docs/eval.md);
 `playworld eval --compare A B ...`: the headline figures of several evaluations side by side."""
 
 from __future__ import annotations
@@ -14,13 +14,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "eval", help="evaluate a trained world (metrics.json, report.html) or compare evaluations",
-        description="Evaluate:  playworld eval RUN --data DIR [--split test] [--episodes 64] [--out RUN/eval]\n"
+        description="Evaluate:  playworld eval [RUN] [--data DIR] [--split test] [--episodes 64] [--out RUN/eval]\n"
         "Compare:   playworld eval --compare RUN_A RUN_B ... [--out compare.md]\n\n"
-        "Every figure is measured on held-out episodes with fixed seeds and carries a 95% bootstrap interval.",
+        "Every figure is measured on held-out episodes with fixed seeds and carries a 95% bootstrap interval.\n"
+        "Without RUN: the world shipped in src/playworld/assets/coinrun/ (output: ./eval/coinrun). Without --data:\n"
+        "the run's training data if it is here (its test split), else, for a Procgen world, 16 real-game\n"
+        "episodes on held-out levels, collected once into ~/.cache/playworld/heldout/ and reused.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", nargs="?", help="run directory with tokenizer/, lam/ and dynamics/")
-    p.add_argument("--data", help="dataset directory (its recorded actions are used here only)")
-    p.add_argument("--out", help="output directory (default: RUN/eval); with --compare: the markdown table file")
+    p.add_argument("run", nargs="?", help="run directory with tokenizer/, lam/ and dynamics/ (default: shipped world)")
+    p.add_argument("--data", help="dataset directory (its recorded actions are used here only; default: the run's "
+                   "training data if here, else held-out Procgen episodes collected into a cache, docs/eval.md)")
+    p.add_argument("--out", help="output directory (default: RUN/eval, ./eval/coinrun for the shipped world); "
+                   "with --compare: the markdown table file")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="compare the evaluations of these runs (or of "
                    "their eval directories / metrics.json files) instead of evaluating")
     p.add_argument("--device", default="cpu", help="torch device for the models (default: %(default)s)")
@@ -36,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
         if args.run or args.data:
             raise ConfigError("give either RUN --data DIR (evaluate) or --compare RUN_A RUN_B ..., not both")
         return _compare(args)
-    if not args.run or not args.data:
-        raise ConfigError("playworld eval needs RUN and --data DIR (or --compare RUN_A RUN_B ...)")
     return _evaluate(args)
 
 
@@ -57,12 +60,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from playworld.api import DEFAULT_RUN, resolve_run
     from playworld.cli.threads import apply_threads
     from playworld.config import dataclass_from_args
     from playworld.data.loader import ClipDataset
     from playworld.errors import DatasetError
     from playworld.eval.config import EvalConfig
     from playworld.eval.evaluate import evaluate
+    from playworld.eval.heldout import collect_heldout, plan_heldout
     from playworld.eval.report import render_report
     from playworld.eval.schema import validate
     from playworld.io import atomic_write_text
@@ -72,10 +77,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(EvalConfig, args)
     apply_threads(args.threads)
-    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    shipped = args.run is None
+    args.run = str(resolve_run(args.run))
+    if args.data is None:
+        args.data = str(collect_heldout(plan_heldout(args.run)))
+    # the shipped world lives inside the installed package: its evaluation goes to the working directory
+    out = Path(args.out) if args.out else (Path("eval") / DEFAULT_RUN.name if shipped else Path(args.run) / "eval")
     sampling = SamplingConfig(steps=cfg.maskgit_steps, temperature=cfg.temperature,
                               copy_penalty=cfg.copy_penalty)
-    world = World.load(args.run, WorldConfig(sampling=sampling), device=args.device, precision=cfg.precision)
+    world = World.load(args.run, WorldConfig(sampling=sampling), device=args.device, precision=cfg.precision,
+                       threads=args.threads)
     clips = ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split)
     lam_cfg = world.lam.config
     want = (lam_cfg.height, lam_cfg.width, lam_cfg.channels)

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from playworld.api import load, resolve_run, run_prompts
+    from playworld.cli.threads import command_threads
     from playworld.config import dataclass_from_args
     from playworld.play.config import PlayConfig
     from playworld.play.scheduler import StepScheduler
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     config = dataclass_from_args(PlayConfig, args)
     run_dir = resolve_run(args.run)
     # every torch op of the server runs on the scheduler's worker thread, loading included (see StepScheduler.call)
-    scheduler = StepScheduler(config.window_ms, torch_threads=args.threads if args.threads > 0 else None,
+    scheduler = StepScheduler(config.window_ms, torch_threads=command_threads(args.threads),
                                defer_commit=config.defer_commit)
     loaded = scheduler.call(load, run_dir, args.device)
     loaded.require("tokenizer", "lam", "dynamics")

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         args.prompt = str(shipped)
     world = World.load(run_dir, WorldConfig(sampling=SamplingConfig(
         steps=args.steps, temperature=args.temperature, copy_penalty=args.copy_penalty)),
-                       precision=args.precision)
+                       precision=args.precision, threads=args.threads)
     actions = parse_action_string(args.actions, world.num_actions, load_action_names(run_dir, world.num_actions))
     prompt_path, size = Path(args.prompt), world_frame_size(world)
     if prompt_path.is_dir():
