@@ -61,6 +61,10 @@ class DataConfig:
     num_workers: int = field(0, help="loader worker processes per training process")
     split: str = field("train", help="split to train on")
     val_split: str = field("val", help="split for periodic validation ('' disables)")
+    precompute: bool = field(True, help="dynamics: tokenize and label every episode of the train and val splits "
+                             "once with the frozen tokenizer and LAM (cached in RUN/token_cache, reused while "
+                             "they and the dataset are unchanged) instead of on every batch; false encodes each "
+                             "clip on the fly (other kinds ignore it)")
 
     def __post_init__(self) -> None:
         if self.clip_len < 2:
