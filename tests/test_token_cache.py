@@ -12,6 +12,7 @@ import torch
 from playworld.data.loader import ClipLoader
 from playworld.models.base import to_unit
 from playworld.models.dynamics import DynamicsTrainer
+from playworld.models.tokenizer import VideoTokenizer
 from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig, Trainer
 from tiny_world import tiny_models
 
@@ -31,8 +32,10 @@ def long_episodes(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("tc") / "long", episodes=4, length=11, seed=2)
 
 
-def _trainer() -> DynamicsTrainer:
+def _trainer(enc_depth: int = 1) -> DynamicsTrainer:
     tok, lam, dyn = tiny_models()
+    if enc_depth != 1:
+        tok = VideoTokenizer(dataclasses.replace(tok.config, enc_depth=enc_depth))
     return DynamicsTrainer(dyn.config, tokenizer=tok, lam=lam)
 
 
@@ -40,8 +43,10 @@ def _loader(data: Path, batch: int = 2, seed: int = 5) -> ClipLoader:
     return ClipLoader(data, clip_len=CLIP, batch_size=batch, seed=seed)
 
 
-def test_cached_batches_equal_on_the_fly_encoding_when_the_window_covers_the_episode(one_clip_episodes, tmp_path):
-    model = _trainer()
+@pytest.mark.parametrize("enc_depth", [1, 3])
+def test_cached_batches_equal_on_the_fly_encoding_when_the_window_covers_the_episode(one_clip_episodes, tmp_path,
+                                                                                     enc_depth):
+    model = _trainer(enc_depth)
     cached = iter(model.cached_loader(_loader(one_clip_episodes), tmp_path / "tc", progress=False))
     pixels = iter(_loader(one_clip_episodes))
     for _ in range(10):  # 2.5 epochs: every clip, in the same order
@@ -54,9 +59,10 @@ def test_cached_batches_equal_on_the_fly_encoding_when_the_window_covers_the_epi
 
 def test_each_clips_last_frame_sees_the_same_past_as_per_clip_encoding(long_episodes, tmp_path):
     """With longer episodes the cache's frames see up to clip_len-1 frames of past, per-clip ones only the
-    clip's: the last frame of each clip and the LAM's transitions from w-2 on agree exactly, and clips
-    that start an episode agree everywhere."""
+    clip's: with a one-layer encoder the last frame of each clip agrees exactly, so do the LAM's
+    transitions from w-2 on, and clips that start an episode agree everywhere."""
     model = _trainer()
+    assert model.tokenizer.config.enc_depth == 1  # deeper encoders see further back through the layers
     w = model.lam.config.infer_window
     loader = _loader(long_episodes, batch=1)
     cached = model.cached_loader(loader, tmp_path / "tc", progress=False)

@@ -8,16 +8,19 @@ actions with exactly the clip sampling, seeds and resume position of the pixel
 :class:`~playworld.data.loader.ClipLoader` it wraps.
 
 **How cached tokens relate to per-clip encoding.** Both frozen models are causal in time. On the fly,
-a clip starting at episode frame s is encoded on its own, so its frame s+j sees the j frames before it
-in the clip. The cache encodes whole episodes with a sliding window of ``window`` frames (the
-dynamics clip length; :meth:`VideoTokenizer.encode_step` with a bounded KV cache), so episode frame t
-sees frames max(0, t-window+1)..t: the *last* frame of every clip sees exactly the past it sees on
-the fly, earlier frames see more (up to window-1 frames, as the last one does), and clips that start
-at frame 0 of an episode (in particular episodes no longer than a clip) get identical tokens. The LAM
-reads transition t -> t+1 from the frames max(0, t+2-w)..t+1 (``infer_window`` w) in both cases, so
-actions agree from the (w-1)-th transition of a clip on; the first w-2 of a clip read a shorter window
-on the fly. Every frame thus sees the same amount of past, which is also what a frame deep in a long
-play session sees. Measured on CoinRun clips with the shipped models: see docs/training.md.
+a clip starting at episode frame s is encoded on its own, so its frame s+j sees only the j frames
+before it in the clip. The cache encodes whole episodes with a sliding window of ``window`` frames
+(the dynamics clip length): :meth:`VideoTokenizer.encode_step` with a KV cache of that many frames,
+as play encodes and decodes, so in every encoder layer episode frame t attends to frames
+max(0, t-window+1)..t, and through L layers frames up to L*(window-1) back reach it. Clips that start
+at frame 0 of an episode (so every clip of an episode no longer than a clip) get exactly the tokens
+of on-the-fly encoding, and with a one-layer encoder so does the last frame of every clip; elsewhere
+a frame sees more past than it would on the fly, and the same amount wherever it sits in a clip, as a
+frame deep in a play session does. The LAM reads transition t -> t+1 from exactly the frames
+max(0, t+2-w)..t+1 (``infer_window`` w) in both cases (each window encoded on its own, as
+``infer_actions`` does), so actions agree from the (w-1)-th transition of a clip on; the first w-2 of
+a clip read a shorter window on the fly. Measured on CoinRun clips with the shipped models: see
+docs/training.md.
 
 Layout: ``RUN/token_cache/SPLIT.safetensors`` (``tokens`` (F, h, w) int16/int32 over the F frames of
 the split's episodes in order, ``actions`` (F,) int16 with the action t -> t+1 at frame t and -1 at an
@@ -118,8 +121,9 @@ def encode_episode_batch(video: torch.Tensor, tokenizer: nn.Module, lam: nn.Modu
                          chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """video (B, L, H, W, C) in [0, 1] -> tokens (B, L, h, w) long, actions (B, L-1) long.
 
-    Frame t is tokenized from frames max(0, t-window+1)..t (``encode_step`` with a ``window``-frame KV
-    cache, ``chunk`` frames at a time: any chunk gives the same tokens up to floating-point order);
+    Frame t attends to frames max(0, t-window+1)..t in each encoder layer (``encode_step`` with a
+    ``window``-frame KV cache, ``chunk`` frames at a time: any chunk gives the same tokens up to
+    floating-point order);
     transition t -> t+1 is labelled by the LAM from frames max(0, t+2-w)..t+1 as ``infer_actions`` does.
     Both models are causal, so rows padded at the end (e.g. with their last frame) are exact before
     the padding.
