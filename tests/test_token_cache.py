@@ -173,3 +173,30 @@ def test_cached_and_on_the_fly_training_give_the_same_losses(one_clip_episodes, 
     live = _fit(dataclasses.replace(_run_cfg(one_clip_episodes, precompute=False, steps=4)), tmp_path / "live")
     assert cached.losses == live.losses
     assert (tmp_path / "cached" / "token_cache").is_dir() and not (tmp_path / "live" / "token_cache").exists()
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: str, run: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    result = _fit(_run_cfg(Path(data), steps=2, ckpt_every=2), Path(run))
+    assert result.step == 2
+    from playworld.train.distributed import shutdown_distributed
+
+    shutdown_distributed()
+
+
+def test_under_ddp_rank_0_builds_the_cache_and_the_others_read_it(long_episodes, tmp_path, capfd):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(long_episodes), str(tmp_path / "ddp")), nprocs=2)
+    err = capfd.readouterr().err
+    assert err.count("encoding the train split") == 1  # built once, by rank 0; rank 1 found it valid
+    assert (tmp_path / "ddp" / "token_cache" / "train.json").is_file()
