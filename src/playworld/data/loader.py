@@ -204,6 +204,16 @@ class ClipLoader:
                               "per epoch; did the dataset, split, clip_len, batch size or world size change?)")
         self._epoch, self._batch = epoch, batch
 
+    def index_batches(self) -> Iterator[list[int]]:
+        """Clip indices of this rank's batches forever, from :meth:`state_dict`'s position on; the position
+        advances as each is yielded (for loaders that serve something other than pixels of these clips)."""
+        epoch, batch = self._epoch, self._batch
+        while True:
+            indices = self.batch_indices(epoch, batch)
+            epoch, batch = self._next(epoch, batch)
+            self._epoch, self._batch = epoch, batch
+            yield indices
+
     def __iter__(self) -> Iterator[torch.Tensor]:
         """Yields (B, T, H, W, C) uint8 batches forever, starting at :meth:`state_dict`'s position."""
         epoch, batch = self._epoch, self._batch

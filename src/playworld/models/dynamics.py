@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,10 @@ from playworld.config import field
 from playworld.errors import ConfigError
 from playworld.models.base import LossOutput
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
+
+if TYPE_CHECKING:
+    from playworld.data.loader import ClipLoader
+    from playworld.data.token_cache import TokenCache, TokenClipLoader
 
 
 @dataclass
@@ -223,13 +229,17 @@ class DynamicsTrainer(nn.Module):
     or weight-decay (jafar applied decay to frozen sub-models; this wrapper makes that impossible).
     """
 
-    def __init__(self, config: DynamicsConfig, *, tokenizer: nn.Module, lam: nn.Module) -> None:
+    def __init__(self, config: DynamicsConfig, *, tokenizer: nn.Module, lam: nn.Module,
+                 weights_sha256: dict[str, str] | None = None) -> None:
         super().__init__()
         check_compatible(config, tokenizer, lam)
         self.config = config
         self.tokenizer = freeze(tokenizer)
         self.lam = freeze(lam)
         self.dynamics = DynamicsModel(config)
+        # sha256 of the frozen models' release weights ("tokenizer", "lam"): what a token cache is keyed by
+        self.weights_sha256 = dict(weights_sha256 or {})
+        self._token_caches: dict[tuple[str, str | None], TokenCache] = {}  # (cache dir, split) -> its cache
 
     @property
     def trainable_module(self) -> DynamicsModel:
@@ -249,9 +259,32 @@ class DynamicsTrainer(nn.Module):
         actions = self.lam.infer_actions(video)  # type: ignore[operator]
         return tokens, actions
 
-    def compute_loss(self, video: Tensor) -> LossOutput:
-        tokens, actions = self.tokens_and_actions(video)
+    def compute_loss(self, batch: Tensor | tuple[Tensor, Tensor]) -> LossOutput:
+        """batch: video (B, T, H, W, C) in [0, 1], or a
+        :class:`~playworld.data.token_cache.TokenBatch` (tokens (B, T, S), actions (B, T-1)) from the cache."""
+        if isinstance(batch, Tensor):
+            tokens, actions = self.tokens_and_actions(batch)
+        else:
+            tokens, actions = batch
         return self.dynamics.compute_loss_tokens(tokens, actions)
+
+    def cached_loader(self, loader: ClipLoader, directory: Path, *, progress: bool = True) -> TokenClipLoader:
+        """``loader`` (a pixel :class:`~playworld.data.loader.ClipLoader`) as a
+        :class:`~playworld.data.token_cache.TokenClipLoader` over the tokens and actions of its split,
+        encoded once into ``directory`` (reused while the frozen models and the dataset are unchanged)."""
+        from playworld.data.token_cache import TokenClipLoader, cache_keys, load_or_build, model_identity
+
+        split = loader.clips.split
+        key = (str(directory), split)
+        if key not in self._token_caches:
+            window = loader.clips.clip_len
+            keys = cache_keys(tokenizer=model_identity(self.tokenizer, self.weights_sha256.get("tokenizer")),
+                              lam=model_identity(self.lam, self.weights_sha256.get("lam")),
+                              dataset_root=loader.clips.dataset.root, split=split, window=window)
+            device = next(self.dynamics.parameters()).device
+            self._token_caches[key] = load_or_build(Path(directory), loader, self.tokenizer, self.lam, keys=keys,
+                                                    window=window, device=device, progress=progress)
+        return TokenClipLoader(loader, self._token_caches[key])
 
 
 def check_compatible(config: DynamicsConfig, tokenizer: nn.Module, lam: nn.Module) -> None:

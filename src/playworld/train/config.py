@@ -63,6 +63,12 @@ class DataConfig:
     num_workers: int = field(0, help="loader worker processes per training process")
     split: str = field("train", help="split to train on")
     val_split: str = field("val", help="split for periodic validation ('' disables)")
+    precompute: bool = field(False, help="dynamics: tokenize and label every episode of the train and val splits "
+                             "once with the frozen tokenizer and LAM (cached in RUN/token_cache, reused while "
+                             "they and the dataset are unchanged) instead of on every batch: each step costs "
+                             "0.75x, the build about what one small-preset run saves (docs/training.md), so it "
+                             "pays off for long, repeated or resumed runs; off: each clip is encoded on the fly "
+                             "(other kinds ignore it)")
 
     def __post_init__(self) -> None:
         if self.clip_len < 2:

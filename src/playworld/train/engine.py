@@ -75,7 +75,7 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, video: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model.compute_loss(video)
         return out.loss, out.metrics
 
@@ -300,8 +300,24 @@ class Trainer:
         d = self.cfg.data
         if not d.path:
             raise DatasetError("data.path is empty: pass --data DIR")
-        return ClipLoader(d.path, clip_len=d.clip_len, batch_size=d.batch_size, split=split, seed=seed,
-                          rank=self.dist.rank, world_size=self.dist.world_size, num_workers=d.num_workers)
+        loader = ClipLoader(d.path, clip_len=d.clip_len, batch_size=d.batch_size, split=split, seed=seed,
+                            rank=self.dist.rank, world_size=self.dist.world_size, num_workers=d.num_workers)
+        cached = getattr(self.model, "cached_loader", None)  # the dynamics trainer's token cache
+        if not (d.precompute and callable(cached)):
+            return loader
+        if self.dist.enabled and not self.dist.is_main:
+            torch.distributed.barrier()  # rank 0 builds (or checks) the cache first
+        loader = cached(loader, self.run_dir / "token_cache", progress=self.progress)
+        if self.dist.enabled and self.dist.is_main:
+            torch.distributed.barrier()
+        return loader
+
+    def _inputs(self, batch: Any) -> Any:
+        """A loader's batch on the device: uint8 pixels (B, T, H, W, C) -> float in [0, 1]; anything else
+        (a token batch) is moved as it is."""
+        if isinstance(batch, torch.Tensor):
+            return to_unit(batch.to(self.device, non_blocking=True))
+        return batch.to(self.device, non_blocking=True)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, loader: Any) -> Path | None:
@@ -384,6 +400,10 @@ class Trainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         loader = self._loader(cfg.data.split, cfg.train.seed)
+        if cfg.data.precompute and cfg.data.val_split and cfg.train.val_every and \
+                callable(getattr(self.model, "cached_loader", None)):
+            with contextlib.suppress(DatasetError):  # encode the val split now too, not at the first validation
+                self._loader(cfg.data.val_split, seed=1234)
         if resume:
             self._resume(loader)
         result = TrainResult(step=self.step, run_dir=self.run_dir)
@@ -394,7 +414,7 @@ class Trainer:
         bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not self.progress,
                    desc=f"train {cfg.kind}", dynamic_ncols=True, smoothing=0.05,
                    mininterval=0.1 if sys.stderr.isatty() else 60.0)  # a log file gets a line a minute
-        batches: Iterator[torch.Tensor] = iter(loader)
+        batches: Iterator[Any] = iter(loader)
         ran = 0
         window_t, window_clips = time.perf_counter(), 0
         tokens_per_clip = cfg.data.clip_len * int(getattr(self.release, "tokens_per_frame", 0) or 0)
@@ -436,7 +456,7 @@ class Trainer:
         result.step = self.step
         return result
 
-    def _train_step(self, batches: Iterator[torch.Tensor]) -> dict[str, float]:
+    def _train_step(self, batches: Iterator[Any]) -> dict[str, float]:
         cfg = self.cfg
         lr = lr_at(self.step, lr=cfg.optim.lr, warmup=cfg.optim.warmup_steps, total=cfg.train.steps,
                    min_ratio=cfg.optim.min_lr_ratio)
@@ -446,7 +466,7 @@ class Trainer:
         totals: dict[str, float] = {}
         accum = cfg.train.grad_accum
         for micro in range(accum):
-            video = to_unit(next(batches).to(self.device, non_blocking=True))
+            video = self._inputs(next(batches))
             sync = contextlib.nullcontext()
             if self.sharding is not None:
                 self.sharding.gradient_sync(micro == accum - 1)
@@ -518,7 +538,7 @@ class Trainer:
         stats: HeldOutStats | None = None
         it = iter(loader)
         for _ in range(cfg.train.val_batches):
-            video = to_unit(next(it).to(self.device))
+            video = self._inputs(next(it))
             first = video if first is None else first
             with self._autocast():
                 out = self.model.compute_loss(video)
@@ -537,7 +557,7 @@ class Trainer:
                 self.logger.warning(self.step, warning, prefix="val")
                 tqdm.write(f"warning: {cfg.kind} step {self.step}: {warning}", file=sys.stderr)
         self.logger.log(self.step, totals, prefix="val")
-        if self.dist.is_main and first is not None:
+        if self.dist.is_main and isinstance(first, torch.Tensor):  # pixels (a token-cache batch has none)
             with self._autocast():
                 sheet = self.spec.samples(self.model, first[:4])  # labelled: playworld.train.samples
             if sheet is not None:

@@ -65,7 +65,12 @@ def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
                                   f"top of its final weights: re-run its `playworld train` command to finish it first")
     tok = load_model(Path(run_cfg.deps["tokenizer"]), device)
     lam = load_model(Path(run_cfg.deps["lam"]), device)
-    return DynamicsTrainer(run_cfg.model, tokenizer=tok, lam=lam)
+    sha = {}  # what a token cache is keyed by: the frozen weights, as each release's config.json records them
+    for dep in ("tokenizer", "lam"):
+        record = read_checkpoint_config(Path(run_cfg.deps[dep])).get("files", {}).get("model.safetensors", {})
+        if isinstance(record, dict) and isinstance(record.get("sha256"), str):
+            sha[dep] = record["sha256"]
+    return DynamicsTrainer(run_cfg.model, tokenizer=tok, lam=lam, weights_sha256=sha)
 
 
 SPECS: dict[str, ModelSpec] = {
