@@ -9,7 +9,7 @@ frames, or from ``reset(options={"prompt": frame})``. A world has no reward of i
 once this module is imported (Genie, arXiv 2402.15391, sec. 3.3: agents trained inside the world).
 ``precision="auto"`` steps the world in bf16 where this machine multiplies bf16 faster
 (:mod:`playworld.precision`); the default is fp32. Frames are sampled at `playworld play`'s setting
-(:func:`playworld.maskgit.play_sampling`, 1 greedy MaskGIT step) unless ``world_config`` says otherwise.
+(:func:`playworld.maskgit.play_sampling`, 1 greedy MaskGIT step, copy penalty 2) unless ``world_config`` says otherwise.
 ``sb3_vec_env`` gives the batched world as a Stable-Baselines3 ``VecEnv`` (:mod:`playworld.sb3`).
 """
 

@@ -41,7 +41,8 @@ class WorldConfig:
     context_frames: int = field(16, help="frames the dynamics model attends to (its KV cache window)")
     decoder_context: int = field(16, help="frames the tokenizer's decoder attends to when decoding a frame")
     sampling: SamplingConfig = field(default_factory=play_sampling,
-                                     help="MaskGIT decoding of each new frame (default: play's, 1 greedy step)")
+                                     help="MaskGIT decoding of each new frame (default: play's, 1 greedy step, "
+                                     "copy penalty 2)")
 
     def __post_init__(self) -> None:
         if self.context_frames < 1:
