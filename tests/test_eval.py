@@ -15,6 +15,7 @@ from playworld.eval.config import EvalConfig
 from playworld.eval.evaluate import evaluate
 from playworld.eval.schema import validate
 from playworld.eval.stats import PSNR_CAP
+from playworld.maskgit import PLAY_COPY_PENALTY
 from sprite_oracle import OracleWorld
 
 from helpers import make_dataset
@@ -121,7 +122,7 @@ def test_metrics_validate_and_the_validator_names_what_is_wrong(oracle_metrics):
         validate(bad, "run/metrics.json")
     # a key added to v2 later (the copy penalty of the sampling setting): files without it still read,
     # and when present it is checked
-    assert m["speed"]["copy_penalty"] == 0.0
+    assert m["speed"]["copy_penalty"] == PLAY_COPY_PENALTY  # eval defaults to play's setting
     older = copy.deepcopy(m)
     del older["speed"]["copy_penalty"]
     validate(older)
