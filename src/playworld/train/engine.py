@@ -31,13 +31,8 @@ from playworld.config import ConfigError
 from playworld.errors import CheckpointError, DatasetError, TrainingError
 from playworld.io import read_json
 from playworld.models.base import HeldOutStats, to_unit
-from playworld.train.checkpoint import (
-    CheckpointManager,
-    load_into,
-    read_checkpoint_config,
-    read_release,
-    save_release,
-)
+from playworld.release import load_into, read_checkpoint_config, read_release, save_release
+from playworld.train.checkpoint import CheckpointManager
 from playworld.train.config import RunConfig, TrainPrecision
 from playworld.train.distributed import (
     DistInfo,

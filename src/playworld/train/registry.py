@@ -53,7 +53,7 @@ class ModelSpec:
 def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
     from playworld.errors import CheckpointError
     from playworld.models.dynamics import DynamicsTrainer
-    from playworld.train.checkpoint import load_model, read_checkpoint_config, unfinished
+    from playworld.release import load_model, read_checkpoint_config, unfinished
 
     for dep in ("tokenizer", "lam"):
         if dep not in run_cfg.deps:
