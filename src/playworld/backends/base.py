@@ -22,10 +22,11 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-from playworld.maskgit import RowGenerators
-
 Caches = Sequence[Any]
 """One backend cache per world of a batched call, in row order."""
+
+RowGenerators = Sequence[tuple["torch.Generator | None", int]]
+"""(generator, rows) per world of a batched call, in row order: each world's own seeded generator."""
 
 
 class BackendCache(Protocol):

@@ -9,9 +9,9 @@ from typing import Any
 from einops import rearrange
 from torch import Tensor, nn
 
-from playworld.backends.base import Caches, DynamicsBackend
+from playworld.backends.base import Caches, DynamicsBackend, RowGenerators
 from playworld.errors import CheckpointError
-from playworld.maskgit import RowGenerators, SamplingConfig, maskgit_decode
+from playworld.maskgit import SamplingConfig, maskgit_decode
 from playworld.models.dynamics import DynamicsModel, check_compatible
 from playworld.nn.blocks import TemporalKVCache
 
