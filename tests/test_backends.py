@@ -7,19 +7,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor
 
 from playworld.backends import BACKENDS, DynamicsBackend, make_backend
 from playworld.backends.maskgit import MaskGITBackend
+from playworld.cli import main
 from playworld.config import to_dict
+from playworld.env import make_env
 from playworld.errors import ConfigError
 from playworld.maskgit import play_sampling
 from playworld.models.dynamics import DynamicsConfig, DynamicsModel
 from playworld.release import save_release
 from playworld.world import World, WorldConfig
-from tiny_world import tiny_models
+from tiny_world import decode_video, tiny_models
 
 
 @dataclass
@@ -156,10 +160,26 @@ def test_deferred_commits_and_snapshots_work_through_the_interface(copy_last):
     assert later.cache_frames() == (3, 3)
 
 
-def test_a_run_whose_config_names_the_backend_loads_and_plays_with_it(copy_last, tmp_path):
+def test_a_run_whose_config_names_the_backend_plays_in_the_env_and_rollouts_unchanged(copy_last, tmp_path):
+    run = tmp_path / "run"
     for kind, model in zip(("tokenizer", "lam", "dynamics"), copy_last):
-        save_release(tmp_path / kind, model.state_dict(), {"kind": kind, "model": to_dict(model.config)})
-    w = World.load(tmp_path, WorldConfig(sampling=play_sampling()), threads=0)
+        save_release(run / kind, model.state_dict(), {"kind": kind, "model": to_dict(model.config)})
+    w = World.load(run, WorldConfig(sampling=play_sampling()), threads=0)
     assert isinstance(w.backend, CopyLast)
     w.reset(_frames(1), seed=0)
     assert w.step(2).shape == (1, 16, 16, 3)
+
+    prompts = _frames(3).numpy()
+    env = make_env(run, num_envs=2, prompts=prompts)
+    assert isinstance(env.world.backend, CopyLast)
+    obs, _ = env.reset(seed=3)
+    again, _ = make_env(run, num_envs=2, prompts=prompts).reset(seed=3)
+    assert obs.shape == (2, 16, 16, 3) and np.array_equal(obs, again)
+    assert env.step(np.array([1, 2]))[0].shape == (2, 16, 16, 3)
+
+    picture = tmp_path / "start.png"
+    Image.fromarray(prompts[0]).save(picture)
+    out = tmp_path / "roll.gif"
+    assert main(["rollout", str(run), "--image", str(picture), "--actions", "1,2,3", "--out", str(out),
+                 "--scale", "1"]) == 0
+    assert decode_video(out).shape == (4, 16, 16, 3)
