@@ -60,14 +60,29 @@ class DeclaresNoWeightDecay(Protocol):
     def no_weight_decay(self) -> set[str]: ...
 
 
+@runtime_checkable
+class KeepsFP32(Protocol):
+    """A module some of whose parameters stay fp32 when a model trains with bf16 weights: ``keep_fp32``
+    holds their name prefixes, relative to the module (read by :mod:`playworld.train.mixed`)."""
+
+    keep_fp32: tuple[str, ...]
+
+
+@runtime_checkable
+class WritesInForward(Protocol):
+    """A module whose forward writes some of its weights outside the optimizer (restarts, EMA codebooks):
+    ``written_in_forward`` holds their name prefixes, relative to the module (read by
+    :mod:`playworld.train.fsdp`, which keeps them replicated)."""
+
+    written_in_forward: tuple[str, ...]
+
+
 class TrainableModel(nn.Module, ABC):
     """What a model gives the training engine: the one abstract method is :meth:`compute_loss`; every
     other hook has its default here.
 
-    Sub-modules (of any type) may also declare, as class attributes: ``keep_fp32`` (name prefixes kept in
-    fp32 under bf16 weights, :mod:`playworld.train.mixed`), ``written_in_forward`` (weights a forward
-    writes outside the optimizer, :mod:`playworld.train.fsdp`) and ``no_weight_decay()``
-    (:class:`DeclaresNoWeightDecay`).
+    Sub-modules (of any type) may also declare :class:`KeepsFP32`, :class:`WritesInForward` and
+    :class:`DeclaresNoWeightDecay`.
     """
 
     config: Any
