@@ -160,12 +160,17 @@ def test_deferred_commits_and_snapshots_work_through_the_interface(copy_last):
     assert later.cache_frames() == (3, 3)
 
 
-def test_a_run_whose_config_names_the_backend_plays_in_the_env_and_rollouts_unchanged(copy_last, tmp_path):
+def test_a_run_whose_config_names_the_backend_plays_in_the_env_and_rollouts_unchanged(copy_last, tmp_path,
+                                                                                      monkeypatch):
     run = tmp_path / "run"
     for kind, model in zip(("tokenizer", "lam", "dynamics"), copy_last):
         save_release(run / kind, model.state_dict(), {"kind": kind, "model": to_dict(model.config)})
     w = World.load(run, WorldConfig(sampling=play_sampling()), threads=0)
     assert isinstance(w.backend, CopyLast)
+    with monkeypatch.context() as m:  # a backend this install does not know: the error names the run
+        m.delitem(BACKENDS, CopyLast.name)
+        with pytest.raises(ConfigError, match=rf"{run / 'dynamics'}: unknown dynamics backend 'copy-last'"):
+            World.load(run, threads=0)
     w.reset(_frames(1), seed=0)
     assert w.step(2).shape == (1, 16, 16, 3)
 

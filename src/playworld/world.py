@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from playworld.backends import DynamicsBackend, make_backend
 from playworld.config import field
-from playworld.errors import ConfigError
+from playworld.errors import CheckpointError, ConfigError
 from playworld.maskgit import SamplingConfig, play_sampling
 from playworld.models.base import to_uint8, to_unit
 
@@ -128,7 +128,10 @@ class World:
         run.require("tokenizer", "lam", "dynamics")
         assert run.tokenizer is not None and run.lam is not None and run.dynamics is not None
         cast_for_play(run.tokenizer, run.dynamics, dtype)
-        return cls(run.tokenizer, run.lam, run.dynamics, config)
+        try:
+            return cls(run.tokenizer, run.lam, run.dynamics, config)
+        except (CheckpointError, ConfigError) as e:  # a backend that cannot play these models: name the run
+            raise type(e)(f"{run_dir / 'dynamics'}: {e}") from e
 
     @property
     def dtype(self) -> torch.dtype:
