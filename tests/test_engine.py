@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from playworld.errors import CheckpointError, TrainingError
-from playworld.models.base import LossOutput
+from playworld.models.base import LossOutput, TrainableModel
 from playworld.models.dynamics import DynamicsModel
 from playworld.nn.vq import VectorQuantizer
 from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig, Trainer
@@ -33,7 +33,7 @@ class ToyConfig:
     nan_at_call: int = -1
 
 
-class ToyModel(nn.Module):
+class ToyModel(TrainableModel):
     """Predicts frame t+1 from frame t through a small MLP on 8x8-pooled pixels (with dropout, so
     that resume must restore the RNG to match)."""
 
@@ -411,3 +411,18 @@ def test_a_config_field_added_after_a_run_started_resumes_at_its_default():
     diffs = config_differences(saved, changed.to_dict(), config_defaults(changed))
     assert len(diffs) == 1 and diffs[0].startswith("model.context_noise: checkpoint 0.0 vs now 0.1")
     assert config_differences(saved, cfg.to_dict())  # without the defaults the missing key is a difference
+
+
+def test_the_engine_trains_only_models_that_declare_its_interface(tmp_path):
+    class Bare(nn.Module):  # a compute_loss alone is not enough: the hooks' defaults come from TrainableModel
+        def __init__(self) -> None:
+            super().__init__()
+            self.config, self.lin = ToyConfig(), nn.Linear(2, 2)
+
+        def compute_loss(self, video: torch.Tensor) -> LossOutput:
+            return LossOutput(self.lin.weight.sum())
+
+    with pytest.raises(TrainingError, match=r"Bare cannot be trained: .*TrainableModel"):
+        Trainer(_cfg(tmp_path / "data"), tmp_path / "run", model=Bare(), progress=False)
+    toy = ToyModel(ToyConfig())
+    assert toy.trainable_module is toy and toy.held_out_stats(torch.zeros(1)) is None and not toy.caches_tokens

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from playworld.config import ConfigError
-from playworld.models.base import LossOutput
+from playworld.models.base import LossOutput, TrainableModel
 from playworld.models.lam import LAMConfig, LatentActionModel
 from playworld.models.tokenizer import TokenizerConfig
 from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig, Trainer
@@ -33,7 +33,7 @@ class BlocksConfig:
     depth: int = 2
 
 
-class BlocksModel(nn.Module):
+class BlocksModel(TrainableModel):
     """Predicts pooled frame t+1 from frame t through a stack of residual MLP blocks in an nn.ModuleList
     (each block its own FSDP unit), with a frozen layer and a buffer that forward updates."""
 

@@ -157,3 +157,28 @@ def test_init_from_checks_the_weights_it_starts_from(run, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"tokenizer/model\.safetensors: sha256"):
         Trainer(cfg, tmp_path / "b", progress=False)
+
+
+ENGINE_MODULES = ("playworld.train.engine", "playworld.train.checkpoint", "playworld.train.distributed",
+                  "playworld.train.fsdp", "playworld.train.logger", "playworld.train.mixed")
+
+
+def test_loading_a_world_does_not_import_the_training_engine(run):
+    """`playworld.world`, `playworld.api` and a World.load of a run read release weights beside the models
+    (playworld.release), never through the engine (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, playworld.api, playworld.world\n"
+            f"w = playworld.world.World.load({str(run)!r}, threads=0)\n"
+            "assert w.dynamics is not None and playworld.api.load(" + repr(str(run / 'lam')) + ").lam is not None\n"
+            f"print(sorted(m for m in {ENGINE_MODULES!r} if m in sys.modules))\n")
+    src = str(Path(playworld.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"loading imported engine modules: {out.stdout.strip()}"
+    # the old names still work from the engine's module (re-exported)
+    from playworld.train import checkpoint
+
+    assert checkpoint.load_model is load_model

@@ -88,7 +88,7 @@ def test_cached_step_equals_a_full_recompute_of_the_history():
             expected = dyn(ref_in, ref_actions)[:, -1].argmax(-1)  # greedy, one step: argmax of all
         tokens = torch.cat([tokens, expected[:, None]], 1)
         frame_actions = ref_actions
-    h, w_ = w.grid
+    h, w_ = w.backend.grid
     with torch.no_grad():  # the decoded frame too equals decoding the whole token history
         full = tok.decode(tokens.view(*tokens.shape[:2], h, w_))[:, -1]
     last = w.step(1)  # advance once more; compare the previous frame through a fresh world instead

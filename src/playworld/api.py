@@ -65,7 +65,7 @@ def _is_model_dir(path: Path) -> bool:
 
 def load(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """Load every trained model in ``run`` (eval mode, on ``device``)."""
-    from playworld.train.checkpoint import load_model, read_checkpoint_config
+    from playworld.release import load_model, read_checkpoint_config
     from playworld.train.config import RunConfig
 
     path = Path(run)

@@ -107,7 +107,7 @@ def _match_dependencies(cfg):
     import dataclasses
     from pathlib import Path
 
-    from playworld.train.checkpoint import read_checkpoint_config
+    from playworld.release import read_checkpoint_config
     from playworld.train.config import RunConfig
 
     found = {}

@@ -2,16 +2,18 @@
 
 ``World.reset(prompt)`` tokenizes the prompt frames, infers the latent actions between them with the
 LAM, and fills two bounded temporal KV caches: the dynamics model's and the tokenizer decoder's.
-``World.step(actions)`` then decodes the next frame's tokens with MaskGIT against the cached past
-(:mod:`playworld.maskgit`), commits them to the dynamics cache, and decodes only that frame to pixels
-with the tokenizer's cached decoder. The commit may be deferred (``step_many(..., defer_commit=True)``):
+``World.step(actions)`` then makes the next frame's latents against the cached past with the dynamics
+run's backend (:mod:`playworld.backends`; MaskGIT's tokens by default, :mod:`playworld.maskgit`),
+commits them to the dynamics cache, and decodes only that frame to pixels with the tokenizer's cached
+decoder. The commit may be deferred (``step_many(..., defer_commit=True)``):
 the frame is returned first and its keys/values are written by :meth:`World.commit_many`, which a
 server runs while the frame travels to the player, or by the next step. Both caches keep the last
 ``context_frames`` frames, so the cost of a step and the memory held do not grow with how long one has
 played. Many worlds step together (batch B), and a seed fixes every sampled token. ``snapshot`` and
 ``restore`` copy a world's whole state (undo without replaying from the start).
 
-Shapes: B worlds, T0 prompt frames, H x W x C pixels (uint8 at this API), h x w token grid.
+Shapes: B worlds, T0 prompt frames, H x W x C pixels (uint8 at this API), (B, *L) one frame's latents
+(MaskGIT: (B, S) token ids).
 """
 
 from __future__ import annotations
@@ -23,15 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
+from playworld.backends import DynamicsBackend, make_backend
 from playworld.config import field
 from playworld.errors import CheckpointError, ConfigError
-from playworld.maskgit import SamplingConfig, maskgit_decode, play_sampling
+from playworld.maskgit import SamplingConfig, play_sampling
 from playworld.models.base import to_uint8, to_unit
-from playworld.models.dynamics import DynamicsModel, check_compatible
-from playworld.nn.blocks import TemporalKVCache
 
 
 @dataclass
@@ -54,12 +54,12 @@ class WorldConfig:
 @dataclass
 class WorldState:
     """A copy of everything a world's next frames depend on (:meth:`World.snapshot`): both caches,
-    the last frame's tokens and the random generator's state. Restoring it and taking the same
+    the last frame's latents and the random generator's state. Restoring it and taking the same
     actions gives the same frames, bit for bit."""
 
-    cache: TemporalKVCache
+    cache: Any  # the backend's cache
     decoder_cache: Any
-    last_tokens: Tensor  # (B, S)
+    last: Tensor  # (B, *L): the last frame's latents
     generator: Tensor  # torch.Generator.get_state()
     batch_size: int
     frames_played: int
@@ -68,7 +68,7 @@ class WorldState:
     @property
     def nbytes(self) -> int:
         """Memory held by the copy (almost all of it the two caches' rings)."""
-        return (self.cache.nbytes + self.decoder_cache.nbytes + self.last_tokens.numel() * 8
+        return (self.cache.nbytes + self.decoder_cache.nbytes + self.last.numel() * self.last.element_size()
                 + self.generator.numel())
 
 
@@ -76,27 +76,30 @@ class World:
     """A batch of playable worlds: ``reset(prompt, seed=)`` then ``step(actions)`` -> frames.
 
     tokenizer: a :class:`~playworld.models.tokenizer.VideoTokenizer` (``encode``, ``new_cache``,
-    ``decode_step``); lam: a :class:`~playworld.models.lam.LatentActionModel`; dynamics: a
-    :class:`~playworld.models.dynamics.DynamicsModel`. All three are put in eval mode.
+    ``decode_step``); lam: a :class:`~playworld.models.lam.LatentActionModel`; dynamics: the dynamics
+    model, played through the backend its config names (:func:`playworld.backends.make_backend`; a
+    :class:`~playworld.models.dynamics.DynamicsModel` plays with MaskGIT) unless ``backend`` is given.
+    All three are put in eval mode.
     """
 
-    def __init__(self, tokenizer: nn.Module, lam: nn.Module, dynamics: DynamicsModel,
-                 config: WorldConfig | None = None) -> None:
-        check_compatible(dynamics.config, tokenizer, lam)
+    def __init__(self, tokenizer: nn.Module, lam: nn.Module, dynamics: nn.Module,
+                 config: WorldConfig | None = None, backend: DynamicsBackend | None = None) -> None:
+        self.backend = backend if backend is not None else make_backend(dynamics, tokenizer, lam)
+        if self.backend.dynamics is not dynamics or self.backend.tokenizer is not tokenizer:
+            raise ValueError("the backend given to World must wrap the world's own dynamics model and tokenizer")
         self.tokenizer, self.lam, self.dynamics = tokenizer.eval(), lam.eval(), dynamics.eval()
         self.config = config or WorldConfig()
         self.device = next(dynamics.parameters()).device
-        self.grid: tuple[int, int] = (dynamics.config.token_height, dynamics.config.token_width)
-        self._cache: TemporalKVCache | None = None
+        self._cache: Any = None  # the backend's cache of the past
         self._decoder_cache: Any = None
-        self._last_tokens: Tensor | None = None  # (B, S)
-        self._pending: tuple[Tensor, Tensor, Tensor] | None = None  # a frame not yet committed: tokens, actions, prev
+        self._last: Tensor | None = None  # (B, *L): the frame the next one follows
+        self._pending: tuple[Tensor, Tensor, Tensor] | None = None  # a frame not yet committed: latents, actions, prev
         self._generator = torch.Generator(device=self.device)
         self.batch_size = 0
         self.frames_played = 0
 
     @classmethod
-    def from_models(cls, tokenizer: nn.Module, lam: nn.Module, dynamics: DynamicsModel,
+    def from_models(cls, tokenizer: nn.Module, lam: nn.Module, dynamics: nn.Module,
                     config: WorldConfig | None = None, device: str | torch.device | None = None) -> World:
         """Build a world from models in memory, moved to ``device`` (default: where dynamics is)."""
         if device is not None:
@@ -124,11 +127,12 @@ class World:
 
         run = load(run_dir, device)
         run.require("tokenizer", "lam", "dynamics")
-        if not isinstance(run.dynamics, DynamicsModel):
-            raise CheckpointError(f"{run_dir}/dynamics: expected a DynamicsModel, got {type(run.dynamics).__name__}")
-        assert run.tokenizer is not None and run.lam is not None
+        assert run.tokenizer is not None and run.lam is not None and run.dynamics is not None
         cast_for_play(run.tokenizer, run.dynamics, dtype)
-        return cls(run.tokenizer, run.lam, run.dynamics, config)
+        try:
+            return cls(run.tokenizer, run.lam, run.dynamics, config)
+        except (CheckpointError, ConfigError) as e:  # a backend that cannot play these models: name the run
+            raise type(e)(f"{run_dir / 'dynamics'}: {e}") from e
 
     @property
     def dtype(self) -> torch.dtype:
@@ -137,7 +141,7 @@ class World:
 
     @property
     def num_actions(self) -> int:
-        return self.dynamics.config.num_actions
+        return self.backend.num_actions
 
     def _prompt(self, prompt: Tensor, batch_size: int | None) -> Tensor:
         """uint8 (H, W, C) | (T0, H, W, C) | (B, T0, H, W, C) -> (B, T0', H, W, C), last frames kept."""
@@ -161,18 +165,15 @@ class World:
         (through the tokenizer), uint8 (B, H, W, C). ``seed`` fixes every later sampled frame."""
         video = to_unit(self._prompt(prompt, batch_size))  # (B, T0, H, W, C) in [0, 1]
         b, t0 = video.shape[:2]
-        indices = self.tokenizer.encode(video).indices  # type: ignore[operator]  # (B, T0, h, w)
-        if tuple(indices.shape[2:]) != self.grid:
-            raise ValueError(f"tokenizer grid {tuple(indices.shape[2:])} != dynamics grid {self.grid}")
+        latents = self.backend.encode(video)  # (B, T0, *L)
         actions = (self.lam.infer_actions(video) if t0 > 1  # type: ignore[operator]
                    else video.new_zeros(b, 0, dtype=torch.long))  # (B, T0-1)
-        self._cache = self.dynamics.new_cache(self.config.context_frames)
+        self._cache = self.backend.new_cache(self.config.context_frames)
         self._pending = None
-        tokens = rearrange(indices, "b t h w -> b t (h w)")
-        self.dynamics.commit(tokens, self.dynamics.frame_actions(actions), self._cache)
-        self._last_tokens = tokens[:, -1]  # (B, S): the frame the next one follows
+        self.backend.commit(latents, self.backend.frame_actions(actions), self._cache, None)
+        self._last = latents[:, -1]  # (B, *L): the frame the next one follows
         self._decoder_cache = self.tokenizer.new_cache(self.config.decoder_context)  # type: ignore[operator]
-        frames = self.tokenizer.decode_step(indices, self._decoder_cache)  # type: ignore[operator]
+        frames = self.backend.decode(latents, self._decoder_cache)  # (B, T0, H, W, C)
         self._generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
         self.batch_size, self.frames_played = b, 0
         return to_uint8(frames[:, -1])
@@ -180,10 +181,10 @@ class World:
     @torch.inference_mode()
     def snapshot(self) -> WorldState:
         """Copy the world's state (a deferred commit is written first); see :meth:`restore`."""
-        if self._cache is None or self._last_tokens is None:
+        if self._cache is None or self._last is None:
             raise RuntimeError("call World.reset(prompt) before snapshot()")
         World.commit_many([self])
-        return WorldState(self._cache.clone(), self._decoder_cache.clone(), self._last_tokens.clone(),
+        return WorldState(self._cache.clone(), self._decoder_cache.clone(), self._last.clone(),
                           self._generator.get_state(), self.batch_size, self.frames_played, self.dynamics)
 
     @torch.inference_mode()
@@ -192,7 +193,7 @@ class World:
         if state.dynamics is not self.dynamics:
             raise ValueError("this snapshot was taken from a world of another dynamics model")
         self._cache, self._decoder_cache = state.cache.clone(), state.decoder_cache.clone()
-        self._last_tokens, self._pending = state.last_tokens.clone(), None
+        self._last, self._pending = state.last.clone(), None
         self._generator.set_state(state.generator)
         self.batch_size, self.frames_played = state.batch_size, state.frames_played
 
@@ -227,8 +228,8 @@ class World:
             return 0
         if any(w.dynamics is not todo[0].dynamics for w in todo):
             raise ValueError("worlds committed together must share their dynamics model")
-        tokens, frame_actions, prev = (torch.cat(parts) for parts in zip(*(w._pending for w in todo)))  # type: ignore[misc]
-        todo[0].dynamics.commit(tokens[:, None], frame_actions, [w._cache for w in todo], prev=prev)  # type: ignore[misc]
+        latents, frame_actions, prev = (torch.cat(parts) for parts in zip(*(w._pending for w in todo)))  # type: ignore[misc]
+        todo[0].backend.commit(latents[:, None], frame_actions, [w._cache for w in todo], prev)
         for w in todo:
             w._pending = None
         return len(todo)
@@ -256,35 +257,27 @@ class World:
         for w in worlds:
             if w._cache is None:
                 raise RuntimeError("call World.reset(prompt) before step()")
-            if (w.dynamics, w.tokenizer) != (first.dynamics, first.tokenizer) or \
-                    w.config.sampling != first.config.sampling:
+            if (w.dynamics, w.tokenizer, type(w.backend)) != (first.dynamics, first.tokenizer, type(first.backend)) \
+                    or w.config.sampling != first.config.sampling:
                 raise ValueError("worlds stepped together must share their models and sampling settings")
         if len({id(w) for w in worlds}) != len(worlds):
             raise ValueError("a world can take only one step at a time (it appears twice)")
         frame_actions = torch.cat([w._actions(a) for w, a in zip(worlds, actions)])[:, None]  # (B, 1)
         World.commit_many(worlds)
-        prev = torch.cat([w._last_tokens for w in worlds])  # type: ignore[misc]  # (B, S)
+        prev = torch.cat([w._last for w in worlds])  # type: ignore[misc]  # (B, *L)
         caches = [w._cache for w in worlds]
         groups = [(w._generator, w.batch_size) for w in worlds]
-        dynamics = first.dynamics
-
-        def logits_fn(tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, V)
-            return dynamics(tokens[:, None], frame_actions, cache=caches, commit=False, prev=prev)[:, 0].float()
-
-        tokens = maskgit_decode(logits_fn, prev.shape[0], dynamics.config.num_tokens, dynamics.mask_id,
-                                first.config.sampling, groups, first.device, prev=prev)  # (B, S)
+        backend = first.backend
+        latents = backend.sample(frame_actions, caches, prev, first.config.sampling, groups)  # (B, *L)
         if not defer_commit:
-            dynamics.commit(tokens[:, None], frame_actions, caches, prev=prev)  # type: ignore[arg-type]
-        h, w = first.grid
-        indices = rearrange(tokens, "b (h w) -> b 1 h w", h=h, w=w)
-        frames = first.tokenizer.decode_step(  # type: ignore[operator]
-            indices, [x._decoder_cache for x in worlds])[:, 0]
+            backend.commit(latents[:, None], frame_actions, caches, prev)
+        frames = backend.decode(latents[:, None], [x._decoder_cache for x in worlds])[:, 0]  # (B, H, W, C)
         out, start = [], 0
         for x in worlds:
             stop = start + x.batch_size
             if defer_commit:
-                x._pending = (tokens[start:stop], frame_actions[start:stop], prev[start:stop])
-            x._last_tokens = tokens[start:stop]
+                x._pending = (latents[start:stop], frame_actions[start:stop], prev[start:stop])
+            x._last = latents[start:stop]
             x.frames_played += 1
             out.append(to_uint8(frames[start:stop]))
             start = stop

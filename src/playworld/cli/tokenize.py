@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from playworld.cli.threads import apply_threads
     from playworld.errors import ConfigError
     from playworld.models.base import psnr_from_mse, to_uint8, to_unit
-    from playworld.train.checkpoint import load_tensors, save_tensors
+    from playworld.release import load_tensors, save_tensors
     from playworld.video import read_video, write_video
 
     apply_threads(args.threads)

@@ -109,7 +109,7 @@ def model_identity(model: nn.Module, weights_sha256: str | None) -> dict[str, st
 def cache_keys(*, tokenizer: dict[str, str], lam: dict[str, str], dataset_root: Path, split: str | None,
                window: int) -> dict[str, Any]:
     """The manifest keys a cache is valid for; a cache whose keys differ is rebuilt."""
-    from playworld.train.checkpoint import sha256_file
+    from playworld.release import sha256_file
 
     return {"format": FORMAT, "version": VERSION, "tokenizer": tokenizer, "lam": lam,
             "dataset_manifest_sha256": sha256_file(Path(dataset_root) / "manifest.json"),
@@ -187,7 +187,7 @@ def build_cache(loader: ClipLoader, tokenizer: nn.Module, lam: nn.Module, *, win
 def _read(directory: Path, split: str, keys: dict[str, Any]) -> tuple[TokenCache | None, str]:
     """The cache of ``split`` if it is valid for ``keys``, else (None, why not) ("" if there is none)."""
     from playworld.io import read_json
-    from playworld.train.checkpoint import load_tensors, sha256_file
+    from playworld.release import load_tensors, sha256_file
 
     manifest_path, path = directory / f"{split}.json", directory / f"{split}.safetensors"
     if not manifest_path.exists():
@@ -236,7 +236,7 @@ def load_or_build(directory: Path, loader: ClipLoader, tokenizer: nn.Module, lam
     say(f"token cache: {why}; rebuilding" if why else
         f"token cache: encoding the {split} split once with the frozen tokenizer and LAM -> {directory}")
     cache = build_cache(loader, tokenizer, lam, window=window, device=device, progress=progress)
-    from playworld.train.checkpoint import file_record, save_tensors
+    from playworld.release import file_record, save_tensors
 
     path = directory / f"{split}.safetensors"
     save_tensors(path, cache.tensors())

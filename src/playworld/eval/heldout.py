@@ -76,7 +76,7 @@ def held_out_levels(rule: SplitRule, count: int, start: int = 0) -> tuple[int, .
 
 def _training_data(run_dir: Path) -> tuple[str | None, Path | None]:
     """The training data path the run's config.json records, and that path if it holds a dataset here."""
-    from playworld.train.checkpoint import read_checkpoint_config
+    from playworld.release import read_checkpoint_config
 
     for part in ("dynamics", "lam", "tokenizer", "."):
         if (run_dir / part / "config.json").is_file():

@@ -1,16 +1,20 @@
 """What every trainable playworld model gives the training engine.
 
-A model is an ``nn.Module`` with a ``config`` dataclass and ``compute_loss(video)``; the engine
-(`playworld.train`) owns the loop, so models differ only in their loss (STYLE.md, habit 6).
+A model the engine trains subclasses :class:`TrainableModel`: an ``nn.Module`` with a ``config``
+dataclass and ``compute_loss(batch)``, plus optional hooks whose defaults live on the base class, so the
+engine (`playworld.train`) calls them rather than probing for them; it owns the loop, so models differ
+only in their loss (STYLE.md, habit 6).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass
@@ -45,6 +49,73 @@ class HeldOutStats(Protocol):
     def warning(self) -> str | None:
         """A problem worth telling the user during training (logged and printed), or None."""
         ...
+
+
+@runtime_checkable
+class DeclaresNoWeightDecay(Protocol):
+    """A module (any sub-module of a model) whose bare parameters (tables, codebooks, tokens, kernels) are
+    not to be weight-decayed: ``no_weight_decay()`` names them, without the module's prefix (timm's
+    convention; read by :func:`playworld.train.engine.param_groups`)."""
+
+    def no_weight_decay(self) -> set[str]: ...
+
+
+@runtime_checkable
+class KeepsFP32(Protocol):
+    """A module some of whose parameters stay fp32 when a model trains with bf16 weights: ``keep_fp32``
+    holds their name prefixes, relative to the module (read by :mod:`playworld.train.mixed`)."""
+
+    keep_fp32: tuple[str, ...]
+
+
+@runtime_checkable
+class WritesInForward(Protocol):
+    """A module whose forward writes some of its weights outside the optimizer (restarts, EMA codebooks):
+    ``written_in_forward`` holds their name prefixes, relative to the module (read by
+    :mod:`playworld.train.fsdp`, which keeps them replicated)."""
+
+    written_in_forward: tuple[str, ...]
+
+
+class TrainableModel(nn.Module, ABC):
+    """What a model gives the training engine: the one abstract method is :meth:`compute_loss`; every
+    other hook has its default here.
+
+    Sub-modules (of any type) may also declare :class:`KeepsFP32`, :class:`WritesInForward` and
+    :class:`DeclaresNoWeightDecay`.
+    """
+
+    config: Any
+    keep_fp32: ClassVar[tuple[str, ...]] = ()
+    tokens_per_frame: int = 0
+    """Tokens one frame of this model's input makes (logged as tokens/s when > 0)."""
+    caches_tokens: ClassVar[bool] = False
+    """Whether :meth:`cached_loader` can serve pre-encoded batches (``data.precompute``)."""
+    ddp_find_unused: ClassVar[bool] = False
+    """Whether DDP must look for parameters a step leaves unused (``find_unused_parameters``)."""
+
+    @abstractmethod
+    def compute_loss(self, batch: Any) -> LossOutput:
+        """batch: video (B, T, H, W, C) float in [0, 1] (or what :meth:`cached_loader` yields) -> LossOutput."""
+
+    def held_out_stats(self, video: Tensor) -> HeldOutStats | None:
+        """Figures pooled over validation batches (:class:`HeldOutStats`), or None (the default: none)."""
+        return None
+
+    @property
+    def trainable_module(self) -> nn.Module:
+        """The part whose weights are optimised and released (default: the whole model; a wrapper around
+        frozen sub-models returns the model it trains)."""
+        return self
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of this module's own bare parameters not to decay (see :class:`DeclaresNoWeightDecay`)."""
+        return set()
+
+    def cached_loader(self, loader: Any, directory: Path, *, progress: bool = True) -> Any:
+        """A loader of pre-encoded batches over ``loader``'s split, cached in ``directory``; only when
+        :attr:`caches_tokens`."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no token cache (caches_tokens is False)")
 
 
 def to_unit(video_u8: Tensor) -> Tensor:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import ConfigError
-from playworld.models.base import LossOutput
+from playworld.models.base import LossOutput, TrainableModel
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 
 if TYPE_CHECKING:
@@ -71,6 +71,8 @@ class DynamicsConfig:
                                  "from its own errors in long rollouts (GameNGen, DIAMOND; Jasmine's "
                                  "corrupt_context_factor 0.1); targets stay clean")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
+    backend: str = field("maskgit", help="how a world makes the next frame with this model at play time "
+                         "(playworld.backends; runs written before this field play with maskgit)")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_actions", "token_height", "token_width", "dim", "depth", "heads"):
@@ -86,6 +88,8 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ConfigError(f"dynamics.context_noise must be in [0, 1), got {self.context_noise}")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise ConfigError(f"dynamics.backend must name a backend (e.g. 'maskgit'), got {self.backend!r}")
 
     @property
     def num_tokens(self) -> int:
@@ -220,7 +224,7 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-class DynamicsTrainer(nn.Module):
+class DynamicsTrainer(TrainableModel):
     """Trains a :class:`DynamicsModel` from pixels with a frozen tokenizer and a frozen LAM.
 
     ``compute_loss(video (B, T, H, W, C) in [0, 1])`` tokenizes and infers latent actions under
@@ -228,6 +232,8 @@ class DynamicsTrainer(nn.Module):
     calls ``train()``, and ``trainable_module`` (the dynamics model) is all the engine should optimise
     or weight-decay (jafar applied decay to frozen sub-models; this wrapper makes that impossible).
     """
+
+    caches_tokens = True  # cached_loader: tokens and actions encoded once (data.precompute)
 
     def __init__(self, config: DynamicsConfig, *, tokenizer: nn.Module, lam: nn.Module,
                  weights_sha256: dict[str, str] | None = None) -> None:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import ConfigError, TrainingError
-from playworld.models.base import LossOutput, psnr_from_mse
+from playworld.models.base import LossOutput, TrainableModel, psnr_from_mse
 from playworld.nn.blocks import STTransformer, init_weights
 from playworld.nn.quantize import code_counts, usage_and_perplexity
 
@@ -236,7 +236,7 @@ class ActionUsage:
                 "(nearly) the same frame for every key; train longer, or see docs/models.md")
 
 
-class LatentActionModel(nn.Module):
+class LatentActionModel(TrainableModel):
     """``compute_loss(video (B, T, H, W, C) in [0, 1]) -> LossOutput``;
     ``infer_actions(video) -> (B, T-1)`` long in [0, num_actions);
     ``predict(video, actions) -> (B, T-1, H, W, C)``: x_2..x_T predicted from the past and the actions."""

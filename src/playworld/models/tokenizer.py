@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import ConfigError
-from playworld.models.base import LossOutput, psnr_from_mse
+from playworld.models.base import LossOutput, TrainableModel, psnr_from_mse
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 from playworld.nn.convstem import ConvHead, ConvStem
 from playworld.nn.fsq import FSQ
@@ -133,7 +133,7 @@ class TokenizerCache:
         return self.encoder.nbytes + self.decoder.nbytes
 
 
-class VideoTokenizer(nn.Module):
+class VideoTokenizer(TrainableModel):
     """ST-ViViT VQ-VAE over (B, T, H, W, C) videos in [0, 1]; causal in time.
 
     encode(video) -> TokenizerEncoding; decode(indices) -> video; compute_loss(video) -> LossOutput.

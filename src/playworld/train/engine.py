@@ -30,14 +30,9 @@ from tqdm.auto import tqdm
 from playworld.config import ConfigError
 from playworld.errors import CheckpointError, DatasetError, TrainingError
 from playworld.io import read_json
-from playworld.models.base import HeldOutStats, to_unit
-from playworld.train.checkpoint import (
-    CheckpointManager,
-    load_into,
-    read_checkpoint_config,
-    read_release,
-    save_release,
-)
+from playworld.models.base import DeclaresNoWeightDecay, HeldOutStats, TrainableModel, to_unit
+from playworld.release import load_into, read_checkpoint_config, read_release, save_release
+from playworld.train.checkpoint import CheckpointManager
 from playworld.train.config import RunConfig, TrainPrecision
 from playworld.train.distributed import (
     DistInfo,
@@ -114,7 +109,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     group_of: dict[int, tuple[str, str]] = {}  # id(parameter) -> (group, first name)
     for module_name, module in model.named_modules():
         own = dict(module.named_parameters(recurse=False))
-        declared = set(module.no_weight_decay()) if callable(getattr(module, "no_weight_decay", None)) else set()
+        declared = set(module.no_weight_decay()) if isinstance(module, DeclaresNoWeightDecay) else set()
         if declared - set(own):
             raise TrainingError(
                 f"{type(module).__name__}.no_weight_decay() at {module_name or 'the model root'!r} names "
@@ -212,7 +207,11 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.train.seed)  # identical init on every rank
         np.random.seed(cfg.train.seed % (2**32))
-        self.model = (model if model is not None else self.spec.build_trainable(cfg, self.device)).to(self.device)
+        model = model if model is not None else self.spec.build_trainable(cfg, self.device)
+        if not isinstance(model, TrainableModel):
+            raise TrainingError(f"{type(model).__name__} cannot be trained: a model for the engine subclasses "
+                                "playworld.models.base.TrainableModel (compute_loss, and the hooks it defaults)")
+        self.model: TrainableModel = model.to(self.device)
         self.release = self.spec.release_module(self.model)
         if cfg.train.init_from:
             self._init_from(Path(cfg.train.init_from))
@@ -252,7 +251,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DDP(module, device_ids=ids,
-                         find_unused_parameters=bool(getattr(self.model, "ddp_find_unused", False)))
+                         find_unused_parameters=self.model.ddp_find_unused)
         if self.cfg.train.compile:
             module = torch.compile(module)  # type: ignore[assignment]
         return module
@@ -302,12 +301,11 @@ class Trainer:
             raise DatasetError("data.path is empty: pass --data DIR")
         loader = ClipLoader(d.path, clip_len=d.clip_len, batch_size=d.batch_size, split=split, seed=seed,
                             rank=self.dist.rank, world_size=self.dist.world_size, num_workers=d.num_workers)
-        cached = getattr(self.model, "cached_loader", None)  # the dynamics trainer's token cache
-        if not (d.precompute and callable(cached)):
+        if not (d.precompute and self.model.caches_tokens):  # the dynamics trainer's token cache
             return loader
         if self.dist.enabled and not self.dist.is_main:
             torch.distributed.barrier()  # rank 0 builds (or checks) the cache first
-        loader = cached(loader, self.run_dir / "token_cache", progress=self.progress)
+        loader = self.model.cached_loader(loader, self.run_dir / "token_cache", progress=self.progress)
         if self.dist.enabled and self.dist.is_main:
             torch.distributed.barrier()
         return loader
@@ -400,8 +398,7 @@ class Trainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         loader = self._loader(cfg.data.split, cfg.train.seed)
-        if cfg.data.precompute and cfg.data.val_split and cfg.train.val_every and \
-                callable(getattr(self.model, "cached_loader", None)):
+        if cfg.data.precompute and cfg.data.val_split and cfg.train.val_every and self.model.caches_tokens:
             with contextlib.suppress(DatasetError):  # encode the val split now too, not at the first validation
                 self._loader(cfg.data.val_split, seed=1234)
         if resume:
@@ -417,7 +414,7 @@ class Trainer:
         batches: Iterator[Any] = iter(loader)
         ran = 0
         window_t, window_clips = time.perf_counter(), 0
-        tokens_per_clip = cfg.data.clip_len * int(getattr(self.release, "tokens_per_frame", 0) or 0)
+        tokens_per_clip = cfg.data.clip_len * int(self.model.tokens_per_frame)
         try:
             self.model.train()
             while self.step < cfg.train.steps:
@@ -534,7 +531,6 @@ class Trainer:
         cfg = self.cfg
         totals: dict[str, float] = {}
         first = None
-        held_out_stats = getattr(self.model, "held_out_stats", None)  # see playworld.models.base.HeldOutStats
         stats: HeldOutStats | None = None
         it = iter(loader)
         for _ in range(cfg.train.val_batches):
@@ -542,8 +538,8 @@ class Trainer:
             first = video if first is None else first
             with self._autocast():
                 out = self.model.compute_loss(video)
-                if callable(held_out_stats):
-                    part = held_out_stats(video)
+                part = self.model.held_out_stats(video)  # see playworld.models.base.HeldOutStats
+                if part is not None:
                     stats = part if stats is None else stats + part
             totals["loss"] = totals.get("loss", 0.0) + float(out.loss) / cfg.train.val_batches
             for k, v in out.metrics.items():

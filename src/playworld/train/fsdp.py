@@ -46,6 +46,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from playworld.models.base import WritesInForward
+
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _LOAD = StateDictOptions(full_state_dict=True)
 
@@ -55,7 +57,7 @@ def written_in_forward(module: nn.Module) -> list[nn.Parameter]:
     ``written_in_forward`` name prefixes, relative to itself), each once."""
     found: dict[int, nn.Parameter] = {}
     for sub in module.modules():
-        prefixes = tuple(getattr(sub, "written_in_forward", ()))
+        prefixes = tuple(sub.written_in_forward) if isinstance(sub, WritesInForward) else ()
         if not prefixes:
             continue
         for pname, p in sub.named_parameters():

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from playworld.models.base import KeepsFP32
 from playworld.precision import cpu_bf16_speedup
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
@@ -53,7 +54,7 @@ def keep_fp32_names(module: nn.Module) -> set[str]:
     keep: set[str] = set()
     for mname, sub in module.named_modules():
         base = f"{mname}." if mname else ""
-        prefixes = tuple(base + p for p in getattr(sub, "keep_fp32", ()))
+        prefixes = tuple(base + p for p in sub.keep_fp32) if isinstance(sub, KeepsFP32) else ()
         for pname, _ in sub.named_parameters(recurse=not isinstance(sub, _NORMS)):
             full = base + pname
             if isinstance(sub, _NORMS) or (prefixes and full.startswith(prefixes)):

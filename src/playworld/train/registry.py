@@ -7,11 +7,14 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from playworld.errors import ConfigError
+
+if TYPE_CHECKING:
+    from playworld.models.base import TrainableModel
 
 
 def _attr(path: str) -> Any:
@@ -45,15 +48,15 @@ class ModelSpec:
         return self.build_release(run_cfg.model)
 
     @staticmethod
-    def release_module(trainable: nn.Module) -> nn.Module:
-        """The part of a trainable module whose weights are released (the wrapped model, if any)."""
-        return getattr(trainable, "trainable_module", trainable)
+    def release_module(trainable: TrainableModel) -> nn.Module:
+        """The part of a trainable model whose weights are released (the wrapped model, if any)."""
+        return trainable.trainable_module
 
 
 def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
     from playworld.errors import CheckpointError
     from playworld.models.dynamics import DynamicsTrainer
-    from playworld.train.checkpoint import load_model, read_checkpoint_config, unfinished
+    from playworld.release import load_model, read_checkpoint_config, unfinished
 
     for dep in ("tokenizer", "lam"):
         if dep not in run_cfg.deps:

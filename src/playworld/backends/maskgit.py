@@ -1,0 +1,64 @@
+"""MaskGIT as a dynamics backend: the next frame's tokens by iterative masked decoding
+(:func:`playworld.maskgit.maskgit_decode`) with a :class:`~playworld.models.dynamics.DynamicsModel`
+against its temporal KV cache (Genie, arXiv 2402.15391, sec. 2.3). Latents are token ids (B, S)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from playworld.backends.base import Caches, DynamicsBackend, RowGenerators
+from playworld.errors import CheckpointError
+from playworld.maskgit import SamplingConfig, maskgit_decode
+from playworld.models.dynamics import DynamicsModel, check_compatible
+from playworld.nn.blocks import TemporalKVCache
+
+
+class MaskGITBackend(DynamicsBackend):
+    name = "maskgit"
+
+    def __init__(self, dynamics: nn.Module, tokenizer: nn.Module, lam: nn.Module) -> None:
+        if not isinstance(dynamics, DynamicsModel):
+            raise CheckpointError(f"the maskgit backend needs a DynamicsModel, got {type(dynamics).__name__}")
+        check_compatible(dynamics.config, tokenizer, lam)
+        super().__init__(dynamics, tokenizer, lam)
+        self.model: DynamicsModel = dynamics
+        self.grid = (dynamics.config.token_height, dynamics.config.token_width)
+
+    @property
+    def num_actions(self) -> int:
+        return self.model.config.num_actions
+
+    def frame_actions(self, actions: Tensor) -> Tensor:
+        return self.model.frame_actions(actions)
+
+    def encode(self, video: Tensor) -> Tensor:
+        indices = self.tokenizer.encode(video).indices  # type: ignore[operator]  # (B, T, h, w)
+        if tuple(indices.shape[2:]) != self.grid:
+            raise ValueError(f"tokenizer grid {tuple(indices.shape[2:])} != dynamics grid {self.grid}")
+        return rearrange(indices, "b t h w -> b t (h w)")
+
+    def decode(self, latents: Tensor, decoder_caches: Any) -> Tensor:
+        h, w = self.grid
+        indices = rearrange(latents, "b t (h w) -> b t h w", h=h, w=w)
+        return self.tokenizer.decode_step(indices, decoder_caches)  # type: ignore[operator]
+
+    def new_cache(self, max_frames: int) -> TemporalKVCache:
+        return self.model.new_cache(max_frames)
+
+    def commit(self, latents: Tensor, frame_actions: Tensor, caches: Any, prev: Tensor | None) -> None:
+        self.model.commit(latents, frame_actions, caches, prev=prev)
+
+    def sample(self, frame_actions: Tensor, caches: Caches, prev: Tensor, sampling: Any,
+               generators: RowGenerators) -> Tensor:
+        if not isinstance(sampling, SamplingConfig):
+            raise TypeError(f"the maskgit backend samples with a SamplingConfig, got {type(sampling).__name__}")
+        model = self.model
+
+        def logits_fn(tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, V)
+            return model(tokens[:, None], frame_actions, cache=caches, commit=False, prev=prev)[:, 0].float()
+
+        return maskgit_decode(logits_fn, prev.shape[0], model.config.num_tokens, model.mask_id, sampling,
+                              generators, prev.device, prev=prev)  # (B, S)
