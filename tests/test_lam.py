@@ -89,6 +89,26 @@ def test_kernel_gate_moves_only_where_it_opens_and_starts_open():
     torch.testing.assert_close(prior[:, :, 1:], context[:, :, 1:], atol=1e-6, rtol=0)
 
 
+def test_winner_by_prior_picks_the_action_whose_kernel_explains_the_motion():
+    video = torch.rand(2, 3, 16, 16, 3)
+    video[:, 1] = torch.cat([video[:, 0, :, 1:], video[:, 0, :, -1:]], dim=2)  # shifted one pixel left
+    video[:, 2] = torch.cat([video[:, 1, :, 1:], video[:, 1, :, -1:]], dim=2)
+    for winner_by, expect_all_three in (("prior", True), ("prediction", False)):
+        m = _lam(winner_by=winner_by).train()
+        with torch.no_grad():
+            m.kernels.zero_()
+            m.kernels[:, 2, 2] = 1.0  # every action copies x_t ...
+            m.kernels[3, 2, 2], m.kernels[3, 2, 3] = 0.0, 1.0  # ... but action 3 shifts it left
+            m.dec_out.weight.normal_(0.0, 1.0)  # and a loud, action-dependent correction on top
+            m.action_emb.weight.normal_(0.0, 3.0)
+        before = m.usage.clone()
+        m.compute_loss(video).loss.backward()
+        won = (m.usage - before * 0.95) / 0.05  # this step's share of transitions per action
+        assert (abs(float(won[3]) - 1.0) < 1e-4) == expect_all_three, (winner_by, won)
+    with pytest.raises(ConfigError, match="winner_by"):
+        LAMConfig(winner_by="encoder")
+
+
 def test_loss_metrics_and_infer_actions_api():
     m = _lam().train()
     video = torch.rand(3, 4, 16, 16, 3)

@@ -75,6 +75,11 @@ class LAMConfig:
     kernel_padding: Literal["replicate", "circular"] = field(
         "replicate", help="how the motion kernel sees past the frame's edge (circular for wrapping worlds)")
     wta_spread: float = field(0.05, help="share of the decoder loss given to the actions that lost")
+    winner_by: Literal["prediction", "prior"] = field(
+        "prediction", help="which error picks each transition's action: the whole prediction's, or the motion "
+        "prior's alone (each action's kernel on x_t, without the transformer's correction), which the "
+        "winner's prior then also learns from; the prior cannot fit what the action does not explain, so "
+        "the correction's noise cannot pick the winner")
     encoder_weight: float = field(1.0, help="weight of the encoder's cross-entropy against a*")
     soft_decoder_weight: float = field(
         0.0, help="weight of the MSE of the prediction mixed by the encoder's own action probabilities "
@@ -107,6 +112,10 @@ class LAMConfig:
             raise ConfigError(f"lam.dim {self.dim} / heads {self.heads} must be an integer divisible by 4 (2D RoPE)")
         if self.kernel_radius < 0 or 2 * self.kernel_radius >= min(self.height, self.width):
             raise ConfigError(f"lam.kernel_radius must be in [0, frame side / 2), got {self.kernel_radius}")
+        if self.winner_by not in ("prediction", "prior"):
+            raise ConfigError(f"lam.winner_by must be 'prediction' or 'prior', got {self.winner_by!r}")
+        if self.winner_by == "prior" and self.kernel_radius == 0:
+            raise ConfigError("lam.winner_by='prior' needs motion kernels (kernel_radius > 0)")
         if self.kernel_padding not in ("replicate", "circular"):
             raise ConfigError(f"lam.kernel_padding must be 'replicate' or 'circular', got {self.kernel_padding!r}")
         if not 0.0 <= self.wta_spread < 1.0:
@@ -344,12 +353,17 @@ class LatentActionModel(TrainableModel):
     def decode_all(self, context: Tensor) -> Tensor:
         """context: patches of x_1..x_{T-1} (B, T-1, S, P) -> predictions of x_2..x_T under every
         action (B, T-1, K, S, P)."""
+        prior, delta = self._decode_all_parts(context)
+        return prior + delta
+
+    def _decode_all_parts(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """(motion prior, transformer correction) of :meth:`decode_all`, each (B, T-1, K, S, P)."""
         b, t = context.shape[:2]
         h = self.trunk(self.dec_in(context))  # (B, T-1, S, D), causal: frame t saw x_1..x_t
         hk = h[:, :, None] + self.action_emb.weight[None, None, :, None, :]  # (B, T-1, K, S, D)
         out = self.head(rearrange(hk, "b t k s d -> (b t k) 1 s d"))
         delta = rearrange(self.dec_out(out), "(b t k) 1 s p -> b t k s p", b=b, t=t)
-        return self._kernel_prior(context, h) + delta
+        return self._kernel_prior(context, h), delta
 
     def decode(self, context: Tensor, actions: Tensor) -> Tensor:
         """context (B, T-1, S, P), actions (B, T-1) long -> predicted patches of x_2..x_T (B, T-1, S, P)."""
@@ -458,11 +472,18 @@ class LatentActionModel(TrainableModel):
             self._restart_dead_actions()
         patches = self.patchify(video)  # (B, T, S, P)
         context, target = patches[:, :-1], patches[:, 1:]
-        preds = self.decode_all(context)  # (B, T-1, K, S, P)
+        prior, delta = self._decode_all_parts(context)  # (B, T-1, K, S, P) each
+        preds = prior + delta
         err = (preds - target[:, :, None]).square().mean(dim=(-1, -2))  # (B, T-1, K)
-        best = err.detach().argmin(-1)  # (B, T-1): a*
+        if c.winner_by == "prior":
+            prior_err = (prior - target[:, :, None]).square().mean(dim=(-1, -2))  # (B, T-1, K)
+            best = prior_err.detach().argmin(-1)  # (B, T-1): a*, by the motion alone
+        else:
+            best = err.detach().argmin(-1)  # (B, T-1): a*
         best_err = err.gather(-1, best[..., None]).squeeze(-1)
         dec_loss = (1 - c.wta_spread) * best_err.mean() + c.wta_spread * err.mean()
+        if c.winner_by == "prior":
+            dec_loss = dec_loss + prior_err.gather(-1, best[..., None]).mean()
         enc = self._encode_patches(patches)
         enc_loss = F.cross_entropy(enc.logits.flatten(0, 1).float(), best.flatten())
         loss = dec_loss + c.encoder_weight * enc_loss
