@@ -93,8 +93,10 @@ def test_latent_bc_and_decode_recover_the_behaviour(sprite_data, tmp_path):
                 progress=False)
     assert res.accuracy > 0.9  # it clones the LAM's labels
     oracle = clone(None, sprite_data, tmp_path / "oracle", PolicyConfig(**SMALL, target="true"), cfg, progress=False)
-    dec = decode(tmp_path / "agent", sprite_data, DecoderConfig(labels=50), progress=False)
-    assert dec.accuracy == 1.0  # the head learns PERM's inverse from 50 labels
+    dec = decode(tmp_path / "agent", sprite_data, DecoderConfig(labels=50, steps=200), progress=False)
+    assert dec.accuracy == 1.0  # the decoder learns PERM's inverse from 50 labels
+    cv = json.loads((dec.path / "config.json").read_text())["cross_validation"]
+    assert cv["majority"] == 1.0 and set(cv) == {"head", "majority"}
     policy, _ = load_policy(tmp_path / "agent")
     from playworld.agents.decode import load_decoder
 
@@ -175,7 +177,8 @@ def test_cli_round_trip(sprite_data, tmp_path):
     assert main(["agent", "bc", str(run), "--out", str(agent), *common]) == 0
     assert main(["agent", "bc", "--oracle", "--out", str(oracle), *common]) == 0
     for n in ("0", "8"):
-        assert main(["agent", "decode", str(agent), "--data", str(sprite_data), "--labels", n, "--no-progress"]) == 0
+        assert main(["agent", "decode", str(agent), "--data", str(sprite_data), "--labels", n, "--steps", "50",
+                     "--no-progress"]) == 0
     assert main(["agent", "eval", str(agent), "--oracle", str(oracle), "--episodes", "1", "--max-steps", "5",
                  "--threads", "1"]) == 0
     result = json.loads((agent / "eval.json").read_text())

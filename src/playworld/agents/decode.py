@@ -1,7 +1,9 @@
 """Latent actions -> real actions: a head on the policy's features and the latent action, fit on N
 labelled transitions (LAPO, Schmidt & Jiang, ICLR 2024, sec. 3.3; Genie, arXiv 2402.15391, sec. 3.3).
 
-With N = 0 no true action is read: each latent action maps to the real action its motion name means
+With N > 0 the head competes with the simplest decoder, the majority true action of each latent among the
+N labels, and the better of the two by cross-validation on those N labels is kept. With N = 0 no true
+action is read: each latent action maps to the real action its motion name means
 (``action_names.json`` beside the run, e.g. latent 2 "right" -> RIGHT), and unnamed ones to NOOP, or,
 without names, latent k to real action k (identity fallback).
 """
@@ -107,13 +109,15 @@ def policy_features(policy: PolicyNet, trans: Transitions, idx: Tensor, batch: i
                       for s in range(0, len(idx), batch)])
 
 
-def fit_decoder(policy: PolicyNet, trans: Transitions, num_true: int, cfg: DecoderConfig) -> DecoderHead:
-    """Fit a head on ``cfg.labels`` transitions' (features, latent label) -> true action (frozen policy)."""
+def fit_decoder(policy: PolicyNet, trans: Transitions, num_true: int, cfg: DecoderConfig,
+                idx: Tensor | None = None) -> DecoderHead:
+    """Fit a head on ``cfg.labels`` transitions' (features, latent label) -> true action (frozen policy);
+    ``idx`` gives the labelled transitions instead of drawing ``cfg.labels`` of them."""
     if cfg.labels == 0:
         raise ConfigError("decode: fit_decoder needs labels >= 1 (0 maps by names)")
     if int(trans.latent.min()) < 0:
         raise ConfigError("decode: the transitions carry no latent labels; label them with the run's LAM")
-    idx = pick_labelled(trans, cfg.labels, cfg.seed)
+    idx = pick_labelled(trans, cfg.labels, cfg.seed) if idx is None else idx
     feats, latent, true = policy_features(policy, trans, idx), trans.latent[idx], trans.true[idx]
     torch.manual_seed(cfg.seed)
     head = DecoderHead(policy.config.feature_dim, policy.config.num_actions, num_true, cfg.hidden)
@@ -124,6 +128,43 @@ def fit_decoder(policy: PolicyNet, trans: Transitions, num_true: int, cfg: Decod
         loss.backward()
         opt.step()
     return head.eval()
+
+
+def majority_table(latent: Tensor, true: Tensor, fallback: Tensor) -> Tensor:
+    """(K,) long: the most frequent true action of each latent among the labelled ones; ``fallback[k]``
+    for a latent none of them has (Genie's way of naming latent actions)."""
+    table = fallback.clone()
+    for k in range(len(table)):
+        seen = true[latent == k]
+        if len(seen):
+            table[k] = seen.mode().values
+    return table
+
+
+def fit_best(policy: PolicyNet, trans: Transitions, num_true: int, cfg: DecoderConfig, fallback: Tensor,
+             folds: int = 5) -> tuple[ActionDecoder, str, dict[str, float]]:
+    """The better of the head and the majority table on ``cfg.labels`` labels, chosen by ``folds``-fold
+    cross-validation on those labels alone (a head on features overfits a few dozen labels; a table cannot
+    use the observation). Returns the chosen decoder refit on all N, its description and the CV accuracies."""
+    idx = pick_labelled(trans, cfg.labels, cfg.seed)
+    hits = {"head": 0.0, "majority": 0.0}
+    k = min(folds, len(idx))
+    for f in range(k):
+        test = idx[f::k]
+        train = torch.cat([idx[g::k] for g in range(k) if g != f])
+        if len(train) == 0:
+            continue
+        head = fit_decoder(policy, trans, num_true, cfg, idx=train)
+        table = majority_table(trans.latent[train], trans.true[train], fallback)
+        with torch.no_grad():
+            feats = policy_features(policy, trans, test)
+            hits["head"] += float((head(feats, trans.latent[test]).argmax(-1) == trans.true[test]).sum())
+        hits["majority"] += float((table[trans.latent[test]] == trans.true[test]).sum())
+    cv = {name: h / len(idx) for name, h in hits.items()}
+    if cv["head"] > cv["majority"]:
+        return ActionDecoder(head=fit_decoder(policy, trans, num_true, cfg, idx=idx)), f"head on {cfg.labels} labels", cv
+    table = majority_table(trans.latent[idx], trans.true[idx], fallback)
+    return ActionDecoder(table=table), f"majority true action per latent of {cfg.labels} labels", cv
 
 
 def decoder_accuracy(policy: PolicyNet, decoder: ActionDecoder, trans: Transitions) -> float:
@@ -149,7 +190,7 @@ def load_decoder(agent_dir: Path, labels: int, feature_dim: int, num_latent: int
     d = decoder_path(agent_dir, labels)
     meta = read_json(d / "config.json", CheckpointError, "decoder config")
     state = load_tensors(d / "model.safetensors")
-    if labels == 0:
+    if state["table"].numel():  # names (N = 0) or the majority table
         decoder = ActionDecoder(table=state["table"])
     else:
         head = DecoderHead(feature_dim, num_latent, int(meta["num_true"]), int(meta["decoder"]["hidden"]))

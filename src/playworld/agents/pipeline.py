@@ -22,7 +22,7 @@ from playworld.agents.decode import (
     DecoderConfig,
     available_decoders,
     decoder_accuracy,
-    fit_decoder,
+    fit_best,
     load_decoder,
     name_table,
     save_decoder,
@@ -124,17 +124,19 @@ def decode(agent_dir: str | Path, data: str | Path, cfg: DecoderConfig, *, label
     if not num_true:
         raise DatasetError(f"{ds.root}: records no action count; the decoder needs the real action space")
     trans = labelled_transitions(data, agent_dir, labeller, progress=progress)
-    if cfg.labels == 0:
-        if names is None and meta.get("run"):
-            from playworld.play.actions import load_action_names
+    if names is None and meta.get("run"):
+        from playworld.play.actions import load_action_names
 
-            names = {a.latent: a.name for a in load_action_names(meta["run"], policy.config.num_actions)}
-        table, how = name_table(policy.config.num_actions, int(num_true), names, true_action_names(ds))
+        names = {a.latent: a.name for a in load_action_names(meta["run"], policy.config.num_actions)}
+    table, how = name_table(policy.config.num_actions, int(num_true), names, true_action_names(ds))
+    cv: dict[str, float] = {}
+    if cfg.labels == 0:
         decoder = ActionDecoder(table=table)
     else:
-        decoder, how = ActionDecoder(head=fit_decoder(policy, trans, int(num_true), cfg)), f"head on {cfg.labels} labels"
+        decoder, how, cv = fit_best(policy, trans, int(num_true), cfg, fallback=table)
     acc = decoder_accuracy(policy, decoder, trans) if int(trans.true.max()) >= 0 else float("nan")
-    path = save_decoder(agent_dir, decoder, cfg, {"num_true": int(num_true), "how": how, "accuracy": acc})
+    path = save_decoder(agent_dir, decoder, cfg, {"num_true": int(num_true), "how": how, "accuracy": acc,
+                                                   "cross_validation": cv})
     return DecodeResult(path, cfg.labels, how, acc, time.perf_counter() - t0)
 
 
@@ -245,9 +247,9 @@ def _plot(agent_dir: Path, results: dict[str, Any]) -> None:
     ys = np.array([e["mean"] for _, e in pts])
     err = np.array([[e["mean"] - e["low"] for _, e in pts], [e["high"] - e["mean"] for _, e in pts]])
     ax.errorbar(xs, ys, yerr=err, marker="o", label="latent BC + decoder")
-    for label, r in results["rows"].items():
-        if "N=" not in label:
-            ax.axhline(r["return"]["mean"], ls="--", lw=1, label=label, color=None)
+    baselines = [(label, r) for label, r in results["rows"].items() if "N=" not in label]
+    for i, (label, r) in enumerate(baselines):
+        ax.axhline(r["return"]["mean"], ls="--", lw=1, label=label, color=f"C{i + 1}")
     ax.set_xscale("log")
     ax.set_xlabel("labelled transitions N (N=0 plotted at 1)")
     ax.set_ylabel("mean return (held-out levels)")
