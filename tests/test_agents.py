@@ -186,3 +186,25 @@ def test_cli_round_trip(sprite_data, tmp_path):
     assert all(r["length"]["mean"] <= 5 for r in result["rows"].values())
     assert "| latent BC, N=8 |" in (agent / "eval.md").read_text()
     assert main(["agent", "bc", "--out", str(tmp_path / "x"), *common]) == 2  # latent BC without a RUN
+
+
+def test_errors_name_the_problem(sprite_data, tmp_path):
+    from playworld.agents.pipeline import EvalConfig, eval_levels, evaluate
+    from playworld.errors import CheckpointError, ConfigError, DatasetError
+
+    cfg = BCConfig(steps=2, batch=4, checkpoint_every=1000)
+    clone(None, sprite_data, tmp_path / "oracle", PolicyConfig(**SMALL, target="true"), cfg, progress=False)
+    with pytest.raises(ConfigError, match="oracle BC"):
+        decode(tmp_path / "oracle", sprite_data, DecoderConfig(labels=0), progress=False)
+    clone(None, sprite_data, tmp_path / "agent", PolicyConfig(**SMALL), cfg, labeller=labeller(), progress=False)
+    with pytest.raises(CheckpointError, match="no decoder"):
+        evaluate(tmp_path / "agent", EvalConfig(episodes=1, max_steps=2), baselines=False, progress=False)
+    with pytest.raises(ConfigError, match="more labelled transitions"):
+        decode(tmp_path / "agent", sprite_data, DecoderConfig(labels=10**6), progress=False)
+    with pytest.raises(CheckpointError, match="another policy"):  # resuming with another network is refused
+        clone(None, sprite_data, tmp_path / "agent", PolicyConfig(**{**SMALL, "channels": 4}),
+              BCConfig(steps=4, batch=4), labeller=labeller(), progress=False)
+    held = eval_levels({"split_rule": {"by": "level", "val": 0.05, "test": 0.05}}, 4)
+    assert len(held) == 4
+    with pytest.raises(DatasetError, match="training levels"):
+        eval_levels({"split_rule": {"by": "level", "val": 0.05, "test": 0.05}, "train_levels": [held[2]]}, 4)

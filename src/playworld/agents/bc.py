@@ -79,8 +79,11 @@ def _load_resume(out: Path, policy: PolicyNet, opt: torch.optim.Optimizer, meta:
     if not (d / "state.json").is_file():
         return 0
     state = read_json(d / "state.json", CheckpointError, "resume state")
+    def same(key: str, value: Any) -> Any:  # more steps or another checkpoint interval may resume a run
+        return {k: v for k, v in value.items() if k not in ("steps", "checkpoint_every")} if key == "bc" else value
+
     for key in ("policy", "bc", "target"):
-        if state.get(key) != meta[key]:
+        if key not in state or same(key, state[key]) != same(key, meta[key]):
             raise CheckpointError(f"{d / 'state.json'}: a run with another {key} ({state.get(key)} vs {meta[key]}); "
                                   f"choose another --out or delete {d} to start over")
     weights = load_tensors(d / "weights.safetensors")
@@ -112,7 +115,7 @@ def train_bc(trans: Transitions, policy_cfg: PolicyConfig, cfg: BCConfig, out: s
     policy.train()
     bar = tqdm(range(start, end), desc=f"bc ({policy_cfg.target} actions)", unit="step", disable=not progress,
                initial=start, total=cfg.steps)
-    step = start
+    done = start  # steps whose update has been applied
     try:
         for step in bar:
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -125,13 +128,13 @@ def train_bc(trans: Transitions, policy_cfg: PolicyConfig, cfg: BCConfig, out: s
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            done = step + 1
             loss_value = loss.item()
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 _save_resume(out, policy, opt, step + 1, run_meta)
-        step = end
     except KeyboardInterrupt:
-        _save_resume(out, policy, opt, step, run_meta)
+        _save_resume(out, policy, opt, done, run_meta)
         raise
     if end < cfg.steps:
         _save_resume(out, policy, opt, end, run_meta)

@@ -56,8 +56,8 @@ def labelled_transitions(data: str | Path, out: Path, labeller: Labeller | None,
     """The split's transitions with latent labels, read from ``out/labels.safetensors`` when it holds them
     (the LAM is run once per agent), else labelled with ``labeller`` and cached there."""
     cache = out / LABELS
-    trans = read_transitions(data, split=split, max_episodes=max_episodes, progress=False)
     if cache.is_file():
+        trans = read_transitions(data, split=split, max_episodes=max_episodes, progress=False)
         saved = load_tensors(cache)
         if torch.equal(saved.get("episode", torch.zeros(0)), trans.episode):
             trans.latent = saved["latent"]
@@ -183,7 +183,10 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
              baselines: bool = True, progress: bool = True) -> dict[str, Any]:
     """Every decoder of ``agent_dir`` (and the baselines) on held-out levels; writes eval.json and eval.md."""
     agent_dir = Path(agent_dir)
-    _, meta = load_policy(agent_dir)
+    policy, meta = load_policy(agent_dir)
+    decoders = [None] if policy.config.target == "true" else available_decoders(agent_dir)
+    if not decoders:
+        raise CheckpointError(f"{agent_dir}: no decoder; run `playworld agent decode {agent_dir} --labels N` first")
     levels = eval_levels(meta, cfg.episodes)
     rows: list[tuple[str, Controller]] = []
     if baselines:
@@ -196,8 +199,7 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
                                                                      conf.get("sticky_prob", 0.75))))
     if oracle is not None:
         rows.append(agent_controller(Path(oracle), None, cfg.seed, cfg.greedy)[::-1])  # type: ignore[arg-type]
-    policy, _ = load_policy(agent_dir)
-    for n in ([None] if policy.config.target == "true" else available_decoders(agent_dir)):
+    for n in decoders:
         ctrl, label = agent_controller(agent_dir, n, cfg.seed, cfg.greedy)
         rows.append((label, ctrl))
     results: dict[str, Any] = {"game": cfg.game, "mode": cfg.mode, "levels": levels, "max_steps": cfg.max_steps,
