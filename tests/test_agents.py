@@ -173,7 +173,7 @@ def test_cli_round_trip(sprite_data, tmp_path):
 
     run = save_tiny_run(tmp_path / "run")
     agent, oracle = tmp_path / "agent", tmp_path / "oracle"
-    common = ["--data", str(sprite_data), "--steps", "3", "--no-progress", "--threads", "1"]
+    common = ["--data", str(sprite_data), "--steps", "3", "--no-progress", "--threads", "1", "--max-episodes", "10"]
     assert main(["agent", "bc", str(run), "--out", str(agent), *common]) == 0
     assert main(["agent", "bc", "--oracle", "--out", str(oracle), *common]) == 0
     for n in ("0", "8"):

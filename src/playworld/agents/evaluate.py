@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from playworld.agents.decode import ActionDecoder
 from playworld.agents.policy import PolicyNet
@@ -104,7 +105,7 @@ def _make_env(game: str, mode: str, level: int, rand_seed: int) -> Any:
 
 
 def play_levels(controller: Controller, game: str, levels: list[int] | tuple[int, ...], *, mode: str = "hard",
-                max_steps: int = 1000, seed: int = 0) -> EpisodeStats:
+                max_steps: int = 1000, seed: int = 0, progress: bool = False, desc: str = "episodes") -> EpisodeStats:
     """One episode of ``controller`` on each level seed of ``levels``, in the real game."""
     if not levels:
         raise ValueError("play_levels: no levels given")
@@ -112,6 +113,7 @@ def play_levels(controller: Controller, game: str, levels: list[int] | tuple[int
     n = len(envs)
     ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
     success, done, truncated = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    bar = tqdm(total=n, desc=desc, unit="episode", disable=not progress, leave=False)
     try:
         obs = np.concatenate([e.observe()[1]["rgb"] for e in envs])  # (N, H, W, 3)
         first = np.ones(n, dtype=bool)
@@ -128,7 +130,9 @@ def play_levels(controller: Controller, game: str, levels: list[int] | tuple[int
                 elif length[i] >= max_steps:
                     done[i] = truncated[i] = True
                 obs[i] = o["rgb"][0]
+                bar.update(int(done[i]))
     finally:
+        bar.close()
         for e in envs:  # close explicitly (see playworld.data.collect.play_unit)
             e.close()
     return EpisodeStats(np.asarray(levels), ret, success, length, truncated)

@@ -96,6 +96,7 @@ def clone(run: str | Path | None, data: str | Path, out: str | Path, policy_cfg:
             raise ConfigError(f"agent bc: oracle num_actions={policy_cfg.num_actions} but {ds.root} records "
                               f"{ds.num_actions} actions")
     meta = {"run": None if run is None else str(Path(run).resolve()), "data": str(Path(data).resolve()),
+            "max_episodes": max_episodes,
             "data_source": ds.manifest.source, "num_true": ds.num_actions,
             "split_rule": {"by": ds.manifest.split_rule.by, "val": ds.manifest.split_rule.val,
                            "test": ds.manifest.split_rule.test},
@@ -123,7 +124,7 @@ def decode(agent_dir: str | Path, data: str | Path, cfg: DecoderConfig, *, label
     num_true = ds.num_actions or meta.get("num_true")
     if not num_true:
         raise DatasetError(f"{ds.root}: records no action count; the decoder needs the real action space")
-    trans = labelled_transitions(data, agent_dir, labeller, progress=progress)
+    trans = labelled_transitions(data, agent_dir, labeller, max_episodes=meta.get("max_episodes"), progress=progress)
     if names is None and meta.get("run"):
         from playworld.play.actions import load_action_names
 
@@ -206,7 +207,8 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
                                "rows": {}}
     for label, ctrl in rows:
         t0 = time.perf_counter()
-        stats = play_levels(ctrl, cfg.game, levels, mode=cfg.mode, max_steps=cfg.max_steps, seed=cfg.seed)
+        stats = play_levels(ctrl, cfg.game, levels, mode=cfg.mode, max_steps=cfg.max_steps, seed=cfg.seed,
+                            progress=progress, desc=label)
         summary = stats.summary(seed=cfg.seed)
         results["rows"][label] = {**{k: v.to_json() for k, v in summary.items()},
                                   "truncated": int(stats.truncated.sum()), "seconds": time.perf_counter() - t0,
