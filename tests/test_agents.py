@@ -208,3 +208,13 @@ def test_errors_name_the_problem(sprite_data, tmp_path):
     assert len(held) == 4
     with pytest.raises(DatasetError, match="training levels"):
         eval_levels({"split_rule": {"by": "level", "val": 0.05, "test": 0.05}, "train_levels": [held[2]]}, 4)
+
+
+def test_observation_windows_stop_at_the_episode_start(sprite_data):
+    trans = read_transitions(sprite_data, progress=False)  # 16 episodes of 16 frames: 15 transitions each
+    assert len(trans) == 16 * 15 and trans.latent.eq(-1).all() and trans.true.ge(0).all()
+    idx = torch.tensor([15, 16, 17])  # episode 1's transitions 0, 1, 2 (its frames start at 16)
+    obs = trans.observations(idx, context=3)  # (3, 3, H, W, 3)
+    f = trans.frames
+    assert torch.equal(obs[0], f[[16, 16, 16]]) and torch.equal(obs[1], f[[16, 16, 17]])
+    assert torch.equal(obs[2], f[[16, 17, 18]])
