@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "playworld.cli.eval",
     "playworld.cli.rollout",
     "playworld.cli.play",
+    "playworld.cli.agent",
 )
 
 

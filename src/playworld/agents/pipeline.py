@@ -1,0 +1,269 @@
+"""The three stages of `playworld agent`, as library calls: clone, decode, evaluate in the real game.
+
+An agent directory holds ``policy.safetensors`` + ``policy.json`` (what it cloned, from which run and
+dataset), ``labels.safetensors`` (the LAM's latent labels of the dataset, reused on resume and by
+decode), ``resume/`` while training, ``decoder-nN/`` per decoder and ``eval.json`` + ``eval.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from playworld.agents.bc import BCConfig, BCResult, train_bc
+from playworld.agents.decode import (
+    ActionDecoder,
+    DecoderConfig,
+    available_decoders,
+    decoder_accuracy,
+    fit_best,
+    load_decoder,
+    name_table,
+    save_decoder,
+)
+from playworld.agents.evaluate import (
+    AgentController,
+    BehaviourController,
+    Controller,
+    EpisodeStats,
+    RandomController,
+    play_levels,
+)
+from playworld.agents.policy import PolicyConfig, load_policy
+from playworld.agents.transitions import Labeller, Transitions, read_transitions
+from playworld.data.format import Dataset
+from playworld.data.policies import ACTION_NAMES
+from playworld.errors import CheckpointError, ConfigError, DatasetError
+from playworld.io import atomic_write_text
+from playworld.release import load_tensors, save_tensors
+
+LABELS = "labels.safetensors"
+
+
+def true_action_names(ds: Dataset) -> tuple[str, ...] | None:
+    """Names of the dataset's true actions: Procgen's 15 for collected Procgen data, else None."""
+    return ACTION_NAMES if ds.manifest.source.get("kind") == "procgen" else None
+
+
+def labelled_transitions(data: str | Path, out: Path, labeller: Labeller | None, *, split: str = "train",
+                         max_episodes: int | None = None, progress: bool = True) -> Transitions:
+    """The split's transitions with latent labels, read from ``out/labels.safetensors`` when it holds them
+    (the LAM is run once per agent), else labelled with ``labeller`` and cached there."""
+    cache = out / LABELS
+    if cache.is_file():
+        trans = read_transitions(data, split=split, max_episodes=max_episodes, progress=False)
+        saved = load_tensors(cache)
+        if torch.equal(saved.get("episode", torch.zeros(0)), trans.episode):
+            trans.latent = saved["latent"]
+            return trans
+        raise DatasetError(f"{cache}: latent labels of other data than {data} (split {split}); "
+                           f"delete it or choose another --out")
+    if labeller is None:
+        raise ConfigError(f"{out}: no cached latent labels and no LAM to label {data} with")
+    trans = read_transitions(data, split=split, labeller=labeller, max_episodes=max_episodes, progress=progress)
+    save_tensors(cache, {"latent": trans.latent, "episode": trans.episode})
+    return trans
+
+
+def clone(run: str | Path | None, data: str | Path, out: str | Path, policy_cfg: PolicyConfig, cfg: BCConfig, *,
+          labeller: Labeller | None = None, max_episodes: int | None = None, progress: bool = True,
+          max_steps: int | None = None) -> BCResult:
+    """Latent BC (``policy_cfg.target == 'latent'``: labels from ``labeller``, by default the run's LAM)
+    or oracle BC (``'true'``: the recorded actions) on the train split of ``data``, into ``out``."""
+    out = Path(out)
+    ds = Dataset(data)
+    if policy_cfg.target == "latent":
+        if labeller is None and not (out / LABELS).is_file():
+            if run is None:
+                raise ConfigError("agent bc: latent BC needs RUN, the run whose LAM labels the data")
+            from playworld.api import load
+
+            loaded = load(run)
+            loaded.require("lam")
+            labeller = loaded.lam.infer_actions  # type: ignore[union-attr]
+        trans = labelled_transitions(data, out, labeller, max_episodes=max_episodes, progress=progress)
+    else:
+        if not ds.manifest.has_actions:
+            raise DatasetError(f"{ds.root}: records no true actions; oracle BC needs them")
+        trans = read_transitions(data, max_episodes=max_episodes, progress=progress)
+        if ds.num_actions is not None and ds.num_actions != policy_cfg.num_actions:
+            raise ConfigError(f"agent bc: oracle num_actions={policy_cfg.num_actions} but {ds.root} records "
+                              f"{ds.num_actions} actions")
+    meta = {"run": None if run is None else str(Path(run).resolve()), "data": str(Path(data).resolve()),
+            "max_episodes": max_episodes,
+            "data_source": ds.manifest.source, "num_true": ds.num_actions,
+            "split_rule": {"by": ds.manifest.split_rule.by, "val": ds.manifest.split_rule.val,
+                           "test": ds.manifest.split_rule.test},
+            "train_levels": sorted({e.level_seed for e in ds.episodes("train") if e.level_seed is not None})}
+    return train_bc(trans, policy_cfg, cfg, out, meta=meta, progress=progress, max_steps=max_steps)
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    path: Path
+    labels: int
+    how: str
+    accuracy: float  # on every transition of the data with a true action (N of them were fit on)
+    seconds: float
+
+
+def decode(agent_dir: str | Path, data: str | Path, cfg: DecoderConfig, *, labeller: Labeller | None = None,
+           names: dict[int, str] | None = None, progress: bool = True) -> DecodeResult:
+    """Fit (N > 0) or build by names (N = 0) the latent -> true decoder of ``agent_dir``'s policy."""
+    agent_dir, t0 = Path(agent_dir), time.perf_counter()
+    policy, meta = load_policy(agent_dir)
+    if policy.config.target != "latent":
+        raise ConfigError(f"{agent_dir}: its policy clones true actions already (oracle BC); nothing to decode")
+    ds = Dataset(data)
+    num_true = ds.num_actions or meta.get("num_true")
+    if not num_true:
+        raise DatasetError(f"{ds.root}: records no action count; the decoder needs the real action space")
+    trans = labelled_transitions(data, agent_dir, labeller, max_episodes=meta.get("max_episodes"), progress=progress)
+    if names is None and meta.get("run"):
+        from playworld.play.actions import load_action_names
+
+        names = {a.latent: a.name for a in load_action_names(meta["run"], policy.config.num_actions)}
+    table, how = name_table(policy.config.num_actions, int(num_true), names, true_action_names(ds))
+    cv: dict[str, float] = {}
+    if cfg.labels == 0:
+        decoder = ActionDecoder(table=table)
+    else:
+        decoder, how, cv = fit_best(policy, trans, int(num_true), cfg, fallback=table)
+    acc = decoder_accuracy(policy, decoder, trans) if int(trans.true.max()) >= 0 else float("nan")
+    path = save_decoder(agent_dir, decoder, cfg, {"num_true": int(num_true), "how": how, "accuracy": acc,
+                                                   "cross_validation": cv})
+    return DecodeResult(path, cfg.labels, how, acc, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    game: str = "coinrun"
+    episodes: int = 16
+    mode: str = "hard"
+    max_steps: int = 1000
+    seed: int = 0
+    greedy: bool = False
+
+
+def eval_levels(meta: dict[str, Any], episodes: int) -> list[int]:
+    """``episodes`` level seeds that the agent's data holds out (its test split by level seed), none of which
+    is a training level of that data."""
+    from playworld.data.split import SplitRule
+    from playworld.eval.heldout import held_out_levels
+
+    rule_d = meta.get("split_rule") or {}
+    rule = SplitRule(**rule_d) if rule_d.get("by") == "level" and rule_d.get("test", 0) > 0 else SplitRule()
+    levels = list(held_out_levels(rule, episodes))
+    seen = set(meta.get("train_levels", [])) & set(levels)
+    if seen:
+        raise DatasetError(f"held-out levels {sorted(seen)[:5]} are training levels of {meta.get('data')}")
+    return levels
+
+
+def agent_controller(agent_dir: Path, labels: int | None, seed: int, greedy: bool) -> tuple[AgentController, str]:
+    policy, _ = load_policy(agent_dir)
+    if policy.config.target == "true":
+        return AgentController(policy, None, seed=seed, greedy=greedy), "oracle BC (every true label)"
+    have = available_decoders(agent_dir)
+    if not have:
+        raise CheckpointError(f"{agent_dir}: no decoder; run `playworld agent decode {agent_dir} --labels N` first")
+    if labels is not None and labels not in have:
+        raise CheckpointError(f"{agent_dir}: no decoder for {labels} labels (have {have})")
+    n = have[-1] if labels is None else labels
+    decoder, _ = load_decoder(agent_dir, n, policy.config.feature_dim, policy.config.num_actions)
+    return AgentController(policy, decoder, seed=seed, greedy=greedy), f"latent BC, N={n}"
+
+
+def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | None = None,
+             baselines: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Every decoder of ``agent_dir`` (and the baselines) on held-out levels; writes eval.json and eval.md."""
+    agent_dir = Path(agent_dir)
+    policy, meta = load_policy(agent_dir)
+    decoders = [None] if policy.config.target == "true" else available_decoders(agent_dir)
+    if not decoders:
+        raise CheckpointError(f"{agent_dir}: no decoder; run `playworld agent decode {agent_dir} --labels N` first")
+    levels = eval_levels(meta, cfg.episodes)
+    rows: list[tuple[str, Controller]] = []
+    if baselines:
+        rows.append(("random", RandomController(cfg.seed)))
+        src = meta.get("data_source", {})
+        if src.get("kind") == "procgen":
+            conf = src.get("config", {})
+            name = conf.get("policy", "random")
+            rows.append((f"behaviour ({name})", BehaviourController(name, cfg.game, len(levels), cfg.seed,
+                                                                     conf.get("sticky_prob", 0.75))))
+    if oracle is not None:
+        rows.append(agent_controller(Path(oracle), None, cfg.seed, cfg.greedy)[::-1])  # type: ignore[arg-type]
+    for n in decoders:
+        ctrl, label = agent_controller(agent_dir, n, cfg.seed, cfg.greedy)
+        rows.append((label, ctrl))
+    results: dict[str, Any] = {"game": cfg.game, "mode": cfg.mode, "levels": levels, "max_steps": cfg.max_steps,
+                               "rows": {}}
+    for label, ctrl in rows:
+        t0 = time.perf_counter()
+        stats = play_levels(ctrl, cfg.game, levels, mode=cfg.mode, max_steps=cfg.max_steps, seed=cfg.seed,
+                            progress=progress, desc=label)
+        summary = stats.summary(seed=cfg.seed)
+        results["rows"][label] = {**{k: v.to_json() for k, v in summary.items()},
+                                  "truncated": int(stats.truncated.sum()), "seconds": time.perf_counter() - t0,
+                                  "returns": stats.ret.tolist()}
+        if progress:
+            print(f"{label}: return {summary['return']}, success {summary['success']}, "
+                  f"length {summary['length']}")
+    atomic_write_text(agent_dir / "eval.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(agent_dir / "eval.md", markdown_table(results))
+    _plot(agent_dir, results)
+    return results
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    def cell(e: dict[str, float]) -> str:
+        return f"{e['mean']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
+
+    lines = [f"{results['game']} ({results['mode']}), {len(results['levels'])} held-out levels, "
+             f"95% bootstrap intervals over episodes", "",
+             "| agent | return | success | episode length |", "|---|---|---|---|"]
+    for label, r in results["rows"].items():
+        lines.append(f"| {label} | {cell(r['return'])} | {cell(r['success'])} | {cell(r['length'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(agent_dir: Path, results: dict[str, Any]) -> None:
+    """Label-efficiency plot (return against N) when matplotlib is installed and there are 2+ decoders."""
+    pts = sorted((int(k.split("N=")[1]), r["return"]) for k, r in results["rows"].items() if "N=" in k)
+    if len(pts) < 2:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    xs = np.array([max(n, 1) for n, _ in pts], dtype=float)
+    ys = np.array([e["mean"] for _, e in pts])
+    err = np.array([[e["mean"] - e["low"] for _, e in pts], [e["high"] - e["mean"] for _, e in pts]])
+    ax.errorbar(xs, ys, yerr=err, marker="o", label="latent BC + decoder")
+    baselines = [(label, r) for label, r in results["rows"].items() if "N=" not in label]
+    for i, (label, r) in enumerate(baselines):
+        ax.axhline(r["return"]["mean"], ls="--", lw=1, label=label, color=f"C{i + 1}")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled transitions N (N=0 plotted at 1)")
+    ax.set_ylabel("mean return (held-out levels)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = agent_dir / ".label_efficiency.png.tmp"
+    fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    tmp.replace(agent_dir / "label_efficiency.png")
+
+
+__all__ = ["clone", "decode", "evaluate", "EvalConfig", "DecodeResult", "labelled_transitions", "eval_levels",
+           "markdown_table", "EpisodeStats"]
