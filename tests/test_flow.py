@@ -11,17 +11,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from playworld.backends.flow import FlowBackend
 from playworld.cli import main
 from playworld.config import from_dict, to_dict
+from playworld.env import make_env
 from playworld.errors import ConfigError
 from playworld.maskgit import SamplingConfig
 from playworld.models.dynamics import DynamicsConfig
 from playworld.models.flow import FlowDynamicsModel, euler_sample, path_sample
 from playworld.world import World, WorldConfig
-from tiny_world import save_tiny_run, tiny_models
+from tiny_world import decode_video, save_tiny_run, tiny_models
 
 from helpers import make_dataset
 
@@ -209,6 +211,17 @@ def test_playworld_train_dynamics_with_the_flow_backend_resumes_exactly_and_play
     assert isinstance(w.backend, FlowBackend)
     w.reset(_frames(2), seed=0)
     assert w.step(1).shape == (1, 16, 16, 3)
+    prompts = _frames(3).numpy()  # the Gymnasium env and `playworld rollout` play it unchanged
+    env = make_env(world, num_envs=2, prompts=prompts)
+    assert isinstance(env.world.backend, FlowBackend)
+    obs, _ = env.reset(seed=3)
+    assert np.array_equal(obs, make_env(world, num_envs=2, prompts=prompts).reset(seed=3)[0])
+    assert env.step(np.array([1, 2]))[0].shape == (2, 16, 16, 3)
+    Image.fromarray(prompts[0]).save(tmp_path / "start.png")
+    out = tmp_path / "roll.gif"
+    assert main(["rollout", str(world), "--image", str(tmp_path / "start.png"), "--actions", "1,2,3", "--out",
+                 str(out), "--scale", "1"]) == 0
+    assert decode_video(out).shape == (4, 16, 16, 3)
 
     # on the same engine: stopped after 2 steps and resumed, the run is the uninterrupted one, bit for bit
     run_cfg = build_run_config("dynamics", "tiny", data_path=str(data), overrides=[*OVERRIDES, "train.steps=4"],
