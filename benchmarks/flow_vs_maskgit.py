@@ -1,0 +1,169 @@
+"""MaskGIT vs flow dynamics at equal CPU training time on the same data: rollout PSNR and frames/s.
+
+A toy world made here (a 4x4 square on a coloured 16x16 background that moves one pixel per step in the
+direction of its action, 4 actions, wrapping at the borders): a tiny VQ tokenizer is trained on its frames
+for ``--tok-seconds``, then each dynamics backend (same width and depth) for ``--seconds`` of wall-clock
+time on the same clips with the true actions (no LAM, so that the comparison is the dynamics alone). Each
+world then plays held-out episodes from their first frame under the true actions, and the frames are
+compared with the real ones (PSNR per horizon, mean over episodes, with a 95% interval) and timed
+(frames/s at batch 1, sampling steps 1/2/4). The tokenizer's own PSNR on the same frames is the ceiling.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/flow_vs_maskgit.py --threads 1 [--seconds 60]
+
+Toy-sized on purpose (a shared 2-core machine): it compares the two backends' mechanics at equal cost,
+not their quality on CoinRun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+
+import torch
+from einops import rearrange
+
+from playworld.maskgit import SamplingConfig
+from playworld.models.base import psnr_from_mse
+from playworld.models.dynamics import DynamicsConfig, DynamicsModel, FlowConfig
+from playworld.models.flow import FlowDynamicsModel, latent_space
+from playworld.models.lam import LAMConfig, LatentActionModel
+from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
+from playworld.world import World, WorldConfig
+
+SIZE, SQUARE, ACTIONS = 16, 4, 4
+MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # action -> (dy, dx)
+
+
+def toy_episodes(n: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n episodes -> video (n, length, 16, 16, 3) float in [0, 1], actions (n, length - 1) long."""
+    g = torch.Generator().manual_seed(seed)
+    video = torch.zeros(n, length, SIZE, SIZE, 3)
+    actions = torch.randint(0, ACTIONS, (n, length - 1), generator=g)
+    for i in range(n):
+        video[i, :] = torch.rand(3, generator=g) * 0.5  # background colour
+        colour = 0.5 + 0.5 * torch.rand(3, generator=g)
+        y, x = (int(v) for v in torch.randint(0, SIZE, (2,), generator=g))
+        for t in range(length):
+            if t:
+                dy, dx = MOVES[int(actions[i, t - 1])]
+                y, x = (y + dy) % SIZE, (x + dx) % SIZE
+            rows, cols = [(y + k) % SIZE for k in range(SQUARE)], [(x + k) % SIZE for k in range(SQUARE)]
+            video[i, t, torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = colour
+    return video, actions
+
+
+def clips(video: torch.Tensor, actions: torch.Tensor, batch: int, clip_len: int, g: torch.Generator):
+    """A random batch of clips: video (B, clip_len, H, W, C), actions (B, clip_len - 1)."""
+    n, t = video.shape[:2]
+    ep = torch.randint(0, n, (batch,), generator=g)
+    start = torch.randint(0, t - clip_len + 1, (batch,), generator=g)
+    idx = start[:, None] + torch.arange(clip_len)
+    return video[ep[:, None], idx], actions[ep[:, None], idx[:, :-1]]
+
+
+def train_for(seconds: float, step_fn, params) -> int:
+    """Adam steps of ``step_fn() -> loss`` until ``seconds`` have passed; returns the step count."""
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    steps, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        loss = step_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+    return steps
+
+
+def rollout_psnr(world: World, video: torch.Tensor, actions: torch.Tensor, horizons: list[int]) -> dict[int, list]:
+    """PSNR (dB) of the world's frame t against the real one, per episode, for each horizon t."""
+    out: dict[int, list] = {h: [] for h in horizons}
+    for i in range(video.shape[0]):
+        world.reset((video[i, :1] * 255).round().to(torch.uint8), seed=i)
+        for t in range(1, max(horizons) + 1):
+            frame = world.step(int(actions[i, t - 1]))[0].float() / 255.0
+            if t in out:
+                out[t].append(float(psnr_from_mse((frame - video[i, t]).pow(2).mean())))
+    return out
+
+
+def fps(world: World, frames: int = 30) -> float:
+    world.reset(torch.zeros(1, SIZE, SIZE, 3, dtype=torch.uint8), seed=0)
+    world.step(0)
+    start = time.perf_counter()
+    for t in range(frames):
+        world.step(t % ACTIONS)
+    return frames / (time.perf_counter() - start)
+
+
+def mean_ci(values: list[float]) -> str:
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / max(1, len(values) - 1))
+    return f"{m:5.1f} ± {1.96 * sd / math.sqrt(len(values)):.1f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a shared machine)")
+    p.add_argument("--seconds", type=float, default=60.0, help="training seconds per dynamics backend")
+    p.add_argument("--tok-seconds", type=float, default=30.0, help="training seconds of the shared tokenizer")
+    p.add_argument("--episodes", type=int, default=16, help="held-out episodes rolled out")
+    p.add_argument("--dim", type=int, default=64, help="dynamics width (both backends)")
+    p.add_argument("--depth", type=int, default=2, help="dynamics ST blocks (both backends)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    horizons = [1, 4, 8]
+    train_video, train_actions = toy_episodes(64, 16, seed=0)
+    test_video, test_actions = toy_episodes(args.episodes, max(horizons) + 1, seed=1)
+    g = torch.Generator().manual_seed(0)
+
+    tok = VideoTokenizer(TokenizerConfig(image_size=SIZE, patch=4, dim=64, enc_depth=2, dec_depth=2, heads=4,
+                                         num_codes=64, code_dim=8))
+    tok_steps = train_for(args.tok_seconds, lambda: tok.compute_loss(clips(train_video, train_actions, 16, 2, g)[0]
+                                                                      ).loss, tok.parameters())
+    tok.eval()
+    with torch.no_grad():
+        ceiling = float(psnr_from_mse((tok.reconstruct(test_video) - test_video).pow(2).mean()))
+    print(f"tokenizer: {tok_steps} steps in {args.tok_seconds:.0f} s, reconstruction PSNR {ceiling:.1f} dB "
+          f"(the ceiling); threads {args.threads}")
+
+    base = DynamicsConfig(vocab_size=tok.num_codes, num_actions=ACTIONS, token_height=4, token_width=4,
+                          dim=args.dim, depth=args.depth, heads=4)
+    maskgit = DynamicsModel(base)
+    flow = FlowDynamicsModel(dataclasses.replace(base, backend="flow", flow=FlowConfig(latent_dim=8)))
+
+    def maskgit_loss():
+        video, actions = clips(train_video, train_actions, 8, 4, g)
+        tokens = rearrange(tok.encode(video).indices, "b t h w -> b t (h w)")
+        return maskgit.compute_loss_tokens(tokens, actions).loss
+
+    def flow_loss():
+        video, actions = clips(train_video, train_actions, 8, 4, g)
+        with torch.no_grad():
+            latents = latent_space(tok, tok._latents(video))
+        return flow.compute_loss_latents(latents, actions).loss
+
+    lam = LatentActionModel(LAMConfig(height=SIZE, width=SIZE, patch_size=8, num_actions=ACTIONS, dim=32, heads=2,
+                                      encoder_depth=1, decoder_depth=1))  # untrained: prompts are one frame
+    print(f"{'backend':8} {'train steps':>11} {'steps':>5} " + " ".join(f"{'PSNR t=' + str(h):>14}" for h in horizons)
+          + f" {'frames/s':>9}")
+    for name, model, loss_fn in (("maskgit", maskgit, maskgit_loss), ("flow", flow, flow_loss)):
+        model.train()
+        n = train_for(args.seconds, loss_fn, model.parameters())
+        for steps in (1, 2, 4):
+            sampling = SamplingConfig(steps=steps, temperature=0.0 if name == "maskgit" else 1.0)
+            world = World(tok, lam, model, WorldConfig(context_frames=8, decoder_context=8, sampling=sampling))
+            with torch.inference_mode():
+                scores = rollout_psnr(world, test_video, test_actions, horizons)
+                speed = fps(world)
+            print(f"{name:8} {n:11d} {steps:5d} " + " ".join(f"{mean_ci(scores[h]):>14}" for h in horizons)
+                  + f" {speed:9.0f}")
+    copy = {h: [float(psnr_from_mse((test_video[i, 0] - test_video[i, h]).pow(2).mean()))
+                for i in range(args.episodes)] for h in horizons}
+    print(f"{'copy-first':8} {'':11} {'':5} " + " ".join(f"{mean_ci(copy[h]):>14}" for h in horizons))
+
+
+if __name__ == "__main__":
+    main()
