@@ -126,6 +126,29 @@ def test_flow_model_is_causal_in_time_and_a_cached_step_equals_the_full_pass():
     assert torch.allclose(step, full, atol=1e-5)
 
 
+def test_an_x1_prediction_is_turned_into_the_velocity_that_reaches_it_and_trains_on_x1():
+    _, _, model = _flow_models()
+    assert model.config.flow.predict == "x1"
+    model.eval()
+    g = torch.Generator().manual_seed(5)
+    x, levels, acts = torch.randn(2, 2, 16, 8, generator=g), torch.rand(2, 2, generator=g), torch.zeros(2, 2).long()
+    with torch.no_grad():
+        out, v = model(x, levels, acts), model.velocity(x, levels, acts)
+    lv = levels[:, :, None, None]
+    assert torch.allclose(x + (1 - lv) * v, out, atol=1e-5)  # one Euler step to t = 1 lands on the prediction
+    velocity = FlowDynamicsModel(from_dict(DynamicsConfig, {**to_dict(model.config), "flow": {
+        **to_dict(model.config.flow), "predict": "velocity"}}))
+    velocity.load_state_dict(model.state_dict())
+    velocity.eval()
+    with torch.no_grad():
+        assert torch.equal(velocity.velocity(x, levels, acts), velocity(x, levels, acts))
+    torch.manual_seed(0)
+    loss = model.compute_loss_latents(torch.zeros(2, 3, 16, 8), torch.zeros(2, 2).long()).loss
+    torch.manual_seed(0)
+    loss_v = velocity.compute_loss_latents(torch.zeros(2, 3, 16, 8), torch.zeros(2, 2).long()).loss
+    assert loss.item() < 0.1 < loss_v.item()  # x1 = 0 targets: an untrained x1 net is near them, v = -x0 is not
+
+
 def test_loss_trains_the_flow_model_on_still_clips():
     """Clips whose frames repeat: given the past, the next frame (and so the noise in x_t) is known, so the
     loss can fall towards 0 from ~2 (a zero velocity's: Var(x1 - x0))."""

@@ -89,7 +89,7 @@ class FlowBackend(DynamicsBackend):
 
         def velocity(x: Tensor, t: float) -> Tensor:  # (B, S, E) at level t -> (B, S, E)
             levels = x.new_full((x.shape[0], 1), t)
-            return self.model(x[:, None], levels, frame_actions, cache=caches, commit=False, prev=prev)[:, 0]
+            return self.model.velocity(x[:, None], levels, frame_actions, cache=caches, prev=prev)[:, 0]
 
         x = euler_sample(velocity, temperature * noise, steps)  # (B, S, E)
         if self.model.config.flow.snap:

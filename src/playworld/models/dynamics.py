@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +50,10 @@ class FlowConfig:
 
     latent_dim: int = field(32, help="width E of the tokenizer's latents the flow model predicts (its code width; "
                             "set from the tokenizer run when training)")
-    context_share: float = field(0.5, help="training: share of frames drawn as context, with light noise "
+    context_share: float = field(0.75, help="training: share of frames drawn as context, with light noise "
                                  "sigma ~ U[0, context_noise_max], the others as targets, sigma ~ U[0, 1]; each "
-                                 "frame's level independent (diffusion forcing, arXiv 2407.01392)")
+                                 "frame's level independent (diffusion forcing, arXiv 2407.01392); 0.75 beat 0.5 "
+                                 "(docs/models.md)")
     context_noise_max: float = field(0.3, help="training: the most noise a context frame gets (GameNGen, DIAMOND: "
                                      "noise on the past so that the model recovers from its own errors)")
     context_noise: float = field(0.1, help="play: the noise level the model is told the committed past frames "
@@ -60,10 +61,16 @@ class FlowConfig:
     snap: bool = field(True, help="play: round each sampled frame's latents to the nearest tokenizer code before "
                        "decoding and committing (keeps rollouts on the codes the decoder was trained on)")
     loss_first_frame: bool = field(False, help="training: also take the loss on frame 1, which play never samples")
+    predict: Literal["velocity", "x1"] = field(
+        "x1", help="what the network outputs: the clean latents x1 (loss on them; the velocity is "
+        "(x1_hat - x_t) / (1 - t)), or the velocity x1 - x0 (loss on it). x1 measured far better at equal "
+        "CPU time (benchmarks/flow_vs_maskgit.py: 1-step PSNR at t=1 27.9 vs 16.5 dB, docs/models.md)")
 
     def __post_init__(self) -> None:
         if isinstance(self.latent_dim, bool) or self.latent_dim < 1:
             raise ConfigError(f"dynamics.flow.latent_dim must be >= 1, got {self.latent_dim}")
+        if self.predict not in ("velocity", "x1"):
+            raise ConfigError(f"dynamics.flow.predict must be 'velocity' or 'x1', got {self.predict!r}")
         for name in ("context_share", "context_noise_max", "context_noise"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"dynamics.flow.{name} must be in [0, 1], got {getattr(self, name)}")

@@ -7,7 +7,8 @@ Each frame's latents x1 (S, E) follow the straight path from a Gaussian draw x0 
 
     x_t = (1 - t) x0 + t x1,     d x_t / dt = x1 - x0         (t = 0 noise, t = 1 clean)
 
-and the model v(x_t, t | past, action) regresses that velocity, ``E ||v - (x1 - x0)||^2``. Each frame of a
+and the model v(x_t, t | past, action) regresses that velocity, ``E ||v - (x1 - x0)||^2`` (or, with
+``flow.predict = "x1"``, the clean latents, ``E ||x1_hat - x1||^2``, with v = (x1_hat - x_t) / (1 - t)). Each frame of a
 training clip has its own level t (diffusion forcing), so the causal ST-transformer learns from noisy past
 frames: a share ``flow.context_share`` of the frames are context-like, lightly noised (sigma = 1 - t ~ U[0,
 ``context_noise_max``]), the others targets (t ~ U[0, 1]). At play the next frame is integrated from x0 by
@@ -129,6 +130,15 @@ class FlowDynamicsModel(nn.Module):
         h = self.embed(x, levels, frame_actions, prev)  # (B, T, S, D)
         return self.head(self.transformer(h, cache=cache, commit=commit)).float()  # (B, T, S, E)
 
+    def velocity(self, x: Tensor, levels: Tensor, frame_actions: Tensor,
+                 cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None, prev: Tensor | None = None) -> Tensor:
+        """The velocity (B, T, S, E) at x (B, T, S, E), levels (B, T) < 1: the output itself, or with
+        ``flow.predict = "x1"`` (x1_hat - x_t) / (1 - t). Never commits."""
+        out = self(x, levels, frame_actions, cache=cache, commit=False, prev=prev)
+        if self.config.flow.predict == "x1":
+            return (out - x.float()) / (1.0 - levels.float()).clamp_min(1e-3)[:, :, None, None]
+        return out
+
     def commit(self, x: Tensor, frame_actions: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache],
                prev: Tensor | None = None) -> None:
         """Append known clean frames x (B, T, S, E) to ``cache``, told they carry ``flow.context_noise``."""
@@ -147,7 +157,7 @@ class FlowDynamicsModel(nn.Module):
                              ) -> LossOutput:
         """latents (B, T, S, E) clean, actions (B, T-1) -> the flow-matching loss.
 
-        metrics: ``flow_mse`` (velocity MSE), ``x1_mse`` (MSE of the implied clean estimate
+        metrics: ``flow_mse`` (the loss: velocity MSE, or clean-latent MSE with ``predict = "x1"``), ``x1_mse`` (MSE of the implied clean estimate
         x_t + (1 - t) v on target-like frames, t < 1 - context_noise_max), ``mean_level``."""
         b, t = latents.shape[:2]
         if latents.dim() != 4 or t < 2:
@@ -159,12 +169,13 @@ class FlowDynamicsModel(nn.Module):
         levels = self.noise_levels(b, t, x1.device, generator)  # (B, T)
         lv = levels[:, :, None, None]
         xt, target_v = path_sample(x0, x1, lv)
-        v = self(xt, levels, self.frame_actions(actions))  # (B, T, S, E)
-        err = (v - target_v).pow(2).mean(dim=(2, 3))  # (B, T)
+        out = self(xt, levels, self.frame_actions(actions))  # (B, T, S, E)
+        x1_pred = self.config.flow.predict == "x1"
+        err = (out - (x1 if x1_pred else target_v)).pow(2).mean(dim=(2, 3))  # (B, T)
         first = 0 if self.config.flow.loss_first_frame else 1
         loss = err[:, first:].mean()
         with torch.no_grad():
-            est = xt + (1.0 - lv) * v
+            est = out if x1_pred else xt + (1.0 - lv) * out
             target = (levels < 1.0 - self.config.flow.context_noise_max)[:, first:]
             x1_err = (est - x1).pow(2).mean(dim=(2, 3))[:, first:]
             x1_mse = x1_err[target].mean() if target.any() else x1_err.new_zeros(())
