@@ -154,8 +154,8 @@ def main() -> None:
     tok.eval()
     with torch.no_grad():
         ceiling = float(psnr_from_mse((tok.reconstruct(test_video) - test_video).pow(2).mean()))
-    print(f"tokenizer: {tok_steps} steps in {args.tok_seconds:.0f} s, reconstruction PSNR {ceiling:.1f} dB "
-          f"(the ceiling); threads {args.threads}")
+    trained = f"{tok_steps} steps in {args.tok_seconds:.0f} s" if tok_steps else f"loaded from {args.tokenizer_state}"
+    print(f"tokenizer: {trained}, reconstruction PSNR {ceiling:.1f} dB (the ceiling); threads {args.threads}")
 
     base = DynamicsConfig(vocab_size=tok.num_codes, num_actions=ACTIONS, token_height=4, token_width=4,
                           dim=args.dim, depth=args.depth, heads=4)
