@@ -64,7 +64,7 @@ class FlowConfig:
     predict: Literal["velocity", "x1"] = field(
         "x1", help="what the network outputs: the clean latents x1 (loss on them; the velocity is "
         "(x1_hat - x_t) / (1 - t)), or the velocity x1 - x0 (loss on it). x1 measured far better at equal "
-        "CPU time (benchmarks/flow_vs_maskgit.py: 1-step PSNR at t=1 27.9 vs 16.5 dB, docs/models.md)")
+        "CPU time (benchmarks/flow_vs_maskgit.py: 1-step PSNR at t=1 24.9 vs 17.0 dB, docs/models.md)")
 
     def __post_init__(self) -> None:
         if isinstance(self.latent_dim, bool) or self.latent_dim < 1:
