@@ -176,8 +176,10 @@ def _frames(*shape: int, seed: int = 1) -> Tensor:
 CFG = WorldConfig(context_frames=3, decoder_context=3, sampling=SamplingConfig(steps=2, temperature=1.0))
 
 
-def test_a_flow_world_is_seeded_batched_deferred_and_snapshotted_like_a_maskgit_one():
+@pytest.mark.parametrize("snap", [True, False])
+def test_a_flow_world_is_seeded_batched_deferred_and_snapshotted_like_a_maskgit_one(snap):
     models = _flow_models()
+    models[2].config.flow.snap = snap  # False: latents decoded as they are, through the decoder caches
 
     def play(seed: int, worlds: int = 1, defer: bool = False) -> list[list[Tensor]]:
         ws = [World(*models, CFG) for _ in range(worlds)]
@@ -206,6 +208,9 @@ def test_a_flow_world_is_seeded_batched_deferred_and_snapshotted_like_a_maskgit_
     w.restore(state)
     assert all(torch.equal(w.step(a), f) for a, f in zip((0, 3, 1), first))
     assert w.cache_frames() == (3, 3)
+    if snap:  # committed latents are codes: each token's latent is a code of the tokenizer (times sqrt(E))
+        codes = models[0].quantizer.codes() * 8**0.5
+        assert torch.cdist(w._last[0], codes).min(-1).values.max() < 1e-4
 
 
 def _train_args(data, out, *extra: str) -> list[str]:
@@ -234,6 +239,9 @@ def test_playworld_train_dynamics_with_the_flow_backend_resumes_exactly_and_play
     assert isinstance(w.backend, FlowBackend)
     w.reset(_frames(2), seed=0)
     assert w.step(1).shape == (1, 16, 16, 3)
+    half = World.load(world, WorldConfig(sampling=SamplingConfig(steps=2)), precision="bf16", threads=0)
+    assert half.dtype == torch.bfloat16 and half.reset(_frames(2), seed=0).shape == (1, 16, 16, 3)
+    assert half.step(1).shape == (1, 16, 16, 3)
     prompts = _frames(3).numpy()  # the Gymnasium env and `playworld rollout` play it unchanged
     env = make_env(world, num_envs=2, prompts=prompts)
     assert isinstance(env.world.backend, FlowBackend)
