@@ -102,6 +102,12 @@ def test_flow_config_is_checked_and_maskgit_options_are_refused():
     wide = FlowDynamicsModel(from_dict(DynamicsConfig, {**to_dict(_flow_config()), "flow": {"latent_dim": 9}}))
     with pytest.raises(ConfigError, match="latent_dim 9 != tokenizer code width 8"):
         FlowBackend(wide, tok, lam)
+    from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
+
+    fsq = VideoTokenizer(TokenizerConfig(image_size=16, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2,
+                                         quantizer="fsq", fsq_levels=(2, 2, 2, 2, 2)))
+    with pytest.raises(ConfigError, match="needs a VQ tokenizer; got quantizer 'fsq'"):
+        FlowBackend(wide, fsq, lam)
 
 
 def test_flow_model_is_causal_in_time_and_a_cached_step_equals_the_full_pass():
@@ -222,7 +228,7 @@ OVERRIDES = ["model.backend=flow", "data.clip_len=3", "data.batch_size=2", "trai
              "train.ckpt_every=2", "train.log_every=1"]
 
 
-def test_playworld_train_dynamics_with_the_flow_backend_resumes_exactly_and_plays(tmp_path):
+def test_playworld_train_dynamics_with_the_flow_backend_resumes_exactly_and_plays(tmp_path, capsys):
     from playworld.presets import build_run_config
     from playworld.train import Trainer
 
@@ -234,6 +240,9 @@ def test_playworld_train_dynamics_with_the_flow_backend_resumes_exactly_and_play
     assert cfg["model"]["backend"] == "flow" and cfg["model"]["flow"]["latent_dim"] == 8  # from the tokenizer
     log = [json.loads(line) for line in (world / "dynamics" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert sum("flow_mse" in r for r in log) == 4
+    assert main(_train_args(data, tmp_path / "pre" / "dynamics", "--tokenizer", str(world / "tokenizer"), "--lam",
+                            str(world / "lam"), "--set", "data.precompute=true")) == 2
+    assert "drop data.precompute" in capsys.readouterr().err
 
     w = World.load(world, WorldConfig(sampling=SamplingConfig(steps=2, temperature=1.0)), threads=0)
     assert isinstance(w.backend, FlowBackend)

@@ -88,6 +88,10 @@ def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
     if run_cfg.model.backend == "flow":
         from playworld.models.flow import FlowDynamicsTrainer
 
+        if run_cfg.data.precompute:
+            raise ConfigError("data.precompute caches MaskGIT's token ids; the flow backend learns the tokenizer's "
+                              "continuous latents, encoded on every batch: drop data.precompute")
+
         return FlowDynamicsTrainer(run_cfg.model, tokenizer=tok, lam=lam)
     return DynamicsTrainer(run_cfg.model, tokenizer=tok, lam=lam, weights_sha256=sha)
 
