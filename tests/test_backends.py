@@ -116,7 +116,7 @@ def test_the_dynamics_config_chooses_the_backend_and_maskgit_is_the_default(copy
     assert isinstance(World(*tiny_models(), CFG).backend, MaskGITBackend)
     assert DynamicsConfig().backend == "maskgit"
     dyn.config.backend = "nope"
-    with pytest.raises(ConfigError, match=r"unknown dynamics backend 'nope'; known: \['copy-last', 'maskgit'\]"):
+    with pytest.raises(ConfigError, match=r"unknown dynamics backend 'nope'; known: \['copy-last', 'flow', 'maskgit'\]"):
         make_backend(dyn, tok, lam)
 
 

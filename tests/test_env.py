@@ -20,12 +20,14 @@ torch.set_num_threads(1)
 PROMPTS = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def _world() -> World:
-    return World(*tiny_models(), WorldConfig(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=1)))
+def _world(backend: str = "maskgit") -> World:
+    return World(*tiny_models(backend=backend), WorldConfig(context_frames=4, decoder_context=4,
+                                                            sampling=SamplingConfig(steps=1)))
 
 
-def test_env_passes_gymnasium_check_env():
-    env = gym.make(ENV_ID, run=_world(), prompts=PROMPTS, max_episode_steps=5, render_mode="rgb_array").unwrapped
+@pytest.mark.parametrize("backend", ["maskgit", "flow"])
+def test_env_passes_gymnasium_check_env(backend):
+    env = gym.make(ENV_ID, run=_world(backend), prompts=PROMPTS, max_episode_steps=5, render_mode="rgb_array").unwrapped
     assert isinstance(env, LatentWorldEnv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -35,14 +37,15 @@ def test_env_passes_gymnasium_check_env():
     assert env.observation_space == gym.spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
 
 
-def test_seeded_episodes_repeat_and_truncate_with_the_user_reward():
+@pytest.mark.parametrize("backend", ["maskgit", "flow"])
+def test_seeded_episodes_repeat_and_truncate_with_the_user_reward(backend):
     calls = []
 
     def reward(obs, action, next_obs):
         calls.append(action)
         return float(action == 2)
 
-    env = make_env(_world(), prompts=PROMPTS, max_episode_steps=4, reward_fn=reward)
+    env = make_env(_world(backend), prompts=PROMPTS, max_episode_steps=4, reward_fn=reward)
 
     def episode(seed):
         obs, info = env.reset(seed=seed)

@@ -32,9 +32,9 @@ def data_dir(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("data"), episodes=2, length=6, size=SIZE)
 
 
-def _server(data_dir, **cfg) -> PlayServer:
+def _server(data_dir, backend: str = "maskgit", **cfg) -> PlayServer:
     config = PlayConfig(**{"steps": 2, "temperature": 1.0, "window_ms": 1.0, "context_frames": 4, **cfg})
-    return PlayServer(tiny_models(), config, data=data_dir)
+    return PlayServer(tiny_models(backend=backend), config, data=data_dir)
 
 
 class SlowScheduler(StepScheduler):
@@ -91,8 +91,9 @@ def test_page_is_self_contained_and_pixelated(data_dir):
     assert "http://" not in page and "https://" not in page and "<link" not in page  # nothing fetched elsewhere
 
 
-def test_play_steps_undo_restart_and_replay_are_exact(data_dir):
-    with TestClient(_server(data_dir).app()) as client, client.websocket_connect("/ws") as ws:
+@pytest.mark.parametrize("backend", ["maskgit", "flow"])
+def test_play_steps_undo_restart_and_replay_are_exact(data_dir, backend):
+    with TestClient(_server(data_dir, backend).app()) as client, client.websocket_connect("/ws") as ws:
         hello = recv(ws)
         assert hello["type"] == "hello" and hello["num_actions"] == 4 and hello["dataset"] == {"prompts": 12, "episodes": 2, "frames": 12}
         assert [a["name"] for a in hello["actions"]] == ["1", "2", "3", "4"]
@@ -111,9 +112,10 @@ def test_play_steps_undo_restart_and_replay_are_exact(data_dir):
         assert ask(ws, type="replay", actions="1,9")["message"].startswith("action 2 ('9') is out of range")
 
 
-def test_two_sessions_are_isolated_and_match_a_solo_world(data_dir):
+@pytest.mark.parametrize("backend", ["maskgit", "flow"])
+def test_two_sessions_are_isolated_and_match_a_solo_world(data_dir, backend):
     picture = base64.b64encode(png()).decode()
-    with TestClient(_server(data_dir).app()) as client, \
+    with TestClient(_server(data_dir, backend).app()) as client, \
             client.websocket_connect("/ws") as a, client.websocket_connect("/ws") as b:
         recv(a), recv(b)
         start_a = ask(a, type="start", source="image", data=picture, seed=5)
@@ -129,7 +131,7 @@ def test_two_sessions_are_isolated_and_match_a_solo_world(data_dir):
     from playworld.play.prompts import image_to_frame
 
     sampling = SamplingConfig(steps=2, copy_penalty=PlayConfig().copy_penalty)  # the server's setting
-    solo = World(*tiny_models(), WorldConfig(context_frames=4, decoder_context=4, sampling=sampling))
+    solo = World(*tiny_models(backend=backend), WorldConfig(context_frames=4, decoder_context=4, sampling=sampling))
     expected = rollout(solo, image_to_frame(png(), (SIZE, SIZE)), [2, 0, 3, 3, 1, 0], seed=5)
     assert np.array_equal(np.stack(frames_a), expected)
 

@@ -1,4 +1,5 @@
-"""World: prompt shapes, batched stepping, seeds, cached decoding = full recompute, flat memory, load."""
+"""World: prompt shapes, batched stepping, seeds, cached decoding = full recompute, flat memory, load; each
+test that does not read MaskGIT's tokens runs with both dynamics backends (maskgit, flow)."""
 
 import tracemalloc
 
@@ -7,26 +8,30 @@ import torch
 
 from playworld.config import to_dict
 from playworld.maskgit import SamplingConfig
-from playworld.models.dynamics import DynamicsConfig, DynamicsModel
+from playworld.models.dynamics import DynamicsConfig, DynamicsModel, FlowConfig
+from playworld.models.flow import FlowDynamicsModel
 from playworld.models.lam import LAMConfig, LatentActionModel
 from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
 from playworld.train.checkpoint import save_release
 from playworld.world import World, WorldConfig
 
+BACKENDS = pytest.mark.parametrize("backend", ["maskgit", "flow"])
 
-def _models(num_actions: int = 4):
+
+def _models(num_actions: int = 4, backend: str = "maskgit"):
     torch.manual_seed(0)
     tok = VideoTokenizer(TokenizerConfig(image_size=16, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2,
                                          num_codes=32, code_dim=8))
     lam = LatentActionModel(LAMConfig(height=16, width=16, patch_size=8, num_actions=num_actions, dim=32,
                                       heads=2, encoder_depth=1, decoder_depth=1))
-    dyn = DynamicsModel(DynamicsConfig(vocab_size=32, num_actions=num_actions, token_height=4,
-                                        token_width=4, dim=32, depth=2, heads=2))
+    config = DynamicsConfig(vocab_size=32, num_actions=num_actions, token_height=4, token_width=4, dim=32, depth=2,
+                            heads=2, backend=backend, flow=FlowConfig(latent_dim=8))
+    dyn = FlowDynamicsModel(config) if backend == "flow" else DynamicsModel(config)
     return tok, lam, dyn
 
 
-def _world(**cfg) -> World:
-    return World(*_models(), WorldConfig(**cfg))
+def _world(backend: str = "maskgit", **cfg) -> World:
+    return World(*_models(backend=backend), WorldConfig(**cfg))
 
 
 def _frames(*shape) -> torch.Tensor:
@@ -34,8 +39,9 @@ def _frames(*shape) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shape", [(), (3,), (2, 3)])
-def test_reset_accepts_a_frame_a_clip_or_a_batch_and_step_returns_uint8_frames(shape):
-    w = _world(sampling=SamplingConfig(steps=2))
+@BACKENDS
+def test_reset_accepts_a_frame_a_clip_or_a_batch_and_step_returns_uint8_frames(shape, backend):
+    w = _world(backend, sampling=SamplingConfig(steps=2))
     first = w.reset(_frames(*shape), seed=0)
     b = shape[0] if len(shape) == 2 else 1
     assert first.shape == (b, 16, 16, 3) and first.dtype == torch.uint8
@@ -45,8 +51,9 @@ def test_reset_accepts_a_frame_a_clip_or_a_batch_and_step_returns_uint8_frames(s
     assert w.frames_played == 2
 
 
-def test_batch_size_replicates_a_prompt_and_bad_actions_raise():
-    w = _world()
+@BACKENDS
+def test_batch_size_replicates_a_prompt_and_bad_actions_raise(backend):
+    w = _world(backend)
     with pytest.raises(RuntimeError, match="reset"):
         w.step(0)
     assert w.reset(_frames(2), batch_size=5, seed=0).shape == (5, 16, 16, 3)
@@ -58,8 +65,9 @@ def test_batch_size_replicates_a_prompt_and_bad_actions_raise():
         w.reset(torch.rand(16, 16, 3))
 
 
-def test_same_seed_same_frames_different_seed_different_frames():
-    w = _world(sampling=SamplingConfig(steps=4, temperature=1.0))
+@BACKENDS
+def test_same_seed_same_frames_different_seed_different_frames(backend):
+    w = _world(backend, sampling=SamplingConfig(steps=4, temperature=1.0))
     prompt = _frames(2, 3)
 
     def play(seed):
@@ -99,8 +107,9 @@ def test_cached_step_equals_a_full_recompute_of_the_history():
     torch.testing.assert_close(frame.float(), (full.clamp(0, 1) * 255).round(), atol=1.0, rtol=0)
 
 
-def test_memory_and_cache_stay_flat_over_long_play():
-    w = _world(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=1))
+@BACKENDS
+def test_memory_and_cache_stay_flat_over_long_play(backend):
+    w = _world(backend, context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=1))
     w.reset(_frames(2, 6), seed=0)  # the prompt is cut to the last 4 frames
     assert w.cache_frames() == (4, 4)
 
@@ -128,8 +137,9 @@ def test_world_config_validates():
         WorldConfig(context_frames=0)
 
 
-def test_load_reads_the_release_layout(tmp_path):
-    tok, lam, dyn = _models()
+@BACKENDS
+def test_load_reads_the_release_layout(tmp_path, backend):
+    tok, lam, dyn = _models(backend=backend)
     for kind, model in (("tokenizer", tok), ("lam", lam), ("dynamics", dyn)):
         save_release(tmp_path / kind, model.state_dict(), {"kind": kind, "model": to_dict(model.config)})
     cfg = WorldConfig(sampling=SamplingConfig(steps=2))
@@ -140,9 +150,10 @@ def test_load_reads_the_release_layout(tmp_path):
         torch.testing.assert_close(a.step(act), b.step(act))
 
 
-def test_step_many_batches_worlds_of_different_ages_and_seeds_like_stepping_each_alone():
+@BACKENDS
+def test_step_many_batches_worlds_of_different_ages_and_seeds_like_stepping_each_alone(backend):
     # three worlds sharing one model: different prompts, seeds, batch sizes and ages (frames played)
-    tok, lam, dyn = _models()
+    tok, lam, dyn = _models(backend=backend)
     cfg = WorldConfig(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=3, temperature=1.0))
 
     def worlds():
@@ -164,14 +175,15 @@ def test_step_many_batches_worlds_of_different_ages_and_seeds_like_stepping_each
     assert [w.frames_played for w in together] == [11, 5, 5]
     with pytest.raises(ValueError, match="appears twice"):
         World.step_many([together[0], together[0]], [0, 0])
-    other = World(*_models(), cfg)
+    other = World(*_models(backend=backend), cfg)
     other.reset(_frames(1), seed=0)
     with pytest.raises(ValueError, match="share their models"):
         World.step_many([together[0], other], [0, 0])
 
 
-def test_a_deferred_commit_gives_the_same_frames_and_is_written_before_the_next_step():
-    tok, lam, dyn = _models()
+@BACKENDS
+def test_a_deferred_commit_gives_the_same_frames_and_is_written_before_the_next_step(backend):
+    tok, lam, dyn = _models(backend=backend)
     cfg = WorldConfig(context_frames=3, decoder_context=3, sampling=SamplingConfig(steps=2, temperature=1.0))
     now, later = World(tok, lam, dyn, cfg), World(tok, lam, dyn, cfg)
     prompt = _frames(2)
@@ -191,8 +203,9 @@ def test_a_deferred_commit_gives_the_same_frames_and_is_written_before_the_next_
     assert not later.uncommitted and later.cache_frames() == (2, 2)
 
 
-def test_snapshot_restore_replays_the_same_frames_and_the_snapshot_stays_intact():
-    tok, lam, dyn = _models()
+@BACKENDS
+def test_snapshot_restore_replays_the_same_frames_and_the_snapshot_stays_intact(backend):
+    tok, lam, dyn = _models(backend=backend)
     cfg = WorldConfig(context_frames=3, decoder_context=3, sampling=SamplingConfig(steps=2, temperature=1.0))
     w = World(tok, lam, dyn, cfg)
     w.reset(_frames(2), seed=9)
@@ -207,6 +220,6 @@ def test_snapshot_restore_replays_the_same_frames_and_the_snapshot_stays_intact(
         assert w.frames_played == 5
         assert all(torch.equal(w.step(a), f) for a, f in zip((2, 0, 3), first))
     with pytest.raises(ValueError, match="another dynamics model"):
-        World(*_models(), cfg).restore(state)
+        World(*_models(backend=backend), cfg).restore(state)
     with pytest.raises(RuntimeError, match="reset"):
         World(tok, lam, dyn, cfg).snapshot()

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from playworld.config import to_dict
-from playworld.models.dynamics import DynamicsConfig, DynamicsModel
+from playworld.models.dynamics import DynamicsConfig, DynamicsModel, FlowConfig
 from playworld.models.lam import LAMConfig, LatentActionModel
 from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
 from playworld.train.checkpoint import save_release
@@ -16,15 +16,20 @@ SIZE = 16
 NUM_ACTIONS = 4
 
 
-def tiny_models(num_actions: int = NUM_ACTIONS):
+def tiny_models(num_actions: int = NUM_ACTIONS, backend: str = "maskgit"):
+    """A random tokenizer, LAM and dynamics model (MaskGIT's, or with ``backend="flow"`` the flow model)."""
     torch.manual_seed(0)
     tok = VideoTokenizer(TokenizerConfig(image_size=SIZE, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2,
                                          num_codes=32, code_dim=8))
     lam = LatentActionModel(LAMConfig(height=SIZE, width=SIZE, patch_size=8, num_actions=num_actions, dim=32,
                                       heads=2, encoder_depth=1, decoder_depth=1))
-    dyn = DynamicsModel(DynamicsConfig(vocab_size=32, num_actions=num_actions, token_height=4,
-                                        token_width=4, dim=32, depth=2, heads=2))
-    return tok, lam, dyn
+    config = DynamicsConfig(vocab_size=32, num_actions=num_actions, token_height=4, token_width=4, dim=32, depth=2,
+                            heads=2, backend=backend, flow=FlowConfig(latent_dim=8))
+    if backend == "flow":
+        from playworld.models.flow import FlowDynamicsModel
+
+        return tok, lam, FlowDynamicsModel(config)
+    return tok, lam, DynamicsModel(config)
 
 
 def save_tiny_run(out: Path) -> Path:

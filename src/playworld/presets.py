@@ -120,6 +120,9 @@ def _match_dependencies(cfg):
         tok = found["tokenizer"]
         side = tok.image_size // tok.patch
         model = dataclasses.replace(model, vocab_size=tok.codebook_size, token_height=side, token_width=side)
+        if model.backend == "flow":  # the flow backend's latents are the tokenizer's codes' width
+            width = tok.code_dim if tok.quantizer == "vq" else len(tok.fsq_levels)
+            model = dataclasses.replace(model, flow=dataclasses.replace(model.flow, latent_dim=width))
     if "lam" in found:
         model = dataclasses.replace(model, num_actions=found["lam"].num_actions)
     return dataclasses.replace(cfg, model=model)

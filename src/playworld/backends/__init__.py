@@ -11,7 +11,8 @@ from torch import nn
 from playworld.backends.base import DynamicsBackend
 from playworld.errors import ConfigError
 
-BACKENDS: dict[str, str | type[DynamicsBackend]] = {"maskgit": "playworld.backends.maskgit:MaskGITBackend"}
+BACKENDS: dict[str, str | type[DynamicsBackend]] = {"maskgit": "playworld.backends.maskgit:MaskGITBackend",
+                                                     "flow": "playworld.backends.flow:FlowBackend"}
 """name -> backend class, or "module:Class" imported on first use."""
 
 

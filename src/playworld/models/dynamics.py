@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,39 @@ from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 if TYPE_CHECKING:
     from playworld.data.loader import ClipLoader
     from playworld.data.token_cache import TokenCache, TokenClipLoader
+
+
+@dataclass
+class FlowConfig:
+    """Settings of the flow backend (``dynamics.backend = "flow"``, :mod:`playworld.models.flow`); a MaskGIT
+    run ignores them."""
+
+    latent_dim: int = field(32, help="width E of the tokenizer's latents the flow model predicts (its code width; "
+                            "set from the tokenizer run when training)")
+    context_share: float = field(0.75, help="training: share of frames drawn as context, with light noise "
+                                 "sigma ~ U[0, context_noise_max], the others as targets, sigma ~ U[0, 1]; each "
+                                 "frame's level independent (diffusion forcing, arXiv 2407.01392); 0.75 beat 0.5 "
+                                 "(docs/models.md)")
+    context_noise_max: float = field(0.3, help="training: the most noise a context frame gets (GameNGen, DIAMOND: "
+                                     "noise on the past so that the model recovers from its own errors)")
+    context_noise: float = field(0.1, help="play: the noise level the model is told the committed past frames "
+                                 "have (they are committed clean, so stepping stays deterministic for a seed)")
+    snap: bool = field(True, help="play: round each sampled frame's latents to the nearest tokenizer code before "
+                       "decoding and committing (keeps rollouts on the codes the decoder was trained on)")
+    loss_first_frame: bool = field(False, help="training: also take the loss on frame 1, which play never samples")
+    predict: Literal["velocity", "x1"] = field(
+        "x1", help="what the network outputs: the clean latents x1 (loss on them; the velocity is "
+        "(x1_hat - x_t) / (1 - t)), or the velocity x1 - x0 (loss on it). x1 measured far better at equal "
+        "CPU time (benchmarks/flow_vs_maskgit.py: 1-step PSNR at t=1 24.9 vs 17.0 dB, docs/models.md)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.latent_dim, bool) or self.latent_dim < 1:
+            raise ConfigError(f"dynamics.flow.latent_dim must be >= 1, got {self.latent_dim}")
+        if self.predict not in ("velocity", "x1"):
+            raise ConfigError(f"dynamics.flow.predict must be 'velocity' or 'x1', got {self.predict!r}")
+        for name in ("context_share", "context_noise_max", "context_noise"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"dynamics.flow.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass
@@ -72,7 +105,9 @@ class DynamicsConfig:
                                  "corrupt_context_factor 0.1); targets stay clean")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
     backend: str = field("maskgit", help="how a world makes the next frame with this model at play time "
-                         "(playworld.backends; runs written before this field play with maskgit)")
+                         "(playworld.backends: 'maskgit', or 'flow': a flow-matching model over the tokenizer's "
+                         "continuous latents; runs written before this field play with maskgit)")
+    flow: FlowConfig = field(default_factory=FlowConfig, help="the flow backend's settings (backend 'flow')")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_actions", "token_height", "token_width", "dim", "depth", "heads"):
@@ -90,6 +125,13 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.context_noise must be in [0, 1), got {self.context_noise}")
         if not isinstance(self.backend, str) or not self.backend:
             raise ConfigError(f"dynamics.backend must name a backend (e.g. 'maskgit'), got {self.backend!r}")
+        if isinstance(self.flow, dict):
+            self.flow = FlowConfig(**self.flow)
+        if not isinstance(self.flow, FlowConfig):
+            raise ConfigError(f"dynamics.flow must be a FlowConfig or a mapping, got {type(self.flow).__name__}")
+        if self.backend == "flow" and (self.context_noise or self.clean_prefix or self.mask_first_frame):
+            raise ConfigError("dynamics.context_noise, clean_prefix and mask_first_frame are MaskGIT's; the flow "
+                              "backend's context noise is dynamics.flow.context_noise_max / context_noise")
 
     @property
     def num_tokens(self) -> int:

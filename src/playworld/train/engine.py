@@ -171,7 +171,9 @@ def config_defaults(cfg: RunConfig) -> dict[str, Any]:
                 default = f.default_factory()
             else:
                 continue
-            out[f"{section}.{f.name}"] = json.loads(json.dumps(default))
+            if dataclasses.is_dataclass(default):  # a nested section: its fields' defaults, dotted
+                default = dataclasses.asdict(default)  # type: ignore[arg-type]
+            out.update(_flatten({f"{section}.{f.name}": json.loads(json.dumps(default))}))
     return out
 
 

@@ -26,7 +26,7 @@ def _attr(path: str) -> Any:
 class ModelSpec:
     kind: str
     config_path: str  # "module:ConfigClass"
-    model_path: str  # "module:ModelClass", built as ModelClass(config)
+    model_path: str  # "module:ModelClass" (or a function), built as ModelClass(config)
     trainable: Callable[[Any, Any], nn.Module] | None = None  # (run_config, device) -> module with compute_loss
     samples_path: str | None = None  # "module:function": (trainable, video) -> SampleSheet | None, for RUN/samples
 
@@ -53,6 +53,18 @@ class ModelSpec:
         return trainable.trainable_module
 
 
+def build_dynamics(config: Any) -> nn.Module:
+    """The dynamics model a config describes: a flow-matching model for ``backend: flow``
+    (:mod:`playworld.models.flow`), else the MaskGIT token model (every other backend plays one)."""
+    if getattr(config, "backend", "maskgit") == "flow":
+        from playworld.models.flow import FlowDynamicsModel
+
+        return FlowDynamicsModel(config)
+    from playworld.models.dynamics import DynamicsModel
+
+    return DynamicsModel(config)
+
+
 def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
     from playworld.errors import CheckpointError
     from playworld.models.dynamics import DynamicsTrainer
@@ -73,6 +85,14 @@ def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
         record = read_checkpoint_config(Path(run_cfg.deps[dep])).get("files", {}).get("model.safetensors", {})
         if isinstance(record, dict) and isinstance(record.get("sha256"), str):
             sha[dep] = record["sha256"]
+    if run_cfg.model.backend == "flow":
+        from playworld.models.flow import FlowDynamicsTrainer
+
+        if run_cfg.data.precompute:
+            raise ConfigError("data.precompute caches MaskGIT's token ids; the flow backend learns the tokenizer's "
+                              "continuous latents, encoded on every batch: drop data.precompute")
+
+        return FlowDynamicsTrainer(run_cfg.model, tokenizer=tok, lam=lam)
     return DynamicsTrainer(run_cfg.model, tokenizer=tok, lam=lam, weights_sha256=sha)
 
 
@@ -83,7 +103,7 @@ SPECS: dict[str, ModelSpec] = {
     "lam": ModelSpec("lam", "playworld.models.lam:LAMConfig", "playworld.models.lam:LatentActionModel",
                      samples_path="playworld.train.samples:lam_samples"),
     "dynamics": ModelSpec("dynamics", "playworld.models.dynamics:DynamicsConfig",
-                          "playworld.models.dynamics:DynamicsModel", trainable=_dynamics_trainable,
+                          "playworld.train.registry:build_dynamics", trainable=_dynamics_trainable,
                           samples_path="playworld.train.samples:dynamics_samples"),
 }
 
