@@ -325,12 +325,16 @@ def test_a_flood_is_capped_by_what_is_queued_and_the_connection_stays_usable(dat
         for i in range(300):  # far faster than the model: 300 steps at once
             ws.send_text(json.dumps({"type": "step", "action": i % 4}))
         replies = [recv(ws) for _ in range(300)]  # one reply each, in the order sent
-        assert [r["step"] for r in replies[:3]] == [1, 2, 3]
-        busy = [r for r in replies[3:] if r["message"].startswith("busy: 3 requests of this session are waiting")]
-        limited = [r for r in replies[3:] if r["message"].startswith("rate limit: at most 60 messages per second")]
-        assert len(busy) + len(limited) == 297 and len(limited) >= 120 and busy  # (the bucket refills meanwhile)
-        assert server.scheduler.stats.ticks <= 5  # the refused steps cost the model nothing
-        assert ask(ws, type="step", action=1)["step"] == 4  # and the session plays on
+        played = [r for r in replies if r["type"] == "frame"]
+        refused = [r for r in replies if r["type"] != "frame"]
+        # the first 3 are queued; a step finishing while the flood still arrives (a loaded machine sends
+        # slowly) frees a place for one more, so a few more may play, in order
+        assert [r["step"] for r in played] == list(range(1, len(played) + 1)) and 3 <= len(played) <= 12
+        busy = [r for r in refused if r["message"].startswith("busy: 3 requests of this session are waiting")]
+        limited = [r for r in refused if r["message"].startswith("rate limit: at most 60 messages per second")]
+        assert len(busy) + len(limited) == len(refused) and busy and limited  # (the bucket refills meanwhile)
+        assert server.scheduler.stats.ticks <= len(played) + 2  # the refused steps cost the model nothing
+        assert ask(ws, type="step", action=1)["step"] == len(played) + 1  # and the session plays on
 
 
 @pytest.mark.parametrize("data, why", [
