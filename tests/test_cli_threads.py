@@ -61,6 +61,10 @@ def test_threads_sets_torchs_thread_count(tmp_path, capsys, four_cores):
 def test_default_threads_leave_a_core_free_unless_threads_sleep_while_waiting():
     assert [default_threads(c, passive=False) for c in (1, 2, 3, 8)] == [1, 1, 2, 7]
     assert [default_threads(c, passive=True) for c in (1, 2, 8)] == [1, 2, 8]
+    # play (one frame at a time): a core stays free even when waiting threads sleep
+    assert [default_threads(c, passive=True, latency=True) for c in (1, 2, 8)] == [1, 1, 7]
+    assert resolve_threads(0, 2, {"OMP_WAIT_POLICY": "passive"}, latency=True) == 1
+    assert resolve_threads(0, 2, {"OMP_WAIT_POLICY": "passive", "OMP_NUM_THREADS": "2"}, latency=True) == 2
     with pytest.raises(ValueError, match="cores must be >= 1"):
         default_threads(0, passive=True)
 

@@ -16,6 +16,12 @@ core); 1 thread 0.45-0.61 / 0.29; 2 threads that sleep while they wait (``OMP_WA
   :func:`playworld.make_env` does), all cores but one (at least 1): a core stays free for the browser,
   an editor or another job, so the spinning threads rarely wait for a thread pushed off its core.
 
+- `playworld play` (``latency=True``) takes all cores but one, at least 1, whatever the policy: a
+  frame is a chain of small operations, and sleeping threads wake too late for them. Quiet, `playworld
+  play` in its own process, one player of the shipped world (`benchmarks/play.py --sessions 1
+  --threads 1|0`, interleaved, 3 runs each): 1 thread 32.8-34.3 frames/s, 2 passive threads 26.0-26.3.
+  One thread never spins, so it keeps 0.45-0.61 of that beside a busy process (above).
+
 ``--threads N`` (``threads=N``) or ``OMP_NUM_THREADS`` choose the count instead; an ``OMP_WAIT_POLICY``
 set in the environment is left as it is.
 """
@@ -37,15 +43,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads(cores: int, passive: bool) -> int:
+def default_threads(cores: int, passive: bool, latency: bool = False) -> int:
     """Threads for ``cores`` usable cores when nothing asks for a number: all of them if waiting threads
-    sleep (``passive``), else all but one, at least 1."""
+    sleep (``passive``) and the work is not a chain of small operations (``latency``: one frame at a
+    time, as play), else all but one, at least 1."""
     if cores < 1:
         raise ValueError(f"cores must be >= 1, got {cores}")
-    return cores if passive else max(1, cores - 1)
+    return cores if passive and not latency else max(1, cores - 1)
 
 
-def resolve_threads(requested: int | None, cores: int, environ: Mapping[str, str] | None = None) -> int:
+def resolve_threads(requested: int | None, cores: int, environ: Mapping[str, str] | None = None,
+                    latency: bool = False) -> int:
     """The thread count to use: ``requested`` if > 0; else ``OMP_NUM_THREADS`` if set to a positive
     number (the user's choice for this machine); else :func:`default_threads` of ``cores`` and of
     whether ``OMP_WAIT_POLICY`` is passive (the policy OpenMP started with, if torch was imported since
@@ -58,7 +66,7 @@ def resolve_threads(requested: int | None, cores: int, environ: Mapping[str, str
     given = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if given.isdigit() and int(given) > 0:
         return int(given)
-    return default_threads(cores, env.get("OMP_WAIT_POLICY", "").strip().upper() == WAIT_POLICY)
+    return default_threads(cores, env.get("OMP_WAIT_POLICY", "").strip().upper() == WAIT_POLICY, latency)
 
 
 def set_threads(requested: int | None = None) -> int:

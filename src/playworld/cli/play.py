@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     config = dataclass_from_args(PlayConfig, args)
     run_dir = resolve_run(args.run)
     # every torch op of the server runs on the scheduler's worker thread, loading included (see StepScheduler.call)
-    scheduler = StepScheduler(config.window_ms, torch_threads=command_threads(args.threads),
+    scheduler = StepScheduler(config.window_ms, torch_threads=command_threads(args.threads, latency=True),
                                defer_commit=config.defer_commit)
     loaded = scheduler.call(load, run_dir, args.device)
     loaded.require("tokenizer", "lam", "dynamics")

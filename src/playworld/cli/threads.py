@@ -27,11 +27,12 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_count, default=0, metavar="N", help=HELP)
 
 
-def command_threads(threads: int) -> int:
-    """The thread count ``--threads threads`` stands for on this machine."""
+def command_threads(threads: int, latency: bool = False) -> int:
+    """The thread count ``--threads threads`` stands for on this machine (``latency``: for one frame at
+    a time, as `playworld play`; :func:`playworld.threads.default_threads`)."""
     from playworld.threads import resolve_threads, usable_cores
 
-    return resolve_threads(threads, usable_cores())
+    return resolve_threads(threads, usable_cores(), latency=latency)
 
 
 def apply_threads(threads: int) -> int:
