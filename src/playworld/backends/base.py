@@ -16,11 +16,13 @@ with ``clone()``, ``nbytes`` and ``frames``; a batched call takes one cache per 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
+
+from playworld.errors import CheckpointError
 
 Caches = Sequence[Any]
 """One backend cache per world of a batched call, in row order."""
@@ -90,3 +92,36 @@ class DynamicsBackend(ABC):
         """Transition actions (B, T-1) -> per-frame conditioning (B, T), the first frame "no action"."""
         first = actions.new_full((actions.shape[0], 1), self.num_actions)
         return torch.cat([first, actions], dim=1)
+
+
+class CachedModelBackend(DynamicsBackend):
+    """A backend over one dynamics network (``model_type``) with a token grid, a temporal KV cache and
+    per-frame action conditioning (its ``frame_actions``, ``new_cache`` and ``commit``), as MaskGIT's and
+    flow's models are; a subclass adds how latents are encoded, decoded and sampled. ``compatible``
+    raises a ConfigError unless the tokenizer and LAM fit the model's config."""
+
+    model_type: ClassVar[type[nn.Module]]
+    compatible: ClassVar[Callable[[Any, nn.Module, nn.Module], None]]
+
+    def __init__(self, dynamics: nn.Module, tokenizer: nn.Module, lam: nn.Module) -> None:
+        if not isinstance(dynamics, self.model_type):
+            raise CheckpointError(f"the {self.name} backend needs a {self.model_type.__name__}, "
+                                  f"got {type(dynamics).__name__}")
+        config = dynamics.config
+        type(self).compatible(config, tokenizer, lam)
+        super().__init__(dynamics, tokenizer, lam)
+        self.model: Any = dynamics
+        self.grid = (config.token_height, config.token_width)
+
+    @property
+    def num_actions(self) -> int:
+        return self.model.config.num_actions
+
+    def frame_actions(self, actions: Tensor) -> Tensor:
+        return self.model.frame_actions(actions)
+
+    def new_cache(self, max_frames: int) -> BackendCache:
+        return self.model.new_cache(max_frames)
+
+    def commit(self, latents: Tensor, frame_actions: Tensor, caches: Any, prev: Tensor | None) -> None:
+        self.model.commit(latents, frame_actions, caches, prev=prev)

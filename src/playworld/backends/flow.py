@@ -20,34 +20,20 @@ from typing import Any
 
 import torch
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
 from playworld.backends import register_backend
-from playworld.backends.base import Caches, DynamicsBackend, RowGenerators
-from playworld.errors import CheckpointError
+from playworld.backends.base import CachedModelBackend, Caches, RowGenerators
 from playworld.models.flow import FlowDynamicsModel, check_flow_compatible, euler_sample, latent_space
 from playworld.models.tokenizer import TokenizerCache
-from playworld.nn.blocks import TemporalKVCache
 
 
 @register_backend
-class FlowBackend(DynamicsBackend):
+class FlowBackend(CachedModelBackend):
     name = "flow"
-
-    def __init__(self, dynamics: nn.Module, tokenizer: nn.Module, lam: nn.Module) -> None:
-        if not isinstance(dynamics, FlowDynamicsModel):
-            raise CheckpointError(f"the flow backend needs a FlowDynamicsModel, got {type(dynamics).__name__}")
-        check_flow_compatible(dynamics.config, tokenizer, lam)
-        super().__init__(dynamics, tokenizer, lam)
-        self.model: FlowDynamicsModel = dynamics
-        self.grid = (dynamics.config.token_height, dynamics.config.token_width)
-
-    @property
-    def num_actions(self) -> int:
-        return self.model.config.num_actions
-
-    def frame_actions(self, actions: Tensor) -> Tensor:
-        return self.model.frame_actions(actions)
+    model_type = FlowDynamicsModel
+    compatible = staticmethod(check_flow_compatible)
+    model: FlowDynamicsModel
 
     def encode(self, video: Tensor) -> Tensor:
         """(B, T, H, W, C) in [0, 1] -> the tokenizer's latents (B, T, S, E) in the model's space."""
@@ -74,12 +60,6 @@ class FlowBackend(DynamicsBackend):
         caches = [decoder_caches] if isinstance(decoder_caches, TokenizerCache) else list(decoder_caches)
         decoder = caches[0].decoder if len(caches) == 1 else [c.decoder for c in caches]
         return tok._pixels(codes, decoder, True).clamp(0.0, 1.0)  # type: ignore[operator]
-
-    def new_cache(self, max_frames: int) -> TemporalKVCache:
-        return self.model.new_cache(max_frames)
-
-    def commit(self, latents: Tensor, frame_actions: Tensor, caches: Any, prev: Tensor | None) -> None:
-        self.model.commit(latents, frame_actions, caches, prev=prev)
 
     def sample(self, frame_actions: Tensor, caches: Caches, prev: Tensor, sampling: Any,
                generators: RowGenerators) -> Tensor:

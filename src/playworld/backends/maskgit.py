@@ -7,32 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
-from playworld.backends.base import Caches, DynamicsBackend, RowGenerators
-from playworld.errors import CheckpointError
+from playworld.backends.base import CachedModelBackend, Caches, RowGenerators
 from playworld.maskgit import SamplingConfig, maskgit_decode
 from playworld.models.dynamics import DynamicsModel, check_compatible
-from playworld.nn.blocks import TemporalKVCache
 
 
-class MaskGITBackend(DynamicsBackend):
+class MaskGITBackend(CachedModelBackend):
     name = "maskgit"
-
-    def __init__(self, dynamics: nn.Module, tokenizer: nn.Module, lam: nn.Module) -> None:
-        if not isinstance(dynamics, DynamicsModel):
-            raise CheckpointError(f"the maskgit backend needs a DynamicsModel, got {type(dynamics).__name__}")
-        check_compatible(dynamics.config, tokenizer, lam)
-        super().__init__(dynamics, tokenizer, lam)
-        self.model: DynamicsModel = dynamics
-        self.grid = (dynamics.config.token_height, dynamics.config.token_width)
-
-    @property
-    def num_actions(self) -> int:
-        return self.model.config.num_actions
-
-    def frame_actions(self, actions: Tensor) -> Tensor:
-        return self.model.frame_actions(actions)
+    model_type = DynamicsModel
+    compatible = staticmethod(check_compatible)
+    model: DynamicsModel
 
     def encode(self, video: Tensor) -> Tensor:
         indices = self.tokenizer.encode(video).indices  # type: ignore[operator]  # (B, T, h, w)
@@ -44,12 +30,6 @@ class MaskGITBackend(DynamicsBackend):
         h, w = self.grid
         indices = rearrange(latents, "b t (h w) -> b t h w", h=h, w=w)
         return self.tokenizer.decode_step(indices, decoder_caches)  # type: ignore[operator]
-
-    def new_cache(self, max_frames: int) -> TemporalKVCache:
-        return self.model.new_cache(max_frames)
-
-    def commit(self, latents: Tensor, frame_actions: Tensor, caches: Any, prev: Tensor | None) -> None:
-        self.model.commit(latents, frame_actions, caches, prev=prev)
 
     def sample(self, frame_actions: Tensor, caches: Caches, prev: Tensor, sampling: Any,
                generators: RowGenerators) -> Tensor:
