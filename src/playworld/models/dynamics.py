@@ -266,7 +266,31 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-class DynamicsTrainer(TrainableModel):
+class FrozenModelsTrainer(TrainableModel):
+    """A dynamics network (``dynamics``) trained beside a frozen tokenizer and a frozen LAM: the frozen
+    models stay in eval mode even when the engine calls ``train()``, and ``trainable_module`` (the
+    dynamics network) is all the engine optimises or weight-decays."""
+
+    def __init__(self, config: DynamicsConfig, *, tokenizer: nn.Module, lam: nn.Module,
+                 dynamics: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = freeze(tokenizer)
+        self.lam = freeze(lam)
+        self.dynamics = dynamics
+
+    @property
+    def trainable_module(self) -> nn.Module:
+        return self.dynamics
+
+    def train(self, mode: bool = True) -> FrozenModelsTrainer:
+        super().train(mode)
+        self.tokenizer.eval()
+        self.lam.eval()
+        return self
+
+
+class DynamicsTrainer(FrozenModelsTrainer):
     """Trains a :class:`DynamicsModel` from pixels with a frozen tokenizer and a frozen LAM.
 
     ``compute_loss(video (B, T, H, W, C) in [0, 1])`` tokenizes and infers latent actions under
@@ -279,25 +303,13 @@ class DynamicsTrainer(TrainableModel):
 
     def __init__(self, config: DynamicsConfig, *, tokenizer: nn.Module, lam: nn.Module,
                  weights_sha256: dict[str, str] | None = None) -> None:
-        super().__init__()
         check_compatible(config, tokenizer, lam)
-        self.config = config
-        self.tokenizer = freeze(tokenizer)
-        self.lam = freeze(lam)
-        self.dynamics = DynamicsModel(config)
+        super().__init__(config, tokenizer=tokenizer, lam=lam, dynamics=DynamicsModel(config))
         # sha256 of the frozen models' release weights ("tokenizer", "lam"): what a token cache is keyed by
         self.weights_sha256 = dict(weights_sha256 or {})
         self._token_caches: dict[tuple[str, str | None], TokenCache] = {}  # (cache dir, split) -> its cache
 
-    @property
-    def trainable_module(self) -> DynamicsModel:
-        return self.dynamics
-
-    def train(self, mode: bool = True) -> DynamicsTrainer:
-        super().train(mode)
-        self.tokenizer.eval()
-        self.lam.eval()
-        return self
+    dynamics: DynamicsModel
 
     @torch.no_grad()
     def tokens_and_actions(self, video: Tensor) -> tuple[Tensor, Tensor]:

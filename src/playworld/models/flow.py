@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from playworld.errors import ConfigError
-from playworld.models.base import LossOutput, TrainableModel
-from playworld.models.dynamics import DynamicsConfig, check_compatible, freeze
+from playworld.models.base import LossOutput
+from playworld.models.dynamics import DynamicsConfig, FrozenModelsTrainer, check_compatible
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 
 
@@ -208,28 +208,16 @@ def check_flow_compatible(config: DynamicsConfig, tokenizer: nn.Module, lam: nn.
         raise ConfigError(f"dynamics.flow.latent_dim {config.flow.latent_dim} != tokenizer code width {width}")
 
 
-class FlowDynamicsTrainer(TrainableModel):
+class FlowDynamicsTrainer(FrozenModelsTrainer):
     """Trains a :class:`FlowDynamicsModel` from pixels with a frozen tokenizer and a frozen LAM (as
     :class:`~playworld.models.dynamics.DynamicsTrainer`; the token cache is not used: the targets are
     continuous latents, encoded on every batch)."""
 
+    dynamics: FlowDynamicsModel
+
     def __init__(self, config: DynamicsConfig, *, tokenizer: nn.Module, lam: nn.Module) -> None:
-        super().__init__()
         check_flow_compatible(config, tokenizer, lam)
-        self.config = config
-        self.tokenizer = freeze(tokenizer)
-        self.lam = freeze(lam)
-        self.dynamics = FlowDynamicsModel(config)
-
-    @property
-    def trainable_module(self) -> FlowDynamicsModel:
-        return self.dynamics
-
-    def train(self, mode: bool = True) -> FlowDynamicsTrainer:
-        super().train(mode)
-        self.tokenizer.eval()
-        self.lam.eval()
-        return self
+        super().__init__(config, tokenizer=tokenizer, lam=lam, dynamics=FlowDynamicsModel(config))
 
     @torch.no_grad()
     def latents_and_actions(self, video: Tensor) -> tuple[Tensor, Tensor]:
