@@ -153,6 +153,20 @@ def test_collapsed_actions_are_reported():
         check_action_usage(torch.tensor([0, 1, 1, 0]), 8, "run x")
 
 
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 8])
+def test_eval_check_and_training_collapse_rule_agree(k):
+    # eval's check on inferred actions and the training check on held-out usage give one verdict
+    for used in range(1, k + 1):
+        counts = [10.0] * used + [0.0] * (k - used)
+        trained = _usage(counts).collapse() is not None  # even counts: the perplexity is `used`
+        try:
+            check_action_usage(torch.arange(used), k, "run x")
+            refused = False
+        except TrainingError:
+            refused = True
+        assert refused == trained, (k, used)
+
+
 def _usage(encoder_counts: list[float], decoder_counts: list[float] | None = None, agreed: float = 0.0) -> ActionUsage:
     enc = torch.tensor(encoder_counts, dtype=torch.float32)
     dec = torch.tensor(decoder_counts, dtype=torch.float32) if decoder_counts is not None else enc.clone()

@@ -521,9 +521,10 @@ class LatentActionModel(TrainableModel):
 
 
 def check_action_usage(actions: Tensor, num_actions: int, where: str) -> None:
-    """Raise TrainingError if fewer than half of the ``num_actions`` latent actions occur in ``actions``
-    (a collapsed LAM: the world would not be controllable). ``where`` names the run or data."""
+    """Raise TrainingError if fewer than :func:`min_actions_used` of the ``num_actions`` latent actions
+    (half of them, at least 2: the rule of :meth:`ActionUsage.collapse`) occur in ``actions`` (a
+    collapsed LAM: the world would not be controllable). ``where`` names the run or data."""
     used = int(torch.unique(actions).numel())
-    if used * 2 < num_actions:
+    if used < min_actions_used(num_actions):
         raise TrainingError(f"{where}: only {used} of {num_actions} latent actions are ever used; the latent "
                             f"action model has collapsed (retrain with more steps or a different seed)")
