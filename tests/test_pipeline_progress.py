@@ -67,6 +67,19 @@ def test_step_cost_grows_with_model_size_and_counts_frozen_models():
     assert step_cost("dynamics", dyn, [tiny, lam]) > step_cost("dynamics", dyn)
 
 
+@pytest.mark.parametrize(("kind", "sets", "tokens"), [
+    ("tokenizer", [], 16 * 16), ("tokenizer", ["model.patch=8"], 8 * 8), ("lam", [], 8 * 8),
+    ("lam", ["model.patch_size=16"], 4 * 4), ("dynamics", [], 16 * 16),
+    ("dynamics", ["model.token_height=8", "model.token_width=4"], 8 * 4)])
+def test_step_cost_counts_each_model_configs_tokens_per_frame(kind, sets, tokens):
+    cfg = build_run_config(kind, "tiny", overrides=sets)
+    assert cfg.model.tokens_per_frame == tokens
+    base = build_run_config(kind, "tiny")
+    # the cost is params x tokens: the same model on fewer tokens costs proportionally less
+    if kind == "dynamics":  # (a patch size also changes the tokenizer's and the LAM's parameter counts)
+        assert step_cost(kind, cfg) / step_cost(kind, base) == pytest.approx(tokens / base.model.tokens_per_frame)
+
+
 class _Clock:
     def __init__(self) -> None:
         self.t = 0.0

@@ -137,6 +137,11 @@ class DynamicsConfig:
     def num_tokens(self) -> int:
         return self.token_height * self.token_width
 
+    @property
+    def tokens_per_frame(self) -> int:
+        """Tokens one frame makes (every model config declares it; training's cost estimate reads it)."""
+        return self.num_tokens
+
 
 @dataclass
 class MaskedBatch:

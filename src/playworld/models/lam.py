@@ -137,6 +137,11 @@ class LAMConfig:
         return self.grid[0] * self.grid[1]
 
     @property
+    def tokens_per_frame(self) -> int:
+        """Tokens one frame makes (every model config declares it; training's cost estimate reads it)."""
+        return self.num_patches
+
+    @property
     def patch_dim(self) -> int:
         return self.patch_size * self.patch_size * self.channels
 

@@ -104,6 +104,11 @@ class TokenizerConfig:
             raise ConfigError(f"tokenizer.dropout must be in [0, 1), got {self.dropout}")
 
     @property
+    def tokens_per_frame(self) -> int:
+        """Tokens one frame makes (every model config declares it; training's cost estimate reads it)."""
+        return (self.image_size // self.patch) ** 2
+
+    @property
     def codebook_size(self) -> int:
         """Number of distinct tokens (the dynamics model's vocabulary)."""
         return self.num_codes if self.quantizer == "vq" else math.prod(self.fsq_levels)

@@ -103,18 +103,7 @@ def _params_x_tokens(kind: str, cfg: Any, frames: int | None = None) -> float:
     with torch.device("meta"):
         model = get_spec(kind).build_release(cfg.model)
     params = sum(p.numel() for p in model.parameters())
-    return float(params) * _tokens_per_frame(model, cfg.model) * (frames or _frames_per_step(cfg))
-
-
-def _tokens_per_frame(model: Any, model_cfg: Any) -> int:
-    if getattr(model, "tokens_per_frame", None):
-        return int(model.tokens_per_frame)
-    grid = getattr(model_cfg, "grid", None)
-    if grid:
-        return int(grid[0]) * int(grid[1])
-    if hasattr(model_cfg, "token_height"):
-        return int(model_cfg.token_height) * int(model_cfg.token_width)
-    return 1
+    return float(params) * int(cfg.model.tokens_per_frame) * (frames or _frames_per_step(cfg))
 
 
 def steps_done(run_dir: Path) -> int:
