@@ -351,8 +351,9 @@ def _ddp_worker(rank: int, world: int, port: int, run: str, out: str, make_cfg, 
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in trainer.release.state_dict().items()}, f"{out}.rank{rank}.safetensors")
-    from playworld.train.distributed import shutdown_distributed
+    from playworld.train.distributed import barrier, shutdown_distributed
 
+    barrier(trainer.dist)  # rank 0 holds the store: it must not leave while the other still writes
     shutdown_distributed()
 
 
