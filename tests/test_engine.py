@@ -1,14 +1,17 @@
 """The training engine: exact resume, NaN stop, checkpoint corruption and config mismatch, schedule,
-weight-decay groups, and 2-process DDP (gloo) equivalence with one process at the same global batch."""
+weight-decay groups, 2-process DDP (gloo) equivalence with one process at the same global batch, and DDP
+training of either dynamics backend (MaskGIT, flow)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -21,7 +24,7 @@ from playworld.nn.vq import VectorQuantizer
 from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig, Trainer
 from playworld.train.engine import param_groups
 from playworld.train.schedule import lr_at
-from tiny_world import tiny_models
+from tiny_world import save_tiny_run, tiny_models
 
 from helpers import make_dataset
 
@@ -318,29 +321,57 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, data: str, run: str, out: str, precision: str) -> None:
+def _toy_ddp_cfg(data: str, precision: str) -> RunConfig:
+    cfg = _cfg(Path(data), steps=4, ckpt_every=4, precision=precision)
+    return dataclasses.replace(cfg, model=ToyConfig(dropout=0.0))
+
+
+def _dynamics_ddp_cfg(data: str, world: str, backend: str) -> RunConfig:
+    """A tiny dynamics run of ``backend`` on the tokenizer and LAM of the tiny world saved in ``world``."""
+    return RunConfig(kind="dynamics", model=tiny_models(backend=backend)[2].config,
+                     optim=OptimConfig(lr=1e-3, warmup_steps=0),
+                     data=DataConfig(path=data, clip_len=3, batch_size=2),
+                     train=TrainConfig(steps=3, log_every=1, val_every=0, ckpt_every=3, seed=3),
+                     deps={"tokenizer": str(Path(world) / "tokenizer"), "lam": str(Path(world) / "lam")})
+
+
+def _ddp_worker(rank: int, world: int, port: int, run: str, out: str, make_cfg, *cfg_args: str) -> None:
+    """One rank of a 2-process gloo run of ``make_cfg(*cfg_args)``: rank 0 writes the losses to ``out``,
+    every rank its trained weights to ``out.rank{rank}.safetensors``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    cfg = _cfg(Path(data), steps=4, ckpt_every=4, precision=precision)
-    cfg = dataclasses.replace(cfg, model=ToyConfig(dropout=0.0))
-    result = _trainer(cfg, Path(run)).fit()
+    cfg = make_cfg(*cfg_args)
+    torch.manual_seed(cfg.train.seed)
+    trainer = Trainer(cfg, Path(run), progress=False, **({"model": ToyModel(cfg.model)}
+                                                          if isinstance(cfg.model, ToyConfig) else {}))
+    result = trainer.fit()
     if rank == 0:
         Path(out).write_text(",".join(repr(x) for x in result.losses))
-    from playworld.train.distributed import shutdown_distributed
+    from safetensors.torch import save_file
 
+    save_file({k: v.contiguous() for k, v in trainer.release.state_dict().items()}, f"{out}.rank{rank}.safetensors")
+    from playworld.train.distributed import barrier, shutdown_distributed
+
+    barrier(trainer.dist)  # rank 0 holds the store: it must not leave while the other still writes
     shutdown_distributed()
+
+
+def _spawn_ddp(run: Path, out: Path, make_cfg, *cfg_args: str) -> list[dict[str, torch.Tensor]]:
+    """Run ``make_cfg(*cfg_args)`` on 2 gloo processes; returns each rank's trained weights."""
+    from safetensors.torch import load_file
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(run), str(out), make_cfg, *cfg_args), nprocs=2)
+    return [load_file(f"{out}.rank{r}.safetensors") for r in range(2)]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16-weights"])
 def test_two_process_ddp_matches_single_process_with_same_global_batch(dataset, tmp_path, precision):
-    single_cfg = _cfg(dataset, steps=4, ckpt_every=4, precision=precision)
-    single_cfg = dataclasses.replace(single_cfg, model=ToyConfig(dropout=0.0),
-                                     data=dataclasses.replace(single_cfg.data, batch_size=4))
+    single_cfg = _toy_ddp_cfg(str(dataset), precision)
+    single_cfg = dataclasses.replace(single_cfg, data=dataclasses.replace(single_cfg.data, batch_size=4))
     single = _trainer(single_cfg, tmp_path / "single").fit()
     out = tmp_path / "ddp_losses.txt"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(dataset), str(tmp_path / "ddp"), str(out), precision),
-             nprocs=2)
+    ranks = _spawn_ddp(tmp_path / "ddp", out, _toy_ddp_cfg, str(dataset), precision)
     ddp = [float(x) for x in out.read_text().split(",")]
     assert len(ddp) == 4
     # bf16 weights: the two ranks' bf16 gradients are averaged by all-reduce, a different rounding
@@ -354,6 +385,40 @@ def test_two_process_ddp_matches_single_process_with_same_global_batch(dataset, 
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4 if precision == "fp32" else 2e-2,
                                    atol=1e-6 if precision == "fp32" else 1e-3)
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+
+
+@pytest.mark.parametrize("backend", ["maskgit", "flow"])
+def test_two_process_ddp_trains_the_dynamics_model_of_either_backend(dataset, tmp_path, backend):
+    """DDP without find_unused_parameters: a parameter the loss leaves out would stop the second step
+    ("Expected to have finished reduction"); ranks see different clips and must still end with the same
+    weights (their gradients averaged), moved from the initial ones. (The masks and noise each rank draws
+    differ from a single process's, so losses are not compared with one.)"""
+    from safetensors.torch import load_file
+
+    from playworld.train.registry import get_spec
+
+    world = save_tiny_run(tmp_path / "world")
+    cfg = _dynamics_ddp_cfg(str(dataset), str(world), backend)
+    torch.manual_seed(cfg.train.seed)
+    trainable = get_spec("dynamics").build_trainable(cfg, torch.device("cpu"))
+    assert type(trainable).__name__ == ("FlowDynamicsTrainer" if backend == "flow" else "DynamicsTrainer")
+    video = torch.rand(2, 3, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+    trainable.compute_loss(video).loss.backward()
+    unused = [n for n, p in trainable.trainable_module.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+    init = {k: v.clone() for k, v in trainable.trainable_module.state_dict().items()}
+
+    out = tmp_path / "ddp_losses.txt"
+    ranks = _spawn_ddp(tmp_path / "ddp", out, _dynamics_ddp_cfg, str(dataset), str(world), backend)
+    losses = [float(x) for x in out.read_text().split(",")]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    released = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    assert set(released) == set(init) and all(torch.equal(released[k], ranks[0][k]) for k in released)
+    assert not torch.equal(released["head.weight"], init["head.weight"])
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["model"]["backend"] == backend
 
 
 def test_auto_measures_once_and_a_resumed_run_keeps_its_choice(dataset, tmp_path, monkeypatch):

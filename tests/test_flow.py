@@ -282,3 +282,26 @@ def test_a_checkpoint_written_before_the_flow_section_resumes_at_its_default():
     saved = cfg.to_dict()
     del saved["model"]["flow"]
     assert config_differences(saved, cfg.to_dict(), config_defaults(cfg)) == []
+
+
+def test_the_backends_fps_benchmark_times_both_backends_per_step_count_against_maskgit_at_one_step(
+        tmp_path, capsys, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    world = save_tiny_run(tmp_path / "world", backend="flow")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "backends_fps.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(world / "dynamics"), "--frames", "1", "--batch", "2",
+                                      "--steps", "1", "2", "--precision", "fp32"])
+    runpy.run_path(str(script), run_name="__main__")
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    # the run's flow model (dynamics given alone: tokenizer and LAM found beside it) and its MaskGIT twin
+    assert [(r[-6], r[-5]) for r in rows] == [("maskgit", "1"), ("maskgit", "2"), ("flow", "1"), ("flow", "2")]
+    assert rows[0][1] == "(twin)" and rows[2][0] == "world/dynamics"
+    for r in rows:
+        fps1, ratio1, fpsb, ratiob = map(float, r[-4:])
+        assert fps1 > 0 and fpsb > 0
+        assert ratio1 == pytest.approx(fps1 / float(rows[0][-4]), rel=0.02, abs=0.01)
+        assert ratiob == pytest.approx(fpsb / float(rows[0][-2]), rel=0.02, abs=0.01)
+    assert rows[0][-3] == rows[0][-1] == "1.00"

@@ -1,6 +1,9 @@
 """Labelled sample sheets: the picture holds every cell and draws every label; the LAM's and the dynamics'
 sheets show the real frames, the inferred action and the predictions under it (and under the next
-action); a tiny LAM and a tiny dynamics training run write them to RUN/samples."""
+action), the dynamics' through either backend (MaskGIT, flow) as a world plays it; a tiny LAM and tiny
+dynamics training runs of both backends write them to RUN/samples."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from PIL import Image
 
 from playworld.maskgit import play_sampling
 from playworld.models.dynamics import DynamicsTrainer
+from playworld.models.flow import FlowDynamicsTrainer
 from playworld.models.lam import LAMConfig, LatentActionModel
 from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig, Trainer
 from playworld.train.samples import BACKGROUND, SampleSheet, dynamics_samples, lam_samples, tokenizer_samples
@@ -60,19 +64,22 @@ def test_lam_sheet_shows_the_inferred_action_and_the_decoder_under_it():
     assert lam_samples(torch.nn.Linear(2, 2), video) is None and tokenizer_samples(lam, video) is None
 
 
-def test_dynamics_sheet_predicts_what_the_world_would_play():
-    tok, lam, dyn = tiny_models()
-    trainer = DynamicsTrainer(dyn.config, tokenizer=tok, lam=lam)
+@pytest.mark.parametrize("backend", ["maskgit", "flow"])
+def test_dynamics_sheet_predicts_what_the_world_would_play(backend):
+    tok, lam, dyn = tiny_models(backend=backend)
+    trainer_cls = FlowDynamicsTrainer if backend == "flow" else DynamicsTrainer
+    trainer = trainer_cls(dyn.config, tokenizer=tok, lam=lam)
     trainer.dynamics.load_state_dict(dyn.state_dict())
     trainer.eval()
     video = (_video(t=4, seed=1) * 255).round() / 255  # frames a uint8 prompt can hold exactly
     sheet = dynamics_samples(trainer, video)
-    _, actions = trainer.tokens_and_actions(video)
+    actions = lam.infer_actions(video)
     assert sheet.row_labels == [f"clip {b}: action {a}" for b, a in enumerate(actions[:, -1].tolist())]
     assert sheet.cells.shape == (2, 5, SIZE, SIZE, 3)
     # the world started from the first 3 real frames and stepped with the LAM's last action plays column 4
     world = World(tok, lam, trainer.dynamics, WorldConfig(context_frames=4, decoder_context=4,
                                                           sampling=play_sampling()))
+    assert world.backend.name == backend
     prompt = (video[:, :-1] * 255).round().to(torch.uint8)
     world.reset(prompt, seed=0)
     played = world.step(actions[:, -1]).numpy()
@@ -80,6 +87,7 @@ def test_dynamics_sheet_predicts_what_the_world_would_play():
     world.reset(prompt, seed=0)
     other = world.step((actions[:, -1] + 1) % 4).numpy()
     assert np.abs(other.astype(int) - sheet.cells[:, 4]).max() <= 1
+    assert not np.array_equal(sheet.cells[:, 3], sheet.cells[:, 4])  # so the action is what those columns show
     recon = tok.reconstruct(video)
     assert np.abs((recon[:, -1] * 255).round().numpy() - sheet.cells[:, 2]).max() <= 1
     tok_sheet = tokenizer_samples(tok, video)  # per clip: real frames over their reconstruction
@@ -88,12 +96,12 @@ def test_dynamics_sheet_predicts_what_the_world_would_play():
     assert np.array_equal(tok_sheet.cells[1::2], (recon * 255).round().to(torch.uint8).numpy())
 
 
-def test_lam_and_dynamics_training_write_labelled_samples(tmp_path):
+def test_lam_and_dynamics_training_of_either_backend_write_labelled_samples(tmp_path):
     data = make_dataset(tmp_path / "ds", episodes=6, length=8, size=SIZE, val=0.34)
     train = TrainConfig(steps=1, log_every=1, val_every=1, val_batches=1, ckpt_every=1)
     lam_cfg = LAMConfig(height=SIZE, width=SIZE, patch_size=8, num_actions=4, dim=32, heads=2, encoder_depth=1,
                         decoder_depth=1)
-    dyn_cfg = tiny_models()[2].config
+    dyn_cfg, flow_cfg = tiny_models()[2].config, tiny_models(backend="flow")[2].config
     world = save_tiny_run(tmp_path / "world")
     runs = {
         "lam": RunConfig(kind="lam", model=lam_cfg, optim=OptimConfig(lr=1e-4, warmup_steps=0),
@@ -102,6 +110,7 @@ def test_lam_and_dynamics_training_write_labelled_samples(tmp_path):
                               data=DataConfig(path=str(data), clip_len=3, batch_size=2), train=train,
                               deps={"tokenizer": str(world / "tokenizer"), "lam": str(world / "lam")}),
     }
+    runs["flow"] = dataclasses.replace(runs["dynamics"], model=flow_cfg)
     for kind, cfg in runs.items():
         Trainer(cfg, tmp_path / kind, progress=False).fit()
         pictures = sorted((tmp_path / kind / "samples").glob("val-*.png"))

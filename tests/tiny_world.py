@@ -32,9 +32,9 @@ def tiny_models(num_actions: int = NUM_ACTIONS, backend: str = "maskgit"):
     return tok, lam, DynamicsModel(config)
 
 
-def save_tiny_run(out: Path) -> Path:
-    """Write tokenizer/, lam/, dynamics/ of a tiny random world under ``out``; returns ``out``."""
-    for kind, model in zip(("tokenizer", "lam", "dynamics"), tiny_models()):
+def save_tiny_run(out: Path, backend: str = "maskgit") -> Path:
+    """Write tokenizer/, lam/, dynamics/ of a tiny random world (of ``backend``) under ``out``; returns ``out``."""
+    for kind, model in zip(("tokenizer", "lam", "dynamics"), tiny_models(backend=backend)):
         save_release(out / kind, model.state_dict(), {"kind": kind, "model": to_dict(model.config)})
     return out
 

@@ -6,9 +6,9 @@ as one picture (Pillow's default font). What each model's sheet shows:
 - tokenizer: per clip, a row of real frames over a row of their reconstructions through the tokens;
 - LAM: per clip, its last transition: frame t, real t+1, the decoder's t+1 under the inferred action a
   and under the next action a+1 (if those two look alike, the decoder ignores its action);
-- dynamics: per clip, its last transition: frame t, real t+1, the tokenizer's t+1 (the best the dynamics
-  can do), and the world's t+1 sampled from the real context at play's setting under the LAM's action
-  a and under a+1.
+- dynamics (either backend): per clip, its last transition: frame t, real t+1, the tokenizer's t+1 (the
+  best the dynamics can do), and the world's t+1 sampled from the real context at play's setting under
+  the LAM's action a and under a+1.
 
 Each function takes the trained module and a batch (B, T, H, W, C) in [0, 1] and returns None for a
 module it does not know (a model passed to the engine by hand).
@@ -114,33 +114,34 @@ def lam_samples(model: nn.Module, video: Tensor) -> SampleSheet | None:
 
 @torch.no_grad()
 def dynamics_samples(model: nn.Module, video: Tensor) -> SampleSheet | None:
-    from playworld.maskgit import maskgit_decode, play_sampling
-    from playworld.models.dynamics import DynamicsTrainer
+    """Through the run's dynamics backend (:func:`playworld.backends.make_backend`, as a world plays it:
+    MaskGIT's tokens or flow's latents): the real frames x_1..x_{T-1} are committed to a fresh cache and
+    x_T is sampled against it at play's setting, seeded, under the LAM's action a and under a+1."""
+    from playworld.backends import make_backend
+    from playworld.maskgit import play_sampling
+    from playworld.models.dynamics import FrozenModelsTrainer
 
-    if not isinstance(model, DynamicsTrainer):
+    if not isinstance(model, FrozenModelsTrainer):
         return None
-    dyn, tok = model.dynamics, model.tokenizer
-    tokens, actions = model.tokens_and_actions(video)  # (B, T, S), (B, T-1)
-    b, s = tokens.shape[0], tokens.shape[2]
-    grid = {"h": dyn.config.token_height, "w": dyn.config.token_width}
+    backend = make_backend(model.dynamics, model.tokenizer, model.lam)
+    b, t = video.shape[:2]
+    latents = backend.encode(video)  # (B, T, *L)
+    actions = model.lam.infer_actions(video)  # type: ignore[operator]  # (B, T-1)
+    frame_actions = backend.frame_actions(actions)  # (B, T)
+    cache = backend.new_cache(t)
+    backend.commit(latents[:, :-1], frame_actions[:, :-1], cache, None)
+    decoder = model.tokenizer.new_cache(t)  # type: ignore[operator]
+    recon = backend.decode(latents, decoder.clone())[:, -1]  # (B, H, W, C): the tokenizer's t+1
+    backend.decode(latents[:, :-1], decoder)  # the decoder's past: x_1..x_{T-1}
 
-    def predict_last(acts: Tensor) -> Tensor:
-        """The world's x_T from the real tokens of x_1..x_{T-1} under ``acts`` (B, T-1) -> (B, H, W, C)."""
-        frame_actions = dyn.frame_actions(acts)
+    def predict_last(last_action: Tensor) -> Tensor:
+        """The world's x_T under ``last_action`` (B,) -> (B, H, W, C)."""
+        generator = torch.Generator(device=video.device).manual_seed(0)
+        last = backend.sample(last_action[:, None], [cache], latents[:, -2], play_sampling(), [(generator, b)])
+        return backend.decode(last[:, None], decoder.clone())[:, 0]
 
-        def logits_fn(last: Tensor) -> Tensor:  # last (B, S) with [MASK]s -> (B, S, V)
-            return dyn(torch.cat([tokens[:, :-1], last[:, None]], dim=1), frame_actions)[:, -1]
-
-        last = maskgit_decode(logits_fn, b, s, dyn.mask_id, play_sampling(), device=tokens.device,
-                              prev=tokens[:, -2])
-        clip = torch.cat([tokens[:, :-1], last[:, None]], dim=1)
-        return tok.decode(rearrange(clip, "b t (h w) -> b t h w", **grid))[:, -1]  # type: ignore[operator]
-
-    shifted = actions.clone()
-    shifted[:, -1] = (actions[:, -1] + 1) % dyn.config.num_actions
-    recon = tok.decode(rearrange(tokens, "b t (h w) -> b t h w", **grid))[:, -1]  # type: ignore[operator]
-    cells = torch.stack([video[:, -2].float(), video[:, -1].float(), recon.float(),
-                         predict_last(actions).float(), predict_last(shifted).float()], dim=1)
-    a = actions[:, -1].tolist()
-    return SampleSheet(_frames(cells), [f"clip {i}: action {a[i]}" for i in range(b)],
+    a = actions[:, -1]
+    cells = torch.stack([video[:, -2].float(), video[:, -1].float(), recon.float(), predict_last(a).float(),
+                         predict_last((a + 1) % backend.num_actions).float()], dim=1)
+    return SampleSheet(_frames(cells), [f"clip {i}: action {x}" for i, x in enumerate(a.tolist())],
                        ["frame t", "real t+1", "tokenizer t+1", "world t+1, a", "world t+1, a+1"])
