@@ -67,9 +67,11 @@ def data_meta(data: str | Path | None) -> dict[str, Any]:
 
 
 def make_reward(out: Path, *, data: str | Path | None, reward_fn: str | None, reward_head: str | Path | None,
-                head_cfg: RewardHeadConfig, max_episodes: int | None, progress: bool) -> tuple[BatchReward, dict]:
+                head_cfg: RewardHeadConfig, max_episodes: int | None, progress: bool,
+                threshold: float | None = None) -> tuple[BatchReward, dict]:
     """The reward and how to rebuild it: the user's ``module:function``, a given reward head, or a head
-    learned from ``data``'s recorded rewards into ``out/reward-head`` (reused when it is there)."""
+    learned from ``data``'s recorded rewards into ``out/reward-head`` (reused when it is there);
+    ``threshold`` overrides the head's own."""
     if reward_fn is not None and reward_head is not None:
         raise ConfigError("give --reward-fn or --reward-head, not both")
     if reward_fn is not None:
@@ -87,14 +89,20 @@ def make_reward(out: Path, *, data: str | Path | None, reward_fn: str | None, re
                       f"{res.accuracy['positives']:.2f}, unrewarded {res.accuracy['negatives']:.2f} "
                       f"({res.seconds:.0f} s)")
     path = Path(reward_head).resolve()
-    return load_reward_head(path), {"kind": "head", "path": str(path)}
+    desc = {"kind": "head", "path": str(path), "threshold": threshold}
+    return rebuild_reward(desc), desc
 
 
 def rebuild_reward(desc: dict[str, Any]) -> BatchReward:
     if desc.get("kind") == "function":
         return batched(load_reward_fn(desc["spec"]))
     if desc.get("kind") == "head":
-        return load_reward_head(desc["path"])
+        head = load_reward_head(desc["path"])
+        if desc.get("threshold") is not None:
+            if not 0 < desc["threshold"] < 1:
+                raise ConfigError(f"reward threshold {desc['threshold']} must lie in (0, 1)")
+            head.threshold = float(desc["threshold"])
+        return head
     raise CheckpointError(f"unknown reward description {desc}")
 
 
@@ -124,6 +132,7 @@ class InWorldResult:
 def train_in_world(run: str | Path | None, out: str | Path, cfg: PPOConfig, *, data: str | Path | None = None,
                    reward_fn: str | None = None, reward_head: str | Path | None = None,
                    head_cfg: RewardHeadConfig | None = None, reward_episodes: int | None = 300,
+                   reward_threshold: float | None = None,
                    context: int = 2, channels: int = 32, init: str | Path | None = None,
                    progress: bool = True, max_iterations: int | None = None) -> InWorldResult:
     """PPO inside ``run``'s world into ``out`` (see the module docstring); re-running resumes."""
@@ -136,7 +145,7 @@ def train_in_world(run: str | Path | None, out: str | Path, cfg: PPOConfig, *, d
         raise CheckpointError(f"{run_dir}: no such run directory (a run written by `playworld train`)")
     reward, reward_desc = make_reward(out, data=data, reward_fn=reward_fn, reward_head=reward_head,
                                       head_cfg=head_cfg or RewardHeadConfig(), max_episodes=reward_episodes,
-                                      progress=progress)
+                                      progress=progress, threshold=reward_threshold)
     env = make_world_env(run_dir, data, cfg.num_envs, cfg.episode_steps)
     init_policy: PolicyNet | None = None
     if init is not None:

@@ -5,8 +5,10 @@ A world has no reward of its own. For Procgen data the default is a small CNN on
 trained on the rewards the dataset recorded (a learned reward model, as DIAMOND and Dreamer 4 train
 inside their worlds). Procgen's rewards are sparse (CoinRun pays 10 on reaching the coin and nothing
 else), so the head classifies ``reward > 0`` with the positives weighted by the negatives-to-positives
-ratio (balanced binary cross-entropy) and gives ``scale * P(reward > 0)``, ``scale`` being the mean
-positive reward of the data. The reward of an episode's last frame, whose outcome frame was never
+ratio (balanced binary cross-entropy) and pays ``scale``, the mean positive reward of the data, on a
+transition whose (balanced) probability of ``reward > 0`` passes ``threshold``, and 0 elsewhere: a
+fixed payment, as the game's is (an expected reward ``scale * p`` summed over a long in-world episode
+would pay more for lingering near coin-like frames than for reaching the coin). The reward of an episode's last frame, whose outcome frame was never
 recorded (Procgen resets on the coin), is credited to the transition into that frame.
 
 ``--reward-fn module:function`` names a user function ``fn(obs, action, next_obs) -> float`` on uint8
@@ -52,8 +54,11 @@ class RewardHeadConfig:
     batch: int = field(64, help="transitions per step")
     lr: float = field(1e-3, help="Adam learning rate")
     seed: int = field(0, help="seed of the weights and the batches")
+    threshold: float = field(0.5, help="balanced P(reward > 0) above which a transition pays `scale`")
 
     def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"reward head: threshold={self.threshold} must lie in (0, 1)")
         for name in ("channels", "steps", "batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"reward head: {name}={getattr(self, name)} must be >= 1")
@@ -83,18 +88,19 @@ class RewardHead(nn.Module):
 
 @dataclass
 class RewardModel:
-    """A trained reward head as a batched reward: ``scale * sigmoid(logit)`` (see the module docstring)."""
+    """A trained reward head as a batched reward: ``scale`` where ``sigmoid(logit) > threshold``, else 0."""
 
     head: RewardHead
     scale: float
     frame_size: tuple[int, int]
+    threshold: float = 0.5
 
     @torch.no_grad()
     def __call__(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
         if tuple(obs.shape[1:3]) != self.frame_size:
             raise ConfigError(f"reward head: trained on {self.frame_size} frames, given {tuple(obs.shape[1:3])}")
         logit = self.head(torch.from_numpy(np.ascontiguousarray(obs)), torch.from_numpy(np.ascontiguousarray(next_obs)))
-        return (self.scale * torch.sigmoid(logit)).numpy().astype(np.float64)
+        return (self.scale * (torch.sigmoid(logit) > self.threshold)).numpy().astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -140,12 +146,12 @@ class RewardHeadResult:
 
 
 def balanced_accuracy(model: RewardModel, pairs: RewardPairs, batch: int = 512) -> dict[str, float]:
-    """Fraction of positive (reward > 0) and of zero-reward transitions the head classifies right (p > 0.5)."""
+    """Fraction of positive (reward > 0) and of zero-reward transitions the head classifies right."""
     hits, pos = [], pairs.reward > 0
     for s in range(0, len(pairs.index), batch):
         i = pairs.index[s:s + batch]
         r = model(pairs.frames[i].numpy(), np.zeros(len(i), np.int64), pairs.frames[i + 1].numpy())
-        hits.append(torch.from_numpy(r > model.scale / 2) == pos[s:s + batch])
+        hits.append(torch.from_numpy(r > 0) == pos[s:s + batch])
     h = torch.cat(hits)
     return {"positives": float(h[pos].float().mean()) if pos.any() else float("nan"),
             "negatives": float(h[~pos].float().mean()) if (~pos).any() else float("nan"),
@@ -181,7 +187,7 @@ def train_reward_head(data: str | Path, out: str | Path, cfg: RewardHeadConfig, 
         bar.set_postfix(loss=f"{loss.item():.3f}")
     head.eval()
     size = (int(pairs.frames.shape[1]), int(pairs.frames.shape[2]))
-    model = RewardModel(head, scale, size)
+    model = RewardModel(head, scale, size, cfg.threshold)
     has_val = any(e.length >= 2 for e in Dataset(data).episodes("val"))
     check = read_reward_pairs(data, "val", progress=False) if has_val else pairs
     acc = {**balanced_accuracy(model, check), "split": "val" if has_val else "train"}
@@ -205,7 +211,7 @@ def load_reward_head(path: str | Path) -> RewardModel:
     check_state_dict(head, state, str(path / WEIGHTS))
     head.load_state_dict(state)
     size = meta["frame_size"]
-    return RewardModel(head.eval(), float(meta["scale"]), (int(size[0]), int(size[1])))
+    return RewardModel(head.eval(), float(meta["scale"]), (int(size[0]), int(size[1])), cfg.threshold)
 
 
 def load_reward_fn(spec: str) -> Callable[..., Any]:

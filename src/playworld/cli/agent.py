@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(default: %(default)s)")
     tw.add_argument("--reward-steps", type=int, default=1500, help="optimiser steps of the reward head "
                     "(default: %(default)s)")
+    tw.add_argument("--reward-threshold", type=float, help="balanced probability of a reward above which the "
+                    "learned head pays (default: the head's own, 0.5 when trained here)")
     tw.add_argument("--end-on-reward", action=argparse.BooleanOptionalAction, default=None,
                     help="end an episode at its first positive reward, as CoinRun's coin does (default: on with "
                     "the reward head, off with --reward-fn)")
@@ -160,9 +162,10 @@ def run_train_in_world(args: argparse.Namespace) -> int:
     end_on_reward = args.reward_fn is None if args.end_on_reward is None else args.end_on_reward
     cfg = PPOConfig(steps=args.steps, num_envs=args.num_envs, episode_steps=args.episode_steps, epochs=args.epochs,
                     lr=args.lr, ent_coef=args.ent_coef, end_on_reward=end_on_reward, seed=args.seed)
+    head_cfg = RewardHeadConfig(steps=args.reward_steps)
     res = train_in_world(args.run, args.out, cfg, data=args.data, reward_fn=args.reward_fn,
-                         reward_head=args.reward_head, head_cfg=RewardHeadConfig(steps=args.reward_steps),
-                         reward_episodes=args.reward_episodes, context=args.context, channels=args.channels,
+                         reward_head=args.reward_head, head_cfg=head_cfg,
+                         reward_episodes=args.reward_episodes, reward_threshold=args.reward_threshold, context=args.context, channels=args.channels,
                          init=args.init, progress=args.progress)
     h = res.ppo.history
     if h:
