@@ -142,7 +142,8 @@ def test_cli_trains_resumes_and_evaluates(tmp_path):
     assert main(["agent", "eval", str(out), "--decoder", str(agent), "--episodes", "1", "--max-steps", "4",
                  "--in-world-episodes", "2", "--threads", "1"]) == 0
     result = json.loads((out / "eval.json").read_text())
-    assert set(result["rows"]) == {"random", "latent BC, N=0", "in-world PPO, N=0"}
+    assert set(result["rows"]) == {"random", "random latent, N=0", "latent BC, N=0", "in-world PPO, N=0"}
+    assert result["rows"]["random"]["in_world_returns"] == result["rows"]["random latent, N=0"]["in_world_returns"]
     for r in result["rows"].values():
         assert r["length"]["mean"] <= 4 and len(r["in_world_returns"]) == 2
         assert r["gap"] == pytest.approx(r["in_world"]["mean"] - r["return"]["mean"])

@@ -173,14 +173,15 @@ def train_in_world(run: str | Path | None, out: str | Path, cfg: PPOConfig, *, d
 
 
 class DecodedController:
-    """A latent-action policy in the real game: its choice, decoded by a decoder fit for another (latent-BC)
-    policy, which reads that policy's features of the same frames. Frames (N, H, W, 3) uint8."""
+    """A latent-action policy in the real game: its choice (uniform over the latent actions when ``policy`` is
+    None), decoded by a decoder fit for another (latent-BC) policy, which reads that policy's features of the
+    same frames. Frames (N, H, W, 3) uint8."""
 
-    def __init__(self, policy: PolicyNet, decoder: ActionDecoder, feature_policy: PolicyNet, *, seed: int,
+    def __init__(self, policy: PolicyNet | None, decoder: ActionDecoder, feature_policy: PolicyNet, *, seed: int,
                  greedy: bool = False) -> None:
-        self.policy, self.decoder, self.features = policy.eval(), decoder, feature_policy.eval()
+        self.policy, self.decoder, self.features = policy, decoder, feature_policy.eval()
         self.greedy, self.gen = greedy, torch.Generator().manual_seed(seed)
-        self.context = max(policy.config.context, feature_policy.config.context)
+        self.context = max(feature_policy.config.context, 1 if policy is None else policy.config.context)
         self.history: torch.Tensor | None = None  # (N, context, H, W, 3)
 
     @torch.no_grad()
@@ -192,9 +193,12 @@ class DecodedController:
         else:
             shifted = torch.cat([self.history[:, 1:], frame[:, None]], 1)
             self.history = torch.where(torch.as_tensor(first)[:, None, None, None, None], fresh, shifted)
-        logits = self.policy(self.history[:, -self.policy.config.context:])  # (N, K)
-        choice = (logits.argmax(-1) if self.greedy
-                  else torch.multinomial(logits.softmax(-1), 1, generator=self.gen)[:, 0])
+        if self.policy is None:
+            choice = torch.randint(self.features.config.num_actions, (len(frame),), generator=self.gen)
+        else:
+            logits = self.policy.eval()(self.history[:, -self.policy.config.context:])  # (N, K)
+            choice = (logits.argmax(-1) if self.greedy
+                      else torch.multinomial(logits.softmax(-1), 1, generator=self.gen)[:, 0])
         feats = self.features.features(self.history[:, -self.features.config.context:])  # (N, D)
         return self.decoder(feats, choice).numpy().astype(np.int64)
 
@@ -214,9 +218,12 @@ def in_world_returns(env: Any, reward: BatchReward, cfg: PPOConfig, context: int
 
 def evaluate_in_world(agent_dir: str | Path, cfg: EvalConfig, decoder_agent: str | Path, *,
                       labels: int | None = None, in_world_episodes: int = 32, progress: bool = True) -> dict[str, Any]:
-    """Random, the latent-BC agent of ``decoder_agent`` and the in-world PPO policy of ``agent_dir``: each in
-    the real game (held-out levels, latent choices decoded by ``decoder_agent``'s decoder for ``labels``)
-    and inside the world (same reward and episode length as training); writes eval.json and eval.md."""
+    """Random real keys, random latent actions, the latent-BC agent of ``decoder_agent`` and the in-world PPO
+    policy of ``agent_dir``: each in the real game (held-out levels, latent choices decoded by
+    ``decoder_agent``'s decoder for ``labels``) and inside the world (same reward and episode length as
+    training; the two random rows share uniform latent actions there); writes eval.json and eval.md.
+    Random latent actions through the decoder are the control for the PPO policy: a decoder that maps most
+    latents to one good key makes any latent policy look good in the real game."""
     agent_dir, decoder_agent = Path(agent_dir), Path(decoder_agent)
     policy, meta = load_policy(agent_dir)
     if meta.get("kind") != KIND:
@@ -239,8 +246,10 @@ def evaluate_in_world(agent_dir: str | Path, cfg: EvalConfig, decoder_agent: str
     env = make_world_env(meta["run"], meta.get("data"), ppo_cfg.num_envs, ppo_cfg.episode_steps)
     reward = rebuild_reward(meta["reward"])
     k = policy.config.num_actions
+    uniform = random_actor(k)  # in the world, both random rows take uniform latent actions
     rows: list[tuple[str, Controller, Any, int]] = [
-        ("random", RandomController(cfg.seed), random_actor(k), 1),
+        ("random", RandomController(cfg.seed), uniform, 1),
+        (f"random latent, N={n}", DecodedController(None, decoder, bc, seed=cfg.seed), uniform, 1),
         (f"latent BC, N={n}", DecodedController(bc, decoder, bc, seed=cfg.seed, greedy=cfg.greedy),
          policy_actor(bc, cfg.greedy), bc.config.context),
         (f"in-world PPO, N={n}", DecodedController(policy, decoder, bc, seed=cfg.seed, greedy=cfg.greedy),
@@ -250,6 +259,7 @@ def evaluate_in_world(agent_dir: str | Path, cfg: EvalConfig, decoder_agent: str
                                "in_world": {"episodes": in_world_episodes, "episode_steps": ppo_cfg.episode_steps,
                                             "end_on_reward": ppo_cfg.end_on_reward, "reward": meta["reward"]},
                                "rows": {}}
+    in_world: dict[int, np.ndarray] = {}
     for label, ctrl, actor, context in rows:
         t0 = time.perf_counter()
         stats = play_levels(ctrl, cfg.game, levels, mode=cfg.mode, max_steps=cfg.max_steps, seed=cfg.seed,
@@ -257,7 +267,9 @@ def evaluate_in_world(agent_dir: str | Path, cfg: EvalConfig, decoder_agent: str
         real_s = time.perf_counter() - t0
         summary = stats.summary(seed=cfg.seed)
         t0 = time.perf_counter()
-        world_ret = in_world_returns(env, reward, ppo_cfg, context, actor, in_world_episodes, cfg.seed)
+        if id(actor) not in in_world:
+            in_world[id(actor)] = in_world_returns(env, reward, ppo_cfg, context, actor, in_world_episodes, cfg.seed)
+        world_ret = in_world[id(actor)]
         world = bootstrap(world_ret, seed=cfg.seed)
         results["rows"][label] = {**{k: v.to_json() for k, v in summary.items()}, "in_world": world.to_json(),
                                   "gap": world.mean - summary["return"].mean, "real_seconds": real_s,
