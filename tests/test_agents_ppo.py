@@ -177,3 +177,20 @@ def test_bad_inputs_name_the_problem(tmp_path):
         batched(lambda o, a, n: float("nan"))(np.zeros((1, 2, 2, 3)), np.zeros(1, np.int64), np.zeros((1, 2, 2, 3)))
     with pytest.raises(ConfigError, match="minibatches"):
         PPOConfig(num_envs=1, episode_steps=2, minibatches=4)
+
+
+def test_episodes_end_at_the_first_reward_and_gae_stops_there():
+    from playworld.agents.ppo import Rollout, advantages, play
+
+    env = _env(num_envs=2, steps=3)
+    ro = play(env, batched(pays_for_best), 3, seed=0, context=1, actor=lambda h, g: torch.full((len(h),), BEST),
+              end_on_reward=True)
+    assert ro.returns().tolist() == [1.0, 1.0]  # paid every step, but the episode ended at the first pay
+    assert ro.alive[:, 0].tolist() == [True, False, False] and ro.done[:, 0].tolist() == [True, False, False]
+    zeros = torch.zeros(3, 1)
+    hand = Rollout(obs=torch.zeros(3, 1), actions=zeros.long(), logp=zeros, values=zeros,
+                   rewards=torch.tensor([[0.0], [1.0], [5.0]]), done=torch.tensor([[False], [True], [False]]),
+                   alive=torch.tensor([[True], [True], [False]]), last_value=torch.tensor([7.0]))
+    adv, ret = advantages(hand, gamma=0.9, lam=0.5)
+    # after the terminal step nothing flows back (the 5 and the bootstrap value 7 are after the end)
+    assert torch.allclose(adv[:2, 0], torch.tensor([0.9 * 0.5, 1.0])) and torch.equal(ret, adv)
