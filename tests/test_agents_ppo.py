@@ -173,6 +173,11 @@ def test_bad_inputs_name_the_problem(tmp_path):
     data = make_dataset(tmp_path / "data", episodes=3, length=6)  # records no reward
     with pytest.raises(DatasetError, match="no transition of the train split has a reward"):
         train_in_world(run, tmp_path / "o", cfg, data=data, progress=False)
+    from playworld.agents.policy import PolicyNet, save_policy
+
+    save_policy(tmp_path / "oracle", PolicyNet(PolicyConfig(num_actions=15, channels=4, target="true")), {})
+    with pytest.raises(ConfigError, match="chooses true actions"):
+        train_in_world(run, tmp_path / "o", cfg, reward_fn="math:cos", init=tmp_path / "oracle", progress=False)
     with pytest.raises(ConfigError, match="returned"):  # a reward function that gives NaN
         batched(lambda o, a, n: float("nan"))(np.zeros((1, 2, 2, 3)), np.zeros(1, np.int64), np.zeros((1, 2, 2, 3)))
     with pytest.raises(ConfigError, match="minibatches"):
