@@ -146,12 +146,13 @@ def train_in_world(run: str | Path | None, out: str | Path, cfg: PPOConfig, *, d
     reward, reward_desc = make_reward(out, data=data, reward_fn=reward_fn, reward_head=reward_head,
                                       head_cfg=head_cfg or RewardHeadConfig(), max_episodes=reward_episodes,
                                       progress=progress, threshold=reward_threshold)
-    env = make_world_env(run_dir, data, cfg.num_envs, cfg.episode_steps)
     init_policy: PolicyNet | None = None
     if init is not None:
         init_policy, _ = load_policy(Path(init))
         if init_policy.config.target != "latent":
             raise ConfigError(f"--init {init}: its policy chooses true actions; PPO in the world needs latent ones")
+    env = make_world_env(run_dir, data, cfg.num_envs, cfg.episode_steps)
+    if init_policy is not None:
         policy_cfg = init_policy.config
     else:
         policy_cfg = PolicyConfig(num_actions=env.world.num_actions, context=context, channels=channels)
