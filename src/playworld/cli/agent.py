@@ -1,4 +1,4 @@
-"""`playworld agent bc|decode|eval`: agents from latent actions (see docs/agents.md)."""
+"""`playworld agent bc|decode|train-in-world|eval`: agents from latent actions (see docs/agents.md)."""
 
 from __future__ import annotations
 
@@ -47,8 +47,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_threads_argument(dec)
     dec.set_defaults(func=run_decode)
 
+    tw = stages.add_parser("train-in-world", help="PPO inside the learned world in latent actions, with a reward "
+                           "head learned from the data's rewards (or your reward function of frames)",
+                           description="playworld agent train-in-world RUN --data DIR --out DIR\n"
+                           "playworld agent train-in-world RUN --reward-fn mymod:reward --out DIR\n"
+                           "Re-running the same command resumes an interrupted run (more --steps continue it).",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    tw.add_argument("run", nargs="?", help="the world's run directory (default: the shipped CoinRun world)")
+    tw.add_argument("--out", required=True, type=Path, help="agent directory to write (or resume)")
+    tw.add_argument("--data", type=Path, help="dataset: start frames (its train split's level starts) and the "
+                    "recorded rewards the default reward head learns from")
+    tw.add_argument("--reward-fn", help="module:function (or file.py:function), fn(obs, action, next_obs) -> float "
+                    "on uint8 (H, W, 3) frames, instead of the learned reward head")
+    tw.add_argument("--reward-head", type=Path, help="a reward head directory already trained (OUT/reward-head of "
+                    "another run)")
+    tw.add_argument("--reward-episodes", type=int, default=300, help="train episodes the reward head learns from "
+                    "(default: %(default)s)")
+    tw.add_argument("--reward-steps", type=int, default=1500, help="optimiser steps of the reward head "
+                    "(default: %(default)s)")
+    tw.add_argument("--reward-threshold", type=float, help="balanced probability of a reward above which the "
+                    "learned head pays (default: the head's own, 0.5 when trained here)")
+    tw.add_argument("--end-on-reward", action=argparse.BooleanOptionalAction, default=None,
+                    help="end an episode at its first positive reward, as CoinRun's coin does (default: on with "
+                    "the reward head, off with --reward-fn)")
+    tw.add_argument("--steps", type=int, default=4096, help="environment steps (default: %(default)s)")
+    tw.add_argument("--num-envs", type=int, default=8, help="worlds stepped in one batch (default: %(default)s)")
+    tw.add_argument("--episode-steps", type=int, default=64, help="latent actions per in-world episode "
+                    "(default: %(default)s)")
+    tw.add_argument("--epochs", type=int, default=4, help="PPO passes over each rollout (default: %(default)s)")
+    tw.add_argument("--lr", type=float, default=2.5e-4, help="learning rate (default: %(default)s)")
+    tw.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (default: %(default)s)")
+    tw.add_argument("--init", type=Path, help="start the policy from a latent-BC agent directory (`agent bc`)")
+    tw.add_argument("--context", type=int, default=2, help="frames the policy sees (default: %(default)s)")
+    tw.add_argument("--channels", type=int, default=32, help="first conv width (default: %(default)s)")
+    tw.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    tw.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    add_threads_argument(tw)
+    tw.set_defaults(func=run_train_in_world)
+
     ev = stages.add_parser("eval", help="play the agent (every decoder) and baselines in the real Procgen game "
-                           "on held-out levels")
+                           "on held-out levels; an in-world agent also inside its world, beside the real return")
     ev.add_argument("agent_dir", type=Path)
     ev.add_argument("--game", default="coinrun", help="Procgen game (default: %(default)s)")
     ev.add_argument("--episodes", type=int, default=16, help="episodes, one per held-out level (default: %(default)s)")
@@ -60,6 +98,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--no-baselines", action="store_true", help="skip random and behaviour policies")
     ev.add_argument("--greedy", action="store_true", help="take the policy's most likely action (default: sample)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the controllers (default: %(default)s)")
+    ev.add_argument("--decoder", type=Path, help="in-world agents: the latent-BC agent directory whose decoder maps "
+                    "latent actions to real ones")
+    ev.add_argument("--labels", type=int, help="in-world agents: that decoder's N (default: the largest)")
+    ev.add_argument("--in-world-episodes", type=int, default=32, help="in-world agents: episodes played inside "
+                    "the world for the in-world return (default: %(default)s)")
     add_threads_argument(ev)
     ev.set_defaults(func=run_eval)
 
@@ -109,13 +152,45 @@ def run_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from playworld.agents.pipeline import EvalConfig, evaluate
+def run_train_in_world(args: argparse.Namespace) -> int:
+    from playworld.agents.inworld import train_in_world
+    from playworld.agents.ppo import PPOConfig
+    from playworld.agents.reward import RewardHeadConfig
     from playworld.cli.threads import apply_threads
+
+    apply_threads(args.threads)
+    end_on_reward = args.reward_fn is None if args.end_on_reward is None else args.end_on_reward
+    cfg = PPOConfig(steps=args.steps, num_envs=args.num_envs, episode_steps=args.episode_steps, epochs=args.epochs,
+                    lr=args.lr, ent_coef=args.ent_coef, end_on_reward=end_on_reward, seed=args.seed)
+    head_cfg = RewardHeadConfig(steps=args.reward_steps)
+    res = train_in_world(args.run, args.out, cfg, data=args.data, reward_fn=args.reward_fn,
+                         reward_head=args.reward_head, head_cfg=head_cfg,
+                         reward_episodes=args.reward_episodes, reward_threshold=args.reward_threshold, context=args.context, channels=args.channels,
+                         init=args.init, progress=args.progress)
+    h = res.ppo.history
+    if h:
+        print(f"{res.out}: {h[-1]['step']} env steps ({res.ppo.iterations_run} iterations now, "
+              f"{res.ppo.seconds:.1f} s); in-world return {h[0]['return']:.2f} (first) -> {h[-1]['return']:.2f} (last)")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from playworld.agents.inworld import KIND, evaluate_in_world
+    from playworld.agents.pipeline import EvalConfig, evaluate
+    from playworld.agents.policy import load_policy
+    from playworld.cli.threads import apply_threads
+    from playworld.errors import ConfigError
 
     apply_threads(args.threads)
     cfg = EvalConfig(game=args.game, episodes=args.episodes, mode=args.mode, max_steps=args.max_steps,
                      seed=args.seed, greedy=args.greedy)
-    evaluate(args.agent_dir, cfg, oracle=args.oracle, baselines=not args.no_baselines)
+    if load_policy(args.agent_dir)[1].get("kind") == KIND:
+        if args.decoder is None:
+            raise ConfigError(f"{args.agent_dir}: an in-world agent acts in latent actions; give --decoder "
+                              f"AGENT_DIR (a latent-BC agent with `agent decode` decoders)")
+        evaluate_in_world(args.agent_dir, cfg, args.decoder, labels=args.labels,
+                          in_world_episodes=args.in_world_episodes)
+    else:
+        evaluate(args.agent_dir, cfg, oracle=args.oracle, baselines=not args.no_baselines)
     print(f"wrote {args.agent_dir / 'eval.json'} and {args.agent_dir / 'eval.md'}")
     return 0
