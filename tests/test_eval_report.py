@@ -131,6 +131,24 @@ def test_compare_flags_differences_outside_the_intervals(oracle, tmp_path):
         compare([tmp_path / "a", tmp_path / "bad.json"])
 
 
+def test_compare_lists_psnr_and_ssim_at_horizons_1_4_8_and_15_from_the_rollout_curves(oracle, tmp_path):
+    a = json.loads(json.dumps(oracle.metrics))
+    b = copy.deepcopy(a)
+    ctx = str(min(int(k) for k in b["rollouts"]["contexts"]))
+    curve = b["rollouts"]["contexts"][ctx]["psnr"]["inferred"]
+    reached = [h for h in (1, 4, 8, 15) if h <= len(curve)]
+    worse = curve[max(reached) - 1]
+    worse.update(mean=worse["mean"] - 50, low=worse["low"] - 50, high=worse["high"] - 50)  # one horizon worse
+    for name, m in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    c = compare([tmp_path / "a", tmp_path / "b"])
+    assert {f"psnr_inferred_t{h}" for h in reached} | {f"ssim_inferred_t{h}" for h in reached} <= set(c.rows)
+    assert all(f"ssim_inferred_t{h}" not in c.rows for h in (1, 4, 8, 15) if h not in reached)  # no row
+    assert c.flags[f"psnr_inferred_t{max(reached)}"] == ["worse"]
+    assert all(c.flags[f"ssim_inferred_t{h}"] == [""] for h in reached)
+    assert c.rows["psnr_inferred_t1"][0]["mean"] == a["rollouts"]["contexts"][ctx]["psnr"]["inferred"][0]["mean"]
+
 def _save_tiny_run(run: Path) -> None:
     torch.manual_seed(0)
     tok = VideoTokenizer(TokenizerConfig(image_size=16, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2,

@@ -1,4 +1,5 @@
-"""`playworld eval --compare A B ...`: the headline figures of several evaluations side by side.
+"""`playworld eval --compare A B ...`: the headline figures of several evaluations side by side, with
+rollout PSNR and SSIM at horizons 1, 4, 8 and 15.
 
 A difference is flagged when the two 95% intervals do not overlap (a conservative test: two
 intervals can overlap while the difference is still significant, so unflagged is not "equal").
@@ -28,6 +29,28 @@ def find_metrics(path: str | Path) -> Path:
     raise ConfigError(f"{p}: no metrics.json here (nor in {p / 'eval'}); run `playworld eval {p}` first")
 
 
+HORIZONS = (1, 4, 8, 15)
+"""Rollout horizons whose PSNR and SSIM every comparison lists (beside the headline's t=4), where the
+evaluations reach them."""
+
+
+def horizon_figures(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``psnr_inferred_tH`` / ``ssim_inferred_tH`` for H in :data:`HORIZONS` (rollouts from the shortest
+    context, LAM-inferred actions), read from the rollout curves of a metrics.json, each an Estimate with
+    ``better``: 'higher'."""
+    contexts = m.get("rollouts", {}).get("contexts", {})
+    if not contexts:
+        return {}
+    ctx = contexts[str(min(int(c) for c in contexts))]
+    out = {}
+    for h in HORIZONS:
+        for name in ("psnr", "ssim"):
+            curve = ctx.get(name, {}).get("inferred", [])
+            if len(curve) >= h:
+                out[f"{name}_inferred_t{h}"] = {**curve[h - 1], "better": "higher"}
+    return out
+
+
 @dataclass
 class Comparison:
     """names: the runs; rows: headline name -> per run (Estimate dict or None); flags: headline name ->
@@ -54,10 +77,11 @@ def compare(paths: list[str | Path]) -> Comparison:
             diff.insert(0, "data")
         if diff:
             warnings.append(f"{name} differs from {names[0]} in {', '.join(diff)}: its figures may not compare")
-    keys = list(dict.fromkeys(k for m in metrics for k in m["headline"]))
+    figures = [{**m["headline"], **horizon_figures(m)} for m in metrics]
+    keys = list(dict.fromkeys(k for f in figures for k in f))
     rows, better, flags = {}, {}, {}
     for key in keys:
-        row = [m["headline"].get(key) for m in metrics]
+        row = [f.get(key) for f in figures]
         rows[key] = row
         better[key] = next(e["better"] for e in row if e is not None)
         ref = row[0]
