@@ -120,10 +120,18 @@ def test_compare_flags_differences_outside_the_intervals(oracle, tmp_path):
         (tmp_path / name / "metrics.json").write_text(json.dumps(m))
     c = compare([tmp_path / "a", tmp_path / "b" / "metrics.json"])
     assert c.flags["mapping_accuracy"] == ["worse"] and c.flags["ms_per_frame"] == ["better"]
+    assert not any("threads" in w for w in c.warnings)
     assert c.flags["tokenizer_psnr"] == [""]  # equal: not flagged
     assert any("seed" in w for w in c.warnings)
     table = to_markdown(c)
     assert "| mapping_accuracy (higher) | 1.000 [1.000, 1.000] | 0.500 [0.400, 0.600] **worse** |" in table
+    threaded = copy.deepcopy(worse)
+    threaded["speed"]["threads"] = good["speed"]["threads"] + 1  # timed otherwise: speed not flagged
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "metrics.json").write_text(json.dumps(threaded))
+    c = compare([tmp_path / "a", tmp_path / "c"])
+    assert c.flags["ms_per_frame"] == [""] and c.flags["mapping_accuracy"] == ["worse"]
+    assert any("threads" in w and "ms_per_frame is not flagged" in w for w in c.warnings)
     with pytest.raises(ConfigError, match="no metrics.json here"):
         compare([tmp_path / "a", tmp_path / "missing"])
     (tmp_path / "bad.json").write_text('{"format": "playworld-eval", "schema_version": 1}')

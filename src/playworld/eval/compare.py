@@ -29,6 +29,8 @@ def find_metrics(path: str | Path) -> Path:
     raise ConfigError(f"{p}: no metrics.json here (nor in {p / 'eval'}); run `playworld eval {p}` first")
 
 
+SPEED_FIGURES = ("ms_per_frame",)
+"""Figures that measure time, flagged only between evaluations timed with the same number of threads."""
 HORIZONS = (1, 4, 8, 15)
 """Rollout horizons whose PSNR and SSIM every comparison lists (beside the headline's t=4), where the
 evaluations reach them."""
@@ -77,6 +79,10 @@ def compare(paths: list[str | Path]) -> Comparison:
             diff.insert(0, "data")
         if diff:
             warnings.append(f"{name} differs from {names[0]} in {', '.join(diff)}: its figures may not compare")
+        threads = (m.get("speed", {}).get("threads"), base.get("speed", {}).get("threads"))
+        if threads[0] != threads[1]:
+            warnings.append(f"{name} timed its frames with {threads[0]} threads, {names[0]} with {threads[1]}: "
+                            "ms_per_frame is not flagged")
     figures = [{**m["headline"], **horizon_figures(m)} for m in metrics]
     keys = list(dict.fromkeys(k for f in figures for k in f))
     rows, better, flags = {}, {}, {}
@@ -86,9 +92,10 @@ def compare(paths: list[str | Path]) -> Comparison:
         better[key] = next(e["better"] for e in row if e is not None)
         ref = row[0]
         flags[key] = []
-        for e in row[1:]:
+        for m, e in zip(metrics[1:], row[1:]):
             flag = ""
-            if ref is not None and e is not None:
+            timed_alike = m.get("speed", {}).get("threads") == base.get("speed", {}).get("threads")
+            if ref is not None and e is not None and (key not in SPEED_FIGURES or timed_alike):
                 if e["low"] > ref["high"]:
                     flag = "better" if better[key] == "higher" else "worse"
                 elif e["high"] < ref["low"]:
