@@ -8,7 +8,6 @@ drawn; the resume state (weights, Adam moments, step) is safetensors + JSON, wri
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +18,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from playworld.agents.policy import PolicyConfig, PolicyNet, save_policy
+from playworld.agents.resume import RESUME, load_resume, save_resume
 from playworld.agents.transitions import Transitions
 from playworld.config import field, to_dict
-from playworld.errors import CheckpointError, ConfigError, TrainingError
-from playworld.io import atomic_write_text, read_json
-from playworld.release import check_state_dict, load_tensors, save_tensors
-from playworld.train.checkpoint import optimizer_state_from_tensors, optimizer_to_tensors
-
-RESUME = "resume"
+from playworld.errors import ConfigError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -66,32 +61,10 @@ def labels_of(trans: Transitions, target: str) -> torch.Tensor:
     return labels
 
 
-def _save_resume(out: Path, policy: PolicyNet, opt: torch.optim.Optimizer, step: int, meta: dict[str, Any]) -> None:
-    d = out / RESUME
-    tensors, opt_meta = optimizer_to_tensors(opt.state_dict())
-    save_tensors(d / "weights.safetensors", policy.state_dict())
-    save_tensors(d / "optimizer.safetensors", tensors)
-    atomic_write_text(d / "state.json", json.dumps({"step": step, "optimizer": opt_meta, **meta}) + "\n")
-
-
 def _load_resume(out: Path, policy: PolicyNet, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> int:
-    d = out / RESUME
-    if not (d / "state.json").is_file():
-        return 0
-    state = read_json(d / "state.json", CheckpointError, "resume state")
-    def same(key: str, value: Any) -> Any:  # more steps or another checkpoint interval may resume a run
-        return {k: v for k, v in value.items() if k not in ("steps", "checkpoint_every")} if key == "bc" else value
-
-    for key in ("policy", "bc", "target"):
-        if key not in state or same(key, state[key]) != same(key, meta[key]):
-            raise CheckpointError(f"{d / 'state.json'}: a run with another {key} ({state.get(key)} vs {meta[key]}); "
-                                  f"choose another --out or delete {d} to start over")
-    weights = load_tensors(d / "weights.safetensors")
-    check_state_dict(policy, weights, str(d / "weights.safetensors"))
-    policy.load_state_dict(weights)
-    opt.load_state_dict(optimizer_state_from_tensors(opt, load_tensors(d / "optimizer.safetensors"),
-                                                     state["optimizer"], str(d)))
-    return int(state["step"])
+    """The step to continue from (0 for a new run); more steps or another checkpoint interval may resume."""
+    state = load_resume(out, policy, opt, meta, free={"bc": ("steps", "checkpoint_every")})
+    return 0 if state is None else int(state["step"])
 
 
 def train_bc(trans: Transitions, policy_cfg: PolicyConfig, cfg: BCConfig, out: str | Path, *,
@@ -132,15 +105,15 @@ def train_bc(trans: Transitions, policy_cfg: PolicyConfig, cfg: BCConfig, out: s
             loss_value = loss.item()
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                _save_resume(out, policy, opt, step + 1, run_meta)
+                save_resume(out, policy, opt, run_meta, {"step": step + 1})
     except KeyboardInterrupt:
-        _save_resume(out, policy, opt, done, run_meta)
+        save_resume(out, policy, opt, run_meta, {"step": done})
         raise
     if end < cfg.steps:
-        _save_resume(out, policy, opt, end, run_meta)
+        save_resume(out, policy, opt, run_meta, {"step": end})
         return BCResult(out, end - start, loss_value, float("nan"), time.perf_counter() - t0)
     acc = accuracy(policy, trans, labels)
-    _save_resume(out, policy, opt, end, run_meta)
+    save_resume(out, policy, opt, run_meta, {"step": end})
     save_policy(out, policy, {**(meta or {}), "bc": to_dict(cfg), "train_accuracy": acc, "transitions": len(trans)})
     return BCResult(out, end - start, loss_value, acc, time.perf_counter() - t0)
 

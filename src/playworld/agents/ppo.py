@@ -17,7 +17,6 @@ out of the loss.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -31,15 +30,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from playworld.agents.policy import PolicyConfig, PolicyNet
+from playworld.agents.resume import load_resume, save_resume
 from playworld.agents.reward import BatchReward
 from playworld.config import field, to_dict
 from playworld.env import LatentWorldVectorEnv
-from playworld.errors import CheckpointError, ConfigError, TrainingError
-from playworld.io import atomic_write_text, read_json
-from playworld.release import check_state_dict, load_tensors, save_tensors
-from playworld.train.checkpoint import optimizer_state_from_tensors, optimizer_to_tensors
-
-RESUME = "resume"
+from playworld.errors import ConfigError, TrainingError
+from playworld.release import check_state_dict
 
 
 @dataclass(frozen=True)
@@ -235,37 +231,12 @@ def update(net: ActorCritic, opt: torch.optim.Optimizer, ro: Rollout, cfg: PPOCo
     return UpdateStats(*(sums / max(count, 1)).tolist())
 
 
-def save_resume(out: Path, net: ActorCritic, opt: torch.optim.Optimizer, iteration: int,
-                meta: dict[str, Any], history: list[dict[str, float]]) -> None:
-    d = out / RESUME
-    tensors, opt_meta = optimizer_to_tensors(opt.state_dict())
-    save_tensors(d / "weights.safetensors", net.state_dict())
-    save_tensors(d / "optimizer.safetensors", tensors)
-    atomic_write_text(d / "state.json", json.dumps({"iteration": iteration, "optimizer": opt_meta, **meta,
-                                                    "history": history}) + "\n")
-
-
-def load_resume(out: Path, net: ActorCritic, opt: torch.optim.Optimizer,
-                meta: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
-    """The iteration to continue from and the per-iteration history (0, [] for a new run)."""
-    d = out / RESUME
-    if not (d / "state.json").is_file():
-        return 0, []
-    state = read_json(d / "state.json", CheckpointError, "resume state")
-
-    def same(key: str, value: Any) -> Any:  # more steps may continue a run
-        return {k: v for k, v in value.items() if k != "steps"} if key == "ppo" else value
-
-    for key in meta:
-        if key not in state or same(key, state[key]) != same(key, meta[key]):
-            raise CheckpointError(f"{d / 'state.json'}: a run with another {key} ({state.get(key)} vs {meta[key]}); "
-                                  f"choose another --out or delete {d} to start over")
-    weights = load_tensors(d / "weights.safetensors")
-    check_state_dict(net, weights, str(d / "weights.safetensors"))
-    net.load_state_dict(weights)
-    opt.load_state_dict(optimizer_state_from_tensors(opt, load_tensors(d / "optimizer.safetensors"),
-                                                     state["optimizer"], str(d)))
-    return int(state["iteration"]), list(state.get("history", []))
+def _load_resume(out: Path, net: ActorCritic, opt: torch.optim.Optimizer,
+                 meta: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
+    """The iteration to continue from and the per-iteration history (0, [] for a new run); more steps
+    may continue a run."""
+    state = load_resume(out, net, opt, meta, free={"ppo": ("steps",)})
+    return (0, []) if state is None else (int(state["iteration"]), list(state.get("history", [])))
 
 
 @dataclass(frozen=True)
@@ -299,7 +270,7 @@ def train_ppo(env: LatentWorldVectorEnv, reward: BatchReward, policy_cfg: Policy
     net.eval()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=1e-5)
     run_meta = {"policy": to_dict(policy_cfg), "ppo": to_dict(cfg), **(meta or {})}
-    start, history = load_resume(out, net, opt, run_meta)
+    start, history = _load_resume(out, net, opt, run_meta)
     end = cfg.iterations if max_iterations is None else min(cfg.iterations, start + max_iterations)
     per_iter = cfg.num_envs * cfg.episode_steps
     bar = tqdm(total=cfg.iterations * per_iter, initial=start * per_iter, desc="ppo in the world", unit="step",
@@ -312,7 +283,7 @@ def train_ppo(env: LatentWorldVectorEnv, reward: BatchReward, policy_cfg: Policy
             rec = {"iteration": it + 1, "step": (it + 1) * per_iter, "return": float(ro.returns().mean()),
                    "ended_on_reward": float(ro.done.any(0).float().mean()), **stats.__dict__}
             history.append(rec)
-            save_resume(out, net, opt, it + 1, run_meta, history)
+            save_resume(out, net, opt, run_meta, {"iteration": it + 1, "history": history})
             if log is not None:
                 log.log(rec["step"], {k: v for k, v in rec.items() if k not in ("iteration", "step")})
             bar.update(per_iter)
