@@ -73,15 +73,15 @@ def compare(paths: list[str | Path]) -> Comparison:
     names = [str(p) for p in paths]
     warnings = []
     base = metrics[0]
-    for name, m in zip(names[1:], metrics[1:]):
+    threads = [m.get("speed", {}).get("threads") for m in metrics]  # what each timed its frames with
+    for name, m, t in zip(names[1:], metrics[1:], threads[1:]):
         diff = [k for k in COMPARABLE if m["settings"].get(k) != base["settings"].get(k)]
         if m["data"] != base["data"]:
             diff.insert(0, "data")
         if diff:
             warnings.append(f"{name} differs from {names[0]} in {', '.join(diff)}: its figures may not compare")
-        threads = (m.get("speed", {}).get("threads"), base.get("speed", {}).get("threads"))
-        if threads[0] != threads[1]:
-            warnings.append(f"{name} timed its frames with {threads[0]} threads, {names[0]} with {threads[1]}: "
+        if t != threads[0]:
+            warnings.append(f"{name} timed its frames with {t} threads, {names[0]} with {threads[0]}: "
                             "ms_per_frame is not flagged")
     figures = [{**m["headline"], **horizon_figures(m)} for m in metrics]
     keys = list(dict.fromkeys(k for f in figures for k in f))
@@ -92,10 +92,9 @@ def compare(paths: list[str | Path]) -> Comparison:
         better[key] = next(e["better"] for e in row if e is not None)
         ref = row[0]
         flags[key] = []
-        for m, e in zip(metrics[1:], row[1:]):
+        for t, e in zip(threads[1:], row[1:]):
             flag = ""
-            timed_alike = m.get("speed", {}).get("threads") == base.get("speed", {}).get("threads")
-            if ref is not None and e is not None and (key not in SPEED_FIGURES or timed_alike):
+            if ref is not None and e is not None and (key not in SPEED_FIGURES or t == threads[0]):
                 if e["low"] > ref["high"]:
                     flag = "better" if better[key] == "higher" else "worse"
                 elif e["high"] < ref["low"]:
