@@ -143,6 +143,13 @@ class DynamicsConfig:
         return self.num_tokens
 
 
+def frame_actions(actions: Tensor, no_action_id: int) -> Tensor:
+    """(B, T-1) transition actions -> (B, T) per-frame conditioning of either dynamics model: each frame
+    is conditioned on the action that led to it, and frame 1, which none led to, on ``no_action_id``."""
+    first = actions.new_full((actions.shape[0], 1), no_action_id)
+    return torch.cat([first, actions], dim=1)
+
+
 @dataclass
 class MaskedBatch:
     """A masked training input: inputs (B, T, S) with [MASK] ids, mask (B, T, S) bool (True = masked)."""
@@ -186,8 +193,7 @@ class DynamicsModel(nn.Module):
 
     def frame_actions(self, actions: Tensor) -> Tensor:
         """(B, T-1) transition actions -> (B, T) per-frame conditioning, frame 1 = no action."""
-        first = actions.new_full((actions.shape[0], 1), self.no_action_id)
-        return torch.cat([first, actions], dim=1)
+        return frame_actions(actions, self.no_action_id)
 
     def embed(self, tokens: Tensor, frame_actions: Tensor, prev: Tensor | None = None) -> Tensor:
         """tokens (B, T, S), frame_actions (B, T), prev (B, S) or None -> (B, T, S, D): token + action

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from playworld.errors import ConfigError
 from playworld.models.base import LossOutput
-from playworld.models.dynamics import DynamicsConfig, FrozenModelsTrainer, check_compatible
+from playworld.models.dynamics import DynamicsConfig, FrozenModelsTrainer, check_compatible, frame_actions
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 
 
@@ -102,7 +102,7 @@ class FlowDynamicsModel(nn.Module):
 
     def frame_actions(self, actions: Tensor) -> Tensor:
         """(B, T-1) transition actions -> (B, T) per-frame conditioning, frame 1 = no action."""
-        return torch.cat([actions.new_full((actions.shape[0], 1), self.no_action_id), actions], dim=1)
+        return frame_actions(actions, self.no_action_id)
 
     def embed(self, x: Tensor, levels: Tensor, frame_actions: Tensor, prev: Tensor | None = None) -> Tensor:
         """x (B, T, S, E), levels (B, T), frame_actions (B, T), prev (B, S, E) or None -> (B, T, S, D)."""
