@@ -9,6 +9,7 @@ from playworld.models.lam import (
     ActionUsage,
     LAMConfig,
     LatentActionModel,
+    balanced_assignment,
     check_action_usage,
 )
 
@@ -261,3 +262,56 @@ def test_marginal_entropy_term_is_the_normalised_entropy_of_the_batch_mean():
     torch.testing.assert_close(plain - bonus, 0.5 * entropy, atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="marginal_entropy_weight must be >= 0"):
         LAMConfig(marginal_entropy_weight=-1.0)
+
+
+def test_balanced_assignment_spreads_a_near_tie_over_every_action_and_keeps_clear_winners():
+    torch.manual_seed(0)
+    n, k = 64, 8
+    # every transition slightly prefers action 0 (a tie up to noise) and the encoder is undecided:
+    # argmin collapses onto action 0, the balanced assignment gives every action about n/k
+    err = 1.0 + 1e-4 * torch.rand(n, k)
+    err[:, 0] -= 1e-4
+    assert torch.unique(err.argmin(-1)).tolist() == [0]
+    counts = torch.bincount(balanced_assignment(err, torch.zeros(n, k), 0.01), minlength=k)
+    assert int(counts.min()) >= n // k - 3 and int(counts.max()) <= n // k + 3, counts
+    # clear, already balanced winners are kept
+    truth = torch.arange(n) % k
+    err = 1.0 + 0.1 * torch.rand(n, k) + 0.2 * (1 - torch.nn.functional.one_hot(truth, k).float())
+    assert torch.equal(balanced_assignment(err, torch.zeros(n, k), 0.01), truth)
+    # among near-ties the encoder's belief decides, so a* is what the encoder can learn to predict
+    err = 1.0 + 1e-4 * torch.rand(n, k)
+    logits = 4.0 * torch.nn.functional.one_hot(truth, k).float()
+    assert torch.equal(balanced_assignment(err, logits, 0.01), truth)
+    # shapes: (B, T-1, K) -> (B, T-1)
+    assert balanced_assignment(torch.rand(4, 3, k), torch.zeros(4, 3, k), 0.01).shape == (4, 3)
+
+
+def test_balanced_assignment_trains_and_rejects_bad_settings():
+    m = _lam(assign="balanced").train()
+    out = m.compute_loss(torch.rand(4, 4, 16, 16, 3))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and m.to_logits.weight.grad is not None
+    assert float(out.metrics["decoder_batch_perplexity"]) > 4.0  # 12 transitions spread over the 8 actions
+    with pytest.raises(ConfigError, match="lam.assign must be"):
+        LAMConfig(assign="greedy")
+    with pytest.raises(ConfigError, match="assign_temperature"):
+        LAMConfig(assign_temperature=0.0)
+
+
+def test_change_focus_lets_the_moving_patch_pick_the_action():
+    m = _lam(pick_focus="change")
+    video = torch.rand(1, 2, 16, 16, 3).expand(1, 2, 16, 16, 3).clone()
+    video[:, 1] = video[:, 0]
+    video[:, 1, :4, :4] = 1.0 - video[:, 0, :4, :4]  # only the first patch changes (a sprite on a still screen)
+    patches = m.patchify(video)
+    s = patches.shape[2]
+    sq = torch.full((1, 1, 8, s), 0.10)
+    sq[0, 0, 0, 0] = 0.0  # action 0 explains the moving patch ...
+    sq[0, 0, 1, 1:] = 0.09  # ... action 1 is slightly better over the 15 still patches
+    assert int(sq.mean(-1).argmin(-1)) == 1  # the whole frame's error lets the background decide
+    assert int(m._pick_error(sq, patches).argmin(-1)) == 0
+    still = torch.rand(1, 2, 16, 16, 3)
+    still[:, 1] = still[:, 0]  # nothing moves: every patch weighs the same, as the whole frame's error
+    torch.testing.assert_close(m._pick_error(sq, m.patchify(still)), sq.mean(-1))
+    with pytest.raises(ConfigError, match="pick_focus"):
+        LAMConfig(pick_focus="edges")

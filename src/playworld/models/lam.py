@@ -80,6 +80,19 @@ class LAMConfig:
         "prior's alone (each action's kernel on x_t, without the transformer's correction), which the "
         "winner's prior then also learns from; the prior cannot fit what the action does not explain, so "
         "the correction's noise cannot pick the winner")
+    assign: Literal["argmin", "balanced"] = field(
+        "argmin", help="how each transition's action a* is picked from the per-action errors: the smallest "
+        "error (argmin), or a balanced assignment (Sinkhorn-Knopp over the batch, as SwAV and SeLa cluster: "
+        "every action takes about 1/|A| of the batch's transitions, each where its error is lowest relative "
+        "to the others, and the encoder's own probabilities break near-ties so that a* is something the "
+        "encoder can predict)")
+    assign_temperature: float = field(
+        0.01, help="balanced assignment: the relative error difference between two actions that is worth one "
+        "nat of the encoder's belief; lower trusts the decoder's errors more")
+    pick_focus: Literal["frame", "change"] = field(
+        "frame", help="where the error that picks a* is measured: the whole frame, or each patch weighted "
+        "by how much it changed from x_t to x_{t+1} (so that a small moving sprite on a still screen, not "
+        "the heads' noise over the static background, decides which action explains the transition)")
     encoder_weight: float = field(1.0, help="weight of the encoder's cross-entropy against a*")
     soft_decoder_weight: float = field(
         0.0, help="weight of the MSE of the prediction mixed by the encoder's own action probabilities "
@@ -116,6 +129,12 @@ class LAMConfig:
             raise ConfigError(f"lam.winner_by must be 'prediction' or 'prior', got {self.winner_by!r}")
         if self.winner_by == "prior" and self.kernel_radius == 0:
             raise ConfigError("lam.winner_by='prior' needs motion kernels (kernel_radius > 0)")
+        if self.assign not in ("argmin", "balanced"):
+            raise ConfigError(f"lam.assign must be 'argmin' or 'balanced', got {self.assign!r}")
+        if self.assign_temperature <= 0:
+            raise ConfigError(f"lam.assign_temperature must be > 0, got {self.assign_temperature}")
+        if self.pick_focus not in ("frame", "change"):
+            raise ConfigError(f"lam.pick_focus must be 'frame' or 'change', got {self.pick_focus!r}")
         if self.kernel_padding not in ("replicate", "circular"):
             raise ConfigError(f"lam.kernel_padding must be 'replicate' or 'circular', got {self.kernel_padding!r}")
         if not 0.0 <= self.wta_spread < 1.0:
@@ -434,8 +453,8 @@ class LatentActionModel(TrainableModel):
         on every validation batch and logs :meth:`ActionUsage.metrics` of the sum."""
         actions = self.infer_actions(video)  # (B, T-1)
         patches = self.patchify(video)
-        err = (self.decode_all(patches[:, :-1]) - patches[:, 1:, None]).square().mean(dim=(-1, -2))  # (B, T-1, K)
-        best = err.argmin(-1)  # (B, T-1): a*
+        sq = (self.decode_all(patches[:, :-1]) - patches[:, 1:, None]).square().mean(-1)  # (B, T-1, K, S)
+        best = self._pick_error(sq, patches).argmin(-1)  # (B, T-1): a*
         k = self.num_actions
         return ActionUsage(encoder_counts=code_counts(actions, k), decoder_counts=code_counts(best, k),
                            agreed=(actions == best).sum().float())
@@ -461,6 +480,17 @@ class LatentActionModel(TrainableModel):
             self.to_logits.bias[k] = self.to_logits.bias[top]
             self.usage[k] = self.usage[top] = self.usage[top] / 2
 
+    def _pick_error(self, sq: Tensor, patches: Tensor) -> Tensor:
+        """sq (B, T-1, K, S): each action's squared error per patch; patches (B, T, S, P) -> (B, T-1, K),
+        the error that picks a*: the mean over patches, or (``pick_focus="change"``) the mean weighted by
+        each patch's mean absolute change from x_t to x_{t+1} (plus 1e-3, so that a still transition weighs
+        every patch alike), normalised to mean 1 per transition."""
+        if self.config.pick_focus == "frame":
+            return sq.mean(-1)
+        change = (patches[:, 1:] - patches[:, :-1]).abs().mean(-1) + 1e-3  # (B, T-1, S); still frames: uniform
+        weight = change / change.mean(-1, keepdim=True)
+        return torch.einsum("btks,bts->btk", sq, weight.to(sq.dtype)) / sq.shape[-1]
+
     def compute_loss(self, video: Tensor) -> LossOutput:
         """video (B, T, H, W, C) in [0, 1] -> winner-take-all decoder MSE + encoder cross-entropy.
 
@@ -479,17 +509,23 @@ class LatentActionModel(TrainableModel):
         context, target = patches[:, :-1], patches[:, 1:]
         prior, delta = self._decode_all_parts(context)  # (B, T-1, K, S, P) each
         preds = prior + delta
-        err = (preds - target[:, :, None]).square().mean(dim=(-1, -2))  # (B, T-1, K)
+        sq = (preds - target[:, :, None]).square().mean(-1)  # (B, T-1, K, S)
+        err = sq.mean(-1)  # (B, T-1, K)
+        enc = self._encode_patches(patches)
+        pick_err = self._pick_error(sq, patches)
         if c.winner_by == "prior":
-            prior_err = (prior - target[:, :, None]).square().mean(dim=(-1, -2))  # (B, T-1, K)
-            best = prior_err.detach().argmin(-1)  # (B, T-1): a*, by the motion alone
+            prior_sq = (prior - target[:, :, None]).square().mean(-1)  # (B, T-1, K, S)
+            prior_err = prior_sq.mean(-1)
+            pick_err = self._pick_error(prior_sq, patches)  # a*, by the motion alone
+        if c.assign == "balanced":
+            best = balanced_assignment(pick_err.detach().float(), enc.logits.detach().float(),
+                                       c.assign_temperature)  # (B, T-1): a*
         else:
-            best = err.detach().argmin(-1)  # (B, T-1): a*
+            best = pick_err.detach().argmin(-1)  # (B, T-1): a*
         best_err = err.gather(-1, best[..., None]).squeeze(-1)
         dec_loss = (1 - c.wta_spread) * best_err.mean() + c.wta_spread * err.mean()
         if c.winner_by == "prior":
             dec_loss = dec_loss + prior_err.gather(-1, best[..., None]).mean()
-        enc = self._encode_patches(patches)
         enc_loss = F.cross_entropy(enc.logits.flatten(0, 1).float(), best.flatten())
         loss = dec_loss + c.encoder_weight * enc_loss
         if c.soft_decoder_weight > 0 or c.marginal_entropy_weight > 0:
@@ -523,6 +559,29 @@ class LatentActionModel(TrainableModel):
             }
             metrics.update({f"decoder_share/{k}": self.usage[k].clone() for k in range(c.num_actions)})
         return LossOutput(loss, metrics)
+
+
+def balanced_assignment(err: Tensor, logits: Tensor, temperature: float, iters: int = 3) -> Tensor:
+    """err (..., K): each transition's error under each action; logits (..., K): the encoder's scores ->
+    (...,) the action of each transition under an (approximately) equal share of the batch per action.
+
+    Log-domain Sinkhorn-Knopp (Cuturi 2013; as SwAV, Caron et al. 2020, and SeLa, Asano et al. 2020,
+    assign clusters). The scores are each transition's errors centred over its actions and divided by
+    the batch's mean error times ``temperature`` (so a relative error difference of ``temperature`` is
+    worth one nat), plus the encoder's log-probabilities: where the decoder's errors nearly tie, the
+    encoder's belief decides, so a* is something the encoder can learn to predict. Columns (actions)
+    and rows (transitions) are normalised in turn so that every action holds about 1/K of the mass.
+    Centring per transition makes only the differences between actions count, not how hard a
+    transition is. Under DDP each rank balances its own batch."""
+    k = err.shape[-1]
+    e = err.reshape(-1, k)  # (N, K)
+    centred = e - e.mean(-1, keepdim=True)
+    scores = -centred / (e.mean() * temperature + 1e-12) + torch.log_softmax(logits.reshape(-1, k), -1)
+    log_q = scores
+    for _ in range(iters):
+        log_q = log_q - log_q.logsumexp(0, keepdim=True)  # each action: equal mass
+        log_q = log_q - log_q.logsumexp(1, keepdim=True)  # each transition: one unit
+    return log_q.argmax(-1).reshape(err.shape[:-1])
 
 
 def check_action_usage(actions: Tensor, num_actions: int, where: str) -> None:
