@@ -315,3 +315,15 @@ def test_change_focus_lets_the_moving_patch_pick_the_action():
     torch.testing.assert_close(m._pick_error(sq, m.patchify(still)), sq.mean(-1))
     with pytest.raises(ConfigError, match="pick_focus"):
         LAMConfig(pick_focus="edges")
+
+
+def test_presets_pick_balanced_while_a_run_saved_before_the_option_resumes_as_argmin():
+    from playworld.presets import build_run_config
+    from playworld.train.engine import config_defaults, config_differences
+
+    cfg = build_run_config("lam", "tiny")
+    assert cfg.model.assign == "balanced" and cfg.model.assign_temperature == 0.1
+    saved = cfg.to_dict()
+    del saved["model"]["assign"], saved["model"]["assign_temperature"]  # written before the option existed
+    diffs = config_differences(saved, cfg.to_dict(), config_defaults(cfg))
+    assert any(d.startswith("model.assign:") and "'argmin'" in d for d in diffs), diffs  # refused, not relabelled
