@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from playworld.agents.policy import PolicyConfig, PolicyNet, save_policy
 from playworld.agents.resume import RESUME, load_resume, save_resume
 from playworld.agents.transitions import Transitions
+from playworld.bars import progress_bar
 from playworld.config import field, to_dict
 from playworld.errors import ConfigError, TrainingError
 
@@ -86,7 +86,7 @@ def train_bc(trans: Transitions, policy_cfg: PolicyConfig, cfg: BCConfig, out: s
     end = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
     loss_value = float("nan")
     policy.train()
-    bar = tqdm(range(start, end), desc=f"bc ({policy_cfg.target} actions)", unit="step", disable=not progress,
+    bar = progress_bar(range(start, end), desc=f"bc ({policy_cfg.target} actions)", unit="step", disable=not progress,
                initial=start, total=cfg.steps)
     done = start  # steps whose update has been applied
     try:

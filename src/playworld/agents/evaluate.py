@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from playworld.agents.decode import ActionDecoder
 from playworld.agents.policy import PolicyNet
+from playworld.bars import progress_bar
 from playworld.data.policies import NUM_ACTIONS, make_policy
 from playworld.eval.stats import Estimate, bootstrap
 
@@ -113,7 +113,7 @@ def play_levels(controller: Controller, game: str, levels: list[int] | tuple[int
     n = len(envs)
     ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
     success, done, truncated = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    bar = tqdm(total=n, desc=desc, unit="episode", disable=not progress, leave=False)
+    bar = progress_bar(total=n, desc=desc, unit="episode", disable=not progress, leave=False)
     try:
         obs = np.concatenate([e.observe()[1]["rgb"] for e in envs])  # (N, H, W, 3)
         first = np.ones(n, dtype=bool)

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from playworld.agents.policy import PolicyConfig, PolicyNet
 from playworld.agents.resume import load_resume, save_resume
 from playworld.agents.reward import BatchReward
+from playworld.bars import progress_bar
 from playworld.config import field, to_dict
 from playworld.env import LatentWorldVectorEnv
 from playworld.errors import ConfigError, TrainingError
@@ -273,7 +273,7 @@ def train_ppo(env: LatentWorldVectorEnv, reward: BatchReward, policy_cfg: Policy
     start, history = _load_resume(out, net, opt, run_meta)
     end = cfg.iterations if max_iterations is None else min(cfg.iterations, start + max_iterations)
     per_iter = cfg.num_envs * cfg.episode_steps
-    bar = tqdm(total=cfg.iterations * per_iter, initial=start * per_iter, desc="ppo in the world", unit="step",
+    bar = progress_bar(total=cfg.iterations * per_iter, initial=start * per_iter, desc="ppo in the world", unit="step",
                disable=not progress)
     try:
         for it in range(start, end):

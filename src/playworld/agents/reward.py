@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from playworld.bars import progress_bar
 from playworld.config import field, from_dict, to_dict
 from playworld.data.format import Dataset
 from playworld.errors import CheckpointError, ConfigError, DatasetError
@@ -122,7 +122,7 @@ def read_reward_pairs(data: str | Path, split: str = "train", max_episodes: int 
     if not episodes:
         raise DatasetError(f"{ds.root}: no episode of split {split!r} has 2 frames or more")
     frames, index, reward, offset = [], [], [], 0
-    for ep in tqdm(episodes, desc=f"read rewards ({split})", unit="episode", disable=not progress):
+    for ep in progress_bar(episodes, desc=f"read rewards ({split})", unit="episode", disable=not progress):
         video = torch.from_numpy(np.array(ds.frames(ep)))  # (L, H, W, 3)
         r = torch.from_numpy(np.array(ds.rewards(ep), dtype=np.float32))  # (L,)
         n = len(video) - 1
@@ -174,7 +174,7 @@ def train_reward_head(data: str | Path, out: str | Path, cfg: RewardHeadConfig, 
     torch.manual_seed(cfg.seed)
     head = RewardHead(cfg.channels)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
-    bar = tqdm(range(cfg.steps), desc="reward head", unit="step", disable=not progress)
+    bar = progress_bar(range(cfg.steps), desc="reward head", unit="step", disable=not progress)
     for step in bar:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         b = torch.randint(len(pairs.index), (cfg.batch,), generator=g)  # (B,)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from playworld.bars import progress_bar
 from playworld.data.format import Dataset
 from playworld.errors import DatasetError
 from playworld.release import load_tensors, save_tensors
@@ -71,7 +71,7 @@ def read_transitions(data: str | Path, *, split: str | None = "train", labeller:
         raise DatasetError(f"{ds.root}: no episode of split {split!r} has 2 frames or more")
     frames, current, first, latent, true, owner = [], [], [], [], [], []
     offset = 0
-    for ep in tqdm(episodes, desc="label transitions", unit="episode", disable=not progress):
+    for ep in progress_bar(episodes, desc="label transitions", unit="episode", disable=not progress):
         video = torch.from_numpy(np.array(ds.frames(ep)))  # (L, H, W, 3) uint8
         n = len(video) - 1
         frames.append(video)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from playworld.bars import progress_bar
 from playworld.config import field, from_dict, to_dict
 from playworld.data.format import (
     MANIFEST,
@@ -290,8 +290,8 @@ def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_u
     todo = [u for u in range(len(sizes)) if not _unit_is_done(partial, u)]
     done_before = len(sizes) - len(todo)
     episodes = frames = stepped = units_written = 0  # in this call
-    bar = tqdm(total=cfg.episodes, initial=sum(sizes) - sum(sizes[u] for u in todo), unit="ep",
-               desc=f"collect {cfg.game}/{cfg.policy}", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=cfg.episodes, initial=sum(sizes) - sum(sizes[u] for u in todo), unit="ep",
+               desc=f"collect {cfg.game}/{cfg.policy}", disable=not progress)
 
     def count(ep: EpisodeData) -> None:
         nonlocal frames
@@ -377,7 +377,7 @@ def policy_report(cfg: CollectConfig, policies: tuple[str, ...] = POLICIES, *, p
     stats = []
     for name in policies:
         run = dataclasses.replace(cfg, policy=name)
-        with tqdm(total=run.episodes, desc=f"policy {name}", unit="ep", disable=not progress) as bar:
+        with progress_bar(total=run.episodes, desc=f"policy {name}", unit="ep", disable=not progress) as bar:
             measure = _Measure(bar)
             for u, size in enumerate(unit_sizes(run)):
                 play_unit(run, u, size, on_episode=measure, keep=False)

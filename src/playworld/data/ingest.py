@@ -25,8 +25,8 @@ from typing import Literal, TypeVar
 import av
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
+from playworld.bars import progress_bar
 from playworld.config import field, to_dict
 from playworld.data.format import MANIFEST, DatasetWriter, EpisodeData, partial_dir
 from playworld.data.split import SplitRule
@@ -336,7 +336,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, o
     top: list[Score] = []  # the TOP_SCORES largest frame-difference scores so far
     above = dict.fromkeys(sorted({*SCORE_LADDER, *([cfg.cut_threshold] if cfg.cut_threshold > 0 else [])}), 0)
     try:
-        for raw in tqdm(paths, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
+        for raw in progress_bar(paths, desc="ingest", unit="file", disable=not progress):
             path = Path(raw)
             try:
                 frames = _read(path, cfg)

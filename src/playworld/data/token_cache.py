@@ -47,8 +47,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from playworld.bars import progress_bar
 from playworld.data.loader import ClipLoader
 from playworld.errors import CheckpointError, ConfigError
 from playworld.io import atomic_write_text
@@ -160,8 +160,8 @@ def build_cache(loader: ClipLoader, tokenizer: nn.Module, lam: nn.Module, *, win
     tokens = torch.empty((int(offsets[-1]), *grid), dtype=code_dtype)
     actions = torch.full((int(offsets[-1]),), -1, dtype=torch.int16)
     order = np.argsort(-lengths, kind="stable")
-    bar = tqdm(total=int(offsets[-1]), desc=f"token cache {loader.clips.split}", unit="frame",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=int(offsets[-1]), desc=f"token cache {loader.clips.split}", unit="frame",
+               disable=not progress)
     try:
         for first in range(0, len(order), batch_episodes):
             rows = order[first:first + batch_episodes]

@@ -9,8 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from playworld.bars import progress_bar
 from playworld.data.format import MANIFEST, NO_ACTION, Dataset, Episode
 from playworld.data.policies import ACTION_NAMES
 from playworld.data.split import SPLITS, split_of
@@ -44,7 +44,7 @@ def verify_dataset(root: str | Path, *, progress: bool = False) -> list[str]:
     intact: set[int] = set()  # shards whose three files passed
     for shard in manifest.shards:
         before = len(problems)
-        for f in tqdm(list(shard.files().values()), desc=f"verify shard {shard.index}", disable=not progress,
+        for f in progress_bar(list(shard.files().values()), desc=f"verify shard {shard.index}", disable=not progress,
                       leave=False):
             path = root / f.path
             if not path.is_file():

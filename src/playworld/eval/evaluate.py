@@ -12,12 +12,12 @@ from __future__ import annotations
 import datetime
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from playworld.bars import progress_bar
 from playworld.config import to_dict
 from playworld.data.loader import ClipDataset
 from playworld.errors import TrainingError
@@ -35,6 +35,9 @@ from playworld.eval.rollouts import KINDS, BatchFigures, EvalWorld, device_of, e
 from playworld.eval.schema import FORMAT, SCHEMA_VERSION
 from playworld.eval.stats import Estimate, bootstrap, psnr, psnr_of_mean_mse
 from playworld.models.lam import check_action_usage
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 @dataclass
@@ -75,7 +78,7 @@ class Evaluation:
         return bootstrap(values, seed=self.cfg.seed, resamples=self.cfg.bootstrap).to_json()
 
     def bar(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, desc=desc, unit="clip", disable=not self.cfg.progress, leave=False)
+        return progress_bar(total=total, desc=desc, unit="clip", disable=not self.cfg.progress, leave=False)
 
     def run(self) -> EvalOutput:
         cfg = self.cfg

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from playworld.bars import progress_bar
 from playworld.config import ConfigError
 from playworld.errors import CheckpointError, DatasetError, TrainingError
 from playworld.io import read_json
@@ -410,9 +411,8 @@ class Trainer:
             self.save_release()
             return result
         previous = self._install_signals()
-        bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not self.progress,
-                   desc=f"train {cfg.kind}", dynamic_ncols=True, smoothing=0.05,
-                   mininterval=0.1 if sys.stderr.isatty() else 60.0)  # a log file gets a line a minute
+        bar = progress_bar(total=cfg.train.steps, initial=self.step, disable=not self.progress,
+                           desc=f"train {cfg.kind}", smoothing=0.05)  # a log file gets a line a minute
         batches: Iterator[Any] = iter(loader)
         ran = 0
         window_t, window_clips = time.perf_counter(), 0
