@@ -90,5 +90,8 @@ def require_healthy_lam(check: LAMCheck, lam_dir: Path) -> None:
         f"{min_actions_used(k)} of {k} actions with perplexity >= {MIN_ENCODER_PERPLEXITY}. Try: more LAM steps "
         f"(--set lam.train.steps=N, then re-run: the LAM continues); a different seed (--set lam.train.seed=N); "
         f"more varied data, or a policy that moves more (playworld collect procgen --policy-report compares "
-        f"them); a different LAM (e.g. --set lam.model.num_actions=4 or lam.model.kernel_radius=R). A new seed "
+        f"them); a LAM that trusts its own encoder more when the actions' predictions nearly tie, as on a "
+        f"fixed screen where the player is a few pixels (--set lam.model.assign_temperature=0.3: in docs/models.md "
+        f"it kept every game's actions alive, with less meaning on CoinRun); a different LAM (e.g. --set "
+        f"lam.model.num_actions=4 or lam.model.kernel_radius=R). A new seed, temperature "
         f"or model needs {lam_dir} removed first. To train the dynamics model anyway: --allow-collapsed-lam.")
