@@ -512,11 +512,11 @@ class LatentActionModel(TrainableModel):
         sq = (preds - target[:, :, None]).square().mean(-1)  # (B, T-1, K, S)
         err = sq.mean(-1)  # (B, T-1, K)
         enc = self._encode_patches(patches)
-        pick_err = self._pick_error(sq, patches)
+        pick_sq = sq
         if c.winner_by == "prior":
-            prior_sq = (prior - target[:, :, None]).square().mean(-1)  # (B, T-1, K, S)
-            prior_err = prior_sq.mean(-1)
-            pick_err = self._pick_error(prior_sq, patches)  # a*, by the motion alone
+            pick_sq = (prior - target[:, :, None]).square().mean(-1)  # (B, T-1, K, S): a*, by the motion alone
+            prior_err = pick_sq.mean(-1)
+        pick_err = self._pick_error(pick_sq, patches)
         if c.assign == "balanced":
             best = balanced_assignment(pick_err.detach().float(), enc.logits.detach().float(),
                                        c.assign_temperature)  # (B, T-1): a*
