@@ -86,8 +86,8 @@ def train_bc(trans: Transitions, policy_cfg: PolicyConfig, cfg: BCConfig, out: s
     end = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
     loss_value = float("nan")
     policy.train()
-    bar = progress_bar(range(start, end), desc=f"bc ({policy_cfg.target} actions)", unit="step", disable=not progress,
-               initial=start, total=cfg.steps)
+    bar = progress_bar(range(start, end), desc=f"bc ({policy_cfg.target} actions)", unit="step",
+                       disable=not progress, initial=start, total=cfg.steps)
     done = start  # steps whose update has been applied
     try:
         for step in bar:

@@ -273,8 +273,8 @@ def train_ppo(env: LatentWorldVectorEnv, reward: BatchReward, policy_cfg: Policy
     start, history = _load_resume(out, net, opt, run_meta)
     end = cfg.iterations if max_iterations is None else min(cfg.iterations, start + max_iterations)
     per_iter = cfg.num_envs * cfg.episode_steps
-    bar = progress_bar(total=cfg.iterations * per_iter, initial=start * per_iter, desc="ppo in the world", unit="step",
-               disable=not progress)
+    bar = progress_bar(total=cfg.iterations * per_iter, initial=start * per_iter, desc="ppo in the world",
+                       unit="step", disable=not progress)
     try:
         for it in range(start, end):
             ro = play(env, reward, cfg.episode_steps, world_seed(cfg.seed, it), policy_cfg.context,

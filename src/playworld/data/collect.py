@@ -291,7 +291,7 @@ def collect(cfg: CollectConfig, out: str | Path, *, progress: bool = True, max_u
     done_before = len(sizes) - len(todo)
     episodes = frames = stepped = units_written = 0  # in this call
     bar = progress_bar(total=cfg.episodes, initial=sum(sizes) - sum(sizes[u] for u in todo), unit="ep",
-               desc=f"collect {cfg.game}/{cfg.policy}", disable=not progress)
+                       desc=f"collect {cfg.game}/{cfg.policy}", disable=not progress)
 
     def count(ep: EpisodeData) -> None:
         nonlocal frames

@@ -161,7 +161,7 @@ def build_cache(loader: ClipLoader, tokenizer: nn.Module, lam: nn.Module, *, win
     actions = torch.full((int(offsets[-1]),), -1, dtype=torch.int16)
     order = np.argsort(-lengths, kind="stable")
     bar = progress_bar(total=int(offsets[-1]), desc=f"token cache {loader.clips.split}", unit="frame",
-               disable=not progress)
+                       disable=not progress)
     try:
         for first in range(0, len(order), batch_episodes):
             rows = order[first:first + batch_episodes]

@@ -44,8 +44,8 @@ def verify_dataset(root: str | Path, *, progress: bool = False) -> list[str]:
     intact: set[int] = set()  # shards whose three files passed
     for shard in manifest.shards:
         before = len(problems)
-        for f in progress_bar(list(shard.files().values()), desc=f"verify shard {shard.index}", disable=not progress,
-                      leave=False):
+        for f in progress_bar(list(shard.files().values()), desc=f"verify shard {shard.index}",
+                              disable=not progress, leave=False):
             path = root / f.path
             if not path.is_file():
                 problems.append(f"{path}: missing")
