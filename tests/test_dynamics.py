@@ -95,6 +95,54 @@ def test_context_noise_corrupts_only_visible_inputs_at_a_bounded_rate():
         DynamicsConfig(context_noise=1.0)
 
 
+def test_free_run_decodes_each_frame_from_its_own_past_at_play_setting():
+    m = _dynamics()
+    tokens = torch.randint(0, 32, (3, 5, 6))
+    fa = m.frame_actions(torch.randint(0, 4, (3, 4)))
+    out = m.free_run(tokens, fa, 2)
+    assert torch.equal(out[:, 0], tokens[:, 0]) and torch.equal(out[:, 3:], tokens[:, 3:])
+    expected = tokens[:, :1].clone()
+    for j in (1, 2):  # greedy, with the previous frame's token lowered by play's copy penalty
+        clip = torch.cat([expected, torch.full_like(tokens[:, :1], m.mask_id)], dim=1)
+        logits = m(clip, fa[:, : j + 1])[:, j].scatter_add(-1, expected[:, -1:].mT, torch.full((3, 6, 1), -2.0))
+        expected = torch.cat([expected, logits.argmax(-1)[:, None]], dim=1)
+    torch.testing.assert_close(out[:, :3], expected)
+    assert not torch.equal(out[:, 1:3], tokens[:, 1:3])
+    with pytest.raises(ValueError, match="free_run"):
+        m.free_run(tokens, fa, 5)
+
+
+def test_self_forcing_replaces_the_early_frames_in_training_only():
+    tokens = torch.randint(0, 32, (4, 5, 6))
+    other = tokens.clone()
+    other[:, 1] = (other[:, 1] + 1) % 32  # frame 2 is always among the model's own when self-forcing
+    actions = torch.randint(0, 4, (4, 4))
+
+    def losses(m):
+        out = []
+        for x in (tokens, other):
+            torch.manual_seed(3)
+            out.append(m.compute_loss_tokens(x, actions))
+        return out
+
+    a, b = losses(_dynamics(self_forcing=1.0).train())
+    assert a.loss.item() == b.loss.item()  # neither the input nor the target of frame 2 is the real one
+    assert 0 < a.metrics["self_forced"] < 1
+    a, b = losses(_dynamics(self_forcing=0.0).train())
+    assert a.loss.item() != b.loss.item()
+    a, b = losses(_dynamics(self_forcing=1.0).eval())  # validation: the real frames, as before
+    assert a.loss.item() != b.loss.item() and "self_forced" not in a.metrics
+    m = _dynamics(self_forcing=1.0).train()
+    torch.manual_seed(0)
+    out = m.compute_loss_tokens(tokens, actions)
+    out.loss.backward()
+    assert m.head.weight.grad is not None and torch.isfinite(m.head.weight.grad).all()
+    with pytest.raises(ConfigError, match="self_forcing"):
+        DynamicsConfig(self_forcing=1.5)
+    with pytest.raises(ConfigError, match="self_forcing"):
+        DynamicsConfig(self_forcing=0.5, backend="flow")
+
+
 def test_config_and_shape_errors_name_the_value():
     with pytest.raises(ConfigError, match="mask rates"):
         DynamicsConfig(mask_rate_min=0.0)

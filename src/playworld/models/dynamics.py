@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import ConfigError
+from playworld.maskgit import SamplingConfig, maskgit_decode, play_sampling
 from playworld.models.base import LossOutput, TrainableModel
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 
@@ -103,6 +104,13 @@ class DynamicsConfig:
                                  "clip, so that the model learns not to trust its context blindly and recovers "
                                  "from its own errors in long rollouts (GameNGen, DIAMOND; Jasmine's "
                                  "corrupt_context_factor 0.1); targets stay clean")
+    self_forcing: float = field(0.0, help="training only: the share of training batches whose frames 2..k+1 "
+                                "(k ~ U{1..T-2} per batch) are the model's own free-running frames, decoded "
+                                "as play decodes them (one greedy pass, play's copy penalty, no gradient) from "
+                                "real frame 1 and the clip's actions; the loss covers frames k+2..T, so the "
+                                "model learns the next real frame from the kind of past a rollout gives it "
+                                "(scheduled sampling, Bengio et al. 2015; Self Forcing, Huang et al. 2025); "
+                                "costs up to T-1 extra forward passes of the growing clip on those batches")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
     backend: str = field("maskgit", help="how a world makes the next frame with this model at play time "
                          "(playworld.backends: 'maskgit', or 'flow': a flow-matching model over the tokenizer's "
@@ -123,14 +131,18 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ConfigError(f"dynamics.context_noise must be in [0, 1), got {self.context_noise}")
+        if not 0.0 <= self.self_forcing <= 1.0:
+            raise ConfigError(f"dynamics.self_forcing must be in [0, 1], got {self.self_forcing}")
         if not isinstance(self.backend, str) or not self.backend:
             raise ConfigError(f"dynamics.backend must name a backend (e.g. 'maskgit'), got {self.backend!r}")
         if isinstance(self.flow, dict):
             self.flow = FlowConfig(**self.flow)
         if not isinstance(self.flow, FlowConfig):
             raise ConfigError(f"dynamics.flow must be a FlowConfig or a mapping, got {type(self.flow).__name__}")
-        if self.backend == "flow" and (self.context_noise or self.clean_prefix or self.mask_first_frame):
-            raise ConfigError("dynamics.context_noise, clean_prefix and mask_first_frame are MaskGIT's; the flow "
+        if self.backend == "flow" and (self.context_noise or self.clean_prefix or self.mask_first_frame
+                                       or self.self_forcing):
+            raise ConfigError("dynamics.context_noise, clean_prefix, self_forcing and mask_first_frame are "
+                              "MaskGIT's; the flow "
                               "backend's context noise is dynamics.flow.context_noise_max / context_noise")
 
     @property
@@ -250,25 +262,63 @@ class DynamicsModel(nn.Module):
         noise = torch.randint(0, self.config.vocab_size, inputs.shape, device=inputs.device, generator=generator)
         return torch.where(hit, noise, inputs)
 
+    @torch.no_grad()
+    def free_run(self, tokens: Tensor, frame_actions: Tensor, frames: int,
+                 sampling: SamplingConfig | None = None) -> Tensor:
+        """tokens (B, T, S) with frame 1 real, frame_actions (B, T) -> (B, T, S): frames 2..``frames``+1
+        replaced by the model's own, each decoded from the ones before it under ``sampling`` (default:
+        play's setting), the rest left as given. One full forward pass of the growing clip per decoding
+        step (no cache: training clips are short)."""
+        sampling = sampling or play_sampling()
+        out = tokens.clone()
+        b, t, s = tokens.shape
+        if not 0 <= frames < t:
+            raise ValueError(f"free_run frames must be in [0, {t - 1}], got {frames}")
+        for j in range(1, frames + 1):  # frame j (0-based) from frames < j
+            clip = out[:, : j + 1].clone()
+
+            def logits_fn(frame: Tensor, clip: Tensor = clip, j: int = j) -> Tensor:
+                clip[:, j] = frame
+                return self(clip, frame_actions[:, : j + 1])[:, j]  # (B, S, V)
+
+            out[:, j] = maskgit_decode(logits_fn, b, s, self.mask_id, sampling, device=tokens.device,
+                                       prev=out[:, j - 1])
+        return out
+
     def compute_loss_tokens(self, tokens: Tensor, actions: Tensor) -> LossOutput:
         """tokens: (B, T, S) long in [0, V); actions: (B, T-1) long in [0, |A|) -> masked cross-entropy.
 
-        metrics: ``ce`` (masked cross-entropy), ``accuracy`` (masked top-1), ``mask_rate``.
+        metrics: ``ce`` (masked cross-entropy), ``accuracy`` (masked top-1), ``mask_rate``; with
+        ``self_forcing``, ``self_forced`` (the share of the clip's frames that were the model's own).
         """
         if tokens.dim() != 3 or tokens.shape[1] < 2:
             raise ValueError(f"tokens must be (B, T>=2, S), got {tuple(tokens.shape)}")
         if actions.shape != (tokens.shape[0], tokens.shape[1] - 1):
             raise ValueError(f"actions must be (B, T-1) = {(tokens.shape[0], tokens.shape[1] - 1)}, "
                              f"got {tuple(actions.shape)}")
+        fa = self.frame_actions(actions)  # (B, T)
+        t = tokens.shape[1]
+        own = 0  # frames 2..own+1 are the model's own
+        if self.training and self.config.self_forcing > 0 and t > 2 and (
+                float(torch.rand(())) < self.config.self_forcing):
+            own = int(torch.randint(1, t - 1, ()))
         batch = self.random_mask(tokens)
-        logits = self(self.corrupt(batch), self.frame_actions(actions))  # (B, T, S, V)
+        inputs = self.corrupt(batch)
+        if own:
+            past = torch.arange(t, device=tokens.device)[None, :, None] <= own  # (1, T, 1)
+            batch.mask &= ~past  # the loss covers frames own+2..T
+            inputs = torch.where(past, self.free_run(tokens, fa, own), inputs)
+        logits = self(inputs, fa)  # (B, T, S, V)
         if not batch.mask.any():  # vanishingly rare; keep the loss defined
             batch.mask[:, -1] = True
         target, pred = tokens[batch.mask], logits[batch.mask]  # (M,), (M, V)
         ce = F.cross_entropy(pred.float(), target)
         with torch.no_grad():
             acc = (pred.argmax(-1) == target).float().mean()
-        return LossOutput(ce, {"ce": ce.detach(), "accuracy": acc, "mask_rate": batch.mask.float().mean()})
+        metrics = {"ce": ce.detach(), "accuracy": acc, "mask_rate": batch.mask.float().mean()}
+        if self.config.self_forcing > 0 and self.training:
+            metrics["self_forced"] = torch.tensor(own / t)
+        return LossOutput(ce, metrics)
 
 
 def freeze(module: nn.Module) -> nn.Module:
