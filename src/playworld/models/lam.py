@@ -87,8 +87,10 @@ class LAMConfig:
         "to the others, and the encoder's own probabilities break near-ties so that a* is something the "
         "encoder can predict)")
     assign_temperature: float = field(
-        0.01, help="balanced assignment: the relative error difference between two actions that is worth one "
-        "nat of the encoder's belief; lower trusts the decoder's errors more")
+        0.1, help="balanced assignment: the relative error difference between two actions that is worth one "
+        "nat of the encoder's belief; lower trusts the decoder's errors more (0.1: the highest that kept the "
+        "sprite world's actions on two seeds; 0.01 collapsed CoinRun at the tiny preset, docs/models.md). "
+        "argmin ignores it, and a balanced run records it, so older runs resume unchanged")
     pick_focus: Literal["frame", "change"] = field(
         "frame", help="where the error that picks a* is measured: the whole frame, or each patch weighted "
         "by how much it changed from x_t to x_{t+1} (so that a small moving sprite on a still screen, not "
