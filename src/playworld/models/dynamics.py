@@ -110,7 +110,7 @@ class DynamicsConfig:
                                 "real frame 1 and the clip's actions; the loss covers frames k+2..T, so the "
                                 "model learns the next real frame from the kind of past a rollout gives it "
                                 "(scheduled sampling, Bengio et al. 2015; Self Forcing, Huang et al. 2025); "
-                                "costs up to T-1 extra forward passes of the growing clip on those batches")
+                                "costs about one extra forward pass of the clip on those batches (KV-cached)")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
     backend: str = field("maskgit", help="how a world makes the next frame with this model at play time "
                          "(playworld.backends: 'maskgit', or 'flow': a flow-matching model over the tokenizer's "
@@ -267,22 +267,26 @@ class DynamicsModel(nn.Module):
                  sampling: SamplingConfig | None = None) -> Tensor:
         """tokens (B, T, S) with frame 1 real, frame_actions (B, T) -> (B, T, S): frames 2..``frames``+1
         replaced by the model's own, each decoded from the ones before it under ``sampling`` (default:
-        play's setting), the rest left as given. One full forward pass of the growing clip per decoding
-        step (no cache: training clips are short)."""
+        play's setting), the rest left as given. As play steps: the past in a temporal KV cache, one
+        one-frame pass per decoding step and one commit per frame."""
         sampling = sampling or play_sampling()
         out = tokens.clone()
         b, t, s = tokens.shape
         if not 0 <= frames < t:
             raise ValueError(f"free_run frames must be in [0, {t - 1}], got {frames}")
-        for j in range(1, frames + 1):  # frame j (0-based) from frames < j
-            clip = out[:, : j + 1].clone()
+        if frames == 0:
+            return out
+        cache = self.new_cache(t)
+        self.commit(out[:, :1], frame_actions[:, :1], cache)
+        for j in range(1, frames + 1):  # frame j (0-based) from the committed frames < j
+            prev, fa = out[:, j - 1], frame_actions[:, j : j + 1]  # (B, S), (B, 1)
 
-            def logits_fn(frame: Tensor, clip: Tensor = clip, j: int = j) -> Tensor:
-                clip[:, j] = frame
-                return self(clip, frame_actions[:, : j + 1])[:, j]  # (B, S, V)
+            def logits_fn(frame: Tensor, prev: Tensor = prev, fa: Tensor = fa) -> Tensor:  # (B, S) -> (B, S, V)
+                return self(frame[:, None], fa, cache=cache, commit=False, prev=prev)[:, 0]
 
-            out[:, j] = maskgit_decode(logits_fn, b, s, self.mask_id, sampling, device=tokens.device,
-                                       prev=out[:, j - 1])
+            out[:, j] = maskgit_decode(logits_fn, b, s, self.mask_id, sampling, device=tokens.device, prev=prev)
+            if j < frames:
+                self.commit(out[:, j : j + 1], fa, cache, prev=prev)
         return out
 
     def compute_loss_tokens(self, tokens: Tensor, actions: Tensor) -> LossOutput:
