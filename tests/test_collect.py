@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,18 @@ def test_changed_arguments_are_refused(reference: Path, tmp_path: Path) -> None:
     assert collect(CFG, reference, progress=False).status == "already complete"
     with pytest.raises(DatasetError, match="other settings \\(episodes: 12 -> 13\\)"):
         collect(dataclasses.replace(CFG, episodes=13), reference, progress=False)
+
+
+def test_dataset_recorded_before_the_plan_settings_is_still_complete(reference: Path, tmp_path: Path) -> None:
+    # A dataset written before the lookahead policy existed has no plan_* keys; re-running its command finds it done.
+    old = tmp_path / "old"
+    shutil.copytree(reference, old)
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["source"]["config"] = {k: v for k, v in manifest["source"]["config"].items() if not k.startswith("plan_")}
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    assert collect(CFG, old, progress=False).status == "already complete"
+    with pytest.raises(DatasetError, match="plan_hold: 4 -> 2"):
+        collect(dataclasses.replace(CFG, plan_hold=2), old, progress=False)
 
 
 @pytest.mark.parametrize("kwargs, pattern", [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ import torch
 from playworld.agents.decode import ActionDecoder
 from playworld.agents.policy import PolicyNet
 from playworld.bars import progress_bar
+from playworld.data.lookahead import Lookahead, PlanConfig
 from playworld.data.policies import NUM_ACTIONS, make_policy
 from playworld.eval.stats import Estimate, bootstrap
 
@@ -43,9 +45,19 @@ class RandomController:
 class BehaviourController:
     """The collection policy (`playworld collect --policy`), one seeded stream per slot."""
 
-    def __init__(self, name: str, game: str, slots: int, seed: int, sticky_prob: float = 0.75) -> None:
+    def __init__(self, name: str, game: str, slots: int, seed: int, sticky_prob: float = 0.75,
+                 plan: PlanConfig | None = None) -> None:
         seeds = [np.random.SeedSequence(seed, spawn_key=(s,)) for s in range(slots)]
-        self.policy = make_policy(name, game, seeds, sticky_prob=sticky_prob)
+        self.policy = make_policy(name, game, seeds, sticky_prob=sticky_prob, plan=plan)
+
+    def attach(self, get_states: Callable[[], list[bytes]], make_sim: Callable[[int], Any]) -> None:
+        """Give a planning policy (``lookahead``) the games' states; other policies ignore it."""
+        if isinstance(self.policy, Lookahead):
+            self.policy.attach(get_states, make_sim)
+
+    def close(self) -> None:
+        if isinstance(self.policy, Lookahead):
+            self.policy.close()
 
     def __call__(self, obs: np.ndarray, first: np.ndarray) -> np.ndarray:
         return self.policy(first)
@@ -96,11 +108,11 @@ class EpisodeStats:
                 "length": bootstrap(self.length.astype(np.float64), seed=seed, resamples=resamples)}
 
 
-def _make_env(game: str, mode: str, level: int, rand_seed: int) -> Any:
+def _make_env(game: str, mode: str, level: int, rand_seed: int, num: int = 1) -> Any:
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         from procgen import ProcgenGym3Env
-    return ProcgenGym3Env(num=1, env_name=game, distribution_mode=mode, start_level=level, num_levels=1,
+    return ProcgenGym3Env(num=num, env_name=game, distribution_mode=mode, start_level=level, num_levels=1,
                           rand_seed=rand_seed)
 
 
@@ -114,7 +126,11 @@ def play_levels(controller: Controller, game: str, levels: list[int] | tuple[int
     ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
     success, done, truncated = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     bar = progress_bar(total=n, desc=desc, unit="episode", disable=not progress, leave=False)
+    attach = getattr(controller, "attach", None)
     try:
+        if attach is not None:  # a planning behaviour policy reads the games' states
+            attach(lambda: [e.callmethod("get_state")[0] for e in envs],
+                   lambda num: _make_env(game, mode, levels[0], seed, num))
         obs = np.concatenate([e.observe()[1]["rgb"] for e in envs])  # (N, H, W, 3)
         first = np.ones(n, dtype=bool)
         while not done.all():
@@ -133,6 +149,8 @@ def play_levels(controller: Controller, game: str, levels: list[int] | tuple[int
                 bar.update(int(done[i]))
     finally:
         bar.close()
+        if hasattr(controller, "close"):
+            controller.close()
         for e in envs:  # close explicitly (see playworld.data.collect.play_unit)
             e.close()
     return EpisodeStats(np.asarray(levels), ret, success, length, truncated)

@@ -37,6 +37,8 @@ from playworld.agents.evaluate import (
 )
 from playworld.agents.policy import PolicyConfig, load_policy
 from playworld.agents.transitions import Labeller, Transitions, read_transitions
+from playworld.config import from_dict
+from playworld.data.collect import CollectConfig
 from playworld.data.format import Dataset
 from playworld.data.policies import ACTION_NAMES
 from playworld.errors import CheckpointError, ConfigError, DatasetError
@@ -180,6 +182,11 @@ def agent_controller(agent_dir: Path, labels: int | None, seed: int, greedy: boo
     return AgentController(policy, decoder, seed=seed, greedy=greedy), f"latent BC, N={n}"
 
 
+def _collect_config(conf: dict[str, Any]) -> CollectConfig:
+    """The dataset's collect settings (a lookahead behaviour replays with the same plan)."""
+    return from_dict(CollectConfig, conf, where="dataset source config")
+
+
 def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | None = None,
              baselines: bool = True, progress: bool = True) -> dict[str, Any]:
     """Every decoder of ``agent_dir`` (and the baselines) on held-out levels; writes eval.json and eval.md."""
@@ -196,8 +203,9 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
         if src.get("kind") == "procgen":
             conf = src.get("config", {})
             name = conf.get("policy", "random")
+            plan = _collect_config(conf).plan() if name == "lookahead" else None
             rows.append((f"behaviour ({name})", BehaviourController(name, cfg.game, len(levels), cfg.seed,
-                                                                     conf.get("sticky_prob", 0.75))))
+                                                                     conf.get("sticky_prob", 0.75), plan)))
     if oracle is not None:
         rows.append(agent_controller(Path(oracle), None, cfg.seed, cfg.greedy)[::-1])  # type: ignore[arg-type]
     for n in decoders:

@@ -38,6 +38,7 @@ from playworld.data.format import (
     partial_dir,
     read_manifest,
 )
+from playworld.data.lookahead import Lookahead, PlanConfig
 from playworld.data.policies import ACTION_NAMES, NUM_ACTIONS, POLICIES, Policy, make_policy
 from playworld.errors import ConfigError, DatasetError
 from playworld.io import atomic_write_text
@@ -62,8 +63,9 @@ class CollectConfig:
 
     episodes: int = field(help="number of episodes to record")
     game: str = field("coinrun", help=f"Procgen game: {', '.join(PROCGEN_GAMES)}")
-    policy: Literal["random", "scripted", "mix"] = field(
-        "random", help="behaviour: sticky random, scripted (motion-rich), or mix (50/50 per episode)")
+    policy: Literal["random", "scripted", "mix", "lookahead"] = field(
+        "random", help="behaviour: sticky random, scripted (motion-rich), mix (50/50 per episode), or lookahead "
+        "(plans every action in copies of the game: better than random on any game)")
     distribution_mode: Literal["easy", "hard", "extreme", "memory", "exploration"] = field(
         "hard", help="Procgen level distribution")
     start_level: int = field(0, help="first level seed")
@@ -75,6 +77,17 @@ class CollectConfig:
         None, help="truncate episodes to this many frames (the rest is played but not kept)")
     sticky_prob: float = field(0.75, help="random policy: probability of repeating the previous action")
     episodes_per_shard: int = field(64, help="episodes per unit: one shard and one resume point each")
+    plan_horizon: int = field(24, help="lookahead: frames each candidate action is played out")
+    plan_rollouts: int = field(2, help="lookahead: play-outs per candidate action")
+    plan_hold: int = field(4, help="lookahead: frames each decision is held (and a candidate before its play-out)")
+    plan_explore: float = field(0.2, help="lookahead: probability that a decision is a uniformly random action")
+    plan_death_penalty: float = field(10.0, help="lookahead: score lost by a play-out whose episode ends unfinished")
+
+    def plan(self) -> PlanConfig:
+        """The lookahead policy's settings."""
+        return PlanConfig(horizon=self.plan_horizon, rollouts=self.plan_rollouts, hold=self.plan_hold,
+                          explore=self.plan_explore, death_penalty=self.plan_death_penalty,
+                          sticky_prob=self.sticky_prob)
 
     def __post_init__(self) -> None:
         if self.game not in PROCGEN_GAMES:
@@ -96,6 +109,7 @@ class CollectConfig:
             raise ConfigError(f"max_episode_frames={self.max_episode_frames} must be >= 2 (or unset)")
         if not 0.0 <= self.sticky_prob < 1.0:
             raise ConfigError(f"sticky_prob={self.sticky_prob} must be in [0, 1)")
+        self.plan()  # checks the plan_* fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,13 +164,18 @@ def play_unit(cfg: CollectConfig, unit: int, n_episodes: int,
     stepping (their steps are discarded) until every slot is done.
     """
     rand_seed, slot_seeds = _unit_seeds(cfg, unit)
-    policy = make_policy(cfg.policy, cfg.game, slot_seeds, sticky_prob=cfg.sticky_prob)
+    policy = make_policy(cfg.policy, cfg.game, slot_seeds, sticky_prob=cfg.sticky_prob, plan=cfg.plan())
     share = math.ceil(n_episodes / cfg.num_envs)
     want = [min(max(n_episodes - s * share, 0), share) for s in range(cfg.num_envs)]
     env = make_env(cfg, rand_seed)
     try:  # close explicitly: a gym3 env finalised by the GC inside another env's cffi dlopen deadlocks
+        if isinstance(policy, Lookahead):
+            policy.attach(lambda: env.callmethod("get_state"),
+                          lambda num: make_env(dataclasses.replace(cfg, num_envs=num), rand_seed))
         done, steps = _record(env, policy, want, cfg, on_episode, keep)
     finally:
+        if isinstance(policy, Lookahead):
+            policy.close()
         env.close()
     return PlayedUnit([ep for slot in done for ep in slot] if keep else [], steps)
 
@@ -211,6 +230,14 @@ def _source(cfg: CollectConfig) -> dict[str, Any]:
     return {"kind": "procgen", "game": cfg.game, "config": to_dict(cfg)}
 
 
+def _normalised(config: Any) -> Any:
+    """A stored config with fields added since it was written filled with their defaults (else as stored)."""
+    try:
+        return to_dict(from_dict(CollectConfig, config, where="collect config"))
+    except (ConfigError, TypeError, ValueError):
+        return config
+
+
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
@@ -245,7 +272,9 @@ def _write_unit(writer: DatasetWriter, unit: int, data: list[EpisodeData], first
 def _is_complete(cfg: CollectConfig, out: Path) -> bool:
     """True if ``out`` is a finished dataset of ``cfg``; raises if ``out`` holds anything else."""
     if (out / MANIFEST).exists():
-        old = read_manifest(out).source
+        old = dict(read_manifest(out).source)
+        if "config" in old:
+            old["config"] = _normalised(old["config"])
         if old == _source(cfg):
             return True
         raise DatasetError(f"{out}: already holds a dataset made with other settings "
@@ -263,7 +292,7 @@ def _open_partial(cfg: CollectConfig, out: Path) -> Path:
         atomic_write_text(config_file, json.dumps({"config": to_dict(cfg)}, indent=2) + "\n")
         return partial
     try:
-        stored = json.loads(config_file.read_text())["config"]
+        stored = _normalised(json.loads(config_file.read_text())["config"])
     except (OSError, KeyError, json.JSONDecodeError) as e:
         raise DatasetError(f"{config_file}: unreadable ({e}); delete {partial} to start over") from e
     if stored != to_dict(cfg):
@@ -342,6 +371,7 @@ class PolicyStats:
     success_rate: float | None  # over episodes that ended on their own (prev_level_complete)
     copy_last_psnr: float  # dB: PSNR of the mean MSE of predicting frame t+1 by frame t, frames in [0, 255]
     action_freq: tuple[float, ...]  # (15,) share of frames with each true action
+    mean_return: float = math.nan  # mean over episodes of the summed reward (of the recorded frames)
 
     @property
     def mean_length(self) -> float:
@@ -353,6 +383,7 @@ class _Measure:
 
     def __init__(self, bar: Any) -> None:
         self.bar, self.sse, self.pixels, self.frames, self.episodes, self.ended, self.wins = bar, 0.0, 0, 0, 0, 0, 0
+        self.returns = 0.0
         self.counts = np.zeros(NUM_ACTIONS, dtype=np.int64)
 
     def __call__(self, ep: EpisodeData) -> None:
@@ -362,13 +393,15 @@ class _Measure:
         self.frames, self.episodes = self.frames + len(ep.frames), self.episodes + 1
         self.ended, self.wins = self.ended + (ep.success is not None), self.wins + bool(ep.success)
         self.counts += np.bincount(np.asarray(ep.actions), minlength=NUM_ACTIONS)
+        self.returns += float(np.sum(ep.rewards))
         self.bar.update(1)
 
     def stats(self, policy: str) -> PolicyStats:
         mse = self.sse / max(self.pixels, 1)
         return PolicyStats(policy, self.episodes, self.frames, self.wins / self.ended if self.ended else None,
                            10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf,
-                           tuple(float(c) / max(self.frames, 1) for c in self.counts))
+                           tuple(float(c) / max(self.frames, 1) for c in self.counts),
+                           self.returns / max(self.episodes, 1))
 
 
 def policy_report(cfg: CollectConfig, policies: tuple[str, ...] = POLICIES, *, progress: bool = True
@@ -387,11 +420,12 @@ def policy_report(cfg: CollectConfig, policies: tuple[str, ...] = POLICIES, *, p
 
 def format_policy_report(stats: list[PolicyStats]) -> str:
     """Markdown tables: one row per policy, then action frequencies (one column per policy)."""
-    lines = ["| policy | episodes | frames | mean length | success | copy-last PSNR (dB) |", "|---|---|---|---|---|---|"]
+    lines = ["| policy | episodes | frames | mean length | mean return | success | copy-last PSNR (dB) |",
+             "|---|---|---|---|---|---|---|"]
     for s in stats:
         success = "n/a" if s.success_rate is None else f"{100 * s.success_rate:.1f}%"
-        lines.append(f"| {s.policy} | {s.episodes} | {s.frames} | {s.mean_length:.1f} | {success} | "
-                     f"{s.copy_last_psnr:.2f} |")
+        lines.append(f"| {s.policy} | {s.episodes} | {s.frames} | {s.mean_length:.1f} | {s.mean_return:.2f} | "
+                     f"{success} | {s.copy_last_psnr:.2f} |")
     lines += ["", "| action | " + " | ".join(s.policy for s in stats) + " |", "|---" * (len(stats) + 1) + "|"]
     for a, name in enumerate(ACTION_NAMES):
         lines.append(f"| {a} {name} | " + " | ".join(f"{100 * s.action_freq[a]:.1f}%" for s in stats) + " |")

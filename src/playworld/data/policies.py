@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from playworld.data.lookahead import Lookahead, PlanConfig
 from playworld.errors import ConfigError
 
 __all__ = ["NUM_ACTIONS", "ACTION_NAMES", "PLATFORMERS", "POLICIES", "Policy", "SlotRng", "StickyRandom",
@@ -28,7 +29,7 @@ LEFT_DOWN, LEFT, LEFT_UP, DOWN, NOOP, UP, RIGHT_DOWN, RIGHT, RIGHT_UP = range(9)
 # Side-view games where the level runs left to right and UP jumps. Jumper and climber levels also go up,
 # which a rightward run with frequent jumps still explores well; leaper (frogger) is not a platformer.
 PLATFORMERS = frozenset({"coinrun", "ninja", "climber", "jumper"})
-POLICIES = ("random", "scripted", "mix")
+POLICIES = ("random", "scripted", "mix", "lookahead")
 
 
 class Policy(Protocol):
@@ -149,12 +150,18 @@ class Mix:
         return np.where(self.use_b, act_b, act_a)
 
 
-def make_policy(name: str, game: str, seeds: Sequence[np.random.SeedSequence], *, sticky_prob: float = 0.75
-                ) -> Policy:
-    """Build policy ``name`` for ``game`` with one seed per slot (independent streams are spawned per part)."""
+def make_policy(name: str, game: str, seeds: Sequence[np.random.SeedSequence], *, sticky_prob: float = 0.75,
+                plan: PlanConfig | None = None) -> Policy:
+    """Build policy ``name`` for ``game`` with one seed per slot (independent streams are spawned per part).
+
+    ``lookahead`` (settings ``plan``) plans in copies of the game: attach it to the env before acting
+    (:meth:`playworld.data.lookahead.Lookahead.attach`).
+    """
     if name not in POLICIES:
         raise ConfigError(f"policy {name!r} is not one of {list(POLICIES)}")
-    streams = [s.spawn(3) for s in seeds]  # per slot: random, scripted, mix choice
+    streams = [s.spawn(4) for s in seeds]  # per slot: random, scripted, mix choice, lookahead
+    if name == "lookahead":
+        return Lookahead([s[3] for s in streams], NUM_ACTIONS, plan or PlanConfig())
 
     def rng(part: int, k: int) -> SlotRng:
         return SlotRng([s[part] for s in streams], k)
