@@ -123,6 +123,36 @@ def test_compute_loss_gives_gradients_to_all_trainable_parameters(kw):
         assert "quantizer.codebook" in m.state_dict() and "quantizer.codebook" not in dict(m.named_parameters())
 
 
+def test_edge_and_temporal_terms_measure_what_they_name():
+    """The edge term is zero for a reconstruction off by a constant and positive for a blurred one; the temporal
+    term is zero when every frame is off by the same image and positive when one frame moves; both add to the
+    loss at their weights and are absent at weight 0."""
+    m = _model(edge_weight=2.0, temporal_weight=3.0).eval()
+    video = moving_square_clip(1, 4, 16)
+    base = m.compute_loss(video)
+    assert {"edge_loss", "temporal_loss"} <= set(base.metrics)
+    plain = _model().eval().compute_loss(video)
+    assert "edge_loss" not in plain.metrics and "temporal_loss" not in plain.metrics
+    expected = base.metrics["recon_mse"] + base.metrics["quant_loss"] + 2.0 * base.metrics["edge_loss"] \
+        + 3.0 * base.metrics["temporal_loss"]
+    assert torch.allclose(base.loss, expected, atol=1e-6)
+
+    def terms(recon: torch.Tensor) -> tuple[float, float]:
+        m._pixels = lambda *_a, **_k: recon  # type: ignore[method-assign]
+        out = m.compute_loss(video)
+        return float(out.metrics["edge_loss"]), float(out.metrics["temporal_loss"])
+
+    shifted = video + 0.1
+    assert terms(shifted) == pytest.approx((0.0, 0.0), abs=1e-6)
+    blurred = (video + video.roll(1, dims=2) + video.roll(1, dims=3)) / 3
+    assert terms(blurred)[0] > 0.01
+    moved = video.clone()
+    moved[:, 2] = video[:, 2].roll(2, dims=2)
+    assert terms(moved)[1] > 1e-3
+    with pytest.raises(ConfigError, match="edge_weight"):
+        _config(edge_weight=-1.0)
+
+
 def test_inference_paths_leave_quantizer_statistics_alone():
     m = _model().train()
     video = torch.rand(1, 2, 16, 16, 3)

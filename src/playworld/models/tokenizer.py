@@ -67,6 +67,10 @@ class TokenizerConfig:
                                        "uniform share (0 disables restarts)")
     fsq_levels: tuple[int, ...] = field((8, 5, 5, 5), help="FSQ: levels per channel (8,5,5,5 -> 1000 codes)")
     dropout: float = field(0.0, help="dropout in attention and MLPs")
+    edge_weight: float = field(0.0, help="weight of the L1 error of spatial pixel differences (sharp edges and "
+                               "texture; 0 = off)")
+    temporal_weight: float = field(0.0, help="weight of the MSE of differences between consecutive frames "
+                                   "(motion; 0 = off)")
     grad_checkpoint: bool = field(False, help="recompute blocks in backward to save activation memory")
 
     def __post_init__(self) -> None:
@@ -102,6 +106,9 @@ class TokenizerConfig:
             raise ConfigError(f"tokenizer.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"tokenizer.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("edge_weight", "temporal_weight"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"tokenizer.{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def tokens_per_frame(self) -> int:
@@ -315,16 +322,27 @@ class VideoTokenizer(TrainableModel):
         """video (B, T, H, W, C) in [0, 1] -> LossOutput(MSE in [0, 1] units + quantizer loss).
 
         metrics: recon_mse, psnr (dB, of the clamped reconstruction), quant_loss, codebook_usage
-        (fraction of codes used in the batch), perplexity (of the batch's code histogram).
+        (fraction of codes used in the batch), perplexity (of the batch's code histogram); with
+        ``edge_weight`` / ``temporal_weight`` also edge_loss (L1 of spatial pixel differences) and
+        temporal_loss (MSE of frame-to-frame differences), each added to the loss at its weight.
         """
         q = self.quantizer(self._latents(video))  # updates codebook statistics in training mode
         recon = self._pixels(q.quantized).float()  # (B, T, H, W, C)
-        mse = F.mse_loss(recon, video.float())
+        video = video.float()
+        mse = F.mse_loss(recon, video)
+        loss, extra = mse + q.loss, {}
+        c = self.config
+        if c.edge_weight > 0:  # L1 of horizontal and vertical pixel differences: sharp edges, fine texture
+            edge = sum(F.l1_loss(torch.diff(recon, dim=d), torch.diff(video, dim=d)) for d in (2, 3)) / 2
+            loss, extra["edge_loss"] = loss + c.edge_weight * edge, edge.detach()
+        if c.temporal_weight > 0 and video.shape[1] > 1:  # MSE of frame-to-frame change: motion
+            temporal = F.mse_loss(torch.diff(recon, dim=1), torch.diff(video, dim=1))
+            loss, extra["temporal_loss"] = loss + c.temporal_weight * temporal, temporal.detach()
         with torch.no_grad():
-            clamped_mse = F.mse_loss(recon.clamp(0.0, 1.0), video.float())
+            clamped_mse = F.mse_loss(recon.clamp(0.0, 1.0), video)
             psnr = psnr_from_mse(clamped_mse)
         return LossOutput(
-            loss=mse + q.loss,
+            loss=loss,
             metrics={"recon_mse": mse.detach(), "psnr": psnr, "quant_loss": q.loss.detach(),
-                     "codebook_usage": q.usage, "perplexity": q.perplexity},
+                     "codebook_usage": q.usage, "perplexity": q.perplexity, **extra},
         )
