@@ -143,6 +143,38 @@ def test_self_forcing_replaces_the_early_frames_in_training_only():
         DynamicsConfig(self_forcing=0.5, backend="flow")
 
 
+def test_change_weight_weights_the_tokens_that_moved_in_training_only():
+    # Frames where only some places change: the loss equals the hand-weighted mean of the per-token losses.
+    tokens = torch.randint(0, 32, (3, 4, 6))
+    tokens[:, 2, :3] = tokens[:, 1, :3]  # frame 3 keeps half its places
+    actions = torch.randint(0, 4, (3, 3))
+
+    def run(m):
+        torch.manual_seed(5)
+        return m.compute_loss_tokens(tokens, actions)
+
+    plain, weighted = run(_dynamics().train()), run(_dynamics(change_weight=3.0).train())
+    assert plain.metrics["ce"] == weighted.metrics["ce"] and plain.loss == plain.metrics["ce"]
+    assert 0 < float(weighted.metrics["changed_share"]) < 1
+    # recompute the weighted loss from the same mask
+    m = _dynamics(change_weight=3.0).train()
+    torch.manual_seed(5)
+    batch = m.random_mask(tokens)
+    logits = m(m.corrupt(batch), m.frame_actions(actions))
+    per = torch.nn.functional.cross_entropy(logits[batch.mask].float(), tokens[batch.mask], reduction="none")
+    moved = torch.cat([torch.zeros_like(tokens[:, :1], dtype=torch.bool), tokens[:, 1:] != tokens[:, :-1]], 1)
+    w = 1 + 3.0 * moved[batch.mask].float()
+    torch.testing.assert_close(weighted.loss, (w * per).sum() / w.sum())
+    torch.testing.assert_close(weighted.metrics["ce_changed"], per[moved[batch.mask]].mean())
+    assert weighted.loss != weighted.metrics["ce"]
+    evaluated = run(_dynamics(change_weight=3.0).eval())  # validation stays the plain cross-entropy
+    assert evaluated.loss == evaluated.metrics["ce"]
+    with pytest.raises(ConfigError, match="change_weight"):
+        DynamicsConfig(change_weight=-1.0)
+    with pytest.raises(ConfigError, match="change_weight"):
+        DynamicsConfig(change_weight=1.0, backend="flow")
+
+
 def test_config_and_shape_errors_name_the_value():
     with pytest.raises(ConfigError, match="mask rates"):
         DynamicsConfig(mask_rate_min=0.0)

@@ -111,6 +111,10 @@ class DynamicsConfig:
                                 "model learns the next real frame from the kind of past a rollout gives it "
                                 "(scheduled sampling, Bengio et al. 2015; Self Forcing, Huang et al. 2025); "
                                 "costs about one extra forward pass of the clip on those batches (KV-cached)")
+    change_weight: float = field(0.0, help="training only: a masked token that differs from the token at its "
+                                 "place one frame earlier counts 1 + change_weight times in the cross-entropy "
+                                 "(normalised by the summed weights), so the few tokens that move (a player's "
+                                 "sprite, the keys' effect) are not drowned by the many that a copy predicts")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
     backend: str = field("maskgit", help="how a world makes the next frame with this model at play time "
                          "(playworld.backends: 'maskgit', or 'flow': a flow-matching model over the tokenizer's "
@@ -133,6 +137,8 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.context_noise must be in [0, 1), got {self.context_noise}")
         if not 0.0 <= self.self_forcing <= 1.0:
             raise ConfigError(f"dynamics.self_forcing must be in [0, 1], got {self.self_forcing}")
+        if not self.change_weight >= 0.0:
+            raise ConfigError(f"dynamics.change_weight must be >= 0, got {self.change_weight}")
         if not isinstance(self.backend, str) or not self.backend:
             raise ConfigError(f"dynamics.backend must name a backend (e.g. 'maskgit'), got {self.backend!r}")
         if isinstance(self.flow, dict):
@@ -140,8 +146,9 @@ class DynamicsConfig:
         if not isinstance(self.flow, FlowConfig):
             raise ConfigError(f"dynamics.flow must be a FlowConfig or a mapping, got {type(self.flow).__name__}")
         if self.backend == "flow" and (self.context_noise or self.clean_prefix or self.mask_first_frame
-                                       or self.self_forcing):
-            raise ConfigError("dynamics.context_noise, clean_prefix, self_forcing and mask_first_frame are "
+                                       or self.self_forcing or self.change_weight):
+            raise ConfigError("dynamics.context_noise, clean_prefix, self_forcing, change_weight and "
+                              "mask_first_frame are "
                               "MaskGIT's; the flow "
                               "backend's context noise is dynamics.flow.context_noise_max / context_noise")
 
@@ -292,8 +299,11 @@ class DynamicsModel(nn.Module):
     def compute_loss_tokens(self, tokens: Tensor, actions: Tensor) -> LossOutput:
         """tokens: (B, T, S) long in [0, V); actions: (B, T-1) long in [0, |A|) -> masked cross-entropy.
 
-        metrics: ``ce`` (masked cross-entropy), ``accuracy`` (masked top-1), ``mask_rate``; with
-        ``self_forcing``, ``self_forced`` (the share of the clip's frames that were the model's own).
+        metrics: ``ce`` (masked cross-entropy), ``accuracy`` (masked top-1), ``mask_rate``,
+        ``changed_share`` (share of masked targets that differ from the token a frame earlier) and, where there
+        are such, ``ce_changed`` / ``accuracy_changed`` on them (0 where none); with ``self_forcing``, ``self_forced`` (the
+        share of the clip's frames that were the model's own). The loss is ``ce``, weighted by
+        ``change_weight`` in training mode.
         """
         if tokens.dim() != 3 or tokens.shape[1] < 2:
             raise ValueError(f"tokens must be (B, T>=2, S), got {tuple(tokens.shape)}")
@@ -316,13 +326,27 @@ class DynamicsModel(nn.Module):
         if not batch.mask.any():  # vanishingly rare; keep the loss defined
             batch.mask[:, -1] = True
         target, pred = tokens[batch.mask], logits[batch.mask]  # (M,), (M, V)
-        ce = F.cross_entropy(pred.float(), target)
+        # (B, T, S): the token differs from the one at its place a frame earlier (frame 1: never)
+        changed = torch.cat([torch.zeros_like(tokens[:, :1], dtype=torch.bool), tokens[:, 1:] != tokens[:, :-1]], 1)
+        moved = changed[batch.mask]  # (M,)
+        per_token = F.cross_entropy(pred.float(), target, reduction="none")  # (M,)
+        ce = per_token.mean()
+        loss = ce
+        if self.config.change_weight > 0 and self.training:
+            weight = 1.0 + self.config.change_weight * moved.float()
+            loss = (weight * per_token).sum() / weight.sum()
         with torch.no_grad():
             acc = (pred.argmax(-1) == target).float().mean()
-        metrics = {"ce": ce.detach(), "accuracy": acc, "mask_rate": batch.mask.float().mean()}
+            # how well the moving tokens are predicted (a copy gets none of them right); 0 where none moved,
+            # so that every batch (and every DDP rank) logs the same keys
+            n_moved = moved.sum().clamp(min=1)
+            metrics = {"ce": ce.detach(), "accuracy": acc, "mask_rate": batch.mask.float().mean(),
+                       "changed_share": moved.float().mean(),
+                       "ce_changed": (per_token.detach() * moved).sum() / n_moved,
+                       "accuracy_changed": ((pred.argmax(-1) == target) & moved).sum() / n_moved}
         if self.config.self_forcing > 0 and self.training:
             metrics["self_forced"] = torch.tensor(own / t)
-        return LossOutput(ce, metrics)
+        return LossOutput(loss, metrics)
 
 
 def freeze(module: nn.Module) -> nn.Module:
