@@ -109,6 +109,24 @@ def test_ties_keep_the_previous_action_and_avoid_death() -> None:
     assert len(set(actions[0].tolist())) > 1  # slots draw their own choices
 
 
+def test_ties_first_takes_the_lowest_numbered_best_action() -> None:
+    # Everything but 5 ties at a fresh episode: "first" starts every slot on action 0, "random" spreads them.
+    class NoReward(ToyGame):
+        def act(self, actions: np.ndarray) -> None:
+            super().act(np.where(np.asarray(actions) == REWARD, 0, actions))
+
+    def tied(ties: str) -> np.ndarray:
+        game = NoReward(6)
+        policy = Lookahead(seeds(6), 15, PlanConfig(horizon=4, hold=2, explore=0.0, ties=ties))
+        policy.attach(lambda: game.callmethod("get_state"), lambda num: NoReward(num))
+        return policy(np.ones(6, dtype=bool))
+
+    assert (tied("first") == 0).all()
+    assert len(set(tied("random").tolist())) > 1
+    with pytest.raises(ConfigError, match="ties"):
+        PlanConfig(ties="best")
+
+
 def test_explore_draws_uniformly_and_is_deterministic() -> None:
     game_a, game_b = ToyGame(4), ToyGame(4)
     plan = PlanConfig(horizon=4, hold=1, explore=1.0)

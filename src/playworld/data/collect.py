@@ -82,12 +82,15 @@ class CollectConfig:
     plan_hold: int = field(4, help="lookahead: frames each decision is held (and a candidate before its play-out)")
     plan_explore: float = field(0.2, help="lookahead: probability that a decision is a uniformly random action")
     plan_death_penalty: float = field(10.0, help="lookahead: score lost by a play-out whose episode ends unfinished")
+    plan_ties: Literal["random", "first"] = field(
+        "random", help="lookahead: a tie that the previous action does not win draws among the best ('random') "
+        "or takes the lowest-numbered best action ('first': the choice depends on the game alone)")
 
     def plan(self) -> PlanConfig:
         """The lookahead policy's settings."""
         return PlanConfig(horizon=self.plan_horizon, rollouts=self.plan_rollouts, hold=self.plan_hold,
                           explore=self.plan_explore, death_penalty=self.plan_death_penalty,
-                          sticky_prob=self.sticky_prob)
+                          sticky_prob=self.sticky_prob, ties=self.plan_ties)
 
     def __post_init__(self) -> None:
         if self.game not in PROCGEN_GAMES:

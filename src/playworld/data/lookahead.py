@@ -15,8 +15,9 @@ and the rollout policies of Monte-Carlo search:
 - a candidate's score is the mean over its rollouts of the discounted return, less ``death_penalty`` where the
   episode ended without completing the level (Procgen's ``prev_level_complete``);
 - the best candidate is played for ``hold`` frames; ties (often: no reward in sight) keep the previous action
-  if it is among the best, else draw one of the best; with probability ``explore`` a decision is a uniformly
-  random action instead, so that the data keeps every action in use.
+  if it is among the best, else draw one of the best (``ties="first"``: take the lowest-numbered one); with
+  probability ``explore`` a decision is a uniformly random action instead, so that the data keeps every action
+  in use.
 
 Deterministic: the copies step from copied states with actions drawn from the slot's own stream, so the
 actions depend on (seed, slot) and the game alone.
@@ -46,6 +47,8 @@ class PlanConfig:
     death_penalty: float = 10.0
     discount: float = 0.97
     sticky_prob: float = 0.75  # continuation actions after the held candidate
+    ties: str = "random"  # "random": a tie (not won by the previous action) draws among the best; "first": the
+    # lowest-numbered best action, so that the choice depends on the game alone (easier to clone)
 
     def __post_init__(self) -> None:
         if self.hold < 1 or self.horizon < self.hold:
@@ -58,6 +61,8 @@ class PlanConfig:
             raise ConfigError(f"plan: discount={self.discount} must be in (0, 1]")
         if not 0.0 <= self.sticky_prob < 1.0:
             raise ConfigError(f"plan: sticky_prob={self.sticky_prob} must be in [0, 1)")
+        if self.ties not in ("random", "first"):
+            raise ConfigError(f"plan: ties={self.ties!r} must be 'random' or 'first'")
 
 
 class Lookahead:
@@ -111,7 +116,7 @@ class Lookahead:
         best = np.flatnonzero(scores >= scores.max() - 1e-9)
         if not fresh and self.action[slot] in best:
             return int(self.action[slot])
-        return int(best[rng.integers(len(best))])
+        return int(best[0]) if p.ties == "first" else int(best[rng.integers(len(best))])
 
     def scores(self, state: bytes, rng: np.random.Generator) -> np.ndarray:
         """Mean discounted return of each action held for ``hold`` frames then sticky-random: (A,) float64."""
