@@ -182,11 +182,6 @@ def agent_controller(agent_dir: Path, labels: int | None, seed: int, greedy: boo
     return AgentController(policy, decoder, seed=seed, greedy=greedy), f"latent BC, N={n}"
 
 
-def _collect_config(conf: dict[str, Any]) -> CollectConfig:
-    """The dataset's collect settings (a lookahead behaviour replays with the same plan)."""
-    return from_dict(CollectConfig, conf, where="dataset source config")
-
-
 def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | None = None,
              baselines: bool = True, progress: bool = True) -> dict[str, Any]:
     """Every decoder of ``agent_dir`` (and the baselines) on held-out levels; writes eval.json and eval.md."""
@@ -203,7 +198,8 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
         if src.get("kind") == "procgen":
             conf = src.get("config", {})
             name = conf.get("policy", "random")
-            plan = _collect_config(conf).plan() if name == "lookahead" else None
+            # a lookahead behaviour replays with the plan the data was recorded with
+            plan = from_dict(CollectConfig, conf, where="dataset source config").plan() if name == "lookahead" else None
             rows.append((f"behaviour ({name})", BehaviourController(name, cfg.game, len(levels), cfg.seed,
                                                                      conf.get("sticky_prob", 0.75), plan)))
     if oracle is not None:

@@ -76,13 +76,12 @@ class Lookahead:
     def __init__(self, seeds: Sequence[np.random.SeedSequence], num_actions: int, plan: PlanConfig,
                  label: str = "lookahead") -> None:
         self.rngs = [np.random.default_rng(s) for s in seeds]
-        self.num_actions, self.plan, self.label = num_actions, plan, label
+        self.num_actions, self.plan = num_actions, plan
         self.labels = [label] * len(seeds)
         self.action = np.zeros(len(seeds), dtype=np.int64)
         self.left = np.zeros(len(seeds), dtype=np.int64)  # frames still to play of the current decision
         self.get_states: Callable[[], list[bytes]] | None = None
         self.sim: Any = None
-        self.decisions = self.planned = 0
 
     def attach(self, get_states: Callable[[], list[bytes]], make_sim: Callable[[int], Any]) -> None:
         self.close()
@@ -108,10 +107,8 @@ class Lookahead:
 
     def _decide(self, slot: int, state: bytes, fresh: bool) -> int:
         rng, p = self.rngs[slot], self.plan
-        self.decisions += 1
         if rng.random() < p.explore:
             return int(rng.integers(self.num_actions))
-        self.planned += 1
         scores = self.scores(state, rng)  # (A,)
         best = np.flatnonzero(scores >= scores.max() - 1e-9)
         if not fresh and self.action[slot] in best:

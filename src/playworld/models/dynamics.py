@@ -336,14 +336,15 @@ class DynamicsModel(nn.Module):
             weight = 1.0 + self.config.change_weight * moved.float()
             loss = (weight * per_token).sum() / weight.sum()
         with torch.no_grad():
-            acc = (pred.argmax(-1) == target).float().mean()
+            hit = pred.argmax(-1) == target  # (M,)
+            acc = hit.float().mean()
             # how well the moving tokens are predicted (a copy gets none of them right); 0 where none moved,
             # so that every batch (and every DDP rank) logs the same keys
             n_moved = moved.sum().clamp(min=1)
             metrics = {"ce": ce.detach(), "accuracy": acc, "mask_rate": batch.mask.float().mean(),
                        "changed_share": moved.float().mean(),
                        "ce_changed": (per_token.detach() * moved).sum() / n_moved,
-                       "accuracy_changed": ((pred.argmax(-1) == target) & moved).sum() / n_moved}
+                       "accuracy_changed": (hit & moved).sum() / n_moved}
         if self.config.self_forcing > 0 and self.training:
             metrics["self_forced"] = torch.tensor(own / t)
         return LossOutput(loss, metrics)
