@@ -21,7 +21,7 @@ import torch
 from playworld.agents.decode import ActionDecoder
 from playworld.agents.policy import PolicyNet
 from playworld.bars import progress_bar
-from playworld.data.lookahead import Lookahead, PlanConfig
+from playworld.data.lookahead import PlanConfig
 from playworld.data.policies import NUM_ACTIONS, make_policy
 from playworld.eval.stats import Estimate, bootstrap
 
@@ -46,21 +46,19 @@ class BehaviourController:
     """The collection policy (`playworld collect --policy`), one seeded stream per slot."""
 
     def __init__(self, name: str, game: str, slots: int, seed: int, sticky_prob: float = 0.75,
-                 plan: PlanConfig | None = None) -> None:
+                 plan: PlanConfig | None = None, agent: str | None = None) -> None:
         seeds = [np.random.SeedSequence(seed, spawn_key=(s,)) for s in range(slots)]
-        self.policy = make_policy(name, game, seeds, sticky_prob=sticky_prob, plan=plan)
+        self.policy = make_policy(name, game, seeds, sticky_prob=sticky_prob, plan=plan, agent=agent)
 
     def attach(self, get_states: Callable[[], list[bytes]], make_sim: Callable[[int], Any]) -> None:
         """Give a planning policy (``lookahead``) the games' states; other policies ignore it."""
-        if isinstance(self.policy, Lookahead):
-            self.policy.attach(get_states, make_sim)
+        self.policy.attach(get_states, make_sim)
 
     def close(self) -> None:
-        if isinstance(self.policy, Lookahead):
-            self.policy.close()
+        self.policy.close()
 
     def __call__(self, obs: np.ndarray, first: np.ndarray) -> np.ndarray:
-        return self.policy(first)
+        return self.policy(first, obs)
 
 
 class AgentController:

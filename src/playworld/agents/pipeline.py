@@ -165,13 +165,18 @@ def eval_levels(meta: dict[str, Any], episodes: int) -> list[int]:
     seen = set(meta.get("train_levels", [])) & set(levels)
     if seen:
         raise DatasetError(f"held-out levels {sorted(seen)[:5]} are training levels of {meta.get('data')}")
+    lo, hi = meta.get("train_level_range") or (0, 0)  # a real-game PPO agent's training levels, [lo, hi)
+    inside = [lvl for lvl in levels if lo <= lvl < hi]
+    if inside:
+        raise DatasetError(f"held-out levels {inside[:5]} lie in the agent's training levels [{lo}, {hi})")
     return levels
 
 
 def agent_controller(agent_dir: Path, labels: int | None, seed: int, greedy: bool) -> tuple[AgentController, str]:
-    policy, _ = load_policy(agent_dir)
+    policy, meta = load_policy(agent_dir)
     if policy.config.target == "true":
-        return AgentController(policy, None, seed=seed, greedy=greedy), "oracle BC (every true label)"
+        label = "PPO in the real game" if meta.get("kind") == "ppo-real" else "oracle BC (every true label)"
+        return AgentController(policy, None, seed=seed, greedy=greedy), label
     have = available_decoders(agent_dir)
     if not have:
         raise CheckpointError(f"{agent_dir}: no decoder; run `playworld agent decode {agent_dir} --labels N` first")
@@ -190,6 +195,9 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
     decoders = [None] if policy.config.target == "true" else available_decoders(agent_dir)
     if not decoders:
         raise CheckpointError(f"{agent_dir}: no decoder; run `playworld agent decode {agent_dir} --labels N` first")
+    trained = meta.get("game") or (meta.get("data_source") or {}).get("game")
+    if trained is not None and trained != cfg.game:
+        raise ConfigError(f"{agent_dir}: the agent learned {trained}; evaluate it with --game {trained}")
     levels = eval_levels(meta, cfg.episodes)
     rows: list[tuple[str, Controller]] = []
     if baselines:
@@ -201,7 +209,8 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
             # a lookahead behaviour replays with the plan the data was recorded with
             plan = from_dict(CollectConfig, conf, where="dataset source config").plan() if name == "lookahead" else None
             rows.append((f"behaviour ({name})", BehaviourController(name, cfg.game, len(levels), cfg.seed,
-                                                                     conf.get("sticky_prob", 0.75), plan)))
+                                                                     conf.get("sticky_prob", 0.75), plan,
+                                                                     conf.get("agent"))))
     if oracle is not None:
         rows.append(agent_controller(Path(oracle), None, cfg.seed, cfg.greedy)[::-1])  # type: ignore[arg-type]
     for n in decoders:

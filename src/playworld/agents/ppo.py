@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -189,7 +189,20 @@ class UpdateStats:
     clip_fraction: float
 
 
-def update(net: ActorCritic, opt: torch.optim.Optimizer, ro: Rollout, cfg: PPOConfig, seed: int) -> UpdateStats:
+class LossSettings(Protocol):
+    """The PPO settings :func:`update` reads (in-world :class:`PPOConfig` and the real game's config)."""
+
+    epochs: int
+    minibatches: int
+    gamma: float
+    gae_lambda: float
+    clip: float
+    ent_coef: float
+    vf_coef: float
+    max_grad_norm: float
+
+
+def update(net: ActorCritic, opt: torch.optim.Optimizer, ro: Rollout, cfg: LossSettings, seed: int) -> UpdateStats:
     """``cfg.epochs`` passes of clipped-surrogate PPO over the rollout's live steps."""
     adv, ret = advantages(ro, cfg.gamma, cfg.gae_lambda)
     mask = ro.alive.flatten()

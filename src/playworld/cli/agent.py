@@ -1,4 +1,4 @@
-"""`playworld agent bc|decode|train-in-world|eval`: agents from latent actions (see docs/agents.md)."""
+"""`playworld agent bc|decode|train-in-world|train-real|eval`: agents from latent actions (see docs/agents.md)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     tw.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     add_threads_argument(tw)
     tw.set_defaults(func=run_train_in_world)
+
+    tr = stages.add_parser("train-real", help="PPO in the real Procgen game from frames to its 15 keys: an expert to "
+                           "record video with (`collect procgen --policy agent --agent DIR`)",
+                           description="playworld agent train-real --game starpilot --out DIR --steps 2000000\n"
+                           "Trains on levels [--start-level, --start-level + --num-levels); `agent eval` plays it on "
+                           "held-out levels below them.\n"
+                           "Re-running the same command resumes an interrupted run exactly (more --steps continue it).",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("--game", required=True, help="Procgen game")
+    tr.add_argument("--out", required=True, type=Path, help="agent directory to write (or resume)")
+    tr.add_argument("--mode", default="hard", help="Procgen distribution mode (default: %(default)s)")
+    tr.add_argument("--start-level", type=int, default=10_000, help="first training level (default: %(default)s)")
+    tr.add_argument("--num-levels", type=int, default=100_000, help="training levels (default: %(default)s)")
+    tr.add_argument("--steps", type=int, default=1_000_000, help="game steps (default: %(default)s)")
+    tr.add_argument("--num-envs", type=int, default=64, help="games stepped together (default: %(default)s)")
+    tr.add_argument("--rollout-steps", type=int, default=128, help="steps of each game per iteration "
+                    "(default: %(default)s)")
+    tr.add_argument("--epochs", type=int, default=3, help="PPO passes over each rollout (default: %(default)s)")
+    tr.add_argument("--lr", type=float, default=5e-4, help="learning rate (default: %(default)s)")
+    tr.add_argument("--gamma", type=float, default=0.99, help="discount (default: %(default)s)")
+    tr.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (default: %(default)s)")
+    tr.add_argument("--context", type=int, default=1, help="frames the policy sees (default: %(default)s)")
+    tr.add_argument("--channels", type=int, default=16, help="first conv width (default: %(default)s)")
+    tr.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    add_threads_argument(tr)
+    tr.set_defaults(func=run_train_real)
 
     ev = stages.add_parser("eval", help="play the agent (every decoder) and baselines in the real Procgen game "
                            "on held-out levels; an in-world agent also inside its world, beside the real return")
@@ -171,6 +198,32 @@ def run_train_in_world(args: argparse.Namespace) -> int:
     if h:
         print(f"{res.out}: {h[-1]['step']} env steps ({res.ppo.iterations_run} iterations now, "
               f"{res.ppo.seconds:.1f} s); in-world return {h[0]['return']:.2f} (first) -> {h[-1]['return']:.2f} (last)")
+    return 0
+
+
+def run_train_real(args: argparse.Namespace) -> int:
+    from playworld.agents.policy import PolicyConfig
+    from playworld.agents.realppo import RealPPOConfig, train_real
+    from playworld.cli.threads import apply_threads
+    from playworld.data.policies import NUM_ACTIONS
+    from playworld.train.logger import MetricsLogger
+
+    apply_threads(args.threads)
+    cfg = RealPPOConfig(game=args.game, distribution_mode=args.mode, start_level=args.start_level,
+                        num_levels=args.num_levels, steps=args.steps, num_envs=args.num_envs,
+                        rollout_steps=args.rollout_steps, epochs=args.epochs, lr=args.lr, gamma=args.gamma,
+                        ent_coef=args.ent_coef, seed=args.seed)
+    policy_cfg = PolicyConfig(num_actions=NUM_ACTIONS, context=args.context, channels=args.channels, target="true")
+    log = MetricsLogger(args.out)
+    try:
+        res = train_real(cfg, policy_cfg, args.out, progress=args.progress, log=log)
+    finally:
+        log.close()
+    done = [h for h in res.history if h["episodes"]]
+    if done:
+        print(f"{res.out}: {res.history[-1]['step']} game steps ({res.iterations_run} iterations now, "
+              f"{res.seconds:.1f} s); episode return {done[0]['return']:.2f} (first) -> {done[-1]['return']:.2f} "
+              f"(last)")
     return 0
 
 

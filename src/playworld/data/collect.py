@@ -38,7 +38,7 @@ from playworld.data.format import (
     partial_dir,
     read_manifest,
 )
-from playworld.data.lookahead import Lookahead, PlanConfig
+from playworld.data.lookahead import PlanConfig
 from playworld.data.policies import ACTION_NAMES, NUM_ACTIONS, POLICIES, Policy, make_policy
 from playworld.errors import ConfigError, DatasetError
 from playworld.io import atomic_write_text
@@ -63,9 +63,10 @@ class CollectConfig:
 
     episodes: int = field(help="number of episodes to record")
     game: str = field("coinrun", help=f"Procgen game: {', '.join(PROCGEN_GAMES)}")
-    policy: Literal["random", "scripted", "mix", "lookahead"] = field(
-        "random", help="behaviour: sticky random, scripted (motion-rich), mix (50/50 per episode), or lookahead "
-        "(plans every action in copies of the game: better than random on any game)")
+    policy: Literal["random", "scripted", "mix", "lookahead", "agent"] = field(
+        "random", help="behaviour: sticky random, scripted (motion-rich), mix (50/50 per episode), lookahead "
+        "(plans every action in copies of the game: better than random on any game), or agent (a trained "
+        "policy that acts on the frames, --agent)")
     distribution_mode: Literal["easy", "hard", "extreme", "memory", "exploration"] = field(
         "hard", help="Procgen level distribution")
     start_level: int = field(0, help="first level seed")
@@ -85,6 +86,8 @@ class CollectConfig:
     plan_ties: Literal["random", "first"] = field(
         "random", help="lookahead: a tie that the previous action does not win draws among the best ('random') "
         "or takes the lowest-numbered best action ('first': the choice depends on the game alone)")
+    agent: str | None = field(None, help="policy 'agent': the agent directory whose true-action policy plays "
+                              "(`playworld agent train-real`)")
 
     def plan(self) -> PlanConfig:
         """The lookahead policy's settings."""
@@ -113,6 +116,8 @@ class CollectConfig:
         if not 0.0 <= self.sticky_prob < 1.0:
             raise ConfigError(f"sticky_prob={self.sticky_prob} must be in [0, 1)")
         self.plan()  # checks the plan_* fields
+        if (self.policy == "agent") != (self.agent is not None):
+            raise ConfigError("policy='agent' needs --agent DIR, and --agent needs --policy agent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,18 +172,17 @@ def play_unit(cfg: CollectConfig, unit: int, n_episodes: int,
     stepping (their steps are discarded) until every slot is done.
     """
     rand_seed, slot_seeds = _unit_seeds(cfg, unit)
-    policy = make_policy(cfg.policy, cfg.game, slot_seeds, sticky_prob=cfg.sticky_prob, plan=cfg.plan())
+    policy = make_policy(cfg.policy, cfg.game, slot_seeds, sticky_prob=cfg.sticky_prob, plan=cfg.plan(),
+                         agent=cfg.agent)
     share = math.ceil(n_episodes / cfg.num_envs)
     want = [min(max(n_episodes - s * share, 0), share) for s in range(cfg.num_envs)]
     env = make_env(cfg, rand_seed)
     try:  # close explicitly: a gym3 env finalised by the GC inside another env's cffi dlopen deadlocks
-        if isinstance(policy, Lookahead):
-            policy.attach(lambda: env.callmethod("get_state"),
-                          lambda num: make_env(dataclasses.replace(cfg, num_envs=num), rand_seed))
+        policy.attach(lambda: env.callmethod("get_state"),
+                      lambda num: make_env(dataclasses.replace(cfg, num_envs=num), rand_seed))
         done, steps = _record(env, policy, want, cfg, on_episode, keep)
     finally:
-        if isinstance(policy, Lookahead):
-            policy.close()
+        policy.close()
         env.close()
     return PlayedUnit([ep for slot in done for ep in slot] if keep else [], steps)
 
@@ -201,8 +205,8 @@ def _record(env: Any, policy: Policy, want: list[int], cfg: CollectConfig,
     steps = 0
     while any(len(d) < w for d, w in zip(done, want)):
         steps += 1
-        actions = policy(first)  # (N,) int64
         rgb = obs["rgb"]  # (N, 64, 64, 3) uint8, a fresh array each step (gym3 copies), so slots keep views
+        actions = policy(first, rgb)  # (N,) int64
         for s, r in enumerate(rec):
             if r is not None:
                 r["frames"].append(rgb[s])
@@ -412,7 +416,9 @@ def policy_report(cfg: CollectConfig, policies: tuple[str, ...] = POLICIES, *, p
     """Play ``cfg.episodes`` episodes with each policy (same seeds, nothing written) and measure them."""
     stats = []
     for name in policies:
-        run = dataclasses.replace(cfg, policy=name)
+        if name == "agent" and cfg.agent is None:
+            continue  # no agent directory given
+        run = dataclasses.replace(cfg, policy=name, agent=cfg.agent if name == "agent" else None)
         with progress_bar(total=run.episodes, desc=f"policy {name}", unit="ep", disable=not progress) as bar:
             measure = _Measure(bar)
             for u, size in enumerate(unit_sizes(run)):

@@ -93,7 +93,7 @@ class Lookahead:
             self.sim.close()
             self.sim = None
 
-    def __call__(self, first: np.ndarray) -> np.ndarray:
+    def __call__(self, first: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
         if self.get_states is None or self.sim is None:
             raise RuntimeError("Lookahead policy: call attach(get_states, make_sim) before acting")
         new = np.asarray(first, dtype=bool) | (self.left <= 0)

@@ -1,7 +1,9 @@
 """Behaviour policies for collection, vectorised over env slots, each slot with its own seeded stream.
 
-A policy maps ``first`` (N,) bool (slot starts a new episode) to actions (N,) int64 in Procgen's 15-action
-set. Slot ``s`` draws only from its own generator, so its actions depend on (seed, unit, slot) alone.
+A policy maps ``first`` (N,) bool (slot starts a new episode) and the slots' frames (N, H, W, 3) uint8 to
+actions (N,) int64 in Procgen's 15-action set. Slot ``s`` draws only from its own generator, so its actions
+depend on (seed, unit, slot) and its own frames alone. Every policy has ``attach``/``close`` hooks: the
+lookahead planner reads the games' states through them, the others ignore them.
 The recorded actions are the true ones; evaluation uses them, no model trains on them.
 
 Why motion-rich behaviour: Genie-style worlds learn controllability only from data in which actions
@@ -10,9 +12,10 @@ visibly matter (GenieRedux, arXiv 2409.06445: agent data gave ΔtPSNR 1.89 vs 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,15 +32,33 @@ LEFT_DOWN, LEFT, LEFT_UP, DOWN, NOOP, UP, RIGHT_DOWN, RIGHT, RIGHT_UP = range(9)
 # Side-view games where the level runs left to right and UP jumps. Jumper and climber levels also go up,
 # which a rightward run with frequent jumps still explores well; leaper (frogger) is not a platformer.
 PLATFORMERS = frozenset({"coinrun", "ninja", "climber", "jumper"})
-POLICIES = ("random", "scripted", "mix", "lookahead")
+POLICIES = ("random", "scripted", "mix", "lookahead", "agent")
 
 
 class Policy(Protocol):
     labels: list[str]  # (N,) name of the behaviour each slot is playing in its current episode
 
-    def __call__(self, first: np.ndarray) -> np.ndarray:
-        """first (N,) bool -> actions (N,) int64."""
+    def __call__(self, first: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
+        """first (N,) bool, obs (N, H, W, 3) uint8 (the frames acted on) -> actions (N,) int64."""
         ...
+
+    def attach(self, get_states: Callable[[], list[bytes]], make_sim: Callable[[int], Any]) -> None:
+        """Called once the games exist: ``get_states()`` gives their states, ``make_sim(n)`` an n-slot copy."""
+        ...
+
+    def close(self) -> None:
+        """Release what ``attach`` made."""
+        ...
+
+
+class Blind:
+    """The hooks of a policy that neither reads the games' states nor holds anything to release."""
+
+    def attach(self, get_states: Callable[[], list[bytes]], make_sim: Callable[[int], Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class SlotRng:
@@ -61,7 +82,7 @@ class SlotRng:
         return self._buf[self._pos - 1]
 
 
-class StickyRandom:
+class StickyRandom(Blind):
     """Repeat the previous action with probability ``p``, else draw uniformly from all actions.
 
     A new episode always draws afresh.
@@ -72,7 +93,7 @@ class StickyRandom:
         self.prev: np.ndarray | None = None
         self.labels: list[str] = []
 
-    def __call__(self, first: np.ndarray) -> np.ndarray:
+    def __call__(self, first: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
         u = self.rng()  # (N, 2)
         fresh = (u[:, 1] * self.num_actions).astype(np.int64)
         if self.prev is None:
@@ -102,7 +123,7 @@ EXPLORER_SEGMENTS = (Segment(0.9, (LEFT_DOWN, LEFT, LEFT_UP, DOWN, UP, RIGHT_DOW
                      Segment(0.1, tuple(range(9, NUM_ACTIONS)), 1, 4))
 
 
-class SegmentPolicy:
+class SegmentPolicy(Blind):
     """Plays a sequence of held segments; each new segment (and each new episode) draws its kind, action
     and hold length. Segment kinds are drawn with probability proportional to share / mean hold so the
     expected share of frames matches ``Segment.share``."""
@@ -120,7 +141,7 @@ class SegmentPolicy:
         self.left = np.zeros(0, dtype=np.int64)
         self.labels: list[str] = []
 
-    def __call__(self, first: np.ndarray) -> np.ndarray:
+    def __call__(self, first: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
         u = self.rng()  # (N, 3): kind, action, hold
         kind = np.minimum(np.searchsorted(self.cum, u[:, 0], side="right"), len(self.cum) - 1)
         act = self.table[kind, (u[:, 1] * self.count[kind]).astype(np.int64)]
@@ -134,7 +155,7 @@ class SegmentPolicy:
         return self.action
 
 
-class Mix:
+class Mix(Blind):
     """Each episode of each slot plays ``a`` or ``b`` with probability 1/2 (drawn from the slot's stream)."""
 
     def __init__(self, rng: SlotRng, a: Policy, b: Policy) -> None:
@@ -142,26 +163,33 @@ class Mix:
         self.use_b: np.ndarray | None = None
         self.labels: list[str] = []
 
-    def __call__(self, first: np.ndarray) -> np.ndarray:
+    def __call__(self, first: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
         u = self.rng()[:, 0]  # (N,)
         self.use_b = np.where(first, u < 0.5, self.use_b if self.use_b is not None else False)
-        act_a, act_b = self.a(first), self.b(first)
+        act_a, act_b = self.a(first, obs), self.b(first, obs)
         self.labels = [lb if use else la for use, la, lb in zip(self.use_b, self.a.labels, self.b.labels)]
         return np.where(self.use_b, act_b, act_a)
 
 
 def make_policy(name: str, game: str, seeds: Sequence[np.random.SeedSequence], *, sticky_prob: float = 0.75,
-                plan: PlanConfig | None = None) -> Policy:
+                plan: PlanConfig | None = None, agent: str | Path | None = None) -> Policy:
     """Build policy ``name`` for ``game`` with one seed per slot (independent streams are spawned per part).
 
     ``lookahead`` (settings ``plan``) plans in copies of the game: attach it to the env before acting
-    (:meth:`playworld.data.lookahead.Lookahead.attach`).
+    (:meth:`playworld.data.lookahead.Lookahead.attach`). ``agent`` plays the true-action policy of the agent
+    directory ``agent`` (`playworld agent train-real` or `agent bc --oracle`) on the frames.
     """
     if name not in POLICIES:
         raise ConfigError(f"policy {name!r} is not one of {list(POLICIES)}")
-    streams = [s.spawn(4) for s in seeds]  # per slot: random, scripted, mix choice, lookahead
+    streams = [s.spawn(5) for s in seeds]  # per slot: random, scripted, mix choice, lookahead, agent
     if name == "lookahead":
         return Lookahead([s[3] for s in streams], NUM_ACTIONS, plan or PlanConfig())
+    if name == "agent":
+        if agent is None:
+            raise ConfigError("policy 'agent' needs the agent directory to play (--agent DIR)")
+        from playworld.agents.behaviour import AgentPolicy
+
+        return AgentPolicy(agent, SlotRng([s[4] for s in streams], 1), game)
 
     def rng(part: int, k: int) -> SlotRng:
         return SlotRng([s[part] for s in streams], k)
