@@ -137,3 +137,17 @@ def test_agent_policy_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="true actions"):
         collect(CollectConfig(episodes=1, game="starpilot", policy="agent", agent=str(tmp_path / "latent"),
                               max_episode_frames=4), tmp_path / "y", progress=False)
+
+
+def test_agent_eval_replays_an_agent_behaviour(tmp_path):
+    from playworld.agents.bc import BCConfig
+    from playworld.agents.pipeline import clone
+
+    _fixed_agent(tmp_path / "expert", 7)
+    data = tmp_path / "data"
+    collect(CollectConfig(episodes=4, game="starpilot", policy="agent", agent=str(tmp_path / "expert"), num_envs=2,
+                          max_episode_frames=8), data, progress=False)
+    oracle = PolicyConfig(num_actions=NUM_ACTIONS, context=1, channels=4, feature_dim=8, target="true")
+    clone(None, data, tmp_path / "oracle", oracle, BCConfig(steps=2, batch=4), progress=False)
+    res = evaluate(tmp_path / "oracle", EvalConfig(game="starpilot", episodes=2, max_steps=10), progress=False)
+    assert "behaviour (agent)" in res["rows"] and "oracle BC (every true label)" in res["rows"]
