@@ -218,3 +218,24 @@ def test_observation_windows_stop_at_the_episode_start(sprite_data):
     f = trans.frames
     assert torch.equal(obs[0], f[[16, 16, 16]]) and torch.equal(obs[1], f[[16, 16, 17]])
     assert torch.equal(obs[2], f[[16, 17, 18]])
+
+
+def test_latent_labels_that_ignore_the_keys_are_flagged(sprite_data, tmp_path):
+    from playworld.agents.pipeline import MIN_LABEL_NMI, label_warning
+
+    cfg = BCConfig(steps=2, batch=8, checkpoint_every=1000)
+    clone(None, sprite_data, tmp_path / "oracle-lam", PolicyConfig(**SMALL), cfg, labeller=labeller(), progress=False)
+    informative = load_policy(tmp_path / "oracle-lam")[1]["label_nmi"]
+    assert informative > 0.99 and label_warning(informative) is None  # a permutation of the keys: NMI 1
+
+    gen = torch.Generator().manual_seed(0)
+
+    def blind(video: torch.Tensor) -> torch.Tensor:  # labels from a stream that never looks at the keys
+        return torch.randint(4, (video.shape[0], video.shape[1] - 1), generator=gen)
+
+    clone(None, sprite_data, tmp_path / "blind-lam", PolicyConfig(**SMALL), cfg, labeller=blind, progress=False)
+    ignored = load_policy(tmp_path / "blind-lam")[1]["label_nmi"]
+    assert ignored < MIN_LABEL_NMI and "NMI" in label_warning(ignored)
+    oracle = clone(None, sprite_data, tmp_path / "oracle-bc", PolicyConfig(**SMALL, target="true"), cfg,
+                   progress=False)
+    assert load_policy(oracle.out)[1]["label_nmi"] is None  # oracle BC reads the keys themselves

@@ -46,6 +46,35 @@ from playworld.io import atomic_write_text
 from playworld.release import load_tensors, save_tensors
 
 LABELS = "labels.safetensors"
+MIN_LABEL_NMI = 0.05
+"""Below this normalised mutual information between the LAM's labels and the recorded keys, the latent
+actions say (almost) nothing about what the behaviour pressed, and no decoder can turn a latent clone into
+the behaviour. Measured: CoinRun's shipped LAM on its mix data 0.13; small LAMs on starpilot and bigfish
+video 0.001-0.01, whose latent clones all played at random (docs/agents.md)."""
+
+
+def label_information(trans: Transitions) -> float | None:
+    """NMI (:func:`playworld.eval.actions.nmi`) of the latent labels and the true actions over the
+    transitions that have both, or None when none has."""
+    from playworld.eval.actions import nmi
+
+    both = (trans.latent >= 0) & (trans.true >= 0)
+    if not bool(both.any()):
+        return None
+    lat, true = trans.latent[both].numpy(), trans.true[both].numpy()
+    conf = np.zeros((int(lat.max()) + 1, int(true.max()) + 1))
+    np.add.at(conf, (lat, true), 1)
+    return nmi(conf)
+
+
+def label_warning(value: float | None) -> str | None:
+    """What to tell a user whose latent labels carry too little of the recorded keys, or None."""
+    if value is None or value >= MIN_LABEL_NMI:
+        return None
+    return (f"the LAM's latent labels carry almost none of the recorded keys' information (NMI {value:.3f} < "
+            f"{MIN_LABEL_NMI}): its actions follow other change in the video (scrolling, enemies), so a latent "
+            f"clone will not decode to the behaviour. Check `playworld eval`'s action figures for the LAM, or try "
+            f"video with more varied keys (docs/agents.md)")
 
 
 def true_action_names(ds: Dataset) -> tuple[str, ...] | None:
@@ -90,10 +119,12 @@ def clone(run: str | Path | None, data: str | Path, out: str | Path, policy_cfg:
             loaded.require("lam")
             labeller = loaded.lam.infer_actions  # type: ignore[union-attr]
         trans = labelled_transitions(data, out, labeller, max_episodes=max_episodes, progress=progress)
+        info = label_information(trans)
     else:
         if not ds.manifest.has_actions:
             raise DatasetError(f"{ds.root}: records no true actions; oracle BC needs them")
         trans = read_transitions(data, max_episodes=max_episodes, progress=progress)
+        info = None
         if ds.num_actions is not None and ds.num_actions != policy_cfg.num_actions:
             raise ConfigError(f"agent bc: oracle num_actions={policy_cfg.num_actions} but {ds.root} records "
                               f"{ds.num_actions} actions")
@@ -102,7 +133,8 @@ def clone(run: str | Path | None, data: str | Path, out: str | Path, policy_cfg:
             "data_source": ds.manifest.source, "num_true": ds.num_actions,
             "split_rule": {"by": ds.manifest.split_rule.by, "val": ds.manifest.split_rule.val,
                            "test": ds.manifest.split_rule.test},
-            "train_levels": sorted({e.level_seed for e in ds.episodes("train") if e.level_seed is not None})}
+            "train_levels": sorted({e.level_seed for e in ds.episodes("train") if e.level_seed is not None}),
+            "label_nmi": info}
     return train_bc(trans, policy_cfg, cfg, out, meta=meta, progress=progress, max_steps=max_steps)
 
 
@@ -217,7 +249,7 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
         ctrl, label = agent_controller(agent_dir, n, cfg.seed, cfg.greedy)
         rows.append((label, ctrl))
     results: dict[str, Any] = {"game": cfg.game, "mode": cfg.mode, "levels": levels, "max_steps": cfg.max_steps,
-                               "rows": {}}
+                               "label_nmi": meta.get("label_nmi"), "rows": {}}
     for label, ctrl in rows:
         t0 = time.perf_counter()
         stats = play_levels(ctrl, cfg.game, levels, mode=cfg.mode, max_steps=cfg.max_steps, seed=cfg.seed,
@@ -239,8 +271,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     def cell(e: dict[str, float]) -> str:
         return f"{e['mean']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
 
+    info = results.get("label_nmi")
+    note = "" if info is None else f"; the latent labels' NMI with the recorded keys {info:.3f}"
     lines = [f"{results['game']} ({results['mode']}), {len(results['levels'])} held-out levels, "
-             f"95% bootstrap intervals over episodes", "",
+             f"95% bootstrap intervals over episodes{note}", "",
              "| agent | return | success | episode length |", "|---|---|---|---|"]
     for label, r in results["rows"].items():
         lines.append(f"| {label} | {cell(r['return'])} | {cell(r['success'])} | {cell(r['length'])} |")
@@ -278,5 +312,5 @@ def _plot(agent_dir: Path, results: dict[str, Any]) -> None:
     tmp.replace(agent_dir / "label_efficiency.png")
 
 
-__all__ = ["clone", "decode", "evaluate", "EvalConfig", "DecodeResult", "labelled_transitions", "eval_levels",
+__all__ = ["clone", "decode", "label_information", "label_warning", "MIN_LABEL_NMI", "evaluate", "EvalConfig", "DecodeResult", "labelled_transitions", "eval_levels",
            "markdown_table", "EpisodeStats"]

@@ -163,6 +163,18 @@ def run_bc(args: argparse.Namespace) -> int:
                 progress=args.progress)
     print(f"{res.out}: {res.steps_run} steps in {res.seconds:.1f} s, loss {res.final_loss:.3f}, "
           f"training-label accuracy {res.accuracy:.3f}")
+    if not args.oracle:
+        import sys
+
+        from playworld.agents.pipeline import label_warning
+        from playworld.agents.policy import load_policy
+
+        info = load_policy(res.out)[1].get("label_nmi")
+        if info is not None:
+            print(f"{res.out}: the latent labels' NMI with the recorded keys is {info:.3f}")
+        warning = label_warning(info)
+        if warning is not None:
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
