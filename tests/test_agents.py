@@ -167,7 +167,7 @@ def test_real_game_return_matches_a_hand_played_episode():
     assert len(rnd.ret) == 2 and (rnd.length <= 50).all() and (rnd.truncated == (rnd.length == 50)).all()
 
 
-def test_cli_round_trip(sprite_data, tmp_path):
+def test_cli_round_trip(sprite_data, tmp_path, capsys):
     from playworld.cli import main
     from tiny_world import save_tiny_run
 
@@ -175,10 +175,13 @@ def test_cli_round_trip(sprite_data, tmp_path):
     agent, oracle = tmp_path / "agent", tmp_path / "oracle"
     common = ["--data", str(sprite_data), "--steps", "3", "--no-progress", "--threads", "1", "--max-episodes", "10"]
     assert main(["agent", "bc", str(run), "--out", str(agent), *common]) == 0
+    assert "latent labels' NMI with the recorded keys" in capsys.readouterr().out  # the data records its keys
     assert main(["agent", "bc", "--oracle", "--out", str(oracle), *common]) == 0
+    assert "NMI" not in capsys.readouterr().out  # oracle BC reads the keys themselves
     for n in ("0", "8"):
         assert main(["agent", "decode", str(agent), "--data", str(sprite_data), "--labels", n, "--steps", "50",
                      "--no-progress"]) == 0
+        assert "NMI with the recorded keys" in capsys.readouterr().out
     assert main(["agent", "eval", str(agent), "--oracle", str(oracle), "--episodes", "1", "--max-steps", "5",
                  "--threads", "1"]) == 0
     result = json.loads((agent / "eval.json").read_text())

@@ -164,17 +164,7 @@ def run_bc(args: argparse.Namespace) -> int:
     print(f"{res.out}: {res.steps_run} steps in {res.seconds:.1f} s, loss {res.final_loss:.3f}, "
           f"training-label accuracy {res.accuracy:.3f}")
     if not args.oracle:
-        import sys
-
-        from playworld.agents.pipeline import label_warning
-        from playworld.agents.policy import load_policy
-
-        info = load_policy(res.out)[1].get("label_nmi")
-        if info is not None:
-            print(f"{res.out}: the latent labels' NMI with the recorded keys is {info:.3f}")
-        warning = label_warning(info)
-        if warning is not None:
-            print(f"warning: {warning}", file=sys.stderr)
+        _warn_uninformative(res.out)
     return 0
 
 
@@ -188,7 +178,23 @@ def run_decode(args: argparse.Namespace) -> int:
                  progress=args.progress)
     print(f"{res.path}: {res.how}; decodes the latent labels to the true action on {100 * res.accuracy:.1f}% "
           f"of the data's transitions ({res.seconds:.1f} s)")
+    _warn_uninformative(args.agent_dir)
     return 0
+
+
+def _warn_uninformative(agent_dir: Path) -> None:
+    """Print the latent labels' NMI with the recorded keys, and a warning when it is too low to decode."""
+    import sys
+
+    from playworld.agents.pipeline import label_warning
+    from playworld.agents.policy import load_policy
+
+    info = load_policy(agent_dir)[1].get("label_nmi")
+    if info is not None:
+        print(f"{agent_dir}: the latent labels' NMI with the recorded keys is {info:.3f}")
+    warning = label_warning(info)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def run_train_in_world(args: argparse.Namespace) -> int:
