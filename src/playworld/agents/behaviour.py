@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from playworld.agents.policy import load_policy
+from playworld.agents.policy import load_policy, next_history, trained_game
 from playworld.data.policies import NUM_ACTIONS, Blind, SlotRng
 from playworld.errors import ConfigError
 
@@ -27,7 +27,7 @@ class AgentPolicy(Blind):
             raise ConfigError(f"{agent_dir}: policy 'agent' plays a policy over Procgen's {NUM_ACTIONS} true actions "
                               f"(`agent train-real` or `agent bc --oracle`); this one chooses among "
                               f"{cfg.num_actions} {cfg.target} actions")
-        trained = meta.get("game") or (meta.get("data_source") or {}).get("game")
+        trained = trained_game(meta)
         if trained is not None and trained != game:
             raise ConfigError(f"{agent_dir}: the agent was trained on {trained}, not {game}")
         self.rng, self.label = rng, label
@@ -38,14 +38,9 @@ class AgentPolicy(Blind):
     def __call__(self, first: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
         if obs is None:
             raise ConfigError("policy 'agent' acts on the frames; call it with obs")
-        frame = torch.from_numpy(np.ascontiguousarray(obs))  # (N, H, W, 3)
-        ctx = self.policy.config.context
-        fresh = frame[:, None].expand(-1, ctx, -1, -1, -1)
         if self.history is None:
-            self.history, self.labels = fresh.clone(), [self.label] * len(frame)
-        else:
-            shifted = torch.cat([self.history[:, 1:], frame[:, None]], 1)
-            self.history = torch.where(torch.as_tensor(first)[:, None, None, None, None], fresh, shifted)
+            self.labels = [self.label] * len(obs)
+        self.history = next_history(self.history, obs, first, self.policy.config.context)
         probs = self.policy(self.history).double().softmax(-1).numpy()  # (N, 15)
         cum = np.cumsum(probs, axis=1)
         u = self.rng()[:, 0] * cum[:, -1]  # (N,)

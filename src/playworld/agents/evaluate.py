@@ -8,9 +8,6 @@ cut at ``max_steps`` (then it counts as failed). Figures carry 95% bootstrap int
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,7 +16,7 @@ import numpy as np
 import torch
 
 from playworld.agents.decode import ActionDecoder
-from playworld.agents.policy import PolicyNet
+from playworld.agents.policy import PolicyNet, next_history
 from playworld.bars import progress_bar
 from playworld.data.lookahead import PlanConfig
 from playworld.data.policies import NUM_ACTIONS, make_policy
@@ -75,14 +72,7 @@ class AgentController:
 
     @torch.no_grad()
     def __call__(self, obs: np.ndarray, first: np.ndarray) -> np.ndarray:
-        frame = torch.from_numpy(np.ascontiguousarray(obs))  # (N, H, W, 3)
-        ctx = self.policy.config.context
-        fresh = frame[:, None].expand(-1, ctx, -1, -1, -1)
-        if self.history is None or len(self.history) != len(frame):
-            self.history = fresh.clone()
-        else:
-            shifted = torch.cat([self.history[:, 1:], frame[:, None]], 1)
-            self.history = torch.where(torch.as_tensor(first)[:, None, None, None, None], fresh, shifted)
+        self.history = next_history(self.history, obs, first, self.policy.config.context)
         feats = self.policy.features(self.history)  # (N, D)
         logits = self.policy.head(feats)  # (N, K)
         choice = logits.argmax(-1) if self.greedy else torch.multinomial(logits.softmax(-1), 1, generator=self.gen)[:, 0]
@@ -107,10 +97,9 @@ class EpisodeStats:
 
 
 def _make_env(game: str, mode: str, level: int, rand_seed: int, num: int = 1) -> Any:
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        from procgen import ProcgenGym3Env
-    return ProcgenGym3Env(num=num, env_name=game, distribution_mode=mode, start_level=level, num_levels=1,
+    from playworld.data.collect import procgen_env
+
+    return procgen_env(num=num, env_name=game, distribution_mode=mode, start_level=level, num_levels=1,
                           rand_seed=rand_seed)
 
 

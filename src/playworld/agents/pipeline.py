@@ -35,7 +35,7 @@ from playworld.agents.evaluate import (
     RandomController,
     play_levels,
 )
-from playworld.agents.policy import PolicyConfig, load_policy
+from playworld.agents.policy import PolicyConfig, load_policy, trained_game
 from playworld.agents.transitions import Labeller, Transitions, read_transitions
 from playworld.config import from_dict
 from playworld.data.collect import CollectConfig
@@ -227,7 +227,7 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
     decoders = [None] if policy.config.target == "true" else available_decoders(agent_dir)
     if not decoders:
         raise CheckpointError(f"{agent_dir}: no decoder; run `playworld agent decode {agent_dir} --labels N` first")
-    trained = meta.get("game") or (meta.get("data_source") or {}).get("game")
+    trained = trained_game(meta)
     if trained is not None and trained != cfg.game:
         raise ConfigError(f"{agent_dir}: the agent learned {trained}; evaluate it with --game {trained}")
     levels = eval_levels(meta, cfg.episodes)
@@ -312,5 +312,5 @@ def _plot(agent_dir: Path, results: dict[str, Any]) -> None:
     tmp.replace(agent_dir / "label_efficiency.png")
 
 
-__all__ = ["clone", "decode", "label_information", "label_warning", "MIN_LABEL_NMI", "evaluate", "EvalConfig", "DecodeResult", "labelled_transitions", "eval_levels",
-           "markdown_table", "EpisodeStats"]
+__all__ = ["clone", "decode", "label_information", "label_warning", "MIN_LABEL_NMI", "evaluate", "EvalConfig",
+           "DecodeResult", "labelled_transitions", "eval_levels", "markdown_table", "EpisodeStats"]

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -65,6 +66,23 @@ class PolicyNet(nn.Module):
 
     def forward(self, frames: Tensor) -> Tensor:
         return self.head(self.features(frames))
+
+
+def next_history(history: Tensor | None, frames: np.ndarray, first: np.ndarray, context: int) -> Tensor:
+    """(N, context, H, W, 3) uint8: ``history`` with ``frames`` (N, H, W, 3) appended. Slots where ``first``
+    (a new episode), and every slot when there is no history of N slots yet, hold ``frames`` repeated, as at
+    an episode start in the data."""
+    frame = torch.from_numpy(np.ascontiguousarray(frames))  # (N, H, W, 3)
+    fresh = frame[:, None].expand(-1, context, -1, -1, -1)
+    if history is None or len(history) != len(frame):
+        return fresh.clone()
+    shifted = torch.cat([history[:, 1:], frame[:, None]], 1)
+    return torch.where(torch.as_tensor(first)[:, None, None, None, None], fresh, shifted)
+
+
+def trained_game(meta: dict[str, Any]) -> str | None:
+    """The game a policy learned, from its ``policy.json``: a real-game agent's, else its dataset's."""
+    return meta.get("game") or (meta.get("data_source") or {}).get("game")
 
 
 def save_policy(out: Path, policy: PolicyNet, meta: dict[str, Any]) -> None:

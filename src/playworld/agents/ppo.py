@@ -38,6 +38,22 @@ from playworld.errors import ConfigError, TrainingError
 from playworld.release import check_state_dict
 
 
+def check_ppo_settings(cfg: Any, counts: tuple[str, ...], rollout: int) -> None:
+    """ConfigError unless every field of ``counts`` is >= 1, one rollout of ``rollout`` steps holds the
+    minibatches, lr, clip and max_grad_norm are > 0, and gamma and gae_lambda lie in [0, 1]."""
+    for name in counts:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"ppo: {name}={getattr(cfg, name)} must be >= 1")
+    if rollout < cfg.minibatches:
+        raise ConfigError(f"ppo: minibatches={cfg.minibatches} exceeds the {rollout} steps of one rollout")
+    for name in ("lr", "clip", "max_grad_norm"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"ppo: {name}={getattr(cfg, name)} must be > 0")
+    for name in ("gamma", "gae_lambda"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ConfigError(f"ppo: {name}={getattr(cfg, name)} must lie in [0, 1]")
+
+
 @dataclass(frozen=True)
 class PPOConfig:
     """PPO in the learned world (defaults after CleanRL's Atari/Procgen settings, shortened)."""
@@ -59,18 +75,8 @@ class PPOConfig:
     seed: int = field(0, help="seed of the weights, the worlds and the batches")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "num_envs", "episode_steps", "epochs", "minibatches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ppo: {name}={getattr(self, name)} must be >= 1")
-        if self.num_envs * self.episode_steps < self.minibatches:
-            raise ConfigError(f"ppo: minibatches={self.minibatches} exceeds the {self.num_envs * self.episode_steps} "
-                              f"steps of one rollout")
-        for name in ("lr", "clip", "max_grad_norm"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"ppo: {name}={getattr(self, name)} must be > 0")
-        for name in ("gamma", "gae_lambda"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"ppo: {name}={getattr(self, name)} must lie in [0, 1]")
+        check_ppo_settings(self, ("steps", "num_envs", "episode_steps", "epochs", "minibatches"),
+                           self.num_envs * self.episode_steps)
 
     @property
     def iterations(self) -> int:

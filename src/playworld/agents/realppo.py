@@ -20,11 +20,8 @@ generators seeded by (seed, i).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from playworld.agents.policy import PolicyConfig, save_policy
-from playworld.agents.ppo import ActorCritic, Rollout, fresh, push, update, world_seed
+from playworld.agents.policy import PolicyConfig, next_history, save_policy
+from playworld.agents.ppo import ActorCritic, Rollout, check_ppo_settings, fresh, update, world_seed
 from playworld.agents.resume import RESUME, load_resume, save_resume
 from playworld.bars import progress_bar
 from playworld.config import field, to_dict
@@ -74,24 +71,16 @@ class RealPPOConfig:
         from playworld.data.collect import CollectConfig
 
         CollectConfig(episodes=1, game=self.game, distribution_mode=self.distribution_mode)  # checks game/mode
-        for name in ("steps", "num_envs", "rollout_steps", "epochs", "minibatches", "num_levels"):
-            if getattr(self, name) < 1:
-                hint = " (0, Procgen's unbounded levels, would include the held-out ones)" if name == "num_levels" else ""
-                raise ConfigError(f"ppo: {name}={getattr(self, name)} must be >= 1{hint}")
+        if self.num_levels < 1:
+            raise ConfigError(f"ppo: num_levels={self.num_levels} must be >= 1 (0, Procgen's unbounded levels, "
+                              f"would include the held-out ones)")
         if self.start_level < 0 or self.seed < 0:
             raise ConfigError(f"ppo: start_level={self.start_level} and seed={self.seed} must be >= 0")
         if self.start_level + self.num_levels > 2**31 - 1:
             raise ConfigError(f"ppo: start_level + num_levels = {self.start_level + self.num_levels} exceeds "
                               f"Procgen's 31-bit level seeds")
-        if self.num_envs * self.rollout_steps < self.minibatches:
-            raise ConfigError(f"ppo: minibatches={self.minibatches} exceeds the "
-                              f"{self.num_envs * self.rollout_steps} steps of one rollout")
-        for name in ("lr", "clip", "max_grad_norm"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"ppo: {name}={getattr(self, name)} must be > 0")
-        for name in ("gamma", "gae_lambda"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"ppo: {name}={getattr(self, name)} must lie in [0, 1]")
+        check_ppo_settings(self, ("steps", "num_envs", "rollout_steps", "epochs", "minibatches"),
+                           self.num_envs * self.rollout_steps)
 
     @property
     def iterations(self) -> int:
@@ -104,12 +93,11 @@ class RealPPOConfig:
 
 
 def make_games(cfg: RealPPOConfig) -> Any:
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        from procgen import ProcgenGym3Env
+    from playworld.data.collect import procgen_env
+
     rand_seed = int(np.random.SeedSequence(cfg.seed, spawn_key=(7,)).generate_state(1)[0]) & 0x7FFFFFFF
-    return ProcgenGym3Env(num=cfg.num_envs, env_name=cfg.game, distribution_mode=cfg.distribution_mode,
-                          start_level=cfg.start_level, num_levels=cfg.num_levels, rand_seed=rand_seed)
+    return procgen_env(num=cfg.num_envs, env_name=cfg.game, distribution_mode=cfg.distribution_mode,
+                       start_level=cfg.start_level, num_levels=cfg.num_levels, rand_seed=rand_seed)
 
 
 class Games:
@@ -125,9 +113,9 @@ class Games:
         self.discounted = np.zeros(n)  # running discounted return, for the reward scale
         self.stat = np.array([1e-4, 0.0, 1.0])  # count, mean, variance of the discounted returns seen
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, int]]]:
-        """Act; returns the raw rewards (N,), the scaled rewards (N,), ``first`` (N,) bool (the game ended and
-        restarted) and (return, length) of each episode that ended."""
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[float, int]]]:
+        """Act; returns the scaled rewards (N,), ``first`` (N,) bool (the game ended and restarted) and
+        (return, length) of each episode that ended."""
         self.env.act(actions.astype(np.int32))
         rew, obs, first = self.env.observe()
         rew = rew.astype(np.float64)
@@ -141,11 +129,8 @@ class Games:
             self._update_stat(self.discounted)
             scaled = rew / math.sqrt(self.stat[2] + 1e-8)
             self.discounted[first] = 0.0
-        frames = torch.from_numpy(np.ascontiguousarray(obs["rgb"]))  # (N, H, W, 3)
-        ctx = self.hist.shape[1]
-        self.hist = torch.where(torch.as_tensor(first)[:, None, None, None, None],
-                                frames[:, None].expand(-1, ctx, -1, -1, -1), push(self.hist, obs["rgb"]))
-        return rew, scaled, np.asarray(first, dtype=bool), ended
+        self.hist = next_history(self.hist, obs["rgb"], first, self.hist.shape[1])
+        return scaled, np.asarray(first, dtype=bool), ended
 
     def _update_stat(self, x: np.ndarray) -> None:
         """Parallel-variance update of (count, mean, var) with the batch ``x`` (Chan et al.)."""
@@ -188,7 +173,7 @@ def rollout(net: ActorCritic, games: Games, steps: int, seed: int) -> tuple[Roll
         logits, value = net(games.hist)  # (N, 15), (N,)
         a = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
         obs = games.hist
-        _, scaled, first, fin = games.step(a.numpy())
+        scaled, first, fin = games.step(a.numpy())
         ended += fin
         for k, v in (("obs", obs), ("actions", a), ("logp", logits.log_softmax(-1).gather(1, a[:, None])[:, 0]),
                      ("values", value), ("rewards", torch.as_tensor(scaled, dtype=torch.float32)),

@@ -187,9 +187,11 @@ def _warn_uninformative(agent_dir: Path) -> None:
     import sys
 
     from playworld.agents.pipeline import label_warning
-    from playworld.agents.policy import load_policy
+    from playworld.agents.policy import POLICY_CONFIG
+    from playworld.errors import CheckpointError
+    from playworld.io import read_json
 
-    info = load_policy(agent_dir)[1].get("label_nmi")
+    info = read_json(agent_dir / POLICY_CONFIG, CheckpointError, "policy config").get("label_nmi")
     if info is not None:
         print(f"{agent_dir}: the latent labels' NMI with the recorded keys is {info:.3f}")
     warning = label_warning(info)

@@ -144,16 +144,21 @@ def _unit_seeds(cfg: CollectConfig, unit: int) -> tuple[int, list[np.random.Seed
     return env_seed, [np.random.SeedSequence(cfg.seed, spawn_key=(unit, 1, s)) for s in range(cfg.num_envs)]
 
 
-def make_env(cfg: CollectConfig, rand_seed: int) -> Any:
-    """``ProcgenGym3Env`` for ``cfg`` (game, mode, levels, num_envs slots) with ``rand_seed``."""
+def procgen_env(**kwargs: Any) -> Any:
+    """``procgen.ProcgenGym3Env(**kwargs)``."""
     # procgen imports gym, which prints a deprecation notice to stderr and warns; neither concerns us.
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         from procgen import ProcgenGym3Env
+    return ProcgenGym3Env(**kwargs)
+
+
+def make_env(cfg: CollectConfig, rand_seed: int) -> Any:
+    """``ProcgenGym3Env`` for ``cfg`` (game, mode, levels, num_envs slots) with ``rand_seed``."""
     levels = {} if cfg.distribution_mode == "exploration" else \
         {"start_level": cfg.start_level, "num_levels": cfg.num_levels}
-    return ProcgenGym3Env(num=cfg.num_envs, env_name=cfg.game, distribution_mode=cfg.distribution_mode,
-                          rand_seed=rand_seed, **levels)
+    return procgen_env(num=cfg.num_envs, env_name=cfg.game, distribution_mode=cfg.distribution_mode,
+                       rand_seed=rand_seed, **levels)
 
 
 @dataclasses.dataclass(frozen=True)
