@@ -189,6 +189,16 @@ def test_cli_round_trip(sprite_data, tmp_path, capsys):
     assert all(r["length"]["mean"] <= 5 for r in result["rows"].values())
     assert "| latent BC, N=8 |" in (agent / "eval.md").read_text()
     assert main(["agent", "bc", "--out", str(tmp_path / "x"), *common]) == 2  # latent BC without a RUN
+    # the labelled baseline: BC on the keys of an inverse dynamics model fit on N labels, played beside
+    idm = tmp_path / "idm"
+    assert main(["agent", "bc", "--idm", "8", "--idm-steps", "5", "--out", str(idm), *common]) == 0
+    assert "inverse dynamics on 8 labels, train split: key accuracy" in capsys.readouterr().out
+    assert main(["agent", "eval", str(agent), "--also", str(idm), "--episodes", "1", "--max-steps", "5",
+                 "--threads", "1", "--no-baselines"]) == 0
+    assert "IDM BC, N=8" in json.loads((agent / "eval.json").read_text())["rows"]
+    assert main(["agent", "eval", str(idm), "--also", str(agent), "--episodes", "1", "--threads", "1"]) == 2
+    assert "true keys" in capsys.readouterr().err
+    assert main(["agent", "bc", "--oracle", "--idm", "8", "--out", str(tmp_path / "y"), *common]) == 2
 
 
 def test_errors_name_the_problem(sprite_data, tmp_path):
@@ -242,3 +252,46 @@ def test_latent_labels_that_ignore_the_keys_are_flagged(sprite_data, tmp_path):
     oracle = clone(None, sprite_data, tmp_path / "oracle-bc", PolicyConfig(**SMALL, target="true"), cfg,
                    progress=False)
     assert load_policy(oracle.out)[1]["label_nmi"] is None  # oracle BC reads the keys themselves
+
+
+def test_idm_bc_clones_the_keys_an_inverse_dynamics_model_reads_from_a_few_labels(tmp_path):
+    from playworld.agents.idm import IDMConfig
+    from playworld.agents.pipeline import IDM_KEYS, clone_idm
+    from playworld.errors import CheckpointError, ConfigError
+
+    videos, actions = circling_episodes(20, 16, seed=1)
+    data = make_dataset(tmp_path / "data", videos=videos, actions=actions, val=0.2)
+    cfg = BCConfig(steps=300, batch=64, lr=3e-3, checkpoint_every=1000)
+    keys = PolicyConfig(**{**SMALL, "target": "true"})
+    clone_idm(data, tmp_path / "idm", keys, cfg, IDMConfig(labels=40, steps=300, lr=3e-3), progress=False)
+    policy, meta = load_policy(tmp_path / "idm")
+    assert meta["kind"] == "idm-bc" and meta["idm"]["config"]["labels"] == 40
+    assert meta["idm"]["train"]["accuracy"] > 0.95 and meta["label_nmi"] > 0.9  # 40 labels show the 4 moves
+    assert meta["idm"]["held_out"]["accuracy"] > 0.95 and meta["idm"]["held_out"]["transitions"] > 0
+    assert _behaviour_match(policy, None) > 0.9  # and the clone of its keys acts as the behaviour does
+    # two labels cannot show four keys
+    clone_idm(data, tmp_path / "two", keys, BCConfig(steps=2, batch=4), IDMConfig(labels=2, steps=50), progress=False)
+    assert load_policy(tmp_path / "two")[1]["idm"]["train"]["accuracy"] < 0.75
+    # a resume reads the cached keys; other IDM settings are refused, not mixed
+    cached = (tmp_path / "idm" / IDM_KEYS).stat().st_mtime_ns
+    clone_idm(data, tmp_path / "idm", keys, cfg, IDMConfig(labels=40, steps=300, lr=3e-3), progress=False)
+    assert (tmp_path / "idm" / IDM_KEYS).stat().st_mtime_ns == cached
+    with pytest.raises(CheckpointError, match="other data or settings"):
+        clone_idm(data, tmp_path / "idm", keys, cfg, IDMConfig(labels=41, steps=300, lr=3e-3), progress=False)
+    with pytest.raises(ConfigError, match="keys"):  # a policy over latent actions cannot clone keys
+        clone_idm(data, tmp_path / "x", PolicyConfig(**SMALL), cfg, IDMConfig(labels=4), progress=False)
+
+
+def test_the_idm_and_the_decoder_read_the_same_labelled_transitions(sprite_data):
+    from playworld.agents.decode import pick_labelled as decoder_labels
+    from playworld.agents.transitions import pick_labelled
+    from playworld.errors import ConfigError
+
+    trans = read_transitions(sprite_data, progress=False)
+    for n in (1, 20, 200):
+        assert torch.equal(pick_labelled(trans.true, n, seed=3), decoder_labels(trans, n, seed=3))
+    assert set(pick_labelled(trans.true, 20, 0).tolist()) < set(pick_labelled(trans.true, 50, 0).tolist())
+    trans.true[::2] = -1  # unrecorded keys are never drawn
+    assert bool((trans.true[pick_labelled(trans.true, 100, 0)] >= 0).all())
+    with pytest.raises(ConfigError, match=r"\(120\)"):
+        pick_labelled(trans.true, 121, 0)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from playworld.agents.policy import PolicyNet
 from playworld.agents.transitions import Transitions
+from playworld.agents.transitions import pick_labelled as pick_keyed
 from playworld.config import field, to_dict
 from playworld.errors import CheckpointError, ConfigError
 from playworld.io import atomic_write_text, read_json
@@ -95,11 +96,10 @@ def name_table(num_latent: int, num_true: int, names: dict[int, str] | None, tru
 
 def pick_labelled(trans: Transitions, n: int, seed: int) -> Tensor:
     """Indices (n,) of the labelled transitions: n drawn without replacement among those with a true action."""
-    have = torch.nonzero(trans.true >= 0).flatten()
-    if len(have) < n:
-        raise ConfigError(f"decode: --labels {n} asks for more labelled transitions than the data records ({len(have)})")
-    g = torch.Generator().manual_seed(seed)
-    return have[torch.randperm(len(have), generator=g)[:n]]
+    try:
+        return pick_keyed(trans.true, n, seed)
+    except ConfigError as e:
+        raise ConfigError(f"decode: --labels {e}") from None
 
 
 @torch.no_grad()

@@ -35,14 +35,15 @@ from playworld.agents.evaluate import (
     RandomController,
     play_levels,
 )
+from playworld.agents.idm import IDMConfig
 from playworld.agents.policy import PolicyConfig, load_policy, trained_game
 from playworld.agents.transitions import Labeller, Transitions, read_transitions
-from playworld.config import from_dict
+from playworld.config import from_dict, to_dict
 from playworld.data.collect import CollectConfig
 from playworld.data.format import Dataset
 from playworld.data.policies import ACTION_NAMES
 from playworld.errors import CheckpointError, ConfigError, DatasetError
-from playworld.io import atomic_write_text
+from playworld.io import atomic_write_text, read_json
 from playworld.release import load_tensors, save_tensors
 
 LABELS = "labels.safetensors"
@@ -128,13 +129,63 @@ def clone(run: str | Path | None, data: str | Path, out: str | Path, policy_cfg:
         if ds.num_actions is not None and ds.num_actions != policy_cfg.num_actions:
             raise ConfigError(f"agent bc: oracle num_actions={policy_cfg.num_actions} but {ds.root} records "
                               f"{ds.num_actions} actions")
-    meta = {"run": None if run is None else str(Path(run).resolve()), "data": str(Path(data).resolve()),
+    meta = {**_data_meta(run, data, ds, max_episodes), "label_nmi": info}
+    return train_bc(trans, policy_cfg, cfg, out, meta=meta, progress=progress, max_steps=max_steps)
+
+
+def _data_meta(run: str | Path | None, data: str | Path, ds: Dataset, max_episodes: int | None) -> dict[str, Any]:
+    """What an agent's policy.json records of the run and data it was cloned from (eval reads the split
+    rule and training levels to choose held-out levels, and the source to replay the behaviour)."""
+    return {"run": None if run is None else str(Path(run).resolve()), "data": str(Path(data).resolve()),
             "max_episodes": max_episodes,
             "data_source": ds.manifest.source, "num_true": ds.num_actions,
             "split_rule": {"by": ds.manifest.split_rule.by, "val": ds.manifest.split_rule.val,
                            "test": ds.manifest.split_rule.test},
-            "train_levels": sorted({e.level_seed for e in ds.episodes("train") if e.level_seed is not None}),
-            "label_nmi": info}
+            "train_levels": sorted({e.level_seed for e in ds.episodes("train") if e.level_seed is not None})}
+
+
+IDM_KEYS = "idm_keys.safetensors"  # the IDM's key for every train transition, cached so a resume skips the fit
+IDM_FIGURES = "idm.json"
+
+
+def clone_idm(data: str | Path, out: str | Path, policy_cfg: PolicyConfig, cfg: BCConfig, idm_cfg: IDMConfig, *,
+              max_episodes: int | None = None, progress: bool = True, max_steps: int | None = None) -> BCResult:
+    """The labelled baseline (VPT's recipe): fit an inverse dynamics model on ``idm_cfg.labels`` labelled
+    transitions of ``data``'s train split (the N that ``agent decode --labels N`` would read), label every
+    train transition with its key, and clone those keys into ``out`` (a policy over true keys). Records how
+    well the IDM recovers the keys on the train split (``label_nmi``, as latent BC records its LAM's) and
+    on the held-out val split, where it has keys."""
+    from playworld.agents.idm import key_agreement, predict_keys, train_idm
+
+    out, ds = Path(out), Dataset(data)
+    if not ds.manifest.has_actions or not ds.num_actions:
+        raise DatasetError(f"{ds.root}: records no keys; an inverse dynamics model needs a few labelled transitions")
+    if policy_cfg.target != "true" or policy_cfg.num_actions != ds.num_actions:
+        raise ConfigError(f"agent bc --idm: the policy must choose among the data's {ds.num_actions} keys (target "
+                          f"'true'), got {policy_cfg.num_actions} ({policy_cfg.target!r})")
+    trans = read_transitions(data, max_episodes=max_episodes, progress=progress)
+    recorded = trans.true.clone()
+    cache, figures_path = out / IDM_KEYS, out / IDM_FIGURES
+    if cache.is_file() and figures_path.is_file():
+        saved = load_tensors(cache)
+        figures = read_json(figures_path, CheckpointError, "IDM figures")
+        if not torch.equal(saved.get("episode", torch.zeros(0)), trans.episode) or figures.get("config") != to_dict(idm_cfg):
+            raise CheckpointError(f"{cache}: IDM keys of other data or settings than {data} and {to_dict(idm_cfg)}; "
+                                  f"delete {out} or choose another --out")
+        keys = saved["key"]
+    else:
+        idm = train_idm(trans, ds.num_actions, idm_cfg, progress=progress)
+        keys = predict_keys(idm, trans)
+        figures = {"config": to_dict(idm_cfg), "train": key_agreement(keys, recorded)}
+        if any(e.has_actions for e in ds.episodes("val")):
+            val = read_transitions(data, split="val", progress=False)
+            figures["held_out"] = key_agreement(predict_keys(idm, val), val.true)
+        out.mkdir(parents=True, exist_ok=True)
+        save_tensors(cache, {"key": keys, "episode": trans.episode})
+        atomic_write_text(figures_path, json.dumps(figures, indent=2) + "\n")
+    trans.true = keys
+    meta = {**_data_meta(None, data, ds, max_episodes), "kind": "idm-bc", "idm": figures,
+            "label_nmi": figures["train"].get("nmi")}
     return train_bc(trans, policy_cfg, cfg, out, meta=meta, progress=progress, max_steps=max_steps)
 
 
@@ -207,7 +258,9 @@ def eval_levels(meta: dict[str, Any], episodes: int) -> list[int]:
 def agent_controller(agent_dir: Path, labels: int | None, seed: int, greedy: bool) -> tuple[AgentController, str]:
     policy, meta = load_policy(agent_dir)
     if policy.config.target == "true":
-        label = "PPO in the real game" if meta.get("kind") == "ppo-real" else "oracle BC (every true label)"
+        label = {"ppo-real": "PPO in the real game",
+                 "idm-bc": f"IDM BC, N={meta.get('idm', {}).get('config', {}).get('labels')}"}.get(
+                     meta.get("kind"), "oracle BC (every true label)")
         return AgentController(policy, None, seed=seed, greedy=greedy), label
     have = available_decoders(agent_dir)
     if not have:
@@ -220,8 +273,10 @@ def agent_controller(agent_dir: Path, labels: int | None, seed: int, greedy: boo
 
 
 def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | None = None,
-             baselines: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Every decoder of ``agent_dir`` (and the baselines) on held-out levels; writes eval.json and eval.md."""
+             also: list[Path] | tuple[Path, ...] = (), baselines: bool = True, progress: bool = True
+             ) -> dict[str, Any]:
+    """Every decoder of ``agent_dir`` (and the baselines, the ``oracle`` and the agents over true keys in
+    ``also``) on held-out levels; writes eval.json and eval.md."""
     agent_dir = Path(agent_dir)
     policy, meta = load_policy(agent_dir)
     decoders = [None] if policy.config.target == "true" else available_decoders(agent_dir)
@@ -245,6 +300,14 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
                                                                      conf.get("agent"))))
     if oracle is not None:
         rows.append(agent_controller(Path(oracle), None, cfg.seed, cfg.greedy)[::-1])  # type: ignore[arg-type]
+    for other in also:
+        other_policy, other_meta = load_policy(Path(other))
+        if other_policy.config.target != "true":
+            raise ConfigError(f"{other}: --also plays agents over true keys (`agent bc --idm`, --oracle, train-real); "
+                              f"evaluate a latent agent on its own")
+        if trained_game(other_meta) not in (None, cfg.game):
+            raise ConfigError(f"{other}: the agent learned {trained_game(other_meta)}, not {cfg.game}")
+        rows.append(agent_controller(Path(other), None, cfg.seed, cfg.greedy)[::-1])  # type: ignore[arg-type]
     for n in decoders:
         ctrl, label = agent_controller(agent_dir, n, cfg.seed, cfg.greedy)
         rows.append((label, ctrl))
@@ -283,8 +346,10 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def _plot(agent_dir: Path, results: dict[str, Any]) -> None:
     """Label-efficiency plot (return against N) when matplotlib is installed and there are 2+ decoders."""
-    pts = sorted((int(k.split("N=")[1]), r["return"]) for k, r in results["rows"].items() if "N=" in k)
-    if len(pts) < 2:
+    curves = {name: sorted((int(k.split("N=")[1]), r["return"]) for k, r in results["rows"].items()
+                           if k.startswith(prefix))
+              for name, prefix in (("latent BC + decoder", "latent BC, N="), ("IDM BC", "IDM BC, N="))}
+    if len(curves["latent BC + decoder"]) < 2:
         return
     try:
         import matplotlib
@@ -294,13 +359,16 @@ def _plot(agent_dir: Path, results: dict[str, Any]) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    xs = np.array([max(n, 1) for n, _ in pts], dtype=float)
-    ys = np.array([e["mean"] for _, e in pts])
-    err = np.array([[e["mean"] - e["low"] for _, e in pts], [e["high"] - e["mean"] for _, e in pts]])
-    ax.errorbar(xs, ys, yerr=err, marker="o", label="latent BC + decoder")
+    for name, pts in curves.items():
+        if not pts:
+            continue
+        xs = np.array([max(n, 1) for n, _ in pts], dtype=float)
+        ys = np.array([e["mean"] for _, e in pts])
+        err = np.array([[e["mean"] - e["low"] for _, e in pts], [e["high"] - e["mean"] for _, e in pts]])
+        ax.errorbar(xs, ys, yerr=err, marker="o" if name.startswith("latent") else "s", label=name)
     baselines = [(label, r) for label, r in results["rows"].items() if "N=" not in label]
     for i, (label, r) in enumerate(baselines):
-        ax.axhline(r["return"]["mean"], ls="--", lw=1, label=label, color=f"C{i + 1}")
+        ax.axhline(r["return"]["mean"], ls="--", lw=1, label=label, color=f"C{i + 2}")
     ax.set_xscale("log")
     ax.set_xlabel("labelled transitions N (N=0 plotted at 1)")
     ax.set_ylabel("mean return (held-out levels)")
@@ -312,5 +380,5 @@ def _plot(agent_dir: Path, results: dict[str, Any]) -> None:
     tmp.replace(agent_dir / "label_efficiency.png")
 
 
-__all__ = ["clone", "decode", "label_information", "label_warning", "MIN_LABEL_NMI", "evaluate", "EvalConfig",
+__all__ = ["clone", "clone_idm", "decode", "label_information", "label_warning", "MIN_LABEL_NMI", "evaluate", "EvalConfig",
            "DecodeResult", "labelled_transitions", "eval_levels", "markdown_table", "EpisodeStats"]

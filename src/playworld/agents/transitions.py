@@ -18,7 +18,7 @@ from torch import Tensor
 
 from playworld.bars import progress_bar
 from playworld.data.format import Dataset
-from playworld.errors import DatasetError
+from playworld.errors import ConfigError, DatasetError
 from playworld.release import load_tensors, save_tensors
 
 Labeller = Callable[[Tensor], Tensor]
@@ -91,3 +91,15 @@ def read_transitions(data: str | Path, *, split: str | None = "train", labeller:
         offset += len(video)
     return Transitions(torch.cat(frames), torch.cat(current), torch.cat(first), torch.cat(latent),
                        torch.cat(true), torch.cat(owner))
+
+
+def pick_labelled(true: Tensor, n: int, seed: int) -> Tensor:
+    """true (N,) long (-1: no key recorded) -> indices (n,) of the labelled transitions: n drawn without
+    replacement, by ``seed``, among those with a recorded key. The action decoder (``agent decode --labels
+    N``) and the inverse dynamics baseline (``agent bc --idm N``) both draw with it over the same
+    transitions, so with the same seed they read the same N, and a smaller N's are among a larger N's."""
+    have = torch.nonzero(true >= 0).flatten()
+    if len(have) < n:
+        raise ConfigError(f"{n} asks for more labelled transitions than the data records keys for ({len(have)})")
+    g = torch.Generator().manual_seed(seed)
+    return have[torch.randperm(len(have), generator=g)[:n]]

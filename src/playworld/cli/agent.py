@@ -17,12 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "its true actions) into a policy",
                            description="playworld agent bc RUN --data DIR --out AGENT_DIR\n"
                            "playworld agent bc --oracle --data DIR --out ORACLE_DIR   (every true label)\n"
+                           "playworld agent bc --idm N --data DIR --out IDM_DIR   (keys from an inverse dynamics "
+                           "model fit on N labels: the labelled baseline)\n"
                            "Re-running the same command resumes an interrupted run.",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     bc.add_argument("run", nargs="?", help="run whose LAM labels the data (not needed with --oracle)")
     bc.add_argument("--data", required=True, type=Path, help="dataset directory (its train split is cloned)")
     bc.add_argument("--out", required=True, type=Path, help="agent directory to write (or resume)")
     bc.add_argument("--oracle", action="store_true", help="clone the recorded true actions instead (oracle BC)")
+    bc.add_argument("--idm", type=int, metavar="N", help="clone the keys of an inverse dynamics model fit on N "
+                    "labelled transitions (the N `agent decode --labels N` reads; VPT's recipe) instead")
+    bc.add_argument("--idm-steps", type=int, default=1500, help="optimiser steps of the inverse dynamics model "
+                    "(default: %(default)s)")
     bc.add_argument("--context", type=int, default=2, help="frames the policy sees (default: %(default)s)")
     bc.add_argument("--channels", type=int, default=32, help="first conv width (default: %(default)s)")
     bc.add_argument("--steps", type=int, default=2000, help="optimiser steps (default: %(default)s)")
@@ -122,6 +128,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--mode", default="hard", help="Procgen distribution mode (default: %(default)s)")
     ev.add_argument("--max-steps", type=int, default=1000, help="cut an episode after this many steps")
     ev.add_argument("--oracle", type=Path, help="an agent directory from `agent bc --oracle` to compare with")
+    ev.add_argument("--also", type=Path, action="append", default=[], metavar="AGENT_DIR",
+                    help="another agent over true keys to play beside (`agent bc --idm`, `train-real`); repeatable")
     ev.add_argument("--no-baselines", action="store_true", help="skip random and behaviour policies")
     ev.add_argument("--greedy", action="store_true", help="take the policy's most likely action (default: sample)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the controllers (default: %(default)s)")
@@ -143,29 +151,61 @@ def run_bc(args: argparse.Namespace) -> int:
     from playworld.errors import ConfigError
 
     apply_threads(args.threads)
-    if args.oracle:
+    if args.oracle and args.idm is not None:
+        raise ConfigError("agent bc: --oracle and --idm are two different baselines; give one")
+    cfg = BCConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                   checkpoint_every=args.checkpoint_every)
+    if args.oracle or args.idm is not None:
         k = Dataset(args.data).num_actions
         if k is None:
-            raise ConfigError(f"{args.data}: records no action count; oracle BC needs true actions")
+            raise ConfigError(f"{args.data}: records no action count; {'--oracle' if args.oracle else '--idm'} "
+                              f"needs recorded keys")
+        policy_cfg = PolicyConfig(num_actions=k, context=args.context, channels=args.channels, target="true")
+        if args.idm is not None:
+            from playworld.agents.idm import IDMConfig
+            from playworld.agents.pipeline import clone_idm
+
+            res = clone_idm(args.data, args.out, policy_cfg, cfg,
+                            IDMConfig(labels=args.idm, steps=args.idm_steps, seed=args.seed),
+                            max_episodes=args.max_episodes, progress=args.progress)
+            _print_bc(res)
+            _print_idm(res.out)
+            return 0
     else:
         if args.run is None:
-            raise ConfigError("agent bc: give RUN (whose LAM labels the data), or --oracle")
+            raise ConfigError("agent bc: give RUN (whose LAM labels the data), --oracle or --idm N")
         from playworld.api import load
 
         loaded = load(args.run)
         loaded.require("lam")
-        k = int(loaded.lam.config.num_actions)  # type: ignore[union-attr]
-    policy_cfg = PolicyConfig(num_actions=k, context=args.context, channels=args.channels,
-                              target="true" if args.oracle else "latent")
-    cfg = BCConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                   checkpoint_every=args.checkpoint_every)
+        policy_cfg = PolicyConfig(num_actions=int(loaded.lam.config.num_actions),  # type: ignore[union-attr]
+                                  context=args.context, channels=args.channels, target="latent")
     res = clone(args.run, args.data, args.out, policy_cfg, cfg, max_episodes=args.max_episodes,
                 progress=args.progress)
-    print(f"{res.out}: {res.steps_run} steps in {res.seconds:.1f} s, loss {res.final_loss:.3f}, "
-          f"training-label accuracy {res.accuracy:.3f}")
+    _print_bc(res)
     if not args.oracle:
         _warn_uninformative(res.out)
     return 0
+
+
+def _print_bc(res) -> None:
+    print(f"{res.out}: {res.steps_run} steps in {res.seconds:.1f} s, loss {res.final_loss:.3f}, "
+          f"training-label accuracy {res.accuracy:.3f}")
+
+
+def _print_idm(agent_dir: Path) -> None:
+    """How well the agent's inverse dynamics model recovered the recorded keys (train and held-out)."""
+    from playworld.agents.pipeline import IDM_FIGURES
+    from playworld.errors import CheckpointError
+    from playworld.io import read_json
+
+    figures = read_json(agent_dir / IDM_FIGURES, CheckpointError, "IDM figures")
+    for split in ("train", "held_out"):
+        f = figures.get(split)
+        if f:
+            print(f"{agent_dir}: inverse dynamics on {figures['config']['labels']} labels, {split.replace('_', '-')} "
+                  f"split: key accuracy {f['accuracy']:.3f} (majority key {f['majority']:.3f}), NMI with the "
+                  f"recorded keys {f['nmi']:.3f} over {f['transitions']} transitions")
 
 
 def run_decode(args: argparse.Namespace) -> int:
@@ -264,6 +304,6 @@ def run_eval(args: argparse.Namespace) -> int:
         evaluate_in_world(args.agent_dir, cfg, args.decoder, labels=args.labels,
                           in_world_episodes=args.in_world_episodes)
     else:
-        evaluate(args.agent_dir, cfg, oracle=args.oracle, baselines=not args.no_baselines)
+        evaluate(args.agent_dir, cfg, oracle=args.oracle, also=args.also, baselines=not args.no_baselines)
     print(f"wrote {args.agent_dir / 'eval.json'} and {args.agent_dir / 'eval.md'}")
     return 0
