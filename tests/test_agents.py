@@ -195,7 +195,11 @@ def test_cli_round_trip(sprite_data, tmp_path, capsys):
     assert "inverse dynamics on 8 labels, train split: key accuracy" in capsys.readouterr().out
     assert main(["agent", "eval", str(agent), "--also", str(idm), "--episodes", "1", "--max-steps", "5",
                  "--threads", "1", "--no-baselines"]) == 0
-    assert "IDM BC, N=8" in json.loads((agent / "eval.json").read_text())["rows"]
+    rows = json.loads((agent / "eval.json").read_text())["rows"]
+    idm_nmi = load_policy(idm)[1]["label_nmi"]
+    assert rows["IDM BC, N=8"]["label_nmi"] == idm_nmi and idm_nmi is not None  # each row says what it cloned
+    assert rows["latent BC, N=8"]["label_nmi"] == load_policy(agent)[1]["label_nmi"]
+    assert f"| {idm_nmi:.3f} |" in (agent / "eval.md").read_text()
     assert main(["agent", "eval", str(idm), "--also", str(agent), "--episodes", "1", "--threads", "1"]) == 2
     assert "true keys" in capsys.readouterr().err
     assert main(["agent", "bc", "--oracle", "--idm", "8", "--out", str(tmp_path / "y"), *common]) == 2

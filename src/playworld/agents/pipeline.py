@@ -300,6 +300,7 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
                                                                      conf.get("agent"))))
     if oracle is not None:
         rows.append(agent_controller(Path(oracle), None, cfg.seed, cfg.greedy)[::-1])  # type: ignore[arg-type]
+    nmi_of: dict[str, float] = {}  # row -> NMI of the labels it cloned with the recorded keys, where measured
     for other in also:
         other_policy, other_meta = load_policy(Path(other))
         if other_policy.config.target != "true":
@@ -308,9 +309,13 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
         if trained_game(other_meta) not in (None, cfg.game):
             raise ConfigError(f"{other}: the agent learned {trained_game(other_meta)}, not {cfg.game}")
         rows.append(agent_controller(Path(other), None, cfg.seed, cfg.greedy)[::-1])  # type: ignore[arg-type]
+        if other_meta.get("label_nmi") is not None:
+            nmi_of[rows[-1][0]] = other_meta["label_nmi"]
     for n in decoders:
         ctrl, label = agent_controller(agent_dir, n, cfg.seed, cfg.greedy)
         rows.append((label, ctrl))
+        if meta.get("label_nmi") is not None:
+            nmi_of[label] = meta["label_nmi"]
     results: dict[str, Any] = {"game": cfg.game, "mode": cfg.mode, "levels": levels, "max_steps": cfg.max_steps,
                                "label_nmi": meta.get("label_nmi"), "rows": {}}
     for label, ctrl in rows:
@@ -320,7 +325,7 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
         summary = stats.summary(seed=cfg.seed)
         results["rows"][label] = {**{k: v.to_json() for k, v in summary.items()},
                                   "truncated": int(stats.truncated.sum()), "seconds": time.perf_counter() - t0,
-                                  "returns": stats.ret.tolist()}
+                                  "returns": stats.ret.tolist(), "label_nmi": nmi_of.get(label)}
         if progress:
             print(f"{label}: return {summary['return']}, success {summary['success']}, "
                   f"length {summary['length']}")
@@ -338,9 +343,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     note = "" if info is None else f"; the latent labels' NMI with the recorded keys {info:.3f}"
     lines = [f"{results['game']} ({results['mode']}), {len(results['levels'])} held-out levels, "
              f"95% bootstrap intervals over episodes{note}", "",
-             "| agent | return | success | episode length |", "|---|---|---|---|"]
+             "| agent | return | success | episode length | cloned labels' NMI with the keys |", "|---|---|---|---|---|"]
     for label, r in results["rows"].items():
-        lines.append(f"| {label} | {cell(r['return'])} | {cell(r['success'])} | {cell(r['length'])} |")
+        nmi = "" if r.get("label_nmi") is None else f"{r['label_nmi']:.3f}"
+        lines.append(f"| {label} | {cell(r['return'])} | {cell(r['success'])} | {cell(r['length'])} | {nmi} |")
     return "\n".join(lines) + "\n"
 
 
