@@ -204,7 +204,8 @@ def decode(agent_dir: str | Path, data: str | Path, cfg: DecoderConfig, *, label
     agent_dir, t0 = Path(agent_dir), time.perf_counter()
     policy, meta = load_policy(agent_dir)
     if policy.config.target != "latent":
-        raise ConfigError(f"{agent_dir}: its policy clones true actions already (oracle BC); nothing to decode")
+        raise ConfigError(f"{agent_dir}: its policy acts in true keys already (oracle BC, IDM BC or real-game PPO); "
+                          f"nothing to decode")
     ds = Dataset(data)
     num_true = ds.num_actions or meta.get("num_true")
     if not num_true:
