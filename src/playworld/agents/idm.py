@@ -78,7 +78,7 @@ def predict_keys(idm: PolicyNet, trans: Transitions, batch: int = 512) -> Tensor
                       for s in range(0, len(trans), batch)])
 
 
-def key_agreement(pred: Tensor, true: Tensor) -> dict[str, float]:
+def key_agreement(pred: Tensor, true: Tensor) -> dict[str, float | int]:
     """How well predicted keys match the recorded ones where recorded: accuracy, the majority key's share
     (what always answering one key scores) and their NMI (:func:`playworld.eval.actions.nmi`)."""
     from playworld.eval.actions import nmi
