@@ -81,13 +81,12 @@ def predict_keys(idm: PolicyNet, trans: Transitions, batch: int = 512) -> Tensor
 def key_agreement(pred: Tensor, true: Tensor) -> dict[str, float | int]:
     """How well predicted keys match the recorded ones where recorded: accuracy, the majority key's share
     (what always answering one key scores) and their NMI (:func:`playworld.eval.actions.nmi`)."""
-    from playworld.eval.actions import nmi
+    from playworld.eval.actions import confusion, nmi
 
     have = true >= 0
     if not bool(have.any()):
         return {}
     p, t = pred[have].numpy(), true[have].numpy()
-    conf = np.zeros((int(max(p.max(), t.max())) + 1,) * 2)
-    np.add.at(conf, (p, t), 1)
+    conf = confusion(p, t, int(p.max()) + 1, int(t.max()) + 1)
     return {"accuracy": float((p == t).mean()), "majority": float(np.bincount(t).max() / len(t)),
             "nmi": float(nmi(conf)), "transitions": int(have.sum())}

@@ -57,15 +57,13 @@ video 0.001-0.01, whose latent clones all played at random (docs/agents.md)."""
 def label_information(trans: Transitions) -> float | None:
     """NMI (:func:`playworld.eval.actions.nmi`) of the latent labels and the true actions over the
     transitions that have both, or None when none has."""
-    from playworld.eval.actions import nmi
+    from playworld.eval.actions import confusion, nmi
 
     both = (trans.latent >= 0) & (trans.true >= 0)
     if not bool(both.any()):
         return None
     lat, true = trans.latent[both].numpy(), trans.true[both].numpy()
-    conf = np.zeros((int(lat.max()) + 1, int(true.max()) + 1))
-    np.add.at(conf, (lat, true), 1)
-    return nmi(conf)
+    return nmi(confusion(lat, true, int(lat.max()) + 1, int(true.max()) + 1))
 
 
 def label_warning(value: float | None) -> str | None:
