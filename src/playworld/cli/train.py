@@ -145,8 +145,19 @@ def _check_lam(lam_dir: Path, args: argparse.Namespace, pipeline: PipelineProgre
 
 def run(args: argparse.Namespace) -> int:
     from playworld.cli.threads import apply_threads
+    from playworld.train.distributed import shutdown_distributed
 
     apply_threads(args.threads)
+    try:
+        code = _run(args)
+    except BaseException:
+        shutdown_distributed(synchronize=False)
+        raise
+    shutdown_distributed()  # under torchrun: ranks leave the process group together, not at interpreter exit
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.what == "all":
         deps = {"tokenizer": str(out / "tokenizer"), "lam": str(out / "lam")}

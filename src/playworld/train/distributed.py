@@ -48,8 +48,13 @@ def init_distributed(device_type: str, group_of_one: bool = False) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(synchronize: bool = True) -> None:
+    """Leave the process group together: with ``synchronize`` every rank waits at a barrier first, so
+    none tears its connections down while another still writes or has collective work in flight (gloo
+    aborts a process whose peer closed under it). Without it (after an error), leave at once."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
