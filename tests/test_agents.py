@@ -4,6 +4,7 @@ decoder's label efficiency, resume, the real-game evaluator against a hand-run e
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -202,6 +203,15 @@ def test_cli_round_trip(sprite_data, tmp_path, capsys):
     assert f"| {idm_nmi:.3f} |" in (agent / "eval.md").read_text()
     assert main(["agent", "eval", str(idm), "--also", str(agent), "--episodes", "1", "--threads", "1"]) == 2
     assert "true keys" in capsys.readouterr().err
+    # two IDM agents of the same N (other label draws) get a row each, not one overwriting the other
+    shutil.copytree(idm, tmp_path / "idm-draw1")
+    assert main(["agent", "eval", str(agent), "--also", str(idm), "--also", str(tmp_path / "idm-draw1"),
+                 "--episodes", "1", "--max-steps", "5", "--threads", "1", "--no-baselines"]) == 0
+    rows = json.loads((agent / "eval.json").read_text())["rows"]
+    assert {"IDM BC, N=8", "IDM BC, N=8 (idm-draw1)"} <= set(rows)
+    assert main(["agent", "eval", str(agent), "--also", str(idm), "--also", str(idm), "--episodes", "1",
+                 "--threads", "1"]) == 2
+    assert "the same agent twice" in capsys.readouterr().err
     assert main(["agent", "bc", "--oracle", "--idm", "8", "--out", str(tmp_path / "y"), *common]) == 2
 
 

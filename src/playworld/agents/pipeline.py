@@ -300,6 +300,8 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
     if oracle is not None:
         rows.append(agent_controller(Path(oracle), None, cfg.seed, cfg.greedy)[::-1])  # type: ignore[arg-type]
     nmi_of: dict[str, float] = {}  # row -> NMI of the labels it cloned with the recorded keys, where measured
+    if len({Path(o).resolve() for o in also}) < len(also):
+        raise ConfigError(f"--also names the same agent twice: {', '.join(str(o) for o in also)}")
     for other in also:
         other_policy, other_meta = load_policy(Path(other))
         if other_policy.config.target != "true":
@@ -307,7 +309,10 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
                               f"evaluate a latent agent on its own")
         if trained_game(other_meta) not in (None, cfg.game):
             raise ConfigError(f"{other}: the agent learned {trained_game(other_meta)}, not {cfg.game}")
-        rows.append(agent_controller(Path(other), None, cfg.seed, cfg.greedy)[::-1])  # type: ignore[arg-type]
+        label, ctrl = agent_controller(Path(other), None, cfg.seed, cfg.greedy)[::-1]  # type: ignore[misc]
+        if label in (r[0] for r in rows):  # e.g. two IDM agents of the same N from other label draws
+            label = f"{label} ({Path(other).name})"
+        rows.append((label, ctrl))  # type: ignore[arg-type]
         if other_meta.get("label_nmi") is not None:
             nmi_of[rows[-1][0]] = other_meta["label_nmi"]
     for n in decoders:
@@ -351,7 +356,7 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def _plot(agent_dir: Path, results: dict[str, Any]) -> None:
     """Label-efficiency plot (return against N) when matplotlib is installed and there are 2+ decoders."""
-    curves = {name: sorted((int(k.split("N=")[1]), r["return"]) for k, r in results["rows"].items()
+    curves = {name: sorted((int(k.split("N=")[1].split()[0]), r["return"]) for k, r in results["rows"].items()
                            if k.startswith(prefix))
               for name, prefix in (("latent BC + decoder", "latent BC, N="), ("IDM BC", "IDM BC, N="))}
     if len(curves["latent BC + decoder"]) < 2:
