@@ -131,3 +131,22 @@ def test_psnr_of_mean_mse_is_not_decided_by_exact_frames():
     assert abs(psnr_of_mean_mse(per_clip) - (-10 * np.log10((1e-10 + 0.1) / 2))) < 1e-9
     assert psnr_of_mean_mse(per_clip) < per_clip.mean() - 40  # the mean of PSNRs says 55 dB
     assert abs(psnr_of_mean_mse(np.array([20.0, 20.0])) - 20.0) < 1e-9
+
+
+def test_bias_corrected_interval_holds_a_plug_in_statistic_that_resampling_inflates():
+    # NMI of two independent labellings: resampling groups repeats rows, which reads as shared information, so
+    # every resample's NMI exceeds the sample's and the plain percentile interval lies wholly above its point
+    rng = np.random.default_rng(0)
+    latent, true = rng.integers(0, 8, (40, 6)), rng.integers(0, 15, (40, 6))  # 40 episodes x 6 transitions
+
+    def stat(sel: np.ndarray) -> float:
+        return nmi(confusion(latent[sel].ravel(), true[sel].ravel(), 8, 15))
+
+    plain = bootstrap(np.arange(40), seed=0, statistic=stat)
+    fixed = bootstrap(np.arange(40), seed=0, statistic=stat, bias_correct=True)
+    assert plain.mean == fixed.mean and plain.low > plain.mean  # the symptom
+    assert fixed.low < fixed.mean < fixed.high
+    assert fixed.high - fixed.low == pytest.approx(plain.high - plain.low)  # shifted, not widened
+    x = rng.normal(size=200)  # the mean is unbiased: the shift is only the resamples' noise
+    a, b = bootstrap(x, seed=1), bootstrap(x, seed=1, bias_correct=True)
+    assert abs(a.low - b.low) < 0.01 and abs(a.high - b.high) < 0.01

@@ -50,9 +50,10 @@ class EvalOutput:
     strips: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _grouped(groups: np.ndarray, cfg: EvalConfig, stat: Any) -> Estimate:
+def _grouped(groups: np.ndarray, cfg: EvalConfig, stat: Any, bias_correct: bool = False) -> Estimate:
     """Cluster bootstrap: resample the groups (episodes) with replacement; ``stat(group_ids)`` -> float."""
-    return bootstrap(np.unique(groups), seed=cfg.seed, resamples=cfg.bootstrap, statistic=stat)
+    return bootstrap(np.unique(groups), seed=cfg.seed, resamples=cfg.bootstrap, statistic=stat,
+                     bias_correct=bias_correct)
 
 
 class Evaluation:
@@ -130,8 +131,10 @@ class Evaluation:
             "num_codes": int(counts.shape[1]),
             "psnr": self.est(np.concatenate([f.recon_psnr for f in figs])),
             "ssim": self.est(np.concatenate([f.recon_ssim for f in figs])),
-            "code_usage": bootstrap(clips, seed=cfg.seed, resamples=cfg.bootstrap, statistic=usage).to_json(),
-            "perplexity": bootstrap(clips, seed=cfg.seed, resamples=cfg.bootstrap, statistic=perplexity).to_json(),
+            "code_usage": bootstrap(clips, seed=cfg.seed, resamples=cfg.bootstrap, statistic=usage,
+                                    bias_correct=True).to_json(),
+            "perplexity": bootstrap(clips, seed=cfg.seed, resamples=cfg.bootstrap, statistic=perplexity,
+                                    bias_correct=True).to_json(),
             "code_counts": counts.sum(0).tolist(),
         }
 
@@ -220,7 +223,7 @@ class Evaluation:
             "available": True, "mapping": [[int(a), int(b)] for a, b in sorted(mapping.items())],
             "mapping_accuracy": _grouped(grp, cfg, accuracy).to_json(),
             "majority_accuracy": _grouped(grp, cfg, majority).to_json(),
-            "nmi": _grouped(grp, cfg, lambda sel: act.nmi(conf_of(sel))).to_json(),
+            "nmi": _grouped(grp, cfg, lambda sel: act.nmi(conf_of(sel)), bias_correct=True).to_json(),
             "confusion": conf.tolist()})
         if not has_features:
             section["probe_reason"] = "the LAM exposes no features(video) for a linear probe"

@@ -82,7 +82,7 @@ def realism(real: np.ndarray, generated: np.ndarray, *, seed: int, resamples: in
     s = generated.shape[0]
     feats = frame_features(generated.reshape(-1, *generated.shape[-3:])).reshape(s, -1, FEATURES)
     ref = frame_features(real)
-    return bootstrap(np.arange(s), seed=seed, resamples=resamples,
+    return bootstrap(np.arange(s), seed=seed, resamples=resamples, bias_correct=True,
                      statistic=lambda sel: frechet(ref, feats[sel].reshape(-1, FEATURES)))
 
 

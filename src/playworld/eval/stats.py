@@ -41,9 +41,15 @@ class Estimate:
 
 
 def bootstrap(values: np.ndarray, *, seed: int, resamples: int = 1000, alpha: float = 0.05,
-              statistic: Callable[[np.ndarray], float] | None = None) -> Estimate:
+              statistic: Callable[[np.ndarray], float] | None = None, bias_correct: bool = False) -> Estimate:
     """Percentile bootstrap of ``statistic`` (default: the mean over axis 0) of ``values`` (N, ...),
-    resampling its N rows. With one row the interval is the point itself (nothing to resample)."""
+    resampling its N rows. With one row the interval is the point itself (nothing to resample).
+
+    ``bias_correct``: shift the interval by the bootstrap's estimate of the statistic's bias (the mean of
+    the resampled statistics less the point; Efron & Tibshirani 1993, sec. 10.2), for plug-in statistics
+    that a resample with repeated rows moves one way: mutual information rises (repeats look like
+    structure), a Fréchet distance and a count of distinct codes shift. Uncorrected, such an interval can
+    lie wholly beside its own point (an NMI of 0.144 read as [0.150, 0.243])."""
     values = np.asarray(values)
     n = len(values)
     if n == 0:
@@ -55,6 +61,9 @@ def bootstrap(values: np.ndarray, *, seed: int, resamples: int = 1000, alpha: fl
     rng = np.random.default_rng(seed)
     boot = np.array([stat(values[rng.integers(0, n, n)]) for _ in range(resamples)], dtype=np.float64)
     low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    if bias_correct:
+        bias = float(boot.mean()) - point
+        low, high = low - bias, high - bias
     return Estimate(point, float(low), float(high), n)
 
 
