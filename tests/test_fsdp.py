@@ -119,12 +119,17 @@ def _worker(rank: int, world: int, port: int, data: str, tmp: str) -> None:
     from playworld.train.distributed import shutdown_distributed
 
     shutdown_distributed()
+    (root / f"left-{rank}").write_text("")  # this rank finished its runs and left the process group
 
 
 @pytest.fixture(scope="module")
 def two_ranks(dataset, tmp_path_factory) -> tuple[Path, dict]:
     tmp = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(2, _free_port(), str(dataset), str(tmp)), nprocs=2)
+    try:
+        mp.spawn(_worker, args=(2, _free_port(), str(dataset), str(tmp)), nprocs=2)
+    except mp.ProcessExitedException as e:  # say whether it died in the runs or after leaving cleanly (at exit)
+        left = sorted(p.name for p in tmp.glob("left-*"))
+        raise AssertionError(f"{e}; ranks that had left the process group: {left or 'none'}") from e
     return tmp, json.loads((tmp / "losses.json").read_text())
 
 
