@@ -36,7 +36,7 @@ from playworld.agents.evaluate import (
     play_levels,
 )
 from playworld.agents.idm import IDMConfig
-from playworld.agents.policy import PolicyConfig, load_policy, trained_game
+from playworld.agents.policy import PolicyConfig, PolicyNet, load_policy, trained_game
 from playworld.agents.transitions import Labeller, Transitions, read_transitions
 from playworld.config import from_dict, to_dict
 from playworld.data.collect import CollectConfig
@@ -254,8 +254,11 @@ def eval_levels(meta: dict[str, Any], episodes: int) -> list[int]:
     return levels
 
 
-def agent_controller(agent_dir: Path, labels: int | None, seed: int, greedy: bool) -> tuple[AgentController, str]:
-    policy, meta = load_policy(agent_dir)
+def agent_controller(agent_dir: Path, labels: int | None, seed: int, greedy: bool,
+                     loaded: tuple[PolicyNet, dict[str, Any]] | None = None) -> tuple[AgentController, str]:
+    """The controller of ``agent_dir`` (its decoder for ``labels``, the most labelled one if None) and its
+    row label; ``loaded``: the agent's (policy, meta) where the caller has read them already."""
+    policy, meta = loaded if loaded is not None else load_policy(agent_dir)
     if policy.config.target == "true":
         label = {"ppo-real": "PPO in the real game",
                  "idm-bc": f"IDM BC, N={meta.get('idm', {}).get('config', {}).get('labels')}"}.get(
@@ -309,14 +312,14 @@ def evaluate(agent_dir: str | Path, cfg: EvalConfig, *, oracle: str | Path | Non
                               f"evaluate a latent agent on its own")
         if trained_game(other_meta) not in (None, cfg.game):
             raise ConfigError(f"{other}: the agent learned {trained_game(other_meta)}, not {cfg.game}")
-        label, ctrl = agent_controller(Path(other), None, cfg.seed, cfg.greedy)[::-1]  # type: ignore[misc]
+        ctrl, label = agent_controller(Path(other), None, cfg.seed, cfg.greedy, (other_policy, other_meta))
         if label in (r[0] for r in rows):  # e.g. two IDM agents of the same N from other label draws
             label = f"{label} ({Path(other).name})"
         rows.append((label, ctrl))  # type: ignore[arg-type]
         if other_meta.get("label_nmi") is not None:
-            nmi_of[rows[-1][0]] = other_meta["label_nmi"]
+            nmi_of[label] = other_meta["label_nmi"]
     for n in decoders:
-        ctrl, label = agent_controller(agent_dir, n, cfg.seed, cfg.greedy)
+        ctrl, label = agent_controller(agent_dir, n, cfg.seed, cfg.greedy, (policy, meta))
         rows.append((label, ctrl))
         if meta.get("label_nmi") is not None:
             nmi_of[label] = meta["label_nmi"]
