@@ -39,7 +39,6 @@ from playworld.train.distributed import (
     DistInfo,
     all_reduce_mean,
     all_reduce_sum_fields,
-    barrier,
     broadcast_choice,
     init_distributed,
 )
@@ -453,7 +452,6 @@ class Trainer:
             for sig, handler in previous:
                 signal.signal(sig, handler)
             self.logger.close()
-        barrier(self.dist)  # ranks leave fit together, after rank 0's last checkpoint and release are written
         result.step = self.step
         return result
 
