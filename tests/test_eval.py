@@ -86,6 +86,8 @@ def test_each_action_moves_the_same_way_everywhere_and_walks_return_exactly(orac
     assert mem["model_return_psnr"]["mean"] == PSNR_CAP and len(mem["walks"]) == 4
     assert {(w["there"], w["back"]) for w in mem["walks"]} >= {(int(PERM[1]), int(PERM[0]))}
     assert mem["real"]["available"] is False and "cannot be replayed" in mem["real"]["reason"]
+    real = m["consistency"]["real"]  # the sprite world is no Procgen game: no real-game ceiling
+    assert real["available"] is False and "cannot be replayed" in real["reason"] and real["overall"] is None
 
 
 def test_without_given_opposites_the_walk_uses_measured_motion(sprite):

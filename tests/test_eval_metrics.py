@@ -122,6 +122,31 @@ def test_procgen_walk_starts_from_its_prompt_and_replays_identically():
     assert not np.array_equal(a.frames[:, 1], a.frames[:, 0])  # walking right moved the view
 
 
+def test_procgen_press_starts_every_key_from_one_frame_and_keys_that_act_alike_score_alike():
+    pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
+    from playworld.eval.control import action_motion
+    from playworld.eval.envwalk import procgen_press
+    from playworld.eval.motion import silhouettes
+
+    source = {"kind": "procgen", "game": "coinrun", "config": {"distribution_mode": "hard"}}
+    keys = [7, 5, 4, 9]  # RIGHT, UP (jump), NOOP and a fire key (which CoinRun ignores); LEFT at a level's
+    # start walks into the wall
+    a = procgen_press(source, [3, 11, 20], keys, steps=3, context=2)
+    b = procgen_press(source, [3, 11, 20], keys, steps=3, context=2)
+    s = len(a.level_seeds)
+    assert s >= 2 and a.prompts.shape == (s, 2, 64, 64, 3) and a.frames.shape == (s, 4, 4, 64, 64, 3)
+    assert np.array_equal(a.frames, b.frames)  # a level replays exactly
+    for k in range(4):  # every key starts where the prompt ends
+        assert np.array_equal(a.frames[:, k, 0], a.prompts[:, -1])
+    assert np.array_equal(a.frames[:, 2], a.frames[:, 3])  # NOOP and the fire key do the same thing
+    motion = action_motion(torch.from_numpy(a.frames))  # (S, K, 2)
+    assert (motion[:, 0, 1] < -0.5).all() and (motion[:, 1, 0] > 0.3).all()  # the scene moves against the agent
+    sil = silhouettes(motion.reshape(-1, 2), np.tile(np.arange(4), s)).reshape(s, 4)
+    assert sil[:, 0].mean() > 0.1 and sil[:, 2:].max() <= 1e-6  # twins are indistinguishable: never above 0
+    with pytest.raises(ValueError, match="at least one action"):
+        procgen_press(source, [3], [], steps=3, context=2)
+
+
 def test_psnr_of_mean_mse_is_not_decided_by_exact_frames():
     import numpy as np
 

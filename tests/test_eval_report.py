@@ -23,7 +23,7 @@ from playworld.eval.compare import compare, to_markdown
 from playworld.eval.config import EvalConfig
 from playworld.eval.evaluate import evaluate
 from playworld.eval.report import render_report
-from playworld.eval.schema import load_metrics
+from playworld.eval.schema import load_metrics, validate
 from playworld.models.dynamics import DynamicsConfig, DynamicsModel
 from playworld.models.lam import LAMConfig, LatentActionModel
 from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
@@ -106,6 +106,27 @@ def test_report_parses_and_every_embedded_image_decodes(oracle):
             assert decoded.format == "GIF" and decoded.n_frames > 5  # animated
         else:
             assert decoded.format == "PNG" and len(np.unique(np.asarray(decoded.convert("L")))) > 2  # not blank
+
+
+def test_report_shows_the_real_games_consistency_beside_the_models(oracle):
+    m = json.loads(json.dumps(oracle.metrics))
+    k = len(m["consistency"]["per_action"])
+
+    def est(v: float) -> dict:
+        return {"mean": v, "low": v - 0.1, "high": v + 0.1, "n": 4}
+
+    m["consistency"]["real"] = {"available": True, "reason": None, "levels": 4, "true_actions": list(range(k)),
+                                "overall": est(0.123), "per_action": [est(0.2)] * k, "model_overall": est(-0.045)}
+    validate(m)
+    page = render_report(m, {}, {})
+    assert "0.123" in page and "-0.045" in page and "ceiling for this LAM" in page
+    m["consistency"]["real"]["overall"] = "high"
+    with pytest.raises(ConfigError, match="consistency.real.overall"):
+        validate(m)
+    m["consistency"]["real"] = {"available": False, "reason": "turned off (--no-real-env)", "levels": 0,
+                                "true_actions": None, "overall": None, "per_action": None, "model_overall": None}
+    validate(m)
+    assert "No real-game consistency: turned off" in render_report(m, {}, {})
 
 
 def test_compare_flags_differences_outside_the_intervals(oracle, tmp_path):

@@ -1,9 +1,11 @@
-"""The memory walk in the real environment, for datasets collected from Procgen (CoinRun).
+"""Walks and key presses in the real environment, for datasets collected from Procgen.
 
-On each evaluated level (its seed from the manifest), the real game is reset, left idle (NOOP) for a
-few frames so the agent lands, and then walked k steps with one true action and k steps with its
-opposite. The idle frames are the model's prompt, so the model's walk and the real one start from the
-same frames and their returns can be compared. A level whose episode ends during the walk is dropped.
+On each evaluated level (its seed from the manifest), the real game is reset and left idle (NOOP) for a
+few frames so the agent lands. Then :func:`procgen_walk` walks it k steps with one true action and k
+steps with its opposite (the memory figure), and :func:`procgen_press` presses each of a list of true
+actions a few times from copies of that same start (the real game's consistency). The idle frames are
+the model's prompt, so the model and the real game start from the same frames and can be compared. A
+level whose episode ends during the walk or the presses is dropped.
 """
 
 from __future__ import annotations
@@ -77,3 +79,51 @@ def procgen_walk(source: dict[str, Any], level_seeds: list[int], there: int, bac
     if not frames:
         raise RuntimeError("every real walk ended the episode early")
     return RealWalk(np.stack(prompts), np.stack(frames), seeds)
+
+
+@dataclass
+class RealPresses:
+    """prompts: (S, c, H, W, C) uint8 idle frames before the presses; frames: (S, K, 1+steps, H, W, C) uint8,
+    the start frame then each of the K actions pressed ``steps`` times from it; level_seeds: (S,)."""
+
+    prompts: np.ndarray
+    frames: np.ndarray
+    level_seeds: list[int]
+
+
+def procgen_press(source: dict[str, Any], level_seeds: list[int], actions: list[int], steps: int, context: int,
+                  settle: int = 8) -> RealPresses:
+    """Press each of ``actions`` (true Procgen actions) ``steps`` times on each level of a Procgen dataset
+    ``source``, every action from the same settled start: K copies of the level are stepped together."""
+    if not actions or steps < 1:
+        raise ValueError(f"procgen_press needs at least one action and one step, got {actions!r} x {steps}")
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        from procgen import ProcgenGym3Env
+    cfg = source.get("config", {})
+    k, start = len(actions), max(settle, context)
+    prompts, frames, seeds = [], [], []
+    for seed in level_seeds:
+        env = ProcgenGym3Env(num=k, env_name=source["game"], distribution_mode=cfg.get("distribution_mode", "hard"),
+                             start_level=int(seed), num_levels=1, rand_seed=int(seed))
+        try:
+            seen, ended = [], False  # seen: (K, H, W, C) per frame
+            for t in range(start + steps + 1):
+                _, obs, first = env.observe()
+                if t and first.any():
+                    ended = True
+                    break
+                seen.append(obs["rgb"].copy())
+                if t < start + steps:
+                    env.act(np.full(k, PROCGEN_NOOP) if t < start else np.asarray(actions))
+        finally:
+            env.close()
+        if ended:
+            continue
+        video = np.stack(seen, 1)  # (K, start+steps+1, H, W, C); the K copies agree up to the start
+        prompts.append(video[0, start - context + 1:start + 1])
+        frames.append(video[:, start:])
+        seeds.append(int(seed))
+    if not frames:
+        raise RuntimeError("every level's episode ended before the presses were done")
+    return RealPresses(np.stack(prompts), np.stack(frames), seeds)

@@ -25,7 +25,7 @@ from playworld.eval import actions as act
 from playworld.eval.clips import EvalClips, choose_clips
 from playworld.eval.config import EvalConfig
 from playworld.eval.control import Walk, action_motion, ms_per_frame, press_each_action, return_psnr, walk
-from playworld.eval.envwalk import default_opposites, procgen_walk
+from playworld.eval.envwalk import default_opposites, procgen_press, procgen_walk
 from playworld.eval.kept import motion_kept
 from playworld.eval.keys import KeyCurves, summarise, windows
 from playworld.eval.motion import opposite_pairs, silhouettes
@@ -251,7 +251,65 @@ class Evaluation:
         self.mean_motion = motion.mean(0)  # (K, 2)
         self.out.metrics["consistency"] = {
             "per_action": [self.est(sil[:, a]) for a in range(k)], "overall": self.est(sil.mean(1)),
-            "mean_motion": self.mean_motion.tolist(), "starts": s, "steps": cfg.consistency_steps}
+            "mean_motion": self.mean_motion.tolist(), "starts": s, "steps": cfg.consistency_steps,
+            "real": self.real_consistency()}
+
+    def real_consistency(self) -> dict[str, Any]:
+        """The same consistency in the real game, as its ceiling for this LAM: from settled starts of the
+        evaluated levels, each latent action's mapped true action is pressed as often (so two latents mapped
+        to keys that move alike, e.g. CoinRun's NOOP and its fire keys, score as the game makes them); and
+        the model's consistency from those same real starts, beside it."""
+        cfg, ds = self.cfg, self.clips.dataset
+        k = self.world.num_actions
+        real: dict[str, Any] = {"available": False, "reason": None, "levels": 0, "true_actions": None,
+                                "overall": None, "per_action": None, "model_overall": None}
+        reason = self._real_env_reason()
+        if reason is None and len(self.mapping) < k:
+            reason = (f"the mapping gives only {len(self.mapping)} of the {k} latent actions a true action "
+                      "(fewer true actions than latent ones)")
+        seeds = self._level_seeds(cfg.consistency_starts) if reason is None else []
+        if reason is None and not seeds:
+            reason = f"{ds.root}: the evaluated episodes have no level seeds"
+        if reason is not None:
+            real["reason"] = reason
+            return real
+        true = [self.mapping[a] for a in range(k)]
+        try:
+            rp = procgen_press(ds.manifest.source, seeds, true, cfg.consistency_steps, self.cmax)
+        except (ImportError, RuntimeError) as e:
+            real["reason"] = f"the real environment could not be pressed: {e}"
+            return real
+        labels = np.tile(np.arange(k), len(rp.level_seeds))
+
+        def per_start(frames: torch.Tensor) -> np.ndarray:  # (S, K, 1+L, H, W, C) -> (S, K) silhouettes
+            motion = action_motion(frames, cfg.motion)  # (S, K, 2)
+            return silhouettes(motion.reshape(-1, 2), labels).reshape(motion.shape[:2])
+
+        sil = per_start(torch.from_numpy(rp.frames))
+        model = press_each_action(self.world, torch.from_numpy(rp.prompts), cfg.consistency_steps, cfg.seed,
+                                  cfg.batch)
+        real.update({"available": True, "levels": len(rp.level_seeds), "true_actions": true,
+                     "overall": self.est(sil.mean(1)), "per_action": [self.est(sil[:, a]) for a in range(k)],
+                     "model_overall": self.est(per_start(model).mean(1))})
+        return real
+
+    def _real_env_reason(self) -> str | None:
+        """Why the real game cannot be replayed for this evaluation, or None if it can."""
+        ds = self.clips.dataset
+        kind = ds.manifest.source.get("kind")
+        if not self.cfg.real_env:
+            return "turned off (--no-real-env)"
+        if kind != "procgen":
+            return f"{ds.root}: data of kind {kind!r} cannot be replayed (Procgen only)"
+        if not self.mapping:
+            return "no recorded true actions, so no mapping of latent actions to real ones"
+        return None
+
+    def _level_seeds(self, n: int) -> list[int]:
+        """The level seeds of the first ``n`` distinct evaluated levels (in rollout order)."""
+        by_index = {e.index: e for e in self.clips.episodes}
+        levels = (by_index[self.clips.locate(int(i))[0]].level_seed for i in self.chosen.rollout[:self.done])
+        return list(dict.fromkeys(s for s in levels if s is not None))[:n]
 
     def latent_for(self, true_action: int) -> int:
         """The latent action the mapping gives ``true_action`` (or, if it got none, the one that most
@@ -309,9 +367,7 @@ class Evaluation:
         if first is None:
             real["reason"] = "no true opposite actions to walk with"
             return
-        by_index = {e.index: e for e in self.clips.episodes}
-        levels = (by_index[self.clips.locate(int(i))[0]].level_seed for i in self.chosen.rollout[:self.done])
-        seeds = list(dict.fromkeys(s for s in levels if s is not None))[:cfg.memory_starts]
+        seeds = self._level_seeds(cfg.memory_starts)
         if not seeds:
             real["reason"] = f"{ds.root}: the evaluated episodes have no level seeds"
             return
@@ -447,6 +503,8 @@ class Evaluation:
             "nmi": (m["actions"]["nmi"], "higher"),
             "probe_accuracy": (m["actions"]["probe_accuracy"], "higher"),
             "consistency": (m["consistency"]["overall"], "higher"),
+            "consistency_real_game": ((m["consistency"]["real"] or {}).get("overall"), "higher"),
+            "consistency_on_real_starts": ((m["consistency"]["real"] or {}).get("model_overall"), "higher"),
             "memory_return_psnr": (m["memory"]["model_return_psnr"], "higher"),
             "tokenizer_motion_kept_dx": (m["motion"]["tokenizer_kept"]["slope"]["dx"], "higher"),
             "tokenizer_motion_kept_dy": (m["motion"]["tokenizer_kept"]["slope"]["dy"], "higher"),

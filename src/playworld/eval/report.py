@@ -109,6 +109,11 @@ def consistency_plot(metrics: dict[str, Any]) -> bytes:
     err = np.array([[e["mean"] - e["low"] for e in per], [e["high"] - e["mean"] for e in per]])
     ax.bar(range(k), mean, yerr=err, capsize=3, color="#9467bd")
     ax.axhline(c["overall"]["mean"], color="black", linestyle="--", linewidth=1, label="overall")
+    real = c.get("real") or {}
+    if real.get("available"):
+        ax.scatter(range(k), [e["mean"] for e in real["per_action"]], color="black", marker="_", s=200, zorder=3,
+                   label="real game, mapped key")
+        ax.axhline(real["overall"]["mean"], color="#2ca02c", linestyle=":", linewidth=1, label="real game, overall")
     ax.set_ylim(-1, 1)
     ax.set_xticks(range(k))
     ax.set_xlabel("latent action")
@@ -282,6 +287,14 @@ def render_report(metrics: dict[str, Any], gifs: dict[str, bytes] | None = None,
                  f"{c['starts']} start frames; the motion is the global image shift (phase correlation). Per action: "
                  "the silhouette of its motions (1 = the same motion from every start and unlike every other action; "
                  f"intervals resample start frames). Overall: {_fmt(c['overall'], 3)}.</p>")
+    real = c.get("real")
+    if real and real["available"]:
+        parts.append(f"<p>The real game, each latent action's mapped key (true actions {esc(str(real['true_actions']))}) "
+                     f"pressed as often from settled starts of {real['levels']} evaluated levels: "
+                     f"{_fmt(real['overall'], 3)}, the ceiling for this LAM and mapping (keys that move alike score "
+                     f"as the game makes them); the model from those same real starts: {_fmt(real['model_overall'], 3)}.</p>")
+    elif real:
+        parts.append(f"<p class=note>No real-game consistency: {esc(real['reason'] or '')}.</p>")
     parts.append(_img(consistency_plot(m), "image/png", "consistency per action", "silhouette and mean shift per action"))
     if "action_grid" in gifs:
         parts.append(_img(gifs["action_grid"], "image/gif", "action grid", "rows: start frames; columns: latent "

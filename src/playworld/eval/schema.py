@@ -70,7 +70,10 @@ SCHEMA_V1: dict[str, Any] = {
         "probe_majority_accuracy": Opt(float), "probe_reason": Opt(str), "confusion": Opt(ListOf(ListOf(int))),
     },
     "consistency": {"per_action": ListOf(ESTIMATE), "overall": ESTIMATE, "mean_motion": ListOf(ListOf(float)),
-                    "starts": int, "steps": int},
+                    "starts": int, "steps": int,
+                    "real": Added({"available": bool, "reason": Opt(str), "levels": int,
+                                   "true_actions": Opt(ListOf(int)), "overall": Opt(ESTIMATE),
+                                   "per_action": Opt(ListOf(ESTIMATE)), "model_overall": Opt(ESTIMATE)})},
     "memory": {
         "k": int, "pairs_from": str, "walks": ListOf({"there": int, "back": int, "true": Opt(ListOf(int))}),
         "model_return_psnr": Opt(ESTIMATE),
