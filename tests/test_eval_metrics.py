@@ -125,7 +125,7 @@ def test_procgen_walk_starts_from_its_prompt_and_replays_identically():
 def test_procgen_press_starts_every_key_from_one_frame_and_keys_that_act_alike_score_alike():
     pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
     from playworld.eval.control import action_motion
-    from playworld.eval.envwalk import procgen_press
+    from playworld.eval.envwalk import key_classes, procgen_press
     from playworld.eval.motion import silhouettes
 
     source = {"kind": "procgen", "game": "coinrun", "config": {"distribution_mode": "hard"}}
@@ -139,6 +139,7 @@ def test_procgen_press_starts_every_key_from_one_frame_and_keys_that_act_alike_s
     for k in range(4):  # every key starts where the prompt ends
         assert np.array_equal(a.frames[:, k, 0], a.prompts[:, -1])
     assert np.array_equal(a.frames[:, 2], a.frames[:, 3])  # NOOP and the fire key do the same thing
+    assert key_classes(a.frames) == [0, 1, 2, 2]  # ... so they form one class
     motion = action_motion(torch.from_numpy(a.frames))  # (S, K, 2)
     assert (motion[:, 0, 1] < -0.5).all() and (motion[:, 1, 0] > 0.3).all()  # the scene moves against the agent
     sil = silhouettes(motion.reshape(-1, 2), np.tile(np.arange(4), s)).reshape(s, 4)

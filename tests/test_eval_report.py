@@ -116,15 +116,17 @@ def test_report_shows_the_real_games_consistency_beside_the_models(oracle):
         return {"mean": v, "low": v - 0.1, "high": v + 0.1, "n": 4}
 
     m["consistency"]["real"] = {"available": True, "reason": None, "levels": 4, "true_actions": list(range(k)),
-                                "overall": est(0.123), "per_action": [est(0.2)] * k, "model_overall": est(-0.045)}
+                                "overall": est(0.123), "per_action": [est(0.2)] * k, "model_overall": est(-0.045),
+                                "classes": [0] * k, "class_overall": est(0.345), "model_class_overall": est(0.067)}
     validate(m)
     page = render_report(m, {}, {})
-    assert "0.123" in page and "-0.045" in page and "ceiling for this LAM" in page
+    assert "0.123" in page and "-0.045" in page and "0.345" in page and "0.067" in page and "ceiling for this LAM" in page
     m["consistency"]["real"]["overall"] = "high"
     with pytest.raises(ConfigError, match="consistency.real.overall"):
         validate(m)
     m["consistency"]["real"] = {"available": False, "reason": "turned off (--no-real-env)", "levels": 0,
-                                "true_actions": None, "overall": None, "per_action": None, "model_overall": None}
+                                "true_actions": None, "overall": None, "per_action": None, "model_overall": None,
+                                "classes": None, "class_overall": None, "model_class_overall": None}
     validate(m)
     assert "No real-game consistency: turned off" in render_report(m, {}, {})
 

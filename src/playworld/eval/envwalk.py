@@ -127,3 +127,11 @@ def procgen_press(source: dict[str, Any], level_seeds: list[int], actions: list[
     if not frames:
         raise RuntimeError("every level's episode ended before the presses were done")
     return RealPresses(np.stack(prompts), np.stack(frames), seeds)
+
+
+def key_classes(frames: np.ndarray) -> list[int]:
+    """frames (S, K, 1+L, H, W, C) of :class:`RealPresses` -> (K,) the class of each pressed key: the first
+    key whose frames are identical to its own from every start (keys the game cannot tell apart, such as
+    CoinRun's NOOP and its fire keys, share a class)."""
+    k = frames.shape[1]
+    return [next(b for b in range(a + 1) if np.array_equal(frames[:, a], frames[:, b])) for a in range(k)]

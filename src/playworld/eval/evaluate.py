@@ -25,7 +25,7 @@ from playworld.eval import actions as act
 from playworld.eval.clips import EvalClips, choose_clips
 from playworld.eval.config import EvalConfig
 from playworld.eval.control import Walk, action_motion, ms_per_frame, press_each_action, return_psnr, walk
-from playworld.eval.envwalk import default_opposites, procgen_press, procgen_walk
+from playworld.eval.envwalk import default_opposites, key_classes, procgen_press, procgen_walk
 from playworld.eval.kept import motion_kept
 from playworld.eval.keys import KeyCurves, summarise, windows
 from playworld.eval.motion import opposite_pairs, silhouettes
@@ -258,11 +258,14 @@ class Evaluation:
         """The same consistency in the real game, as its ceiling for this LAM: from settled starts of the
         evaluated levels, each latent action's mapped true action is pressed as often (so two latents mapped
         to keys that move alike, e.g. CoinRun's NOOP and its fire keys, score as the game makes them); and
-        the model's consistency from those same real starts, beside it."""
+        the model's consistency from those same real starts, beside it. The ``class_`` figures count latent
+        actions whose mapped keys give identical real frames from every start (CoinRun's NOOP, DOWN and fire
+        keys) as one action: the consistency the game's own distinct keys allow."""
         cfg, ds = self.cfg, self.clips.dataset
         k = self.world.num_actions
         real: dict[str, Any] = {"available": False, "reason": None, "levels": 0, "true_actions": None,
-                                "overall": None, "per_action": None, "model_overall": None}
+                                "overall": None, "per_action": None, "model_overall": None, "classes": None,
+                                "class_overall": None, "model_class_overall": None}
         reason = self._real_env_reason()
         if reason is None and len(self.mapping) < k:
             reason = (f"the mapping gives only {len(self.mapping)} of the {k} latent actions a true action "
@@ -279,18 +282,22 @@ class Evaluation:
         except (ImportError, RuntimeError) as e:
             real["reason"] = f"the real environment could not be pressed: {e}"
             return real
-        labels = np.tile(np.arange(k), len(rp.level_seeds))
+        classes = key_classes(rp.frames)
 
-        def per_start(frames: torch.Tensor) -> np.ndarray:  # (S, K, 1+L, H, W, C) -> (S, K) silhouettes
+        def per_start(frames: torch.Tensor, groups: list[int]) -> np.ndarray:  # (S, K, 1+L, ...) -> (S, K)
             motion = action_motion(frames, cfg.motion)  # (S, K, 2)
+            labels = np.tile(np.asarray(groups), len(motion))
             return silhouettes(motion.reshape(-1, 2), labels).reshape(motion.shape[:2])
 
-        sil = per_start(torch.from_numpy(rp.frames))
+        real_frames = torch.from_numpy(rp.frames)
         model = press_each_action(self.world, torch.from_numpy(rp.prompts), cfg.consistency_steps, cfg.seed,
                                   cfg.batch)
+        sil = per_start(real_frames, list(range(k)))
         real.update({"available": True, "levels": len(rp.level_seeds), "true_actions": true,
                      "overall": self.est(sil.mean(1)), "per_action": [self.est(sil[:, a]) for a in range(k)],
-                     "model_overall": self.est(per_start(model).mean(1))})
+                     "model_overall": self.est(per_start(model, list(range(k))).mean(1)), "classes": classes,
+                     "class_overall": self.est(per_start(real_frames, classes).mean(1)),
+                     "model_class_overall": self.est(per_start(model, classes).mean(1))})
         return real
 
     def _real_env_reason(self) -> str | None:
@@ -505,6 +512,9 @@ class Evaluation:
             "consistency": (m["consistency"]["overall"], "higher"),
             "consistency_real_game": ((m["consistency"]["real"] or {}).get("overall"), "higher"),
             "consistency_on_real_starts": ((m["consistency"]["real"] or {}).get("model_overall"), "higher"),
+            "consistency_classes_real_game": ((m["consistency"]["real"] or {}).get("class_overall"), "higher"),
+            "consistency_classes_on_real_starts": ((m["consistency"]["real"] or {}).get("model_class_overall"),
+                                                   "higher"),
             "memory_return_psnr": (m["memory"]["model_return_psnr"], "higher"),
             "tokenizer_motion_kept_dx": (m["motion"]["tokenizer_kept"]["slope"]["dx"], "higher"),
             "tokenizer_motion_kept_dy": (m["motion"]["tokenizer_kept"]["slope"]["dy"], "higher"),

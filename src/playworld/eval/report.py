@@ -292,7 +292,10 @@ def render_report(metrics: dict[str, Any], gifs: dict[str, bytes] | None = None,
         parts.append(f"<p>The real game, each latent action's mapped key (true actions {esc(str(real['true_actions']))}) "
                      f"pressed as often from settled starts of {real['levels']} evaluated levels: "
                      f"{_fmt(real['overall'], 3)}, the ceiling for this LAM and mapping (keys that move alike score "
-                     f"as the game makes them); the model from those same real starts: {_fmt(real['model_overall'], 3)}.</p>")
+                     f"as the game makes them); the model from those same real starts: {_fmt(real['model_overall'], 3)}. "
+                     f"Counting latent actions whose keys the game cannot tell apart as one (classes "
+                     f"{esc(str(real['classes']))}): the real game {_fmt(real['class_overall'], 3)}, the model "
+                     f"{_fmt(real['model_class_overall'], 3)}.</p>")
     elif real:
         parts.append(f"<p class=note>No real-game consistency: {esc(real['reason'] or '')}.</p>")
     parts.append(_img(consistency_plot(m), "image/png", "consistency per action", "silhouette and mean shift per action"))

@@ -73,7 +73,9 @@ SCHEMA_V1: dict[str, Any] = {
                     "starts": int, "steps": int,
                     "real": Added({"available": bool, "reason": Opt(str), "levels": int,
                                    "true_actions": Opt(ListOf(int)), "overall": Opt(ESTIMATE),
-                                   "per_action": Opt(ListOf(ESTIMATE)), "model_overall": Opt(ESTIMATE)})},
+                                   "per_action": Opt(ListOf(ESTIMATE)), "model_overall": Opt(ESTIMATE),
+                                   "classes": Opt(ListOf(int)), "class_overall": Opt(ESTIMATE),
+                                   "model_class_overall": Opt(ESTIMATE)})},
     "memory": {
         "k": int, "pairs_from": str, "walks": ListOf({"there": int, "back": int, "true": Opt(ListOf(int))}),
         "model_return_psnr": Opt(ESTIMATE),
