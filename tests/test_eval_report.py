@@ -120,7 +120,7 @@ def test_report_shows_the_real_games_consistency_beside_the_models(oracle):
                                 "classes": [0] * k, "class_overall": est(0.345), "model_class_overall": est(0.067)}
     validate(m)
     page = render_report(m, {}, {})
-    assert "0.123" in page and "-0.045" in page and "0.345" in page and "0.067" in page and "ceiling for this LAM" in page
+    assert "0.123" in page and "-0.045" in page and "0.345" in page and "0.067" in page and "game itself scores" in page
     m["consistency"]["real"]["overall"] = "high"
     with pytest.raises(ConfigError, match="consistency.real.overall"):
         validate(m)

@@ -107,7 +107,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"evaluated {metrics['counts']['episodes']} episodes of {args.data}:{cfg.split} in "
           f"{time.perf_counter() - start:.0f} s")
     for name, e in metrics["headline"].items():
-        print(f"  {name:24s} {e['mean']:9.3f}  [{e['low']:.3f}, {e['high']:.3f}]  ({e['better']} is better)")
+        print(f"  {name:34s} {e['mean']:9.3f}  [{e['low']:.3f}, {e['high']:.3f}]  ({e['better']} is better)")
     for w in metrics["warnings"]:
         print(f"  warning: {w}")
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")

@@ -255,8 +255,8 @@ class Evaluation:
             "real": self.real_consistency()}
 
     def real_consistency(self) -> dict[str, Any]:
-        """The same consistency in the real game, as its ceiling for this LAM: from settled starts of the
-        evaluated levels, each latent action's mapped true action is pressed as often (so two latents mapped
+        """The same consistency in the real game, what the game itself scores under this LAM's mapping: from
+        settled starts of the evaluated levels, each latent action's mapped true action is pressed as often (so two latents mapped
         to keys that move alike, e.g. CoinRun's NOOP and its fire keys, score as the game makes them); and
         the model's consistency from those same real starts, beside it. The ``class_`` figures count latent
         actions whose mapped keys give identical real frames from every start (CoinRun's NOOP, DOWN and fire

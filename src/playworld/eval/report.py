@@ -291,7 +291,7 @@ def render_report(metrics: dict[str, Any], gifs: dict[str, bytes] | None = None,
     if real and real["available"]:
         parts.append(f"<p>The real game, each latent action's mapped key (true actions {esc(str(real['true_actions']))}) "
                      f"pressed as often from settled starts of {real['levels']} evaluated levels: "
-                     f"{_fmt(real['overall'], 3)}, the ceiling for this LAM and mapping (keys that move alike score "
+                     f"{_fmt(real['overall'], 3)}, what the game itself scores under this LAM's mapping (keys that move alike score "
                      f"as the game makes them); the model from those same real starts: {_fmt(real['model_overall'], 3)}. "
                      f"Counting latent actions whose keys the game cannot tell apart as one (classes "
                      f"{esc(str(real['classes']))}): the real game {_fmt(real['class_overall'], 3)}, the model "
