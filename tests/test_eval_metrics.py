@@ -176,3 +176,42 @@ def test_bias_corrected_interval_holds_a_plug_in_statistic_that_resampling_infla
     x = rng.normal(size=200)  # the mean is unbiased: the shift is only the resamples' noise
     a, b = bootstrap(x, seed=1), bootstrap(x, seed=1, bias_correct=True)
     assert abs(a.low - b.low) < 0.01 and abs(a.high - b.high) < 0.01
+
+
+class _FrozenWorld:
+    """An EvalWorld stub that shows its prompt's last frame for ever: no key moves it."""
+
+    num_actions = 4
+
+    def reset(self, prompt: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        self.frame = prompt[:, -1].clone()  # (B, H, W, C) uint8
+        return self.frame
+
+    def step(self, actions: torch.Tensor) -> torch.Tensor:
+        return self.frame
+
+
+def test_real_consistency_presses_the_mapped_keys_on_the_evaluated_levels(tmp_path):
+    pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
+    from playworld.data.collect import CollectConfig, collect
+    from playworld.data.loader import ClipDataset
+    from playworld.eval.clips import choose_clips
+    from playworld.eval.config import EvalConfig
+    from playworld.eval.evaluate import Evaluation
+
+    collect(CollectConfig(episodes=6, policy="random", num_envs=2, max_episode_frames=24, episodes_per_shard=6,
+                          seed=0), tmp_path / "data", progress=False)
+    cfg = EvalConfig(episodes=4, split="train", consistency_starts=3, progress=False, bootstrap=200)
+    ev = Evaluation(_FrozenWorld(), ClipDataset(tmp_path / "data", clip_len=cfg.clip_len, split="train"), cfg)
+    ev.chosen = choose_clips(ev.clips, cfg.episodes, cfg.action_clips, cfg.seed)
+    ev.done = len(ev.chosen.rollout)
+    ev.mapping = {0: 7, 1: 5, 2: 4, 3: 9}  # RIGHT, UP, NOOP and a fire key CoinRun ignores
+    real = ev.real_consistency()
+    assert real["available"] and real["reason"] is None and 1 <= real["levels"] <= 3
+    assert real["true_actions"] == [7, 5, 4, 9] and real["classes"] == [0, 1, 2, 2]
+    assert real["model_overall"]["mean"] == 0.0 and real["model_class_overall"]["mean"] == 0.0  # frozen: no motion
+    assert real["class_overall"]["mean"] > real["overall"]["mean"]  # the NOOP twins no longer count against it
+    ev.mapping = {0: 7, 1: 5}
+    assert "only 2 of the 4" in ev.real_consistency()["reason"]
+    ev.cfg = EvalConfig(episodes=4, split="train", real_env=False, progress=False)
+    assert ev.real_consistency()["reason"] == "turned off (--no-real-env)"
