@@ -7,13 +7,14 @@ Shapes: S start frames, K latent actions, c context frames, H x W x C pixels, L 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from playworld.eval.motion import MotionEstimator
+from playworld.eval.motion import MotionEstimator, silhouettes
 from playworld.eval.rollouts import EvalWorld
 from playworld.eval.stats import psnr
 
@@ -38,6 +39,14 @@ def action_motion(frames: Tensor, motion: MotionEstimator | None = None) -> np.n
     """frames (S, K, 1+L, H, W, C) -> summed per-step global shift (S, K, 2) in pixels (dy, dx)."""
     shifts = (motion or MotionEstimator())(frames[:, :, :-1], frames[:, :, 1:])  # (S, K, L, 2)
     return shifts.sum(2).numpy()
+
+
+def motion_silhouettes(motion: np.ndarray, groups: Sequence[int] | None = None) -> np.ndarray:
+    """motion (S, K, 2) of :func:`action_motion` -> (S, K) the silhouette of each start's motion under each
+    action among all of them, labelled by action, or by ``groups`` (K,) where several actions count as one."""
+    s, k = motion.shape[:2]
+    labels = np.tile(np.arange(k) if groups is None else np.asarray(groups), s)
+    return silhouettes(motion.reshape(s * k, 2), labels).reshape(s, k)
 
 
 @dataclass

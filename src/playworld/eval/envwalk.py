@@ -42,38 +42,42 @@ class RealWalk:
     level_seeds: list[int]
 
 
-def procgen_walk(source: dict[str, Any], level_seeds: list[int], there: int, back: int, k: int,
-                 context: int, settle: int = 8) -> RealWalk:
-    """Walk ``there`` k times then ``back`` k times on each level of a Procgen dataset ``source``."""
+def _play_level(source: dict[str, Any], seed: int, schedule: np.ndarray) -> np.ndarray | None:
+    """Step K copies of level ``seed`` of a Procgen dataset ``source`` through ``schedule`` (T, K) true
+    actions -> every frame seen, (K, T+1, H, W, C) uint8, or None if an episode ended on the way."""
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         from procgen import ProcgenGym3Env
     cfg = source.get("config", {})
+    steps, k = schedule.shape
+    env = ProcgenGym3Env(num=k, env_name=source["game"], distribution_mode=cfg.get("distribution_mode", "hard"),
+                         start_level=int(seed), num_levels=1, rand_seed=int(seed))
+    try:
+        seen = []  # (K, H, W, C) per frame
+        for t in range(steps + 1):
+            _, obs, first = env.observe()
+            if t and first.any():
+                return None
+            seen.append(obs["rgb"].copy())
+            if t < steps:
+                env.act(schedule[t])
+    finally:
+        env.close()
+    return np.stack(seen, 1)
+
+
+def procgen_walk(source: dict[str, Any], level_seeds: list[int], there: int, back: int, k: int,
+                 context: int, settle: int = 8) -> RealWalk:
+    """Walk ``there`` k times then ``back`` k times on each level of a Procgen dataset ``source``."""
+    s = max(settle, context)  # the frame the walk starts from (the prompt ends with it)
+    schedule = np.array([PROCGEN_NOOP] * s + [there] * k + [back] * k)[:, None]  # (T, 1)
     prompts, frames, seeds = [], [], []
     for seed in level_seeds:
-        env = ProcgenGym3Env(num=1, env_name=source["game"], distribution_mode=cfg.get("distribution_mode", "hard"),
-                             start_level=int(seed), num_levels=1, rand_seed=int(seed))
-        try:
-            seen, ended = [], False
-            for t in range(max(settle, context) + 2 * k):
-                _, obs, first = env.observe()
-                if t and first[0]:
-                    ended = True
-                    break
-                seen.append(obs["rgb"][0].copy())
-                if t < max(settle, context):
-                    action = PROCGEN_NOOP
-                else:
-                    action = there if t < max(settle, context) + k else back
-                env.act(np.array([action]))
-            _, obs, first = env.observe()
-            if ended or first[0]:
-                continue
-            seen.append(obs["rgb"][0].copy())
-        finally:
-            env.close()
-        s = max(settle, context)  # the frame the walk starts from (the prompt ends with it)
-        prompts.append(np.stack(seen[s - context + 1:s + 1]))
+        video = _play_level(source, seed, schedule)
+        if video is None:
+            continue
+        seen = video[0]  # (T+1, H, W, C)
+        prompts.append(seen[s - context + 1:s + 1])
         frames.append(np.stack([seen[s], seen[s + k], seen[s + 2 * k]]))
         seeds.append(int(seed))
     if not frames:
@@ -97,30 +101,13 @@ def procgen_press(source: dict[str, Any], level_seeds: list[int], actions: list[
     ``source``, every action from the same settled start: K copies of the level are stepped together."""
     if not actions or steps < 1:
         raise ValueError(f"procgen_press needs at least one action and one step, got {actions!r} x {steps}")
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        from procgen import ProcgenGym3Env
-    cfg = source.get("config", {})
     k, start = len(actions), max(settle, context)
+    schedule = np.concatenate([np.full((start, k), PROCGEN_NOOP), np.tile(actions, (steps, 1))])  # (T, K)
     prompts, frames, seeds = [], [], []
     for seed in level_seeds:
-        env = ProcgenGym3Env(num=k, env_name=source["game"], distribution_mode=cfg.get("distribution_mode", "hard"),
-                             start_level=int(seed), num_levels=1, rand_seed=int(seed))
-        try:
-            seen, ended = [], False  # seen: (K, H, W, C) per frame
-            for t in range(start + steps + 1):
-                _, obs, first = env.observe()
-                if t and first.any():
-                    ended = True
-                    break
-                seen.append(obs["rgb"].copy())
-                if t < start + steps:
-                    env.act(np.full(k, PROCGEN_NOOP) if t < start else np.asarray(actions))
-        finally:
-            env.close()
-        if ended:
+        video = _play_level(source, seed, schedule)  # (K, T+1, H, W, C); the K copies agree up to the start
+        if video is None:
             continue
-        video = np.stack(seen, 1)  # (K, start+steps+1, H, W, C); the K copies agree up to the start
         prompts.append(video[0, start - context + 1:start + 1])
         frames.append(video[:, start:])
         seeds.append(int(seed))

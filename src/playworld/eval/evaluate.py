@@ -24,11 +24,19 @@ from playworld.errors import TrainingError
 from playworld.eval import actions as act
 from playworld.eval.clips import EvalClips, choose_clips
 from playworld.eval.config import EvalConfig
-from playworld.eval.control import Walk, action_motion, ms_per_frame, press_each_action, return_psnr, walk
+from playworld.eval.control import (
+    Walk,
+    action_motion,
+    motion_silhouettes,
+    ms_per_frame,
+    press_each_action,
+    return_psnr,
+    walk,
+)
 from playworld.eval.envwalk import default_opposites, key_classes, procgen_press, procgen_walk
 from playworld.eval.kept import motion_kept
 from playworld.eval.keys import KeyCurves, summarise, windows
-from playworld.eval.motion import opposite_pairs, silhouettes
+from playworld.eval.motion import opposite_pairs
 from playworld.eval.realgame import held_transitions
 from playworld.eval.realism import FEATURES, real_floor, realism
 from playworld.eval.rollouts import KINDS, BatchFigures, EvalWorld, device_of, evaluate_batch
@@ -247,7 +255,7 @@ class Evaluation:
         frames = press_each_action(self.world, prompts, cfg.consistency_steps, cfg.seed, cfg.batch)
         motion = action_motion(frames, cfg.motion)  # (S, K, 2)
         s, k = motion.shape[:2]
-        sil = silhouettes(motion.reshape(s * k, 2), np.tile(np.arange(k), s)).reshape(s, k)
+        sil = motion_silhouettes(motion)  # (S, K)
         self.mean_motion = motion.mean(0)  # (K, 2)
         self.out.metrics["consistency"] = {
             "per_action": [self.est(sil[:, a]) for a in range(k)], "overall": self.est(sil.mean(1)),
@@ -255,26 +263,20 @@ class Evaluation:
             "real": self.real_consistency()}
 
     def real_consistency(self) -> dict[str, Any]:
-        """The same consistency in the real game, what the game itself scores under this LAM's mapping: from
-        settled starts of the evaluated levels, each latent action's mapped true action is pressed as often (so two latents mapped
-        to keys that move alike, e.g. CoinRun's NOOP and its fire keys, score as the game makes them); and
-        the model's consistency from those same real starts, beside it. The ``class_`` figures count latent
-        actions whose mapped keys give identical real frames from every start (CoinRun's NOOP, DOWN and fire
-        keys) as one action: the consistency the game's own distinct keys allow."""
+        """The same consistency in the real game, what the game itself scores under this LAM's mapping:
+        from settled starts of the evaluated levels, each latent action's mapped true action is pressed as
+        often (so two latents mapped to keys that move alike, e.g. CoinRun's NOOP and its fire keys, score as
+        the game makes them); and the model's consistency from those same real starts, beside it. The
+        ``class_`` figures count latent actions whose mapped keys give identical real frames from every start
+        (CoinRun's NOOP, DOWN and fire keys) as one action: the consistency the game's own keys allow."""
         cfg, ds = self.cfg, self.clips.dataset
         k = self.world.num_actions
         real: dict[str, Any] = {"available": False, "reason": None, "levels": 0, "true_actions": None,
                                 "overall": None, "per_action": None, "model_overall": None, "classes": None,
                                 "class_overall": None, "model_class_overall": None}
-        reason = self._real_env_reason()
-        if reason is None and len(self.mapping) < k:
-            reason = (f"the mapping gives only {len(self.mapping)} of the {k} latent actions a true action "
-                      "(fewer true actions than latent ones)")
-        seeds = self._level_seeds(cfg.consistency_starts) if reason is None else []
-        if reason is None and not seeds:
-            reason = f"{ds.root}: the evaluated episodes have no level seeds"
-        if reason is not None:
-            real["reason"] = reason
+        seeds = self._level_seeds(cfg.consistency_starts)
+        real["reason"] = self._press_reason(k, seeds)
+        if real["reason"] is not None:
             return real
         true = [self.mapping[a] for a in range(k)]
         try:
@@ -283,33 +285,40 @@ class Evaluation:
             real["reason"] = f"the real environment could not be pressed: {e}"
             return real
         classes = key_classes(rp.frames)
-
-        def per_start(frames: torch.Tensor, groups: list[int]) -> np.ndarray:  # (S, K, 1+L, ...) -> (S, K)
-            motion = action_motion(frames, cfg.motion)  # (S, K, 2)
-            labels = np.tile(np.asarray(groups), len(motion))
-            return silhouettes(motion.reshape(-1, 2), labels).reshape(motion.shape[:2])
-
-        real_frames = torch.from_numpy(rp.frames)
         model = press_each_action(self.world, torch.from_numpy(rp.prompts), cfg.consistency_steps, cfg.seed,
                                   cfg.batch)
-        sil = per_start(real_frames, list(range(k)))
+        real_motion = action_motion(torch.from_numpy(rp.frames), cfg.motion)  # (S, K, 2)
+        model_motion = action_motion(model, cfg.motion)
+        sil = motion_silhouettes(real_motion)  # (S, K)
         real.update({"available": True, "levels": len(rp.level_seeds), "true_actions": true,
                      "overall": self.est(sil.mean(1)), "per_action": [self.est(sil[:, a]) for a in range(k)],
-                     "model_overall": self.est(per_start(model, list(range(k))).mean(1)), "classes": classes,
-                     "class_overall": self.est(per_start(real_frames, classes).mean(1)),
-                     "model_class_overall": self.est(per_start(model, classes).mean(1))})
+                     "model_overall": self.est(motion_silhouettes(model_motion).mean(1)), "classes": classes,
+                     "class_overall": self.est(motion_silhouettes(real_motion, classes).mean(1)),
+                     "model_class_overall": self.est(motion_silhouettes(model_motion, classes).mean(1))})
         return real
 
-    def _real_env_reason(self) -> str | None:
-        """Why the real game cannot be replayed for this evaluation, or None if it can."""
+    def _press_reason(self, k: int, seeds: list[int]) -> str | None:
+        """Why each of the ``k`` latent actions' mapped keys cannot be pressed on ``seeds``, or None."""
+        reason = self._replay_reason()
+        if reason is not None:
+            return reason
+        if not self.mapping:
+            return "no recorded true actions, so no mapping of latent actions to real ones"
+        if len(self.mapping) < k:
+            return (f"the mapping gives only {len(self.mapping)} of the {k} latent actions a true action "
+                    "(fewer true actions than latent ones)")
+        if not seeds:
+            return f"{self.clips.dataset.root}: the evaluated episodes have no level seeds"
+        return None
+
+    def _replay_reason(self) -> str | None:
+        """Why the real game cannot be replayed for this evaluation's data, or None if it can."""
         ds = self.clips.dataset
         kind = ds.manifest.source.get("kind")
         if not self.cfg.real_env:
             return "turned off (--no-real-env)"
         if kind != "procgen":
             return f"{ds.root}: data of kind {kind!r} cannot be replayed (Procgen only)"
-        if not self.mapping:
-            return "no recorded true actions, so no mapping of latent actions to real ones"
         return None
 
     def _level_seeds(self, n: int) -> list[int]:
@@ -365,11 +374,8 @@ class Evaluation:
         cfg, ds = self.cfg, self.clips.dataset
         src = ds.manifest.source
         first = next(((w, t) for w, t in walks if t is not None), None)
-        if not cfg.real_env:
-            real["reason"] = "turned off (--no-real-env)"
-            return
-        if src.get("kind") != "procgen":
-            real["reason"] = f"{ds.root}: data of kind {src.get('kind')!r} cannot be replayed (Procgen only)"
+        real["reason"] = self._replay_reason()
+        if real["reason"] is not None:
             return
         if first is None:
             real["reason"] = "no true opposite actions to walk with"
@@ -497,6 +503,7 @@ class Evaluation:
     def headline(self) -> None:
         m = self.out.metrics
         ctx = m["rollouts"]["contexts"][str(min(self.cfg.context))]
+        real = m["consistency"]["real"]
         t = min(4, self.cfg.horizon)
         head = {
             "tokenizer_psnr": (m["tokenizer"]["psnr"], "higher"),
@@ -510,11 +517,10 @@ class Evaluation:
             "nmi": (m["actions"]["nmi"], "higher"),
             "probe_accuracy": (m["actions"]["probe_accuracy"], "higher"),
             "consistency": (m["consistency"]["overall"], "higher"),
-            "consistency_real_game": ((m["consistency"]["real"] or {}).get("overall"), "higher"),
-            "consistency_on_real_starts": ((m["consistency"]["real"] or {}).get("model_overall"), "higher"),
-            "consistency_classes_real_game": ((m["consistency"]["real"] or {}).get("class_overall"), "higher"),
-            "consistency_classes_on_real_starts": ((m["consistency"]["real"] or {}).get("model_class_overall"),
-                                                   "higher"),
+            "consistency_real_game": (real["overall"], "higher"),
+            "consistency_on_real_starts": (real["model_overall"], "higher"),
+            "consistency_classes_real_game": (real["class_overall"], "higher"),
+            "consistency_classes_on_real_starts": (real["model_class_overall"], "higher"),
             "memory_return_psnr": (m["memory"]["model_return_psnr"], "higher"),
             "tokenizer_motion_kept_dx": (m["motion"]["tokenizer_kept"]["slope"]["dx"], "higher"),
             "tokenizer_motion_kept_dy": (m["motion"]["tokenizer_kept"]["slope"]["dy"], "higher"),
