@@ -290,3 +290,19 @@ def test_copy_penalty_turns_a_narrow_copy_mode_into_change_and_needs_prev():
         SamplingConfig(copy_penalty=-1.0)
     with pytest.raises(ConfigError, match="copy_penalty"):
         SamplingConfig(copy_penalty=float("nan"))
+
+
+def test_self_forcing_starts_at_its_share_of_the_run():
+    tokens = torch.randint(0, 32, (4, 5, 6))
+    actions = torch.randint(0, 4, (4, 4))
+    m = _dynamics(self_forcing=1.0, self_forcing_start=0.5).train()
+    forced = []
+    for step in range(10):
+        m.set_progress(step, 10)
+        torch.manual_seed(step)
+        forced.append(m.compute_loss_tokens(tokens, actions).metrics["self_forced"].item())
+    assert forced[:5] == [0.0] * 5  # real frames only in the first half of the run
+    assert all(f > 0 for f in forced[5:])  # the model's own frames in every batch after it
+    with pytest.raises(ConfigError, match="self_forcing_start"):
+        DynamicsConfig(self_forcing=1.0, self_forcing_start=1.0)
+

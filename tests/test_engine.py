@@ -491,3 +491,17 @@ def test_the_engine_trains_only_models_that_declare_its_interface(tmp_path):
         Trainer(_cfg(tmp_path / "data"), tmp_path / "run", model=Bare(), progress=False)
     toy = ToyModel(ToyConfig())
     assert toy.trainable_module is toy and toy.held_out_stats(torch.zeros(1)) is None and not toy.caches_tokens
+
+
+def test_the_engine_tells_the_model_where_the_run_is_also_after_a_resume(dataset, tmp_path):
+    class Recorder(ToyModel):  # what a schedule inside a model (self_forcing_start) reads
+        seen: list[tuple[int, int]] = []
+
+        def set_progress(self, step, total):
+            Recorder.seen.append((step, total))
+
+    cfg = _cfg(dataset, steps=6)
+    torch.manual_seed(0)
+    Trainer(cfg, tmp_path / "run", model=Recorder(cfg.model), progress=False).fit(stop_after=2)
+    Trainer(cfg, tmp_path / "run", model=Recorder(cfg.model), progress=False).fit()
+    assert Recorder.seen == [(step, 6) for step in range(6)]

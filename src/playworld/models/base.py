@@ -108,6 +108,11 @@ class TrainableModel(nn.Module, ABC):
         frozen sub-models returns the model it trains)."""
         return self
 
+    def set_progress(self, step: int, total: int) -> None:
+        """Called by the engine before each training step with the step about to run (0-based) and
+        ``train.steps``: for a schedule inside the model (the dynamics model's ``self_forcing_start``).
+        Default: nothing."""
+
     def no_weight_decay(self) -> set[str]:
         """Names of this module's own bare parameters not to decay (see :class:`DeclaresNoWeightDecay`)."""
         return set()

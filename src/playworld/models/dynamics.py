@@ -111,6 +111,10 @@ class DynamicsConfig:
                                 "model learns the next real frame from the kind of past a rollout gives it "
                                 "(scheduled sampling, Bengio et al. 2015; Self Forcing, Huang et al. 2025); "
                                 "costs about one extra forward pass of the clip on those batches (KV-cached)")
+    self_forcing_start: float = field(0.0, help="training only: the share of train.steps after which "
+                                      "self_forcing turns on (0: from the first step). One run then learns the "
+                                      "game's motion from real frames first and its own rollouts last, as the "
+                                      "shipped world's self-forced fine-tune did in a second run (docs/models.md)")
     change_weight: float = field(0.0, help="training only: a masked token that differs from the token at its "
                                  "place one frame earlier counts 1 + change_weight times in the cross-entropy "
                                  "(normalised by the summed weights), so the few tokens that move (a player's "
@@ -137,6 +141,8 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.context_noise must be in [0, 1), got {self.context_noise}")
         if not 0.0 <= self.self_forcing <= 1.0:
             raise ConfigError(f"dynamics.self_forcing must be in [0, 1], got {self.self_forcing}")
+        if not 0.0 <= self.self_forcing_start < 1.0:
+            raise ConfigError(f"dynamics.self_forcing_start must be in [0, 1), got {self.self_forcing_start}")
         if not self.change_weight >= 0.0:
             raise ConfigError(f"dynamics.change_weight must be >= 0, got {self.change_weight}")
         if not isinstance(self.backend, str) or not self.backend:
@@ -205,6 +211,12 @@ class DynamicsModel(nn.Module):
                                          learned_pos=not config.spatial_rope)
         self.head = nn.Linear(config.dim, config.vocab_size)
         init_weights(self)
+        self.progress = 0.0  # share of the run's steps done, set by the engine (set_progress); not saved
+
+    def set_progress(self, step: int, total: int) -> None:
+        """The training engine's position (``step`` of ``total``), before each step: what
+        ``self_forcing_start`` is measured against. A resumed run sets it from its restored step."""
+        self.progress = step / max(total, 1)
 
     def new_cache(self, max_frames: int) -> TemporalKVCache:
         """A bounded temporal KV cache holding at most ``max_frames`` frames (the context window)."""
@@ -303,7 +315,8 @@ class DynamicsModel(nn.Module):
         ``changed_share`` (share of masked targets that differ from the token a frame earlier) and, where there
         are such, ``ce_changed`` / ``accuracy_changed`` on them (0 where none); with ``self_forcing``, ``self_forced`` (the
         share of the clip's frames that were the model's own). The loss is ``ce``, weighted by
-        ``change_weight`` in training mode.
+        ``change_weight`` in training mode. Self-forcing starts once :attr:`progress` reaches
+        ``self_forcing_start``.
         """
         if tokens.dim() != 3 or tokens.shape[1] < 2:
             raise ValueError(f"tokens must be (B, T>=2, S), got {tuple(tokens.shape)}")
@@ -313,8 +326,8 @@ class DynamicsModel(nn.Module):
         fa = self.frame_actions(actions)  # (B, T)
         t = tokens.shape[1]
         own = 0  # frames 2..own+1 are the model's own
-        if self.training and self.config.self_forcing > 0 and t > 2 and (
-                float(torch.rand(())) < self.config.self_forcing):
+        forcing = self.training and self.config.self_forcing > 0 and self.progress >= self.config.self_forcing_start
+        if forcing and t > 2 and float(torch.rand(())) < self.config.self_forcing:
             own = int(torch.randint(1, t - 1, ()))
         batch = self.random_mask(tokens)
         inputs = self.corrupt(batch)
@@ -378,6 +391,10 @@ class FrozenModelsTrainer(TrainableModel):
         self.tokenizer.eval()
         self.lam.eval()
         return self
+
+    def set_progress(self, step: int, total: int) -> None:
+        if isinstance(self.dynamics, DynamicsModel):  # the MaskGIT model's self_forcing_start
+            self.dynamics.set_progress(step, total)
 
 
 class DynamicsTrainer(FrozenModelsTrainer):

@@ -420,6 +420,7 @@ class Trainer:
         try:
             self.model.train()
             while self.step < cfg.train.steps:
+                self.model.set_progress(self.step, cfg.train.steps)  # a schedule inside the model, if any
                 metrics = self._train_step(batches)
                 loss = metrics["loss"]
                 result.losses.append(loss)
