@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "playworld.cli.train",
     "playworld.cli.tokenize",
     "playworld.cli.eval",
+    "playworld.cli.names",
     "playworld.cli.rollout",
     "playworld.cli.play",
     "playworld.cli.agent",

@@ -111,4 +111,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     for w in metrics["warnings"]:
         print(f"  warning: {w}")
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
+    if not shipped and not (Path(args.run) / "action_names.json").exists():
+        print(f"its keys have numbers only: `playworld name-actions {out}` names them from these figures")
     return 0

@@ -76,11 +76,15 @@ def load_action_names(run_dir: str | Path | None, num_actions: int) -> list[Acti
     return parse_action_names(read_json(path, ConfigError, "action names file"), num_actions, str(path))
 
 
-def save_action_names(run_dir: str | Path, names: list[ActionName]) -> Path:
-    """Write ``run_dir/action_names.json`` (atomically)."""
+def save_action_names(run_dir: str | Path, names: list[ActionName], num_actions: int | None = None) -> Path:
+    """Write ``run_dir/action_names.json`` (atomically), after checking it by the rules that loading it
+    applies (``num_actions``: the world's; default: enough for the highest latent named)."""
     path = Path(run_dir) / FILENAME
     entries = [{"latent": a.latent, "name": a.name, **({"key": a.key} if a.key else {})} for a in names]
-    atomic_write_text(path, json.dumps({"format": FORMAT, "actions": entries}, indent=2) + "\n")
+    data = {"format": FORMAT, "actions": entries}
+    limit = num_actions if num_actions is not None else max((a.latent + 1 for a in names), default=0)
+    parse_action_names(data, limit, str(path))
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
 
