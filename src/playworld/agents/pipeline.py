@@ -41,7 +41,7 @@ from playworld.agents.transitions import Labeller, Transitions, read_transitions
 from playworld.config import from_dict, to_dict
 from playworld.data.collect import CollectConfig
 from playworld.data.format import Dataset
-from playworld.data.policies import ACTION_NAMES
+from playworld.data.policies import true_action_names
 from playworld.errors import CheckpointError, ConfigError, DatasetError
 from playworld.io import atomic_write_text, read_json
 from playworld.release import load_tensors, save_tensors
@@ -74,11 +74,6 @@ def label_warning(value: float | None) -> str | None:
             f"{MIN_LABEL_NMI}): its actions follow other change in the video (scrolling, enemies), so a latent "
             f"clone will not decode to the behaviour. Check `playworld eval`'s action figures for the LAM, or try "
             f"video with more varied keys (docs/agents.md)")
-
-
-def true_action_names(ds: Dataset) -> tuple[str, ...] | None:
-    """Names of the dataset's true actions: Procgen's 15 for collected Procgen data, else None."""
-    return ACTION_NAMES if ds.manifest.source.get("kind") == "procgen" else None
 
 
 def labelled_transitions(data: str | Path, out: Path, labeller: Labeller | None, *, split: str = "train",
@@ -213,7 +208,7 @@ def decode(agent_dir: str | Path, data: str | Path, cfg: DecoderConfig, *, label
         from playworld.play.actions import load_action_names
 
         names = {a.latent: a.name for a in load_action_names(meta["run"], policy.config.num_actions)}
-    table, how = name_table(policy.config.num_actions, int(num_true), names, true_action_names(ds))
+    table, how = name_table(policy.config.num_actions, int(num_true), names, true_action_names(ds.manifest.source))
     cv: dict[str, float] = {}
     if cfg.labels == 0:
         decoder = ActionDecoder(table=table)

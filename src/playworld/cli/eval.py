@@ -72,6 +72,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from playworld.eval.schema import validate
     from playworld.io import atomic_write_text
     from playworld.maskgit import SamplingConfig
+    from playworld.play.actions import FILENAME as ACTION_NAMES_FILE
     from playworld.video import write_video
     from playworld.world import World, WorldConfig
 
@@ -111,6 +112,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     for w in metrics["warnings"]:
         print(f"  warning: {w}")
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
-    if not shipped and not (Path(args.run) / "action_names.json").exists():
+    if not shipped and not (Path(args.run) / ACTION_NAMES_FILE).exists():
         print(f"its keys have numbers only: `playworld name-actions {out}` names them from these figures")
     return 0

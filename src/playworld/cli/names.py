@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from playworld.data.format import read_manifest
-    from playworld.data.policies import ACTION_NAMES
+    from playworld.data.policies import true_action_names
     from playworld.errors import ConfigError, DatasetError
     from playworld.eval.compare import find_metrics
     from playworld.eval.schema import load_metrics
@@ -39,10 +39,11 @@ def run(args: argparse.Namespace) -> int:
     true_names, source = None, "the scene's motion under each held action"
     if metrics["actions"].get("mapping"):
         try:
-            if read_manifest(Path(metrics["data"])).source.get("kind") == "procgen":
-                true_names, source = ACTION_NAMES, f"the mapping to Procgen's actions in {path}"
+            true_names = true_action_names(read_manifest(Path(metrics["data"])).source)
         except DatasetError as e:
             print(f"playworld: {e}; naming by motion instead")
+        if true_names is not None:
+            source = f"the mapping to the data's true actions in {path}"
     try:
         names = names_from_eval(metrics, true_names)
     except ConfigError as e:

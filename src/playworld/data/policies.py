@@ -29,6 +29,14 @@ NUM_ACTIONS = 15
 ACTION_NAMES = ("LEFT+DOWN", "LEFT", "LEFT+UP", "DOWN", "NOOP", "UP", "RIGHT+DOWN", "RIGHT", "RIGHT+UP",
                 "D", "A", "W", "S", "Q", "E")
 LEFT_DOWN, LEFT, LEFT_UP, DOWN, NOOP, UP, RIGHT_DOWN, RIGHT, RIGHT_UP = range(9)
+
+
+def true_action_names(source: dict[str, Any]) -> tuple[str, ...] | None:
+    """Names of a dataset's true actions from its manifest's ``source``: Procgen's 15 for collected Procgen
+    data, else None."""
+    return ACTION_NAMES if source.get("kind") == "procgen" else None
+
+
 # Side-view games where the level runs left to right and UP jumps. Jumper and climber levels also go up,
 # which a rightward run with frequent jumps still explores well; leaper (frogger) is not a platformer.
 PLATFORMERS = frozenset({"coinrun", "ninja", "climber", "jumper"})

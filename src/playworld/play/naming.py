@@ -81,19 +81,18 @@ def names_from_eval(metrics: dict[str, Any], true_names: Sequence[str] | None) -
         raise ConfigError(f"not a playworld evaluation with action and key-response figures ({e!r})") from e
     if true_names is None:
         mapping = {}
-    elif any(not 0 <= b < len(true_names) for b in mapping.values()):
+    names = tuple(true_names or ())
+    if any(not 0 <= b < len(names) for b in mapping.values()):
         raise ConfigError(f"the evaluation maps latent actions to true actions {sorted(mapping.values())}, "
-                          f"but its data names only {len(true_names)}")
+                          f"but its data names only {len(names)}")
     scale = max((math.hypot(*m) for m in motion.values()), default=0.0)
     entries: dict[int, tuple[str, str | None]] = {}
     taken: set[str] = set()
-    # exact keys first (arrows, space, the game's letters), so that a diagonal never takes a game's letter
-    order = sorted(mapping, key=lambda a: DIAGONALS.get(true_names[mapping[a]].upper()) is not None)  # type: ignore[index]
-    for a in order:
-        true = true_names[mapping[a]]  # type: ignore[index]
+    # exact keys first (arrows, space, the game's letters), so that a diagonal never takes a game's letter;
+    # the mapping is one-to-one, so no two exact keys are the same
+    for a in sorted(mapping, key=lambda a: names[mapping[a]].upper() in DIAGONALS):
+        true = names[mapping[a]]
         key = _key_for(true, taken)
-        if key in taken:
-            key = None
         if key is not None:
             taken.add(key)
         entries[a] = (true.lower(), key)
