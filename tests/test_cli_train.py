@@ -67,7 +67,7 @@ def test_train_all_stops_before_dynamics_when_the_lam_is_collapsed(tmp_path, mon
     run = tmp_path / "run"
     args = ["train", "all", "--data", str(data), "--out", str(run), "--preset", "tiny", "--steps", "1",
             "--set", "data.clip_len=3", "--set", "data.batch_size=2", "--set", "train.val_every=0",
-            "--no-progress"]
+            "--no-progress", "--no-lam-retry"]
     _encoder_gives(monkeypatch, lambda b, t: torch.full((b, t), 5, dtype=torch.long))
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -90,6 +90,68 @@ def test_train_all_stops_before_dynamics_when_the_lam_is_collapsed(tmp_path, mon
     out = capsys.readouterr()
     assert "lam: check passed: on 12 held-out clips of split 'val', the encoder uses 8 of 8 actions" in out.out
     assert (healthy / "dynamics" / "model.safetensors").is_file()
+
+
+def _collapsed_unless_temperature(monkeypatch, healthy_at: float | None) -> None:
+    """Every LAM's encoder gives one action, except a LAM whose assign_temperature is ``healthy_at``."""
+    import torch
+
+    from playworld.models.lam import LatentActionModel
+
+    def infer(self, video):
+        b, t = video.shape[0], video.shape[1] - 1
+        if self.config.assign_temperature == healthy_at:
+            return (torch.arange(b * t).view(b, t) % 8).to(video.device)
+        return torch.full((b, t), 5, dtype=torch.long, device=video.device)
+
+    monkeypatch.setattr(LatentActionModel, "infer_actions", infer)
+
+
+def _retry_args(data, run) -> list[str]:
+    return ["train", "all", "--data", str(data), "--out", str(run), "--preset", "tiny", "--steps", "1",
+            "--set", "data.clip_len=3", "--set", "data.batch_size=2", "--set", "train.val_every=0", "--no-progress"]
+
+
+def test_train_all_retries_a_collapsed_lam_once_and_keeps_the_first(tmp_path, monkeypatch, capsys):
+    data = make_dataset(tmp_path / "ds", episodes=6, length=8, size=64, val=0.34)
+    run = tmp_path / "run"
+    args = _retry_args(data, run)
+    _collapsed_unless_temperature(monkeypatch, healthy_at=0.3)
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "lam: collapsed (fewer than 4 of 8 actions used" in out.err and "kept as" in out.err
+    assert "lam: check passed (the retry): on 12 held-out clips" in out.out
+    first = json.loads((run / "lam-collapsed" / "config.json").read_text())
+    second = json.loads((run / "lam" / "config.json").read_text())
+    assert (first["model"]["assign_temperature"], first["train"]["seed"]) == (0.1, 0)
+    assert (second["model"]["assign_temperature"], second["model"]["assign"], second["train"]["seed"]) == \
+        (0.3, "balanced", 1)
+    record = json.loads((run / "lam-retry.json").read_text())
+    assert record["overrides"] == ["model.assign=balanced", "model.assign_temperature=0.3", "train.seed=1"]
+    assert "uses 1 of 8 actions" in record["first_check"]
+    assert json.loads((run / "dynamics" / "config.json").read_text())["deps"]["lam"] == str(run / "lam")
+    # a re-run resumes the second LAM with its settings (no config clash) and retries nothing
+    weights = {p: (run / p / "model.safetensors").read_bytes() for p in ("lam", "lam-collapsed", "dynamics")}
+    assert main(args) == 0
+    assert "collapsed" not in capsys.readouterr().err
+    assert all((run / p / "model.safetensors").read_bytes() == b for p, b in weights.items())
+    assert sorted(p.name for p in run.iterdir()) == ["dynamics", "lam", "lam-collapsed", "lam-retry.json",
+                                                     "tokenizer"]
+
+
+def test_train_all_stops_when_the_retried_lam_collapses_too(tmp_path, monkeypatch, capsys):
+    data = make_dataset(tmp_path / "ds", episodes=6, length=8, size=64, val=0.34)
+    run = tmp_path / "run"
+    _collapsed_unless_temperature(monkeypatch, healthy_at=None)
+    assert main(_retry_args(data, run)) == 2
+    err = capsys.readouterr().err
+    assert "This was the second LAM (with model.assign=balanced, model.assign_temperature=0.3, train.seed=1)" in err
+    assert f"kept in {run / 'lam-collapsed'}, had collapsed too (on 12 held-out clips" in err
+    assert str(run / "lam-retry.json") in err and not (run / "dynamics").exists()
+    # asked again, it does not train a third LAM
+    assert main(_retry_args(data, run)) == 2
+    assert "This was the second LAM" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["lam", "lam-collapsed", "lam-retry.json", "tokenizer"]
 
 
 def test_load_returns_all_models(trained):

@@ -49,10 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-collapsed-lam", action="store_true",
                    help="all: train the dynamics model even if the LAM's encoder is collapsed on held-out clips "
                    "(uses under half its actions or has perplexity < 1.5); by default `all` stops after the LAM")
+    p.add_argument("--no-lam-retry", dest="lam_retry", action="store_false",
+                   help="all: stop at a collapsed LAM at once; by default `all` first keeps it as OUT/lam-collapsed "
+                   "and trains one more LAM (balanced assignment at temperature 0.3, the next seed), going on "
+                   "only if that one passes the check")
     p.set_defaults(func=run)
 
 
-def _overrides_for(kind: str, args: argparse.Namespace, scoped: bool) -> list[str]:
+def _overrides_for(kind: str, args: argparse.Namespace, scoped: bool, extra: tuple[str, ...] = ()) -> list[str]:
     out = []
     for item in args.overrides:
         head = item.split(".", 1)[0]
@@ -63,23 +67,23 @@ def _overrides_for(kind: str, args: argparse.Namespace, scoped: bool) -> list[st
             out.append(item)
     if args.steps is not None:
         out.append(f"train.steps={args.steps}")
-    return out
+    return [*out, *extra]
 
 
-def _config(kind: str, args: argparse.Namespace, scoped: bool, deps: dict[str, str]):
+def _config(kind: str, args: argparse.Namespace, scoped: bool, deps: dict[str, str], extra: tuple[str, ...] = ()):
     from playworld.presets import build_run_config
 
-    return build_run_config(kind, args.preset, data_path=args.data, overrides=_overrides_for(kind, args, scoped),
-                            deps=deps)
+    return build_run_config(kind, args.preset, data_path=args.data,
+                            overrides=_overrides_for(kind, args, scoped, extra), deps=deps)
 
 
 def _train_one(kind: str, out: Path, args: argparse.Namespace, scoped: bool, deps: dict[str, str],
-               pipeline: PipelineProgress | None = None) -> int:
+               pipeline: PipelineProgress | None = None, extra: tuple[str, ...] = ()) -> int:
     from playworld.errors import ConfigError
     from playworld.train import Trainer
     from playworld.train.progress import steps_done
 
-    cfg = _config(kind, args, scoped, deps)
+    cfg = _config(kind, args, scoped, deps, extra)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
@@ -125,22 +129,38 @@ def _pipeline(out: Path, args: argparse.Namespace, deps: dict[str, str]) -> Pipe
     return PipelineProgress(stages)
 
 
-def _check_lam(lam_dir: Path, args: argparse.Namespace, pipeline: PipelineProgress | None = None) -> None:
+def _check_lam(out: Path, args: argparse.Namespace, pipeline: PipelineProgress | None = None) -> int:
     """Stop `all` before the dynamics model if the LAM's encoder is collapsed on held-out clips (see
-    playworld.train.lam_check); with --allow-collapsed-lam, say so and go on."""
+    playworld.train.lam_check), after one retry with other settings (playworld.train.lam_retry) unless
+    --no-lam-retry or the run already retried; with --allow-collapsed-lam, say so and go on. Returns an
+    exit code (non-zero: the retry's training was stopped)."""
     from playworld.errors import TrainingError
     from playworld.train.lam_check import measure_lam, require_healthy_lam
+    from playworld.train.lam_retry import read_retry, start_retry
 
     say = pipeline.write if pipeline is not None else print
+    lam_dir = out / "lam"
+    retry = read_retry(out)
     check = measure_lam(lam_dir)
+    if check.collapsed and retry is None and args.lam_retry:
+        seed = _config("lam", args, True, {}).train.seed
+        retry = start_retry(out, check.describe(), seed)
+        say(f"lam: collapsed ({check.usage.collapse()}: {check.describe()}); kept as {out / retry.set_aside}. "
+            f"Training one more LAM in {lam_dir} with {', '.join(retry.overrides)} (--no-lam-retry stops here "
+            f"instead)", file=sys.stderr)
+        code = _train_one("lam", lam_dir, args, True, {}, pipeline, retry.overrides)
+        if code:
+            return code
+        check = measure_lam(lam_dir)
     try:
-        require_healthy_lam(check, lam_dir)
+        require_healthy_lam(check, lam_dir, retried=retry)
     except TrainingError as e:
         if not args.allow_collapsed_lam:
             raise
         say(f"warning (--allow-collapsed-lam, training the dynamics model anyway): {e}", file=sys.stderr)
-        return
-    say(f"lam: check passed: {check.describe()}")
+        return 0
+    say(f"lam: check passed{' (the retry)' if retry else ''}: {check.describe()}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,8 +185,16 @@ def _run(args: argparse.Namespace) -> int:
         try:
             for kind in KINDS:
                 if kind == "dynamics" and not args.print_config:
-                    _check_lam(out / "lam", args, pipeline)
-                code = _train_one(kind, out / kind, args, True, deps if kind == "dynamics" else {}, pipeline)
+                    code = _check_lam(out, args, pipeline)
+                    if code:
+                        return code
+                extra: tuple[str, ...] = ()
+                if kind == "lam":
+                    from playworld.train.lam_retry import read_retry
+
+                    retry = read_retry(out)
+                    extra = retry.overrides if retry is not None else ()
+                code = _train_one(kind, out / kind, args, True, deps if kind == "dynamics" else {}, pipeline, extra)
                 if code:
                     return code
         finally:

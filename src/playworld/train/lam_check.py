@@ -18,6 +18,7 @@ import torch
 from playworld.errors import DatasetError, TrainingError
 from playworld.models.base import to_unit
 from playworld.models.lam import MIN_ENCODER_PERPLEXITY, ActionUsage, min_actions_used
+from playworld.train.lam_retry import RETRY_FILE, LAMRetry
 
 
 @dataclass
@@ -77,21 +78,30 @@ def measure_lam(lam_dir: Path, *, max_clips: int = 128, batch_size: int = 16,
     return LAMCheck(usage=usage, split=split, clips=n, held_out=held_out)
 
 
-def require_healthy_lam(check: LAMCheck, lam_dir: Path) -> None:
-    """Raise TrainingError if ``check`` found the encoder collapsed, saying what was measured and what to try."""
+def require_healthy_lam(check: LAMCheck, lam_dir: Path, retried: LAMRetry | None = None) -> None:
+    """Raise TrainingError if ``check`` found the encoder collapsed, saying what was measured and what to try
+    (``retried``: the retry `train all` already made, whose first LAM and settings the message names)."""
     reason = check.usage.collapse()
     if reason is None:
         return
     k = check.usage.num_actions
+    lam_dir = Path(lam_dir)
+    if retried is not None:
+        before = (f"This was the second LAM (with {', '.join(retried.overrides)}); the first, kept in "
+                  f"{lam_dir.parent / retried.set_aside}, had collapsed too ({retried.first_check}). ")
+        new_run = (f"A new seed, temperature or model needs {lam_dir}, {lam_dir.parent / retried.set_aside} and "
+                   f"{lam_dir.parent / RETRY_FILE} removed first.")
+    else:
+        before, new_run = "", f"A new seed, temperature or model needs {lam_dir} removed first."
     raise TrainingError(
-        f"{lam_dir}: the latent action model has collapsed ({reason}): {check.describe()}. Its encoder is what "
-        f"the dynamics model learns from and what play's keys choose, so that world would give (nearly) the "
-        f"same frame for every key; the dynamics model was not trained. A healthy encoder uses at least "
+        f"{lam_dir}: the latent action model has collapsed ({reason}): {check.describe()}. {before}Its encoder "
+        f"is what the dynamics model learns from and what play's keys choose, so that world would give (nearly) "
+        f"the same frame for every key; the dynamics model was not trained. A healthy encoder uses at least "
         f"{min_actions_used(k)} of {k} actions with perplexity >= {MIN_ENCODER_PERPLEXITY}. Try: more LAM steps "
         f"(--set lam.train.steps=N, then re-run: the LAM continues); a different seed (--set lam.train.seed=N); "
         f"more varied data, or a policy that moves more (playworld collect procgen --policy-report compares "
         f"them); a LAM that trusts its own encoder more when the actions' predictions nearly tie, as on a "
         f"fixed screen where the player is a few pixels (--set lam.model.assign_temperature=0.3: in docs/models.md "
         f"it kept every game's actions alive, with less meaning on CoinRun); a different LAM (e.g. --set "
-        f"lam.model.num_actions=4 or lam.model.kernel_radius=R). A new seed, temperature "
-        f"or model needs {lam_dir} removed first. To train the dynamics model anyway: --allow-collapsed-lam.")
+        f"lam.model.num_actions=4 or lam.model.kernel_radius=R). {new_run} To train the dynamics model anyway: "
+        f"--allow-collapsed-lam.")
