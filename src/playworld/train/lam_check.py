@@ -91,8 +91,14 @@ def require_healthy_lam(check: LAMCheck, lam_dir: Path, retried: LAMRetry | None
                   f"{lam_dir.parent / retried.set_aside}, had collapsed too ({retried.first_check}). ")
         new_run = (f"A new seed, temperature or model needs {lam_dir}, {lam_dir.parent / retried.set_aside} and "
                    f"{lam_dir.parent / RETRY_FILE} removed first.")
+        tie_hint = ("on a fixed screen where the player is a few pixels no setting measured in docs/models.md kept "
+                    "the actions alive (maze, heist), so a game whose camera follows the player may suit it better; ")
     else:
         before, new_run = "", f"A new seed, temperature or model needs {lam_dir} removed first."
+        tie_hint = ("a LAM that trusts its own encoder more when the actions' predictions nearly tie, as on a fixed "
+                    "screen where the player is a few pixels (--set lam.model.assign_temperature=0.3: in "
+                    "docs/models.md it kept every game's actions alive but maze's and heist's, with less meaning "
+                    "on CoinRun); ")
     raise TrainingError(
         f"{lam_dir}: the latent action model has collapsed ({reason}): {check.describe()}. {before}Its encoder "
         f"is what the dynamics model learns from and what play's keys choose, so that world would give (nearly) "
@@ -100,8 +106,6 @@ def require_healthy_lam(check: LAMCheck, lam_dir: Path, retried: LAMRetry | None
         f"{min_actions_used(k)} of {k} actions with perplexity >= {MIN_ENCODER_PERPLEXITY}. Try: more LAM steps "
         f"(--set lam.train.steps=N, then re-run: the LAM continues); a different seed (--set lam.train.seed=N); "
         f"more varied data, or a policy that moves more (playworld collect procgen --policy-report compares "
-        f"them); a LAM that trusts its own encoder more when the actions' predictions nearly tie, as on a "
-        f"fixed screen where the player is a few pixels (--set lam.model.assign_temperature=0.3: in docs/models.md "
-        f"it kept every game's actions alive, with less meaning on CoinRun); a different LAM (e.g. --set "
+        f"them); {tie_hint}a different LAM (e.g. --set "
         f"lam.model.num_actions=4 or lam.model.kernel_radius=R). {new_run} To train the dynamics model anyway: "
         f"--allow-collapsed-lam.")
