@@ -4,6 +4,7 @@ moved, so a run stopped between the two finishes the move when re-run, and never
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,36 @@ def test_a_malformed_record_is_named(tmp_path):
     (tmp_path / RETRY_FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match=RETRY_FILE):
         read_retry(tmp_path)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _retry_rank(rank: int, port: int, out: str) -> None:
+    import argparse
+    import os
+
+    from playworld.cli.train import _start_retry_on_rank0
+    from playworld.train.distributed import shutdown_distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    args = argparse.Namespace(preset="tiny", data=out, overrides=["lam.train.seed=5"], steps=None)
+    record = _start_retry_on_rank0(Path(out), args, "uses 1 of 8 actions")
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(list(record.overrides)))
+    shutdown_distributed()
+
+
+def test_under_torchrun_rank0_alone_records_and_moves(tmp_path):
+    import torch.multiprocessing as mp
+
+    _lam_run(tmp_path / "lam", seed=5, temperature=0.1)
+    mp.spawn(_retry_rank, args=(_free_port(), str(tmp_path)), nprocs=2)
+    expected = [*FALLBACK, "train.seed=6"]
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)] == [expected, expected]
+    assert (tmp_path / SET_ASIDE / "config.json").is_file() and not (tmp_path / "lam").exists()

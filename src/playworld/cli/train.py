@@ -136,15 +136,14 @@ def _check_lam(out: Path, args: argparse.Namespace, pipeline: PipelineProgress |
     exit code (non-zero: the retry's training was stopped)."""
     from playworld.errors import TrainingError
     from playworld.train.lam_check import measure_lam, require_healthy_lam
-    from playworld.train.lam_retry import read_retry, start_retry
+    from playworld.train.lam_retry import read_retry
 
     say = pipeline.write if pipeline is not None else print
     lam_dir = out / "lam"
     retry = read_retry(out)
     check = measure_lam(lam_dir)
     if check.collapsed and retry is None and args.lam_retry:
-        seed = _config("lam", args, True, {}).train.seed
-        retry = start_retry(out, check.describe(), seed)
+        retry = _start_retry_on_rank0(out, args, check.describe())
         say(f"lam: collapsed ({check.usage.collapse()}: {check.describe()}); kept as {out / retry.set_aside}. "
             f"Training one more LAM in {lam_dir} with {', '.join(retry.overrides)} (--no-lam-retry stops here "
             f"instead)", file=sys.stderr)
@@ -161,6 +160,24 @@ def _check_lam(out: Path, args: argparse.Namespace, pipeline: PipelineProgress |
         return 0
     say(f"lam: check passed{' (the retry)' if retry else ''}: {check.describe()}")
     return 0
+
+
+def _start_retry_on_rank0(out: Path, args: argparse.Namespace, first_check: str):
+    """Record the retry and move the collapsed LAM aside once: under torchrun every rank has measured the same
+    LAM; rank 0 writes and renames between two barriers, then every rank reads the record."""
+    from playworld.train.distributed import barrier, init_distributed
+    from playworld.train.engine import pick_device
+    from playworld.train.lam_retry import read_retry, start_retry
+
+    cfg = _config("lam", args, True, {})
+    info = init_distributed(pick_device(cfg.train.device).type)
+    barrier(info)  # every rank has measured lam/ before it moves
+    if info.is_main:
+        start_retry(out, first_check, cfg.train.seed)
+    barrier(info)
+    retry = read_retry(out)
+    assert retry is not None
+    return retry
 
 
 def run(args: argparse.Namespace) -> int:
