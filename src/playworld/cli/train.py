@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from playworld.train.lam_retry import LAMRetry
     from playworld.train.progress import PipelineProgress
 
 KINDS = ("tokenizer", "lam", "dynamics")
@@ -129,18 +130,17 @@ def _pipeline(out: Path, args: argparse.Namespace, deps: dict[str, str]) -> Pipe
     return PipelineProgress(stages)
 
 
-def _check_lam(out: Path, args: argparse.Namespace, pipeline: PipelineProgress | None = None) -> int:
+def _check_lam(out: Path, args: argparse.Namespace, retry: LAMRetry | None,
+               pipeline: PipelineProgress | None = None) -> int:
     """Stop `all` before the dynamics model if the LAM's encoder is collapsed on held-out clips (see
     playworld.train.lam_check), after one retry with other settings (playworld.train.lam_retry) unless
-    --no-lam-retry or the run already retried; with --allow-collapsed-lam, say so and go on. Returns an
-    exit code (non-zero: the retry's training was stopped)."""
+    --no-lam-retry or the run already retried (``retry``: its record); with --allow-collapsed-lam, say so and
+    go on. Returns an exit code (non-zero: the retry's training was stopped)."""
     from playworld.errors import TrainingError
     from playworld.train.lam_check import measure_lam, require_healthy_lam
-    from playworld.train.lam_retry import read_retry
 
     say = pipeline.write if pipeline is not None else print
     lam_dir = out / "lam"
-    retry = read_retry(out)
     check = measure_lam(lam_dir)
     if check.collapsed and retry is None and args.lam_retry:
         retry = _start_retry_on_rank0(out, args, check.describe())
@@ -162,7 +162,7 @@ def _check_lam(out: Path, args: argparse.Namespace, pipeline: PipelineProgress |
     return 0
 
 
-def _start_retry_on_rank0(out: Path, args: argparse.Namespace, first_check: str):
+def _start_retry_on_rank0(out: Path, args: argparse.Namespace, first_check: str) -> LAMRetry:
     """Record the retry and move the collapsed LAM aside once: under torchrun every rank has measured the same
     LAM; rank 0 writes and renames between two barriers, then every rank reads the record."""
     from playworld.train.distributed import barrier, init_distributed
@@ -197,20 +197,18 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.what == "all":
+        from playworld.train.lam_retry import read_retry
+
         deps = {"tokenizer": str(out / "tokenizer"), "lam": str(out / "lam")}
+        retry = read_retry(out)  # recorded by an earlier call: its second LAM resumes with the retry's settings
         pipeline = _pipeline(out, args, deps)
         try:
             for kind in KINDS:
                 if kind == "dynamics" and not args.print_config:
-                    code = _check_lam(out, args, pipeline)
+                    code = _check_lam(out, args, retry, pipeline)
                     if code:
                         return code
-                extra: tuple[str, ...] = ()
-                if kind == "lam":
-                    from playworld.train.lam_retry import read_retry
-
-                    retry = read_retry(out)
-                    extra = retry.overrides if retry is not None else ()
+                extra = retry.overrides if kind == "lam" and retry is not None else ()
                 code = _train_one(kind, out / kind, args, True, deps if kind == "dynamics" else {}, pipeline, extra)
                 if code:
                     return code

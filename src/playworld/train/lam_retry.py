@@ -67,8 +67,7 @@ def start_retry(out: Path, first_check: str, seed: int) -> LAMRetry:
     if (out / RETRY_FILE).exists():
         raise CheckpointError(f"{out / RETRY_FILE}: this run already retried its LAM once")
     record = LAMRetry(overrides=(*FALLBACK, f"train.seed={seed + 1}"), first_check=first_check)
-    atomic_write_text(out / RETRY_FILE, json.dumps({**asdict(record), "overrides": list(record.overrides)},
-                                                   indent=2) + "\n")
+    atomic_write_text(out / RETRY_FILE, json.dumps(asdict(record), indent=2) + "\n")  # the tuple as a list
     _move_aside(out, record)
     return record
 
