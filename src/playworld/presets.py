@@ -120,7 +120,23 @@ def build_run_config(kind: str, preset: str, *, data_path: str = "", overrides: 
     cfg = apply_overrides(cfg, overrides)
     if kind == "dynamics" and cfg.deps:
         cfg = _match_dependencies(cfg)
+    if kind == "lam" and cfg.model.label_weight > 0 and cfg.model.label_actions == 0 and cfg.data.path:
+        cfg = _match_label_actions(cfg)
     return cfg
+
+
+def _match_label_actions(cfg):
+    """A LAM that reads recorded actions scores them over the dataset's action space (its manifest's
+    num_actions); a dataset without actions is refused here, before any training."""
+    import dataclasses
+
+    from playworld.data.format import Dataset
+
+    dataset = Dataset(cfg.data.path)
+    if dataset.num_actions is None:
+        raise ConfigError(f"{cfg.data.path}: lam.label_weight > 0 reads recorded actions, but this dataset has none "
+                          "(its manifest's num_actions is null): leave model.label_weight at 0")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, label_actions=dataset.num_actions))
 
 
 def _match_dependencies(cfg):

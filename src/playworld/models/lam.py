@@ -107,6 +107,21 @@ class LAMConfig:
     usage_decay: float = field(0.95, help="EMA decay of the per-action usage shares")
     dead_code_threshold: float = field(
         0.1, help="restart an action whose usage share falls below this fraction of 1/|A| (0 = off)")
+    label_weight: float = field(
+        0.0, help="weight of recorded true actions in picking a* (0 = off, video alone, as Genie): for the "
+        "transitions of a ``label_share`` of the training episodes, each action's score gains label_weight x "
+        "log p(true action | latent action), from a table learned on those transitions, so a few labels "
+        "draw the latent actions towards what the player did rather than whatever changed most "
+        "(Nikulin et al. 2025, 'Latent Action Learning Requires Supervision in the Presence of Distractors'); "
+        "p(true | latent) is counted from the transitions' a* (decayed by label_decay)")
+    label_share: float = field(
+        0.05, help="share of the training split's episodes whose recorded actions the LAM reads when "
+        "label_weight > 0 (picked by the run's seed; the rest train it as video alone)")
+    label_decay: float = field(
+        0.99, help="per-step decay of the (latent action, recorded action) counts that give the label term")
+    label_actions: int = field(
+        0, help="size of the recorded action space the label table scores (0 = read from the dataset's "
+        "manifest when label_weight > 0)")
     infer_window: int = field(
         4, help="frames the encoder reads per transition in infer_actions (at most the training clip length)")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
@@ -144,6 +159,14 @@ class LAMConfig:
         for name in ("encoder_weight", "soft_decoder_weight", "marginal_entropy_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"lam.{name} must be >= 0, got {getattr(self, name)}")
+        if self.label_weight < 0:
+            raise ConfigError(f"lam.label_weight must be >= 0, got {self.label_weight}")
+        if not 0.0 < self.label_share <= 1.0:
+            raise ConfigError(f"lam.label_share must be in (0, 1], got {self.label_share}")
+        if not 0.0 < self.label_decay <= 1.0:
+            raise ConfigError(f"lam.label_decay must be in (0, 1], got {self.label_decay}")
+        if self.label_actions < 0:
+            raise ConfigError(f"lam.label_actions must be >= 0, got {self.label_actions}")
         if not 0.0 < self.usage_decay < 1.0:
             raise ConfigError(f"lam.usage_decay must be in (0, 1), got {self.usage_decay}")
         if not 0.0 <= self.dead_code_threshold < 1.0:
@@ -152,6 +175,11 @@ class LAMConfig:
     @property
     def grid(self) -> tuple[int, int]:
         return self.height // self.patch_size, self.width // self.patch_size
+
+    @property
+    def reads_labels(self) -> bool:
+        """Whether training reads recorded true actions (``label_weight`` > 0)."""
+        return self.label_weight > 0
 
     @property
     def num_patches(self) -> int:
@@ -310,6 +338,16 @@ class LatentActionModel(TrainableModel):
         kernels = torch.zeros(k, side, side)
         kernels[:, c.kernel_radius, c.kernel_radius] = 1.0  # identity: "copy x_t" before training
         self.kernels = nn.Parameter(kernels + 0.01 * torch.randn(k, side, side))
+        # (K, label_actions) decayed counts of (a*, recorded action) over the labelled transitions
+        # (label_weight > 0): p(true | latent) by counting, so the label term follows the winners at once
+        self.label_counts: Tensor | None
+        if not c.reads_labels:
+            self.label_counts = None
+        else:
+            if c.label_actions < 1:
+                raise ConfigError("lam.label_weight > 0 needs lam.label_actions, the size of the recorded action "
+                                  "space (playworld train reads it from the dataset's manifest)")
+            self.register_buffer("label_counts", torch.zeros(k, c.label_actions))
         self.register_buffer("usage", torch.full((k,), 1.0 / k))
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
 
@@ -449,6 +487,14 @@ class LatentActionModel(TrainableModel):
             self.train(was_training)
 
     @torch.no_grad()
+    def label_log_probs(self) -> Tensor:
+        """(K, label_actions) log p(recorded action | latent action) from the decayed counts, each count
+        smoothed by half a transition (so an unseen pair is unlikely, not impossible)."""
+        assert self.label_counts is not None
+        counts = self.label_counts.float() + 0.5
+        return counts.log() - counts.sum(-1, keepdim=True).log()
+
+    @torch.no_grad()
     def held_out_stats(self, video: Tensor) -> ActionUsage:
         """video (B, T, H, W, C) in [0, 1] -> how the encoder (through :meth:`infer_actions`) and the
         decoder's winners use the actions on these clips; changes no state. The training engine calls it
@@ -481,6 +527,8 @@ class LatentActionModel(TrainableModel):
                 param[k] = param[top] + 0.02 * noise * param[top].std().clamp_min(1e-3)
             self.to_logits.bias[k] = self.to_logits.bias[top]
             self.usage[k] = self.usage[top] = self.usage[top] / 2
+            if self.label_counts is not None:  # the two halves start with half of what the one had seen each
+                self.label_counts[k] = self.label_counts[top] = self.label_counts[top] / 2
 
     def _pick_error(self, sq: Tensor, patches: Tensor) -> Tensor:
         """sq (B, T-1, K, S): each action's squared error per patch; patches (B, T, S, P) -> (B, T-1, K),
@@ -493,8 +541,10 @@ class LatentActionModel(TrainableModel):
         weight = change / change.mean(-1, keepdim=True)
         return torch.einsum("btks,bts->btk", sq, weight.to(sq.dtype)) / sq.shape[-1]
 
-    def compute_loss(self, video: Tensor) -> LossOutput:
-        """video (B, T, H, W, C) in [0, 1] -> winner-take-all decoder MSE + encoder cross-entropy.
+    def compute_loss(self, batch: Tensor | tuple[Tensor, Tensor]) -> LossOutput:
+        """batch: video (B, T, H, W, C) in [0, 1], or (video, recorded actions (B, T) long, ``actions[:, t]``
+        taken at frame t, -1 where not read) from :class:`~playworld.data.labels.LabelledClipLoader` ->
+        winner-take-all decoder MSE + encoder cross-entropy (+ the label table's cross-entropy).
 
         metrics: ``mse``/``psnr`` of the winning prediction, ``encoder_psnr`` (of the prediction under
         the encoder's own action, what inference gives), ``copy_psnr`` (repeating x_t: the baseline),
@@ -502,9 +552,14 @@ class LatentActionModel(TrainableModel):
         batch histogram), ``decoder_batch_entropy`` (nats) and ``decoder_batch_perplexity`` (of the
         winners' batch histogram) and ``decoder_share/k`` (running shares of the winners, which drive the
         dead-action restarts). The winners are the decoder's picks: all K can be in use while the encoder,
-        what play reads, gives only one or two (see :meth:`held_out_stats`).
+        what play reads, gives only one or two (see :meth:`held_out_stats`). With labels (``label_weight``
+        > 0): ``label_share`` (transitions of the batch with a recorded action) and ``label_accuracy`` (the
+        counts' likeliest recorded action for the encoder's latent, against the recorded one).
         """
         c = self.config
+        video, labels = (batch, None) if isinstance(batch, Tensor) else batch
+        if labels is not None and self.label_counts is None:
+            raise ValueError("this LAM was built without a label table (lam.label_weight = 0): pass video alone")
         if self.training:
             self._restart_dead_actions()
         patches = self.patchify(video)  # (B, T, S, P)
@@ -519,16 +574,36 @@ class LatentActionModel(TrainableModel):
             pick_sq = (prior - target[:, :, None]).square().mean(-1)  # (B, T-1, K, S): a*, by the motion alone
             prior_err = pick_sq.mean(-1)
         pick_err = self._pick_error(pick_sq, patches)
+        label_prior, label_mask, label_y = None, None, None
+        if self.label_counts is not None:
+            if labels is None:  # no recorded actions (validation, or video alone): no label term
+                labels = torch.full(video.shape[:2], -1, dtype=torch.long, device=video.device)
+            if labels.shape != video.shape[:2]:
+                raise ValueError(f"labels {tuple(labels.shape)} must be (B, T) = {tuple(video.shape[:2])}")
+            label_y = labels[:, :-1].long()  # (B, T-1): the recorded action that moved frame t to t+1
+            label_mask = (label_y >= 0) & (label_y < c.label_actions)
+            label_y = label_y.clamp(0, c.label_actions - 1)
+            log_p = self.label_log_probs()  # (K, A)
+            label_prior = c.label_weight * log_p.t()[label_y] * label_mask[..., None]  # (B, T-1, K), nats
         if c.assign == "balanced":
             best = balanced_assignment(pick_err.detach().float(), enc.logits.detach().float(),
-                                       c.assign_temperature)  # (B, T-1): a*
+                                       c.assign_temperature, prior=label_prior)  # (B, T-1): a*
+        elif label_prior is not None:  # argmin, with each labelled transition's label term beside its errors
+            e = pick_err.detach().float()
+            centred = e - e.mean(-1, keepdim=True)
+            best = (label_prior - centred / (e.mean() * c.assign_temperature + 1e-12)).argmax(-1)  # (B, T-1)
         else:
             best = pick_err.detach().argmin(-1)  # (B, T-1): a*
         best_err = err.gather(-1, best[..., None]).squeeze(-1)
         dec_loss = (1 - c.wta_spread) * best_err.mean() + c.wta_spread * err.mean()
         if c.winner_by == "prior":
             dec_loss = dec_loss + prior_err.gather(-1, best[..., None]).mean()
-        enc_loss = F.cross_entropy(enc.logits.flatten(0, 1).float(), best.flatten())
+        enc_ce = F.cross_entropy(enc.logits.flatten(0, 1).float(), best.flatten(), reduction="none")
+        if label_mask is not None:  # the labelled transitions teach the encoder as much as all the others
+            weight = 1.0 + (1.0 / c.label_share - 1.0) * label_mask.flatten().float()
+            enc_loss = (enc_ce * weight).sum() / weight.sum()
+        else:
+            enc_loss = enc_ce.mean()
         loss = dec_loss + c.encoder_weight * enc_loss
         if c.soft_decoder_weight > 0 or c.marginal_entropy_weight > 0:
             probs = torch.softmax(enc.logits.float(), dim=-1)  # (B, T-1, K)
@@ -539,6 +614,19 @@ class LatentActionModel(TrainableModel):
             marginal = probs.mean(dim=(0, 1))  # (K,)
             entropy = -(marginal * marginal.clamp_min(1e-12).log()).sum()
             loss = loss - c.marginal_entropy_weight * entropy / math.log(c.num_actions)
+        label_metrics: dict[str, Tensor] = {}
+        if self.label_counts is not None:
+            assert label_mask is not None and label_y is not None
+            with torch.no_grad():
+                n = label_mask.sum()
+                guess = self.label_counts.argmax(-1)[enc.actions]  # (B, T-1): the likeliest key of the encoder's latent
+                label_metrics = {"label_share": n.float() / label_mask.numel(),
+                                 "label_accuracy": ((guess == label_y) & label_mask).sum().float() / n.clamp_min(1)}
+                if self.training:
+                    seen = torch.zeros_like(self.label_counts)
+                    seen.index_put_((best[label_mask], label_y[label_mask]),
+                                    torch.ones((), device=seen.device), accumulate=True)
+                    self.label_counts.mul_(c.label_decay).add_(seen)
         with torch.no_grad():
             counts = code_counts(best, c.num_actions)
             if self.training:
@@ -560,12 +648,16 @@ class LatentActionModel(TrainableModel):
                 "decoder_batch_perplexity": perplexity,
             }
             metrics.update({f"decoder_share/{k}": self.usage[k].clone() for k in range(c.num_actions)})
+            metrics.update(label_metrics)
         return LossOutput(loss, metrics)
 
 
-def balanced_assignment(err: Tensor, logits: Tensor, temperature: float, iters: int = 3) -> Tensor:
+def balanced_assignment(err: Tensor, logits: Tensor, temperature: float, iters: int = 3,
+                        prior: Tensor | None = None) -> Tensor:
     """err (..., K): each transition's error under each action; logits (..., K): the encoder's scores ->
     (...,) the action of each transition under an (approximately) equal share of the batch per action.
+    prior (..., K), optional: more log-odds per transition and action, added to the scores (the label
+    term of ``lam.label_weight``).
 
     Log-domain Sinkhorn-Knopp (Cuturi 2013; as SwAV, Caron et al. 2020, and SeLa, Asano et al. 2020,
     assign clusters). The scores are each transition's errors centred over its actions and divided by
@@ -579,6 +671,8 @@ def balanced_assignment(err: Tensor, logits: Tensor, temperature: float, iters: 
     e = err.reshape(-1, k)  # (N, K)
     centred = e - e.mean(-1, keepdim=True)
     scores = -centred / (e.mean() * temperature + 1e-12) + torch.log_softmax(logits.reshape(-1, k), -1)
+    if prior is not None:
+        scores = scores + prior.reshape(-1, k).to(scores.dtype)
     log_q = scores
     for _ in range(iters):
         log_q = log_q - log_q.logsumexp(0, keepdim=True)  # each action: equal mass

@@ -296,7 +296,7 @@ class Trainer:
             return self.masters.trainable(module)
         return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
-    def _loader(self, split: str, seed: int):
+    def _loader(self, split: str, seed: int, *, training: bool = False):
         from playworld.data.loader import ClipLoader
 
         d = self.cfg.data
@@ -304,6 +304,12 @@ class Trainer:
             raise DatasetError("data.path is empty: pass --data DIR")
         loader = ClipLoader(d.path, clip_len=d.clip_len, batch_size=d.batch_size, split=split, seed=seed,
                             rank=self.dist.rank, world_size=self.dist.world_size, num_workers=d.num_workers)
+        model_cfg = self.cfg.model
+        if training and getattr(model_cfg, "reads_labels", False):  # a LAM that reads a few recorded actions
+            from playworld.data.labels import LabelledClipLoader
+
+            return LabelledClipLoader(loader, share=model_cfg.label_share, seed=self.cfg.train.seed,
+                                      num_actions=model_cfg.label_actions)
         if not (d.precompute and self.model.caches_tokens):  # the dynamics trainer's token cache
             return loader
         if self.dist.enabled and not self.dist.is_main:
@@ -400,7 +406,7 @@ class Trainer:
         checkpoint in the run directory. ``on_step(step)`` is called after every step (on every rank)."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        loader = self._loader(cfg.data.split, cfg.train.seed)
+        loader = self._loader(cfg.data.split, cfg.train.seed, training=True)
         if cfg.data.precompute and cfg.data.val_split and cfg.train.val_every and self.model.caches_tokens:
             with contextlib.suppress(DatasetError):  # encode the val split now too, not at the first validation
                 self._loader(cfg.data.val_split, seed=1234)
