@@ -29,9 +29,11 @@ from playworld.train.checkpoint import load_model, read_checkpoint_config
 from playworld.train.lam_check import measure_lam
 
 
-def true_action_figures(lam_dir: Path, data: str, split: str, clip_len: int, max_clips: int) -> dict[str, float]:
+def true_action_figures(lam_dir: Path, data: str, split: str, clip_len: int, max_clips: int,
+                        merge: dict[int, int] | None = None) -> dict[str, float]:
     """Latent vs recorded true actions on up to ``max_clips`` clips of ``split``: mapping accuracy, NMI and
-    the majority share (the accuracy of always answering the most common true action)."""
+    the majority share (the accuracy of always answering the most common true action). ``merge`` counts
+    true action a as action merge[a] (keys the game cannot tell apart, e.g. CoinRun's DOWN and NOOP)."""
     lam = load_model(lam_dir, torch.device("cpu"))
     clips = ClipDataset(data, clip_len=clip_len, split=split)
     n = min(max_clips, len(clips))
@@ -48,6 +50,8 @@ def true_action_figures(lam_dir: Path, data: str, split: str, clip_len: int, max
     if not keep.any():
         return {}
     lat, tru = lat[keep], tru[keep]
+    if merge:
+        tru = np.array([merge.get(int(a), int(a)) for a in tru], dtype=np.int64)
     conf = confusion(lat, tru, lam.num_actions, int(tru.max()) + 1)  # type: ignore[arg-type]
     _, acc = best_mapping(conf)
     return {"mapping_accuracy": acc, "nmi": nmi(conf), "majority": float(np.bincount(tru).max() / len(tru))}
@@ -62,7 +66,12 @@ def main() -> None:
     p.add_argument("--out", default="runs/lam-games")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clips", type=int, default=128, help="held-out clips measured per game")
+    p.add_argument("--split", default="", help="split measured (default: the run's validation split)")
+    p.add_argument("--merge", default="", metavar="A=B,...",
+                   help="count true action A as B (keys the game cannot tell apart), e.g. for CoinRun "
+                        "0=1,3=4,6=7,9=4,10=4,11=4,12=4,13=4,14=4")
     args = p.parse_args()
+    merge = {int(a): int(b) for a, b in (kv.split("=") for kv in args.merge.split(",") if kv)}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     rows = []
     for data in args.data:
@@ -76,8 +85,8 @@ def main() -> None:
         minutes = (time.monotonic() - start) / 60
         check = measure_lam(run, max_clips=args.clips, device="cpu")
         cfg = read_checkpoint_config(run)
-        figs = true_action_figures(run, data, cfg["data"]["val_split"] or "train", cfg["data"]["clip_len"],
-                                   args.clips)
+        figs = true_action_figures(run, data, args.split or cfg["data"]["val_split"] or "train",
+                                   cfg["data"]["clip_len"], args.clips, merge)
         u = check.usage
         rows.append((Path(data).name, u.encoder_used, u.num_actions, u.encoder_perplexity, u.agreement,
                      figs.get("mapping_accuracy", float("nan")), figs.get("majority", float("nan")),
