@@ -351,9 +351,17 @@ def _ddp_worker(rank: int, world: int, port: int, run: str, out: str, make_cfg, 
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in trainer.release.state_dict().items()}, f"{out}.rank{rank}.safetensors")
+    import gc
+
     from playworld.train.distributed import barrier, shutdown_distributed
 
-    barrier(trainer.dist)  # rank 0 holds the store: it must not leave while the other still writes
+    info = trainer.dist
+    # free DDP's reducer while the process group is still registered: freed after destroy_process_group, it
+    # destroys the gloo group inside its own deallocation, holding the GIL while it joins a gloo thread that
+    # waits for the GIL (a deadlock seen at this point; the CLI frees its trainer before it leaves, as here)
+    del trainer, result
+    gc.collect()
+    barrier(info)  # rank 0 holds the store: it must not leave while the other still writes
     shutdown_distributed()
 
 
