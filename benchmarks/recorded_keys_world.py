@@ -5,7 +5,8 @@ bf16 weights, lr 3e-4 with 20 warm-up steps and a cosine decay, the last 20% sel
 config says so), then holds every action for 40 steps from 8 held-out starts at play's sampling and reports
 what `playworld eval` does for held keys (docs/eval.md): key response and liveness against the real game's
 motion under the mapped key, realism, and the consistency of 3 presses (keys the game cannot tell apart
-count as one action).
+count as one action). A third row plays the keys through the control world's latent actions: every step,
+the latent action that the training data shows for the held key at the world's current scene velocity.
 
     .venv/bin/python benchmarks/recorded_keys_world.py runs/coinrun-small --data data/coinrun-mix \\
         --eval-data data/coinrun-eval --merge 0=1,3=4,6=7,9=4,10=4,11=4,12=4,13=4,14=4 --steps 500 \\
@@ -95,9 +96,15 @@ def held_keys(run: Path, data: str, split: str, mapping: dict[int, int] | None, 
         true = np.stack([clips.clip_actions(int(i))[:-1] for i in choice.action])
         ok = true >= 0
         mapping, _ = act.best_mapping(act.confusion(lat[ok], true[ok], world.num_actions, clips.dataset.num_actions))
+    frames = press_each_action(world, video[:8, :4], 40, 0, 16)  # (8, K, 41, H, W, C)
+    return _figures(frames, clips, choice, mapping, classes, motion)
+
+
+def _figures(frames: torch.Tensor, clips: ClipDataset, choice, mapping: dict[int, int], classes: np.ndarray,
+             motion: MotionEstimator) -> str:
+    """Held-key frames (S, K, 41, H, W, C) -> the table row's cells (the real game from ``choice``'s episodes)."""
     held = held_transitions(clips.dataset, [clips.locate(int(i))[0] for i in choice.rollout], 4, motion)
     real = held.reference(mapping, seed=0, resamples=1000)
-    frames = press_each_action(world, video[:8, :4], 40, 0, 16)  # (8, K, 41, H, W, C)
     s = summarise(KeyCurves.measure(frames, motion), real, seed=0, resamples=1000)
     keys = sorted(mapping)
     sil = motion_silhouettes(action_motion(frames[:, keys, :4]), [int(classes[mapping[a]]) for a in keys])
@@ -111,6 +118,48 @@ def held_keys(run: Path, data: str, split: str, mapping: dict[int, int] | None, 
             f"{sil.mean():.2f} | {cell(fr)}")
 
 
+def speed_bucket(v: np.ndarray) -> np.ndarray:
+    """Scene velocity (..., 2) (dy, dx) in px/frame -> one of 15 buckets (3 vertical x 5 horizontal)."""
+    return np.digitize(v[..., 0], [-0.3, 0.3]) * 5 + np.digitize(v[..., 1], [-0.6, -0.2, 0.2, 0.6])
+
+
+def keys_through_latents(run: Path, data: str, eval_data: str, split: str, classes: np.ndarray, kept: list[int],
+                         episodes: int) -> str:
+    """Play keys in the latent world: counts of p(latent | key class, scene velocity bucket) over ``episodes``
+    training episodes (the LAM's latents, the recorded keys); each held key then samples, every step, the latent
+    the data shows for it at the world's current velocity. The held-key figures of :func:`held_keys`."""
+    world, motion = World.load(run), MotionEstimator()
+    ds = ClipDataset(data, clip_len=2, split="train").dataset
+    counts = np.full((len(kept), 15, world.num_actions), 0.1)
+    with torch.no_grad():
+        for ep in ds.episodes("train")[:episodes]:
+            frames = torch.from_numpy(np.asarray(ds.frames(ep))).float()[None] / 255  # (1, L, H, W, C)
+            latent = world.lam.infer_actions(frames)[0].numpy()  # (L-1,): t -> t+1
+            speed = speed_bucket(motion(frames[0, :-2], frames[0, 1:-1]).numpy())  # (L-2,): frame i -> i+1
+            keys = np.asarray(ds.actions(ep))
+            for t in range(1, len(latent)):
+                if keys[t] >= 0:
+                    counts[classes[keys[t]], speed[t - 1], latent[t]] += 1
+    p = counts / counts.sum(-1, keepdims=True)
+    clips = ClipDataset(eval_data, clip_len=19, split=split)
+    choice = choose_clips(clips, 16, 4, 0)
+    prompts = clips.get_batch(choice.rollout.tolist())[:8, :4]
+    rng = np.random.default_rng(0)
+    out = []
+    for c in range(len(kept)):
+        frames = [world.reset(prompts, seed=0).cpu()]
+        prev = prompts[:, -2].float() / 255
+        for _ in range(40):
+            cur = frames[-1].float() / 255
+            rows = p[c, speed_bucket(motion(prev, cur).numpy())]  # (S, K)
+            latent = torch.tensor([rng.choice(len(r), p=r) for r in rows])
+            frames.append(world.step(latent).cpu())
+            prev = cur
+        out.append(torch.stack(frames, 1))
+    held = torch.stack(out, 1)  # (S, classes, 41, H, W, C)
+    return _figures(held, clips, choice, dict(enumerate(kept)), classes, motion)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
@@ -122,6 +171,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/recorded-keys")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--key-episodes", type=int, default=300,
+                   help="training episodes counted for the keys-through-latents row (0: leave it out)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     run, out, start = Path(args.run), Path(args.out), time.perf_counter()
@@ -141,6 +192,10 @@ def main() -> None:
             fine_tune(run, args.data, to_class, args.steps, out / name, args.seed)
         rows.append(f"| {name} keys | " + held_keys(out / name, args.eval_data or args.data, args.split, mapping,
                                                    classes) + " |")
+    if args.key_episodes:
+        rows.append("| keys through latent actions (control world) | " + keys_through_latents(
+            out / "latent", args.data, args.eval_data or args.data, args.split, classes, kept, args.key_episodes)
+            + " |")
     print(f"{run}: dynamics fine-tuned {args.steps} steps on each; 8 starts x every action x 40 steps "
           f"({time.perf_counter() - start:.0f} s)")
     print("| actions | key response early / late / far | liveness early / late / far | consistency | realism |")
