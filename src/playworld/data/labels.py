@@ -34,10 +34,11 @@ class LabelledBatch(NamedTuple):
     actions: torch.Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> LabelledBatch:
+        from playworld.models.base import to_unit
+
         video = self.video.to(device, non_blocking=non_blocking)
-        if video.dtype == torch.uint8:
-            video = video.float().div_(255.0)
-        return LabelledBatch(video, self.actions.to(device, non_blocking=non_blocking))
+        return LabelledBatch(to_unit(video) if video.dtype == torch.uint8 else video,
+                             self.actions.to(device, non_blocking=non_blocking))
 
 
 def labelled_episodes(episodes: list[int], share: float, seed: int) -> set[int]:
@@ -61,7 +62,7 @@ class LabelledClipLoader:
         self.loader = loader
         clips = loader.clips
         dataset = clips.dataset
-        where = f"{dataset.root}"
+        where = dataset.root
         if dataset.num_actions is None:
             raise DatasetError(f"{where}: lam.label_weight > 0 reads recorded actions, but this dataset has none "
                                "(its manifest's num_actions is null): train the LAM on video alone (label_weight=0)")

@@ -117,6 +117,11 @@ class TrainableModel(nn.Module, ABC):
         """Names of this module's own bare parameters not to decay (see :class:`DeclaresNoWeightDecay`)."""
         return set()
 
+    def training_loader(self, loader: Any, *, seed: int) -> Any:
+        """The training stream this model reads, over the pixel ``loader`` of its training split (``seed``:
+        the run's). Default: ``loader`` itself; a LAM that reads a few recorded actions wraps it."""
+        return loader
+
     def cached_loader(self, loader: Any, directory: Path, *, progress: bool = True) -> Any:
         """A loader of pre-encoded batches over ``loader``'s split, cached in ``directory``; only when
         :attr:`caches_tokens`."""

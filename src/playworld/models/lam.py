@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -110,10 +110,10 @@ class LAMConfig:
     label_weight: float = field(
         0.0, help="weight of recorded true actions in picking a* (0 = off, video alone, as Genie): for the "
         "transitions of a ``label_share`` of the training episodes, each action's score gains label_weight x "
-        "log p(true action | latent action), from a table learned on those transitions, so a few labels "
-        "draw the latent actions towards what the player did rather than whatever changed most "
-        "(Nikulin et al. 2025, 'Latent Action Learning Requires Supervision in the Presence of Distractors'); "
-        "p(true | latent) is counted from the transitions' a* (decayed by label_decay)")
+        "log p(true action | latent action), counted from those transitions' a* (decayed by label_decay), and "
+        "they weigh as much as all the others in the encoder's loss, so a few labels draw the latent actions "
+        "towards what the player did rather than whatever changed most (Nikulin et al. 2025, 'Latent Action "
+        "Learning Requires Supervision in the Presence of Distractors')")
     label_share: float = field(
         0.05, help="share of the training split's episodes whose recorded actions the LAM reads when "
         "label_weight > 0 (picked by the run's seed; the rest train it as video alone)")
@@ -486,6 +486,16 @@ class LatentActionModel(TrainableModel):
         finally:
             self.train(was_training)
 
+    def training_loader(self, loader: Any, *, seed: int) -> Any:
+        """With ``label_weight`` > 0: ``loader``'s batches beside the recorded actions of ``label_share`` of
+        its episodes (:class:`~playworld.data.labels.LabelledClipLoader`); otherwise ``loader`` itself."""
+        if self.label_counts is None:
+            return loader
+        from playworld.data.labels import LabelledClipLoader
+
+        c = self.config
+        return LabelledClipLoader(loader, share=c.label_share, seed=seed, num_actions=c.label_actions)
+
     @torch.no_grad()
     def label_log_probs(self) -> Tensor:
         """(K, label_actions) log p(recorded action | latent action) from the decayed counts, each count
@@ -544,7 +554,7 @@ class LatentActionModel(TrainableModel):
     def compute_loss(self, batch: Tensor | tuple[Tensor, Tensor]) -> LossOutput:
         """batch: video (B, T, H, W, C) in [0, 1], or (video, recorded actions (B, T) long, ``actions[:, t]``
         taken at frame t, -1 where not read) from :class:`~playworld.data.labels.LabelledClipLoader` ->
-        winner-take-all decoder MSE + encoder cross-entropy (+ the label table's cross-entropy).
+        winner-take-all decoder MSE + encoder cross-entropy (labelled transitions weighed 1 / label_share).
 
         metrics: ``mse``/``psnr`` of the winning prediction, ``encoder_psnr`` (of the prediction under
         the encoder's own action, what inference gives), ``copy_psnr`` (repeating x_t: the baseline),
@@ -589,9 +599,7 @@ class LatentActionModel(TrainableModel):
             best = balanced_assignment(pick_err.detach().float(), enc.logits.detach().float(),
                                        c.assign_temperature, prior=label_prior)  # (B, T-1): a*
         elif label_prior is not None:  # argmin, with each labelled transition's label term beside its errors
-            e = pick_err.detach().float()
-            centred = e - e.mean(-1, keepdim=True)
-            best = (label_prior - centred / (e.mean() * c.assign_temperature + 1e-12)).argmax(-1)  # (B, T-1)
+            best = (error_scores(pick_err.detach().float(), c.assign_temperature) + label_prior).argmax(-1)
         else:
             best = pick_err.detach().argmin(-1)  # (B, T-1): a*
         best_err = err.gather(-1, best[..., None]).squeeze(-1)
@@ -652,6 +660,13 @@ class LatentActionModel(TrainableModel):
         return LossOutput(loss, metrics)
 
 
+def error_scores(err: Tensor, temperature: float) -> Tensor:
+    """err (..., K) each transition's error under each action -> (..., K) log-odds: the errors centred over
+    the actions and divided by the mean error times ``temperature`` (a relative error difference of
+    ``temperature`` is worth one nat), negated so that the smallest error scores highest."""
+    return -(err - err.mean(-1, keepdim=True)) / (err.mean() * temperature + 1e-12)
+
+
 def balanced_assignment(err: Tensor, logits: Tensor, temperature: float, iters: int = 3,
                         prior: Tensor | None = None) -> Tensor:
     """err (..., K): each transition's error under each action; logits (..., K): the encoder's scores ->
@@ -668,9 +683,7 @@ def balanced_assignment(err: Tensor, logits: Tensor, temperature: float, iters: 
     Centring per transition makes only the differences between actions count, not how hard a
     transition is. Under DDP each rank balances its own batch."""
     k = err.shape[-1]
-    e = err.reshape(-1, k)  # (N, K)
-    centred = e - e.mean(-1, keepdim=True)
-    scores = -centred / (e.mean() * temperature + 1e-12) + torch.log_softmax(logits.reshape(-1, k), -1)
+    scores = error_scores(err.reshape(-1, k), temperature) + torch.log_softmax(logits.reshape(-1, k), -1)
     if prior is not None:
         scores = scores + prior.reshape(-1, k).to(scores.dtype)
     log_q = scores

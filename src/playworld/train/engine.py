@@ -304,12 +304,8 @@ class Trainer:
             raise DatasetError("data.path is empty: pass --data DIR")
         loader = ClipLoader(d.path, clip_len=d.clip_len, batch_size=d.batch_size, split=split, seed=seed,
                             rank=self.dist.rank, world_size=self.dist.world_size, num_workers=d.num_workers)
-        model_cfg = self.cfg.model
-        if training and getattr(model_cfg, "reads_labels", False):  # a LAM that reads a few recorded actions
-            from playworld.data.labels import LabelledClipLoader
-
-            return LabelledClipLoader(loader, share=model_cfg.label_share, seed=self.cfg.train.seed,
-                                      num_actions=model_cfg.label_actions)
+        if training:
+            loader = self.model.training_loader(loader, seed=self.cfg.train.seed)
         if not (d.precompute and self.model.caches_tokens):  # the dynamics trainer's token cache
             return loader
         if self.dist.enabled and not self.dist.is_main:
