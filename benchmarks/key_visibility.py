@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from playworld.data.loader import ClipDataset, ClipLoader
+from playworld.eval.actions import key_classes
 from playworld.models.base import to_unit
 from playworld.models.lam import LatentActionModel
 from playworld.presets import build_run_config
@@ -46,11 +47,8 @@ def main() -> None:
     n_keys = clips_train.dataset.num_actions
     if n_keys is None:
         raise SystemExit(f"{args.data}: no recorded actions")
-    merge = {int(a): int(b) for a, b in (kv.split("=") for kv in args.merge.split(",") if kv)}
-    kept = sorted({merge.get(a, a) for a in range(n_keys)})
-    to_class = torch.full((n_keys + 1,), -1, dtype=torch.long)  # index -1 (no action recorded) -> -1
-    for a in range(n_keys):
-        to_class[a] = kept.index(merge.get(a, a))
+    kept, classes = key_classes(args.merge, n_keys)
+    to_class = torch.cat([torch.from_numpy(classes), torch.tensor([-1])])  # index -1 (no action recorded) -> -1
     model = LatentActionModel(dataclasses.replace(cfg.model, num_actions=len(kept)))
     encoder = [p for n, p in model.named_parameters() if n.startswith(("enc_in", "encoder", "pool", "to_logits"))]
     opt = torch.optim.AdamW(encoder, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),

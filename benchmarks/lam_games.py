@@ -23,17 +23,17 @@ import numpy as np
 import torch
 
 from playworld.data.loader import ClipDataset
-from playworld.eval.actions import best_mapping, confusion, nmi
+from playworld.eval.actions import best_mapping, confusion, key_classes, nmi
 from playworld.models.base import to_unit
 from playworld.train.checkpoint import load_model, read_checkpoint_config
 from playworld.train.lam_check import measure_lam
 
 
 def true_action_figures(lam_dir: Path, data: str, split: str, clip_len: int, max_clips: int,
-                        merge: dict[int, int] | None = None) -> dict[str, float]:
+                        merge: str = "") -> dict[str, float]:
     """Latent vs recorded true actions on up to ``max_clips`` clips of ``split``: mapping accuracy, NMI and
-    the majority share (the accuracy of always answering the most common true action). ``merge`` counts
-    true action a as action merge[a] (keys the game cannot tell apart, e.g. CoinRun's DOWN and NOOP)."""
+    the majority share (the accuracy of always answering the most common true action). ``merge`` "A=B,..."
+    counts true action A as B (keys the game cannot tell apart, e.g. CoinRun's DOWN and NOOP)."""
     lam = load_model(lam_dir, torch.device("cpu"))
     clips = ClipDataset(data, clip_len=clip_len, split=split)
     n = min(max_clips, len(clips))
@@ -51,7 +51,7 @@ def true_action_figures(lam_dir: Path, data: str, split: str, clip_len: int, max
         return {}
     lat, tru = lat[keep], tru[keep]
     if merge:
-        tru = np.array([merge.get(int(a), int(a)) for a in tru], dtype=np.int64)
+        tru = key_classes(merge, clips.dataset.num_actions)[1][tru]  # class indices
     conf = confusion(lat, tru, lam.num_actions, int(tru.max()) + 1)  # type: ignore[arg-type]
     _, acc = best_mapping(conf)
     return {"mapping_accuracy": acc, "nmi": nmi(conf), "majority": float(np.bincount(tru).max() / len(tru))}
@@ -71,7 +71,6 @@ def main() -> None:
                    help="count true action A as B (keys the game cannot tell apart), e.g. for CoinRun "
                         "0=1,3=4,6=7,9=4,10=4,11=4,12=4,13=4,14=4")
     args = p.parse_args()
-    merge = {int(a): int(b) for a, b in (kv.split("=") for kv in args.merge.split(",") if kv)}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     rows = []
     for data in args.data:
@@ -86,7 +85,7 @@ def main() -> None:
         check = measure_lam(run, max_clips=args.clips, device="cpu")
         cfg = read_checkpoint_config(run)
         figs = true_action_figures(run, data, args.split or cfg["data"]["val_split"] or "train",
-                                   cfg["data"]["clip_len"], args.clips, merge)
+                                   cfg["data"]["clip_len"], args.clips, args.merge)
         u = check.usage
         rows.append((Path(data).name, u.encoder_used, u.num_actions, u.encoder_perplexity, u.agreement,
                      figs.get("mapping_accuracy", float("nan")), figs.get("majority", float("nan")),

@@ -179,9 +179,7 @@ def main() -> None:
     n_keys = ClipDataset(args.data, clip_len=2, split="train").dataset.num_actions
     if n_keys is None:
         raise SystemExit(f"{args.data}: no recorded keys")
-    merge = {int(a): int(b) for a, b in (kv.split("=") for kv in args.merge.split(",") if kv)}
-    kept = sorted({merge.get(a, a) for a in range(n_keys)})
-    classes = np.array([kept.index(merge.get(a, a)) for a in range(n_keys)])
+    kept, classes = act.key_classes(args.merge, n_keys)
     num_actions = load_model(run / "lam", torch.device("cpu")).num_actions
     if len(kept) > num_actions:
         raise SystemExit(f"{len(kept)} key classes but the world has {num_actions} actions: merge more keys")

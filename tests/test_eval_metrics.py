@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from playworld.eval.actions import assignment, best_mapping, confusion, linear_probe, nmi
+from playworld.eval.actions import assignment, best_mapping, confusion, key_classes, linear_probe, nmi
 from playworld.eval.motion import opposite_pairs, phase_correlation, silhouettes
 from playworld.eval.stats import PSNR_CAP, bootstrap, psnr, ssim
 from playworld.models.lam import LAMConfig, LatentActionModel
@@ -215,3 +215,16 @@ def test_real_consistency_presses_the_mapped_keys_on_the_evaluated_levels(tmp_pa
     assert "only 2 of the 4" in ev.real_consistency()["reason"]
     ev.cfg = EvalConfig(episodes=4, split="train", real_env=False, progress=False)
     assert ev.real_consistency()["reason"] == "turned off (--no-real-env)"
+
+
+def test_key_classes_merge_keys_a_game_cannot_tell_apart_and_refuse_bad_specs():
+    coinrun = "0=1,3=4,6=7,9=4,10=4,11=4,12=4,13=4,14=4"
+    kept, classes = key_classes(coinrun, 15)
+    assert kept == [1, 2, 4, 5, 7, 8]
+    assert classes.tolist() == [0, 0, 1, 2, 2, 3, 4, 4, 5, 2, 2, 2, 2, 2, 2]
+    kept, classes = key_classes("", 3)
+    assert kept == [0, 1, 2] and classes.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="'3-4' is not KEY=KEY"):
+        key_classes("3-4", 15)
+    with pytest.raises(ValueError, match=r"keys \[15\] are not in the 15"):
+        key_classes("15=4", 15)

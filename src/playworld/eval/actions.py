@@ -6,7 +6,8 @@
   actions than latent ones (CoinRun: 15 vs 8) some true actions stay unmatched and count as wrong;
 - normalised mutual information NMI = I(L; A) / sqrt(H(L) H(A)) (Strehl & Ghosh 2002), in [0, 1];
 - a linear probe: a multinomial logistic regression on the LAM's frozen pooled features, trained on
-  one half of the episodes and scored on the other (the DeCAF recipe, Donahue et al. 2014).
+  one half of the episodes and scored on the other (the DeCAF recipe, Donahue et al. 2014);
+- key classes: true actions a game cannot tell apart counted as one (``--merge A=B,...`` of the benchmarks).
 """
 
 from __future__ import annotations
@@ -16,6 +17,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def key_classes(merge: str, num_keys: int) -> tuple[list[int], np.ndarray]:
+    """``merge`` "A=B,C=D" (key A counts as key B, ...) over keys 0..num_keys-1 -> (the keys that stand for
+    a class, ascending; (num_keys,) the class index of every key)."""
+    pairs: dict[int, int] = {}
+    for item in filter(None, merge.split(",")):
+        a, sep, b = item.partition("=")
+        if not (sep and a.strip().isdigit() and b.strip().isdigit()):
+            raise ValueError(f"merge {merge!r}: {item!r} is not KEY=KEY")
+        pairs[int(a)] = int(b)
+    out_of_range = sorted(k for kv in pairs.items() for k in kv if k >= num_keys)
+    if out_of_range:
+        raise ValueError(f"merge {merge!r}: keys {out_of_range} are not in the {num_keys} recorded actions")
+    kept = sorted({pairs.get(a, a) for a in range(num_keys)})
+    return kept, np.array([kept.index(pairs.get(a, a)) for a in range(num_keys)], dtype=np.int64)
 
 
 def confusion(latent: np.ndarray, true: np.ndarray, num_latent: int, num_true: int) -> np.ndarray:
