@@ -135,3 +135,25 @@ def test_train_lam_with_labels_logs_them_and_keeps_the_counts(labelled_data, tmp
 
     counts = load_file(str(tmp_path / "run" / "model.safetensors"))["label_counts"]
     assert counts.shape == (8, 4) and float(counts.sum()) > 0
+
+
+def test_a_stopped_labelled_lam_resumes_exactly(labelled_data, tmp_path):
+    """The labelled stream's position and the label counts come back with the checkpoint: 3 + 3 steps
+    give the losses and weights of 6 straight."""
+    cfg = build_run_config("lam", "tiny", data_path=str(labelled_data),
+                           overrides=["model.label_weight=10", "model.label_share=0.5", "train.steps=6",
+                                      "train.log_every=1", "train.val_every=0", "train.ckpt_every=3",
+                                      "data.batch_size=4", "model.dim=32", "model.heads=2", "model.height=16",
+                                      "model.width=16", "train.precision=fp32"])
+    torch.manual_seed(cfg.train.seed)
+    full = Trainer(cfg, tmp_path / "full", progress=False).fit()
+    torch.manual_seed(cfg.train.seed)
+    first = Trainer(cfg, tmp_path / "run", progress=False).fit(stop_after=3)
+    torch.manual_seed(cfg.train.seed)
+    second = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert first.step == 3 and second.step == 6
+    assert first.losses + second.losses == full.losses
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("full", "run"))
+    assert torch.equal(a["label_counts"], b["label_counts"]) and float(a["label_counts"].sum()) > 0
