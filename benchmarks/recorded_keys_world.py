@@ -19,6 +19,7 @@ tokenizer and LAM (symlinked) and the fine-tuned dynamics model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -37,19 +38,27 @@ from playworld.eval.motion import MotionEstimator
 from playworld.eval.realgame import held_transitions
 from playworld.eval.realism import realism
 from playworld.models.base import to_unit
+from playworld.models.dynamics import DynamicsModel
+from playworld.release import load_into
 from playworld.train.checkpoint import load_model, save_release
 from playworld.train.engine import param_groups
 from playworld.train.mixed import MasterWeights
 from playworld.world import World
 
 
-def fine_tune(run: Path, data: str, to_class: torch.Tensor | None, steps: int, out: Path, seed: int) -> None:
+def fine_tune(run: Path, data: str, to_class: torch.Tensor | None, steps: int, out: Path, seed: int,
+              action_cond: str = "") -> None:
     """Fine-tune RUN/dynamics on recorded key classes (``to_class``: key -> action id) or, if None, on the
-    run's own latent actions; write OUT as a run."""
+    run's own latent actions; write OUT as a run. ``action_cond``: fine-tune with this
+    ``dynamics.action_cond`` instead of the run's (its added parameters start at the identity)."""
     cpu = torch.device("cpu")
     torch.manual_seed(seed)
     tok, lam = load_model(run / "tokenizer", cpu).eval(), load_model(run / "lam", cpu).eval()
     dyn = load_model(run / "dynamics", cpu).train()
+    if action_cond and action_cond != dyn.config.action_cond:
+        source = dyn.state_dict()
+        dyn = DynamicsModel(dataclasses.replace(dyn.config, action_cond=action_cond)).train()
+        load_into(dyn, run / "dynamics", source, dyn.init_from_optional())
     masters = MasterWeights(dyn)  # bf16 weights, fp32 masters (train.precision=bf16-weights)
     opt = torch.optim.AdamW(masters.optimizer_groups(param_groups(dyn, 0.05)), lr=3e-4, betas=(0.9, 0.95))
     loader = ClipLoader(data, clip_len=8, batch_size=8, seed=seed)
@@ -171,6 +180,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/recorded-keys")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--action-cond", default="", choices=["", "input", "adaln"],
+                   help="fine-tune with this dynamics.action_cond (default: the run's)")
     p.add_argument("--key-episodes", type=int, default=300,
                    help="training episodes counted for the keys-through-latents row (0: leave it out)")
     args = p.parse_args()
@@ -187,7 +198,7 @@ def main() -> None:
     for name, to_class, mapping in (("recorded", torch.from_numpy(classes), dict(enumerate(kept))),
                                     ("latent", None, None)):
         if not (out / name / "dynamics" / "model.safetensors").is_file():
-            fine_tune(run, args.data, to_class, args.steps, out / name, args.seed)
+            fine_tune(run, args.data, to_class, args.steps, out / name, args.seed, args.action_cond)
         rows.append(f"| {name} keys | " + held_keys(out / name, args.eval_data or args.data, args.split, mapping,
                                                    classes) + " |")
     if args.key_episodes:

@@ -18,15 +18,19 @@ from playworld.world import World, WorldConfig
 BACKENDS = pytest.mark.parametrize("backend", ["maskgit", "flow"])
 
 
-def _models(num_actions: int = 4, backend: str = "maskgit"):
+def _models(num_actions: int = 4, backend: str = "maskgit", action_cond: str = "input"):
     torch.manual_seed(0)
     tok = VideoTokenizer(TokenizerConfig(image_size=16, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2,
                                          num_codes=32, code_dim=8))
     lam = LatentActionModel(LAMConfig(height=16, width=16, patch_size=8, num_actions=num_actions, dim=32,
                                       heads=2, encoder_depth=1, decoder_depth=1))
     config = DynamicsConfig(vocab_size=32, num_actions=num_actions, token_height=4, token_width=4, dim=32, depth=2,
-                            heads=2, backend=backend, flow=FlowConfig(latent_dim=8))
+                            heads=2, backend=backend, flow=FlowConfig(latent_dim=8), action_cond=action_cond)
     dyn = FlowDynamicsModel(config) if backend == "flow" else DynamicsModel(config)
+    with torch.no_grad():  # adaLN starts at the identity; move it so that the test sees it
+        for name, p in dyn.named_parameters():
+            if "modulation" in name:
+                p.normal_(0, 0.2)
     return tok, lam, dyn
 
 
@@ -79,8 +83,9 @@ def test_same_seed_same_frames_different_seed_different_frames(backend):
     assert not torch.equal(a, c)
 
 
-def test_cached_step_equals_a_full_recompute_of_the_history():
-    tok, lam, dyn = _models()
+@pytest.mark.parametrize("action_cond", ["input", "adaln"])
+def test_cached_step_equals_a_full_recompute_of_the_history(action_cond):
+    tok, lam, dyn = _models(action_cond=action_cond)
     w = World(tok, lam, dyn, WorldConfig(context_frames=16, sampling=SamplingConfig(steps=1, temperature=0.0)))
     prompt = _frames(2, 3)
     w.reset(prompt, seed=0)

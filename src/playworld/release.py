@@ -58,10 +58,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Raise CheckpointError listing missing, unexpected and wrongly shaped entries."""
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], where: str,
+                     optional: frozenset[str] | set[str] = frozenset()) -> None:
+    """Raise CheckpointError listing missing, unexpected and wrongly shaped entries (entries named in
+    ``optional`` may be missing)."""
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - set(optional))
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
@@ -185,10 +187,12 @@ def read_release(model_dir: Path, device: str | torch.device = "cpu") -> tuple[A
     return cfg, load_tensors(model_dir / "model.safetensors", device)
 
 
-def load_into(module: nn.Module, model_dir: Path, weights: dict[str, torch.Tensor]) -> None:
-    """Load release ``weights`` read from ``model_dir`` into ``module``, naming the file on a mismatch."""
-    check_state_dict(module, weights, str(Path(model_dir) / "model.safetensors"))
-    module.load_state_dict(weights)
+def load_into(module: nn.Module, model_dir: Path, weights: dict[str, torch.Tensor],
+              optional: frozenset[str] | set[str] = frozenset()) -> None:
+    """Load release ``weights`` read from ``model_dir`` into ``module``, naming the file on a mismatch.
+    Entries named in ``optional`` may be missing: they keep the module's own values."""
+    check_state_dict(module, weights, str(Path(model_dir) / "model.safetensors"), optional)
+    module.load_state_dict(weights, strict=not optional)
 
 
 def load_model(model_dir: Path, device: str | torch.device = "cpu") -> nn.Module:

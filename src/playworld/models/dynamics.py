@@ -119,6 +119,11 @@ class DynamicsConfig:
                                  "place one frame earlier counts 1 + change_weight times in the cross-entropy "
                                  "(normalised by the summed weights), so the few tokens that move (a player's "
                                  "sprite, the keys' effect) are not drowned by the many that a copy predicts")
+    action_cond: str = field("input", help="how the action reaches the model: 'input' (its embedding added to "
+                             "the tokens of the frame it leads to, as Genie does) or 'adaln' (also, in every "
+                             "block, a second action embedding scales, shifts and gates each sub-layer, as DiT "
+                             "conditions on its class; the modulation starts at the identity, so a model trained "
+                             "with 'input' can be fine-tuned with it through train.init_from)")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
     backend: str = field("maskgit", help="how a world makes the next frame with this model at play time "
                          "(playworld.backends: 'maskgit', or 'flow': a flow-matching model over the tokenizer's "
@@ -145,6 +150,10 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.self_forcing_start must be in [0, 1), got {self.self_forcing_start}")
         if not self.change_weight >= 0.0:
             raise ConfigError(f"dynamics.change_weight must be >= 0, got {self.change_weight}")
+        if self.action_cond not in ("input", "adaln"):
+            raise ConfigError(f"dynamics.action_cond must be 'input' or 'adaln', got {self.action_cond!r}")
+        if self.backend == "flow" and self.action_cond != "input":
+            raise ConfigError("dynamics.action_cond='adaln' is MaskGIT's; the flow backend conditions at its input")
         if not isinstance(self.backend, str) or not self.backend:
             raise ConfigError(f"dynamics.backend must name a backend (e.g. 'maskgit'), got {self.backend!r}")
         if isinstance(self.flow, dict):
@@ -205,10 +214,12 @@ class DynamicsModel(nn.Module):
         # the token at the same place one frame earlier; id vocab_size = none (first frame) or [MASK]
         self.prev_emb = nn.Embedding(config.vocab_size + 1, config.dim) if config.prev_frame_input else None
         grid = (config.token_height, config.token_width) if config.spatial_rope else None
+        # action_cond 'adaln': each block's modulation reads this second embedding of the frame's action
+        self.action_mod = nn.Embedding(config.num_actions + 1, config.dim) if config.action_cond == "adaln" else None
         self.transformer = STTransformer(config.dim, config.depth, config.heads, config.num_tokens,
                                          config.mlp_ratio, config.dropout, causal=True,
                                          grad_checkpoint=config.grad_checkpoint, spatial_grid=grid,
-                                         learned_pos=not config.spatial_rope)
+                                         learned_pos=not config.spatial_rope, modulated=self.action_mod is not None)
         self.head = nn.Linear(config.dim, config.vocab_size)
         init_weights(self)
         self.progress = 0.0  # share of the run's steps done, set by the engine (set_progress); not saved
@@ -225,6 +236,20 @@ class DynamicsModel(nn.Module):
     def frame_actions(self, actions: Tensor) -> Tensor:
         """(B, T-1) transition actions -> (B, T) per-frame conditioning, frame 1 = no action."""
         return frame_actions(actions, self.no_action_id)
+
+    def init_from_optional(self) -> set[str]:
+        """Parameters that ``train.init_from`` may find missing from a source model without changing what
+        the model computes: the adaLN modulation (zero at init) and the embedding it reads."""
+        if self.action_mod is None:
+            return set()
+        names = {"action_mod.weight"}
+        for i, block in enumerate(self.transformer.blocks):
+            names |= {f"transformer.blocks.{i}.modulation.{n}" for n, _ in block.modulation.named_parameters()}
+        return names
+
+    def block_cond(self, frame_actions: Tensor) -> Tensor | None:
+        """frame_actions (B, T) -> the modulated blocks' conditioning (B, T, D), or None (action_cond 'input')."""
+        return None if self.action_mod is None else self.action_mod(frame_actions)
 
     def embed(self, tokens: Tensor, frame_actions: Tensor, prev: Tensor | None = None) -> Tensor:
         """tokens (B, T, S), frame_actions (B, T), prev (B, S) or None -> (B, T, S, D): token + action
@@ -246,13 +271,15 @@ class DynamicsModel(nn.Module):
                 cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None,
                 commit: bool = False, prev: Tensor | None = None) -> Tensor:
         x = self.embed(tokens, frame_actions, prev)  # (B, T, S, D)
-        return self.head(self.transformer(x, cache=cache, commit=commit))  # (B, T, S, V)
+        cond = self.block_cond(frame_actions)  # (B, T, D) or None
+        return self.head(self.transformer(x, cache=cache, commit=commit, cond=cond))  # (B, T, S, V)
 
     def commit(self, tokens: Tensor, frame_actions: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache],
                prev: Tensor | None = None) -> None:
         """Append known frames (B, T, S) to ``cache`` (their keys/values), skipping everything after the
         last block's keys/values (its attention output and MLP, the final norm and the output head)."""
-        self.transformer.commit_frames(self.embed(tokens, frame_actions, prev), cache)
+        self.transformer.commit_frames(self.embed(tokens, frame_actions, prev), cache,
+                                       cond=self.block_cond(frame_actions))
 
     def random_mask(self, tokens: Tensor, generator: torch.Generator | None = None) -> MaskedBatch:
         """Mask each frame's tokens i.i.d. with a rate ~ U[min, max] drawn per frame (Genie, sec. 2.3)."""

@@ -121,11 +121,17 @@ class MLP(nn.Module):
 class STBlock(nn.Module):
     """Spatial attention -> causal temporal attention -> MLP, each pre-norm with a residual.
 
-    forward(x: (B, T, S, D)) -> (B, T, S, D).
+    forward(x: (B, T, S, D), ..., cond: (B, T, D) or None) -> (B, T, S, D).
+
+    ``modulated``: each frame's conditioning vector ``cond`` scales and shifts the three pre-norms and
+    gates the three residual branches (adaLN, as DiT conditions on its class: Peebles & Xie 2023,
+    arXiv 2212.09748), through one linear map that starts at zero, so a modulated block begins as the
+    plain one (DiT zeroes the gates instead; starting from the identity lets a trained model be fine-tuned
+    with the modulation added).
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 causal: bool = True) -> None:
+                 causal: bool = True, modulated: bool = False) -> None:
         super().__init__()
         self.causal = causal
         self.norm_s = nn.LayerNorm(dim)
@@ -134,39 +140,66 @@ class STBlock(nn.Module):
         self.attn_t = Attention(dim, heads, dropout, rope=True)
         self.norm_m = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
+        # cond (B, T, D) -> shift, scale and gate of each of the three sub-layers, 9 x (B, T, D)
+        self.modulation = nn.Linear(dim, 9 * dim) if modulated else None
+
+    def zero_modulation(self) -> None:
+        """Start the modulation at the identity (called after the model's weight init)."""
+        if self.modulation is not None:
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cached: Sequence[CachedRows] | None = None,
-                layer: int = 0, rope_s: tuple[Tensor, Tensor] | None = None, kv_only: bool = False) -> Tensor:
+                layer: int = 0, rope_s: tuple[Tensor, Tensor] | None = None, kv_only: bool = False,
+                cond: Tensor | None = None) -> Tensor:
         """``kv_only``: write this block's temporal keys/values to the cache and stop (returns x
         after spatial attention): what committing a frame needs from the last block."""
         b, t, s, d = x.shape
-        h = rearrange(self.norm_s(x), "b t s d -> (b t) s d")
-        x = x + rearrange(self.attn_s(h, rope=rope_s), "(b t) s d -> b t s d", b=b)
-        h = rearrange(self.norm_t(x), "b t s d -> (b s) t d")
+        if self.modulation is not None:
+            if cond is None or cond.shape != (b, t, d):
+                raise ValueError(f"a modulated ST block needs cond (B, T, D) = {(b, t, d)}, "
+                                 f"got {None if cond is None else tuple(cond.shape)}")
+            mods = rearrange(self.modulation(F.silu(cond)), "b t (n d) -> n b t 1 d", n=9)
+        else:
+            mods = None
+
+        def pre(norm: nn.LayerNorm, i: int) -> Tensor:  # (B, T, S, D), modulated
+            h = norm(x)
+            return h if mods is None else h * (1 + mods[3 * i + 1]) + mods[3 * i]
+
+        def gate(h: Tensor, i: int) -> Tensor:
+            return h if mods is None else h * (1 + mods[3 * i + 2])
+
+        h = rearrange(pre(self.norm_s, 0), "b t s d -> (b t) s d")
+        x = x + gate(rearrange(self.attn_s(h, rope=rope_s), "(b t) s d -> b t s d", b=b), 0)
+        h = rearrange(pre(self.norm_t, 1), "b t s d -> (b s) t d")
         h = self.attn_t(h, causal=self.causal, rope=rope, cached=cached, layer=layer, kv_only=kv_only)
         if kv_only:
             return x
-        x = x + rearrange(h, "(b s) t d -> b t s d", b=b)
-        return x + self.mlp(self.norm_m(x))
+        x = x + gate(rearrange(h, "(b s) t d -> b t s d", b=b), 1)
+        return x + gate(self.mlp(pre(self.norm_m, 2)), 2)
 
 
 class STTransformer(nn.Module):
     """A stack of ST blocks with a learned spatial position embedding and a final norm.
 
-    forward(x: (B, T, S, D), cache=None, commit=False) -> (B, T, S, D)
+    forward(x: (B, T, S, D), cache=None, commit=False, cond=None) -> (B, T, S, D)
 
     Without a cache, frames are at temporal positions 0..T-1. With a :class:`TemporalKVCache`, x
     holds the next T frames after those cached (usually T = 1): they are placed at absolute
     positions ``cache.pos ..``, attend to the cached frames, and, if ``commit``, are appended to the
     cache (which then advances ``cache.pos``). A non-committed call is how MaskGIT refines a frame
-    several times against the same past.
+    several times against the same past. ``modulated`` blocks read a per-frame conditioning vector
+    ``cond`` (B, T, D) (see :class:`STBlock`).
     """
 
     def __init__(self, dim: int, depth: int, heads: int, num_spatial: int, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, causal: bool = True, grad_checkpoint: bool = False,
-                 spatial_grid: tuple[int, int] | None = None, learned_pos: bool = True) -> None:
+                 spatial_grid: tuple[int, int] | None = None, learned_pos: bool = True,
+                 modulated: bool = False) -> None:
         super().__init__()
         self.dim, self.depth, self.heads, self.num_spatial = dim, depth, heads, num_spatial
+        self.modulated = modulated
         self.spatial_grid = tuple(spatial_grid) if spatial_grid is not None else None
         if self.spatial_grid is not None:
             extra = num_spatial - self.spatial_grid[0] * self.spatial_grid[1]
@@ -182,7 +215,8 @@ class STTransformer(nn.Module):
         self.pos_s = nn.Parameter(torch.zeros(1, 1, num_spatial, dim)) if learned_pos else None
         if self.pos_s is not None:
             nn.init.trunc_normal_(self.pos_s, std=0.02)
-        self.blocks = nn.ModuleList(STBlock(dim, heads, mlp_ratio, dropout, causal) for _ in range(depth))
+        self.blocks = nn.ModuleList(STBlock(dim, heads, mlp_ratio, dropout, causal, modulated)
+                                    for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.grad_checkpoint = grad_checkpoint
 
@@ -194,27 +228,28 @@ class STTransformer(nn.Module):
         return TemporalKVCache(num_layers=self.depth, max_frames=max_frames, num_spatial=self.num_spatial)
 
     def forward(self, x: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None,
-                commit: bool | Tensor = False) -> Tensor:
+                commit: bool | Tensor = False, cond: Tensor | None = None) -> Tensor:
         """``cache``: one cache for the whole batch, or several whose rows are stacked in order (each
         must already hold its rows: worlds played apart, stepped together). ``commit``: True/False
-        for every row, or a (B,) bool mask of the rows whose new frames are kept."""
+        for every row, or a (B,) bool mask of the rows whose new frames are kept. ``cond`` (B, T, D):
+        the frames' conditioning, read by modulated blocks (ignored by plain ones)."""
         x, rope_s = self._inputs(x)
         if cache is not None:
-            return self._cached(x, cache, commit, rope_s, output=True)
+            return self._cached(x, cache, commit, rope_s, output=True, cond=cond)
         rope = rope_angles(torch.arange(x.shape[1], device=x.device), self.dim // self.heads)
         for block in self.blocks:
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, rope, None, 0, rope_s, use_reentrant=False)
+                x = checkpoint(block, x, rope, None, 0, rope_s, False, cond, use_reentrant=False)
             else:
-                x = block(x, rope, rope_s=rope_s)
+                x = block(x, rope, rope_s=rope_s, cond=cond)
         return self.norm(x)
 
     def commit_frames(self, x: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache],
-                      commit: bool | Tensor = True) -> None:
+                      commit: bool | Tensor = True, cond: Tensor | None = None) -> None:
         """Append frames x (B, T, S, D) to ``cache`` without computing outputs: the last block stops
         once its keys/values are written (no temporal attention output, MLP or final norm)."""
         x, rope_s = self._inputs(x)
-        self._cached(x, cache, commit, rope_s, output=False)
+        self._cached(x, cache, commit, rope_s, output=False, cond=cond)
 
     def _inputs(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Check x (B, T, S, D), add the learned positions if any; returns it and the spatial RoPE tables."""
@@ -225,7 +260,7 @@ class STTransformer(nn.Module):
         return x, ((self.rope_s_cos, self.rope_s_sin) if self.spatial_grid is not None else None)
 
     def _cached(self, x: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache], commit: bool | Tensor,
-                rope_s: tuple[Tensor, Tensor] | None, output: bool) -> Tensor:
+                rope_s: tuple[Tensor, Tensor] | None, output: bool, cond: Tensor | None = None) -> Tensor:
         b, t = x.shape[:2]
         caches = [cache] if isinstance(cache, TemporalKVCache) else list(cache)
         causal = self.blocks[0].causal if self.depth else True
@@ -241,14 +276,15 @@ class STTransformer(nn.Module):
         if start != b:
             raise ValueError(f"the caches hold {start} rows, got a batch of {b}")
         for i, block in enumerate(self.blocks):
-            x = block(x, None, parts, i, rope_s, kv_only=not output and i == self.depth - 1)
+            x = block(x, None, parts, i, rope_s, kv_only=not output and i == self.depth - 1, cond=cond)
         for part in parts:
             part.cache.advance(part.step)
         return self.norm(x) if output else x
 
 
 def init_weights(module: nn.Module) -> None:
-    """GPT-style init: normal(0, 0.02) linears/embeddings, zero biases; residual projections scaled."""
+    """GPT-style init: normal(0, 0.02) linears/embeddings, zero biases; residual projections scaled;
+    the modulation of modulated ST blocks zero (they start as plain blocks)."""
     for name, m in module.named_modules():
         if isinstance(m, nn.Linear):
             std = 0.02
@@ -260,3 +296,6 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+    for m in module.modules():  # modulated blocks start as plain ones
+        if isinstance(m, STBlock):
+            m.zero_modulation()

@@ -243,7 +243,9 @@ class Trainer:
         saved, weights = read_release(source, self.device)
         if saved.kind != self.cfg.kind:
             raise CheckpointError(f"train.init_from {source}: a {saved.kind} run, but this run trains {self.cfg.kind}")
-        load_into(self.release, source, weights)
+        # parameters a model may add at their identity (dynamics.action_cond='adaln') keep their init values
+        optional = getattr(self.release, "init_from_optional", set)()
+        load_into(self.release, source, weights, optional)
 
     def _build_forward(self) -> nn.Module:
         module: nn.Module = _LossModule(self.model)
