@@ -199,7 +199,6 @@ class STTransformer(nn.Module):
                  modulated: bool = False) -> None:
         super().__init__()
         self.dim, self.depth, self.heads, self.num_spatial = dim, depth, heads, num_spatial
-        self.modulated = modulated
         self.spatial_grid = tuple(spatial_grid) if spatial_grid is not None else None
         if self.spatial_grid is not None:
             extra = num_spatial - self.spatial_grid[0] * self.spatial_grid[1]
