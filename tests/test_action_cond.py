@@ -1,5 +1,6 @@
-"""dynamics.action_cond='adaln': per-block action modulation that starts as the plain model, stays causal and
-cacheable, learns an action-decided toy, and can be added to a trained model through train.init_from."""
+"""dynamics.action_cond: 'adaln' (per-block action modulation that starts as the plain model and can be added to a
+trained model through train.init_from) and 'token' (the action as one more token of its frame); both stay causal
+and cacheable and learn an action-decided toy."""
 
 import dataclasses
 
@@ -44,8 +45,9 @@ def test_adaln_starts_as_the_plain_model_it_is_loaded_from():
     assert _model("input").init_from_optional() == set()
 
 
-def test_adaln_is_causal_conditions_the_frame_its_action_leads_to_and_caches_exactly():
-    m = _model("adaln")
+@pytest.mark.parametrize("action_cond", ["adaln", "token"])
+def test_action_cond_is_causal_conditions_the_frame_its_action_leads_to_and_caches_exactly(action_cond):
+    m = _model(action_cond)
     _perturb(m)
     tokens, actions = torch.randint(0, V, (2, 5, 6)), torch.randint(0, A, (2, 4))
     fa = m.frame_actions(actions)
@@ -64,10 +66,11 @@ def test_adaln_is_causal_conditions_the_frame_its_action_leads_to_and_caches_exa
         prev = tokens[:, t]
 
 
-def test_adaln_learns_a_world_where_the_action_alone_decides_the_next_frame():
+@pytest.mark.parametrize("action_cond", ["adaln", "token"])
+def test_action_cond_learns_a_world_where_the_action_alone_decides_the_next_frame(action_cond):
     # next frame = previous frame shifted by the action (mod V) at every place: without the action the
     # target is a guess among 4
-    m = _model("adaln").train()
+    m = _model(action_cond).train()
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
 
@@ -94,10 +97,27 @@ def test_adaln_learns_a_world_where_the_action_alone_decides_the_next_frame():
 
 
 def test_action_cond_is_validated():
-    with pytest.raises(ConfigError, match="action_cond must be 'input' or 'adaln', got 'film'"):
+    with pytest.raises(ConfigError, match="action_cond must be 'input', 'adaln' or 'token', got 'film'"):
         DynamicsConfig(action_cond="film")
-    with pytest.raises(ConfigError, match="adaln.*MaskGIT"):
-        DynamicsConfig(action_cond="adaln", backend="flow")
+    for cond in ("adaln", "token"):
+        with pytest.raises(ConfigError, match=f"{cond}.*MaskGIT"):
+            DynamicsConfig(action_cond=cond, backend="flow")
+
+
+def test_action_token_is_one_more_place_of_each_frame_and_replaces_the_added_embedding():
+    plain, tok = _model("input"), _model("token")
+    assert set(tok.state_dict()) == set(plain.state_dict())  # the same tensors, one more spatial place
+    assert tok.transformer.num_spatial == plain.transformer.num_spatial + 1 == 7
+    assert tok.new_cache(4).num_spatial == 7
+    tokens, actions = torch.randint(0, V, (2, 3, 6)), torch.randint(0, A, (2, 2))
+    fa = tok.frame_actions(actions)
+    x = tok.embed(tokens, fa)  # (B, T, S + 1, D): the tokens' own embeddings, then the action's
+    torch.testing.assert_close(x[:, :, -1], tok.action_emb(fa))
+    torch.testing.assert_close(x[:, :, :-1], tok.embed(tokens, torch.zeros_like(fa))[:, :, :-1])
+    assert tok(tokens, fa).shape == (2, 3, 6, V)
+    # the action token is not rotated by the spatial RoPE: its place carries no grid position
+    assert torch.equal(tok.transformer.rope_s_cos[-1], torch.ones_like(tok.transformer.rope_s_cos[-1]))
+    assert torch.equal(tok.transformer.rope_s_sin[-1], torch.zeros_like(tok.transformer.rope_s_sin[-1]))
 
 
 def test_init_from_adds_the_modulation_to_a_trained_dynamics_model(tmp_path):

@@ -83,7 +83,7 @@ def test_same_seed_same_frames_different_seed_different_frames(backend):
     assert not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("action_cond", ["input", "adaln"])
+@pytest.mark.parametrize("action_cond", ["input", "adaln", "token"])
 def test_cached_step_equals_a_full_recompute_of_the_history(action_cond):
     tok, lam, dyn = _models(action_cond=action_cond)
     w = World(tok, lam, dyn, WorldConfig(context_frames=16, sampling=SamplingConfig(steps=1, temperature=0.0)))

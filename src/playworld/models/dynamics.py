@@ -2,7 +2,8 @@
 
 A causal ST-transformer reads token frames z_1..z_T (B, T, S) and predicts the masked tokens of every
 frame. Frame t+1 carries the embedding of the latent action a_t that leads to it (Genie adds action
-embeddings to the tokens); frame 1 carries a learned "no action" embedding. Training masks each
+embeddings to the tokens; ``action_cond`` also offers per-block modulation, 'adaln', or the action as a
+token of its own, 'token'); frame 1 carries a learned "no action" embedding. Training masks each
 frame with a rate drawn uniformly from [0.5, 1] (Genie) and takes the cross-entropy on the masked
 positions. Frame 1 is left unmasked by default: it is the context prompt at play time, where the
 model never has to produce it (``mask_first_frame`` turns this off).
@@ -120,10 +121,13 @@ class DynamicsConfig:
                                  "(normalised by the summed weights), so the few tokens that move (a player's "
                                  "sprite, the keys' effect) are not drowned by the many that a copy predicts")
     action_cond: str = field("input", help="how the action reaches the model: 'input' (its embedding added to "
-                             "the tokens of the frame it leads to, as Genie does) or 'adaln' (also, in every "
+                             "the tokens of the frame it leads to, as Genie does), 'adaln' (also, in every "
                              "block, a second action embedding scales, shifts and gates each sub-layer, as DiT "
                              "conditions on its class; the modulation starts at the identity, so a model trained "
-                             "with 'input' can be fine-tuned with it through train.init_from)")
+                             "with 'input' can be fine-tuned with it through train.init_from) or 'token' (instead "
+                             "of being added, the embedding is one more token of its frame, which every token of "
+                             "the frame attends to in spatial attention and the frames' action tokens to each "
+                             "other in temporal attention, as Jasmine feeds its true actions)")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
     backend: str = field("maskgit", help="how a world makes the next frame with this model at play time "
                          "(playworld.backends: 'maskgit', or 'flow': a flow-matching model over the tokenizer's "
@@ -150,10 +154,11 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.self_forcing_start must be in [0, 1), got {self.self_forcing_start}")
         if not self.change_weight >= 0.0:
             raise ConfigError(f"dynamics.change_weight must be >= 0, got {self.change_weight}")
-        if self.action_cond not in ("input", "adaln"):
-            raise ConfigError(f"dynamics.action_cond must be 'input' or 'adaln', got {self.action_cond!r}")
+        if self.action_cond not in ("input", "adaln", "token"):
+            raise ConfigError(f"dynamics.action_cond must be 'input', 'adaln' or 'token', got {self.action_cond!r}")
         if self.backend == "flow" and self.action_cond != "input":
-            raise ConfigError("dynamics.action_cond='adaln' is MaskGIT's; the flow backend conditions at its input")
+            raise ConfigError(f"dynamics.action_cond={self.action_cond!r} is MaskGIT's; the flow backend conditions "
+                              "at its input")
         if not isinstance(self.backend, str) or not self.backend:
             raise ConfigError(f"dynamics.backend must name a backend (e.g. 'maskgit'), got {self.backend!r}")
         if isinstance(self.flow, dict):
@@ -216,7 +221,11 @@ class DynamicsModel(nn.Module):
         grid = (config.token_height, config.token_width) if config.spatial_rope else None
         # action_cond 'adaln': each block's modulation reads this second embedding of the frame's action
         self.action_mod = nn.Embedding(config.num_actions + 1, config.dim) if config.action_cond == "adaln" else None
-        self.transformer = STTransformer(config.dim, config.depth, config.heads, config.num_tokens,
+        # action_cond 'token': the action is a trailing token of each frame (S + 1 places, not rotated by the
+        # spatial RoPE), whose output the head skips
+        self.action_tokens = 1 if config.action_cond == "token" else 0
+        self.transformer = STTransformer(config.dim, config.depth, config.heads,
+                                         config.num_tokens + self.action_tokens,
                                          config.mlp_ratio, config.dropout, causal=True,
                                          grad_checkpoint=config.grad_checkpoint, spatial_grid=grid,
                                          learned_pos=not config.spatial_rope, modulated=self.action_mod is not None)
@@ -253,26 +262,31 @@ class DynamicsModel(nn.Module):
 
     def embed(self, tokens: Tensor, frame_actions: Tensor, prev: Tensor | None = None) -> Tensor:
         """tokens (B, T, S), frame_actions (B, T), prev (B, S) or None -> (B, T, S, D): token + action
-        (+ previous-frame token) embeddings."""
+        (+ previous-frame token) embeddings; with action_cond 'token', (B, T, S + 1, D): token (+ previous-frame
+        token) embeddings, then the action's embedding as the frame's last token."""
         if tokens.dim() != 3 or tokens.shape[2] != self.config.num_tokens:
             raise ValueError(f"dynamics expects tokens (B, T, {self.config.num_tokens}), got {tuple(tokens.shape)}")
         if frame_actions.shape != tokens.shape[:2]:
             raise ValueError(f"frame_actions must be {tuple(tokens.shape[:2])}, got {tuple(frame_actions.shape)}")
-        x = self.token_emb(tokens) + self.action_emb(frame_actions)[:, :, None, :]
+        act = self.action_emb(frame_actions)[:, :, None, :]  # (B, T, 1, D)
+        x = self.token_emb(tokens)
+        if not self.action_tokens:
+            x = x + act
         if self.prev_emb is not None:
             if prev is None:
                 prev = tokens.new_full((tokens.shape[0], tokens.shape[2]), self.mask_id)
             elif prev.shape != (tokens.shape[0], tokens.shape[2]):
                 raise ValueError(f"prev must be (B, S) = {(tokens.shape[0], tokens.shape[2])}, got {tuple(prev.shape)}")
             x = x + self.prev_emb(torch.cat([prev[:, None], tokens[:, :-1]], dim=1))
-        return x
+        return torch.cat([x, act], dim=2) if self.action_tokens else x
 
     def forward(self, tokens: Tensor, frame_actions: Tensor,
                 cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None,
                 commit: bool = False, prev: Tensor | None = None) -> Tensor:
-        x = self.embed(tokens, frame_actions, prev)  # (B, T, S, D)
+        x = self.embed(tokens, frame_actions, prev)  # (B, T, S (+ 1), D)
         cond = self.block_cond(frame_actions)  # (B, T, D) or None
-        return self.head(self.transformer(x, cache=cache, commit=commit, cond=cond))  # (B, T, S, V)
+        out = self.transformer(x, cache=cache, commit=commit, cond=cond)
+        return self.head(out[:, :, : self.config.num_tokens])  # (B, T, S, V)
 
     def commit(self, tokens: Tensor, frame_actions: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache],
                prev: Tensor | None = None) -> None:
