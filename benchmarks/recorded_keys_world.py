@@ -180,7 +180,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/recorded-keys")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--action-cond", default="", choices=["", "input", "adaln"],
+    p.add_argument("--action-cond", default="", choices=["", "input", "adaln", "token"],
                    help="fine-tune with this dynamics.action_cond (default: the run's)")
     p.add_argument("--key-episodes", type=int, default=300,
                    help="training episodes counted for the keys-through-latents row (0: leave it out)")
