@@ -9,7 +9,7 @@ import torch
 
 from playworld.eval.actions import assignment, best_mapping, confusion, key_classes, linear_probe, nmi
 from playworld.eval.motion import opposite_pairs, phase_correlation, silhouettes
-from playworld.eval.stats import PSNR_CAP, bootstrap, psnr, ssim
+from playworld.eval.stats import PSNR_CAP, bootstrap, paired_difference, psnr, ssim
 from playworld.models.lam import LAMConfig, LatentActionModel
 
 torch.set_num_threads(1)
@@ -25,6 +25,33 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_data():
     assert bootstrap(x, seed=5) == bootstrap(x, seed=5)  # seeded: reruns give the same interval
     with pytest.raises(ValueError, match="empty"):
         bootstrap(np.array([]), seed=0)
+
+
+def test_paired_bootstrap_separates_a_shift_that_the_two_intervals_hide():
+    rng = np.random.default_rng(1)
+    units = rng.normal(0.0, 3.0, 40)  # hard and easy units: a wide spread both worlds share
+    a = bootstrap(units, seed=3)
+    b = bootstrap(units + 0.2 + rng.normal(0.0, 0.05, 40), seed=3)  # a little better on every unit
+    assert b.low < a.high  # unpaired, the intervals overlap
+    assert np.percentile(a.replicates, [2.5, 97.5]) == pytest.approx([a.low, a.high])
+    d = paired_difference(a.to_json(replicates=True), b.to_json(replicates=True))
+    assert d.mean == pytest.approx(b.mean - a.mean) and 0.15 < d.low < d.mean < d.high < 0.25
+    same = paired_difference(a.to_json(replicates=True), a.to_json(replicates=True))
+    assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0)
+    # a statistic whose resamples go both ways unit by unit is not separated
+    mixed = bootstrap(units + 0.2 * np.where(np.arange(40) % 2, 5.0, -3.0), seed=3)
+    m = paired_difference(a.to_json(replicates=True), mixed.to_json(replicates=True))
+    assert m.low < 0 < m.high
+    # bias-corrected plug-in statistics keep replicates shifted like their interval
+    nmi_like = bootstrap(units, seed=3, statistic=lambda v: float(np.unique(np.round(v)).size), bias_correct=True)
+    assert np.percentile(nmi_like.replicates, [2.5, 97.5]) == pytest.approx([nmi_like.low, nmi_like.high])
+    # not pairable: no replicates (one unit, or an older file), or other resampling
+    assert paired_difference(a.to_json(), b.to_json(replicates=True)) is None
+    assert paired_difference(bootstrap(np.array([1.0]), seed=0).to_json(replicates=True),
+                             bootstrap(np.array([2.0]), seed=0).to_json(replicates=True)) is None
+    assert paired_difference(a.to_json(replicates=True),
+                             bootstrap(units[:30], seed=3).to_json(replicates=True)) is None
+    assert "replicates" not in a.to_json()  # only when asked
 
 
 def test_psnr_and_ssim_of_identical_and_degraded_frames():

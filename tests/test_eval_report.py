@@ -162,6 +162,57 @@ def test_compare_flags_differences_outside_the_intervals(oracle, tmp_path):
         compare([tmp_path / "a", tmp_path / "bad.json"])
 
 
+def _shifted(m: dict, key: str, by: float) -> None:
+    """Move headline figure ``key`` by ``by``: its point, interval and every bootstrap replicate."""
+    e = m["headline"][key]
+    e.update(mean=e["mean"] + by, low=e["low"] + by, high=e["high"] + by,
+             replicates=[r + by for r in e["replicates"]])
+
+
+def test_compare_pairs_evaluations_of_the_same_units_and_flags_a_small_shift_the_intervals_hide(oracle, tmp_path):
+    a = json.loads(json.dumps(oracle.metrics))
+    assert all(len(e["replicates"]) == 100 for e in a["headline"].values() if e["n"] > 1)
+    assert "replicates" not in a["tokenizer"]["psnr"]  # kept for the headline only
+    e = a["headline"]["delta_psnr_t4"]
+    assert np.percentile(e["replicates"], [2.5, 97.5]) == pytest.approx([e["low"], e["high"]], abs=1e-3)
+    width = e["high"] - e["low"]
+    assert width > 0
+    b = copy.deepcopy(a)
+    _shifted(b, "delta_psnr_t4", 0.1 * width)  # well inside the intervals, but on every unit alike
+    _shifted(b, "key_response_late", -0.1 * (a["headline"]["key_response_late"]["high"]
+                                             - a["headline"]["key_response_late"]["low"] or 1.0))
+    spread = copy.deepcopy(b)  # the same mean difference, but unit by unit it goes both ways
+    r = np.asarray(a["headline"]["delta_psnr_t4"]["replicates"])
+    spread["headline"]["delta_psnr_t4"]["replicates"] = (r + 0.1 * width + np.where(np.arange(len(r)) % 2, 1, -1)
+                                                         * width).tolist()
+    for name, m in (("a", a), ("b", b), ("spread", spread)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    c = compare([tmp_path / "a", tmp_path / "b", tmp_path / "spread"])
+    d = c.differences["delta_psnr_t4"][0]
+    assert d["mean"] == pytest.approx(0.1 * width) and 0 < d["low"] <= d["high"]
+    assert c.flags["delta_psnr_t4"] == ["better", ""]
+    assert c.flags["key_response_late"][0] == "worse"
+    assert c.flags["tokenizer_psnr"] == ["", ""] and c.differences["tokenizer_psnr"][0]["mean"] == 0
+    assert c.differences["ms_per_frame"] == [None, None]  # timings are not paired
+    assert "paired Δ +" in to_markdown(c)
+    # other units (another seed) or a file without replicates (v2): the intervals alone decide
+    other = copy.deepcopy(b)
+    other["settings"]["seed"] += 1
+    old = copy.deepcopy(b)
+    old["schema_version"] = 2
+    for e in old["headline"].values():
+        e.pop("replicates", None)
+    validate(old)
+    with pytest.raises(ConfigError, match=r"headline\.\w+: missing keys \[\], unknown keys \['replicates'\]"):
+        validate({**b, "schema_version": 2})
+    for name, m in (("other", other), ("old", old)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    c = compare([tmp_path / "a", tmp_path / "other", tmp_path / "old"])
+    assert c.differences["delta_psnr_t4"] == [None, None] and c.flags["delta_psnr_t4"] == ["", ""]
+
+
 def test_compare_lists_psnr_and_ssim_at_horizons_1_4_8_and_15_from_the_rollout_curves(oracle, tmp_path):
     a = json.loads(json.dumps(oracle.metrics))
     b = copy.deepcopy(a)

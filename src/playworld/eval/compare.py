@@ -1,10 +1,13 @@
 """`playworld eval --compare A B ...`: the headline figures of several evaluations side by side, with
 rollout PSNR and SSIM at horizons 1, 4, 8 and 15.
 
-A difference is flagged when the two 95% intervals do not overlap (a conservative test: two
-intervals can overlap while the difference is still significant, so unflagged is not "equal").
-Every run is compared with the first. Runs evaluated on other data, split, seed or settings are
-named in a warning, since their figures do not measure the same thing.
+Every run is compared with the first. Where both evaluations scored the same units (the same data,
+settings and counts) and kept their figures' bootstrap replicates (metrics.json v3), a figure is
+flagged when the paired bootstrap interval of its difference excludes 0 (:func:`paired_difference`:
+the same clips and start frames, resampled alike, so what the units share cancels). Otherwise (older
+files, other data or settings, speed figures) it is flagged when the two 95% intervals do not overlap,
+a conservative test: unflagged is not "equal". Runs evaluated on other data, split, seed or settings
+are named in a warning, since their figures do not measure the same thing.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ from typing import Any
 
 from playworld.errors import ConfigError
 from playworld.eval.schema import load_metrics
+from playworld.eval.stats import paired_difference
 
 COMPARABLE = ("split", "episodes", "context", "horizon", "seed", "maskgit_steps", "temperature", "key_starts",
               "key_steps", "real_hold", "motion_cutoff", "motion_window")
+PAIRED_SETTINGS = (*COMPARABLE, "action_clips", "consistency_starts", "consistency_steps", "memory_k",
+                   "memory_starts", "bootstrap", "real_env", "copy_penalty", "precision")
+"""Settings two evaluations must share (beside their data and counts) for their figures to be paired."""
 
 
 def find_metrics(path: str | Path) -> Path:
@@ -56,13 +63,24 @@ def horizon_figures(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @dataclass
 class Comparison:
     """names: the runs; rows: headline name -> per run (Estimate dict or None); flags: headline name ->
-    per run (other than the first) 'better' | 'worse' | '' ; warnings: why runs may not compare."""
+    per run (other than the first) 'better' | 'worse' | '' ; differences: headline name -> per run (other
+    than the first) the paired difference from the first (Estimate dict) or None where it cannot be
+    paired; warnings: why runs may not compare."""
 
     names: list[str]
     rows: dict[str, list[dict[str, Any] | None]]
     better: dict[str, str]
     flags: dict[str, list[str]]
     warnings: list[str]
+    differences: dict[str, list[dict[str, Any] | None]]
+
+
+def same_units(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two evaluations scored the same clips and start frames, in the same order: the same data,
+    the settings that choose and resample them, and the same counts, none cut short by the time limit."""
+    sa, sb = a["settings"], b["settings"]
+    return (a["data"] == b["data"] and all(sa.get(k) == sb.get(k) for k in PAIRED_SETTINGS)
+            and a["counts"] == b["counts"] and not a["counts"]["truncated_by_time"])
 
 
 def compare(paths: list[str | Path]) -> Comparison:
@@ -85,22 +103,32 @@ def compare(paths: list[str | Path]) -> Comparison:
                             "ms_per_frame is not flagged")
     figures = [{**m["headline"], **horizon_figures(m)} for m in metrics]
     keys = list(dict.fromkeys(k for f in figures for k in f))
-    rows, better, flags = {}, {}, {}
+    pairable = [same_units(base, m) for m in metrics[1:]]
+    rows, better, flags, differences = {}, {}, {}, {}
     for key in keys:
         row = [f.get(key) for f in figures]
         rows[key] = row
         better[key] = next(e["better"] for e in row if e is not None)
         ref = row[0]
-        flags[key] = []
-        for t, e in zip(threads[1:], row[1:]):
-            flag = ""
-            if ref is not None and e is not None and (key not in SPEED_FIGURES or t == threads[0]):
+        flags[key], differences[key] = [], []
+        for t, e, alike in zip(threads[1:], row[1:], pairable):
+            flag, diff = "", None
+            if ref is not None and e is not None and key not in SPEED_FIGURES and alike:
+                paired = paired_difference(ref, e)
+                diff = None if paired is None else paired.to_json()
+            if diff is not None:
+                if diff["low"] > 0:
+                    flag = "better" if better[key] == "higher" else "worse"
+                elif diff["high"] < 0:
+                    flag = "worse" if better[key] == "higher" else "better"
+            elif ref is not None and e is not None and (key not in SPEED_FIGURES or t == threads[0]):
                 if e["low"] > ref["high"]:
                     flag = "better" if better[key] == "higher" else "worse"
                 elif e["high"] < ref["low"]:
                     flag = "worse" if better[key] == "higher" else "better"
             flags[key].append(flag)
-    return Comparison(names, rows, better, flags, warnings)
+            differences[key].append(diff)
+    return Comparison(names, rows, better, flags, warnings, differences)
 
 
 def _cell(e: dict[str, Any] | None) -> str:
@@ -114,10 +142,13 @@ def to_markdown(c: Comparison) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, row in c.rows.items():
         cells = [_cell(row[0])]
-        for e, flag in zip(row[1:], c.flags[key]):
-            cells.append(_cell(e) + (f" **{flag}**" if flag else ""))
+        for e, flag, d in zip(row[1:], c.flags[key], c.differences[key]):
+            paired = "" if d is None else f"; paired Δ {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            cells.append(_cell(e) + paired + (f" **{flag}**" if flag else ""))
         lines.append(f"| {key} ({c.better[key]}) | " + " | ".join(cells) + " |")
-    notes = ["", f"Flags compare each run with the first ({c.names[0]}): **better**/**worse** = the 95% intervals "
-             "do not overlap. Unflagged differences are within the intervals."]
+    notes = ["", f"Flags compare each run with the first ({c.names[0]}). Where a cell shows a paired Δ (the same "
+             "clips and start frames, resampled alike: a paired bootstrap of the difference), **better**/**worse** "
+             "= its 95% interval excludes 0; elsewhere = the two 95% intervals do not overlap. Unflagged "
+             "differences are within the intervals."]
     notes += [f"Warning: {w}" for w in c.warnings]
     return "\n".join(lines + notes) + "\n"

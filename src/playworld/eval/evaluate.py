@@ -40,7 +40,7 @@ from playworld.eval.motion import opposite_pairs
 from playworld.eval.realgame import held_transitions
 from playworld.eval.realism import FEATURES, real_floor, realism
 from playworld.eval.rollouts import KINDS, BatchFigures, EvalWorld, device_of, evaluate_batch
-from playworld.eval.schema import FORMAT, SCHEMA_VERSION
+from playworld.eval.schema import FORMAT, SCHEMA_VERSION, keep_headline_replicates
 from playworld.eval.stats import Estimate, bootstrap, psnr, psnr_of_mean_mse
 from playworld.models.lam import check_action_usage
 
@@ -84,7 +84,7 @@ class Evaluation:
         self.conf: np.ndarray | None = None
 
     def est(self, values: np.ndarray) -> dict[str, Any]:
-        return bootstrap(values, seed=self.cfg.seed, resamples=self.cfg.bootstrap).to_json()
+        return bootstrap(values, seed=self.cfg.seed, resamples=self.cfg.bootstrap).to_json(replicates=True)
 
     def bar(self, total: int, desc: str) -> tqdm:
         return progress_bar(total=total, desc=desc, unit="clip", disable=not self.cfg.progress, leave=False)
@@ -104,6 +104,7 @@ class Evaluation:
         self.speed_section(figs)
         self.media(figs)
         self.headline()
+        keep_headline_replicates(self.out.metrics)
         return self.out
 
     # -- rollouts and tokenizer ---------------------------------------------------------------------------
@@ -140,9 +141,9 @@ class Evaluation:
             "psnr": self.est(np.concatenate([f.recon_psnr for f in figs])),
             "ssim": self.est(np.concatenate([f.recon_ssim for f in figs])),
             "code_usage": bootstrap(clips, seed=cfg.seed, resamples=cfg.bootstrap, statistic=usage,
-                                    bias_correct=True).to_json(),
+                                    bias_correct=True).to_json(replicates=True),
             "perplexity": bootstrap(clips, seed=cfg.seed, resamples=cfg.bootstrap, statistic=perplexity,
-                                    bias_correct=True).to_json(),
+                                    bias_correct=True).to_json(replicates=True),
             "code_counts": counts.sum(0).tolist(),
         }
 
@@ -160,7 +161,8 @@ class Evaluation:
                     # (an exact copy scores the 100 dB cap) decide, which flatters copy-last
                     entry["psnr_of_mean_mse"] = {
                         k: [bootstrap(v[:, t], seed=self.cfg.seed, resamples=self.cfg.bootstrap,
-                                      statistic=psnr_of_mean_mse).to_json() for t in range(v.shape[1])]
+                                      statistic=psnr_of_mean_mse).to_json(replicates=True)
+                            for t in range(v.shape[1])]
                         for k, v in per.items()}
             contexts[str(c)] = entry
         self.out.metrics["rollouts"] = {"horizon": self.cfg.horizon, "contexts": contexts}
@@ -229,9 +231,10 @@ class Evaluation:
 
         section.update({
             "available": True, "mapping": [[int(a), int(b)] for a, b in sorted(mapping.items())],
-            "mapping_accuracy": _grouped(grp, cfg, accuracy).to_json(),
-            "majority_accuracy": _grouped(grp, cfg, majority).to_json(),
-            "nmi": _grouped(grp, cfg, lambda sel: act.nmi(conf_of(sel)), bias_correct=True).to_json(),
+            "mapping_accuracy": _grouped(grp, cfg, accuracy).to_json(replicates=True),
+            "majority_accuracy": _grouped(grp, cfg, majority).to_json(replicates=True),
+            "nmi": _grouped(grp, cfg, lambda sel: act.nmi(conf_of(sel)),
+                            bias_correct=True).to_json(replicates=True),
             "confusion": conf.tolist()})
         if not has_features:
             section["probe_reason"] = "the LAM exposes no features(video) for a linear probe"
@@ -245,7 +248,7 @@ class Evaluation:
             def probe_acc(sel: np.ndarray) -> float:
                 return float(np.concatenate([probe.correct[pg == g] for g in sel]).mean())
 
-            section["probe_accuracy"] = _grouped(pg, cfg, probe_acc).to_json()
+            section["probe_accuracy"] = _grouped(pg, cfg, probe_acc).to_json(replicates=True)
             section["probe_majority_accuracy"] = probe.majority
 
     # -- driving the world ---------------------------------------------------------------------------------
@@ -418,9 +421,9 @@ class Evaluation:
         section: dict[str, Any] = {
             "estimator": est,
             "tokenizer_kept": motion_kept(flat("recon_shift")[0], real, groups, seed=cfg.seed,
-                                          resamples=cfg.bootstrap).to_json(),
+                                          resamples=cfg.bootstrap).to_json(replicates=True),
             "dynamics_kept": motion_kept(flat("tf_shift")[0], tf_real, tf_groups, seed=cfg.seed,
-                                         resamples=cfg.bootstrap).to_json()}
+                                         resamples=cfg.bootstrap).to_json(replicates=True)}
         self.out.metrics["motion"] = section
         section["keys"], gen = self.keys_part()
         section["realism"] = self.realism_part(gen)
@@ -450,11 +453,11 @@ class Evaluation:
                 entry[name] = {"dy": self.est(shift[:, a, 0]), "dx": self.est(shift[:, a, 1]),
                                "change": self.est(change[:, a])}
             if a in real:
-                entry["real"] = real[a].to_json()
+                entry["real"] = real[a].to_json(replicates=True)
             per_action.append(entry)
 
         def opt(e: Estimate | None) -> dict[str, Any] | None:
-            return None if e is None else e.to_json()
+            return None if e is None else e.to_json(replicates=True)
 
         keys = {
             "starts": s, "steps": steps, "real_hold": cfg.real_hold,
@@ -462,7 +465,7 @@ class Evaluation:
             "real_available": bool(real), "real_reason": reason,
             "response": {n: opt(e) for n, e in summary.response.items()},
             "liveness": {n: opt(e) for n, e in summary.liveness.items()},
-            "change": {n: e.to_json() for n, e in summary.change.items()},
+            "change": {n: e.to_json(replicates=True) for n, e in summary.change.items()},
             "response_actions": summary.response_actions, "liveness_actions": summary.liveness_actions,
             "per_action": per_action,
             "curves": {"shift": curves.shift.mean(0).tolist(), "change": curves.change.mean(0).tolist()},
@@ -477,7 +480,8 @@ class Evaluation:
         cfg = self.cfg
         first = windows(gen.shape[2] - 1)["late"][0]
         fd = realism(self.held.frames, gen[:, :, first:], seed=cfg.seed, resamples=cfg.bootstrap)
-        return {"frechet": fd.to_json(), "real_vs_real": real_floor(self.held.frames, self.held.frame_episode),
+        return {"frechet": fd.to_json(replicates=True),
+                "real_vs_real": real_floor(self.held.frames, self.held.frame_episode),
                 "steps": [first, gen.shape[2] - 1], "generated_frames": int(np.prod(gen[:, :, first:].shape[:3])),
                 "real_frames": len(self.held.frames),
                 "features": f"colour histograms and moments, gradient and Laplacian energy, 4x4 grey layout ({FEATURES})"}

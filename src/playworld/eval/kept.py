@@ -42,9 +42,9 @@ class MotionKept:
     real_motion: float
     transitions: int
 
-    def to_json(self) -> dict:
-        return {"slope": {k: e.to_json() for k, e in self.slope.items()},
-                "correlation": {k: e.to_json() for k, e in self.correlation.items()},
+    def to_json(self, replicates: bool = False) -> dict:
+        return {"slope": {k: e.to_json(replicates) for k, e in self.slope.items()},
+                "correlation": {k: e.to_json(replicates) for k, e in self.correlation.items()},
                 "real_motion": self.real_motion, "transitions": self.transitions}
 
 

@@ -89,9 +89,10 @@ class RealMotion:
     def vector(self) -> np.ndarray:
         return np.array([self.dy.mean, self.dx.mean])
 
-    def to_json(self) -> dict:
-        return {"action": self.action, "dy": self.dy.to_json(), "dx": self.dx.to_json(),
-                "change": self.change.to_json(), "transitions": self.transitions, "episodes": self.episodes}
+    def to_json(self, replicates: bool = False) -> dict:
+        return {"action": self.action, "dy": self.dy.to_json(replicates), "dx": self.dx.to_json(replicates),
+                "change": self.change.to_json(replicates), "transitions": self.transitions,
+                "episodes": self.episodes}
 
 
 def held_transitions(dataset: Dataset, episodes: list[int], hold: int, motion: MotionEstimator) -> HeldTransitions:

@@ -3,7 +3,8 @@
 Bump ``SCHEMA_VERSION`` on any change a reader could notice (a key added, removed, renamed or of
 another type); readers refuse other versions with a message, never misread them. Older versions that
 are still read are kept in ``SCHEMAS`` (v1: before the motion section; its headline lacks the motion
-figures, which ``--compare`` then shows as missing).
+figures, which ``--compare`` then shows as missing; v2: before the headline's bootstrap replicates, so
+``--compare`` judges its figures by their intervals alone, unpaired).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from playworld.errors import ConfigError
 from playworld.io import read_json
 
 FORMAT = "playworld-eval"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,30 @@ MOTION = {
     "realism": {"frechet": ESTIMATE, "real_vs_real": Opt(float), "steps": ListOf(int), "generated_frames": int,
                 "real_frames": int, "features": str},
 }
-SCHEMA: dict[str, Any] = {**SCHEMA_V1, "motion": MOTION}
-SCHEMAS: dict[int, dict[str, Any]] = {1: SCHEMA_V1, SCHEMA_VERSION: SCHEMA}
+SCHEMA_V2: dict[str, Any] = {**SCHEMA_V1, "motion": MOTION}
+# v3: each headline figure keeps its bootstrap replicates (absent where n = 1), for paired comparisons
+SCHEMA: dict[str, Any] = {**SCHEMA_V2, "headline": MapOf({**ESTIMATE, "better": str,
+                                                          "replicates": Added(ListOf(float))})}
+SCHEMAS: dict[int, dict[str, Any]] = {1: SCHEMA_V1, 2: SCHEMA_V2, SCHEMA_VERSION: SCHEMA}
+
+
+def keep_headline_replicates(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Drop the bootstrap replicates of every estimate in ``metrics`` (in place) but the headline's: the
+    figures a comparison pairs keep theirs, the hundreds of others stay a few numbers each. Returns it."""
+
+    def drop(value: Any) -> None:
+        if isinstance(value, dict):
+            value.pop("replicates", None)
+            for v in value.values():
+                drop(v)
+        elif isinstance(value, list):
+            for v in value:
+                drop(v)
+
+    for key, value in metrics.items():
+        if key != "headline":
+            drop(value)
+    return metrics
 
 
 def _check(value: Any, spec: Any, where: str) -> None:

@@ -11,7 +11,8 @@ IEEE TIP 2004 (Gaussian window 11 x 11, sigma 1.5, K1 = 0.01, K2 = 0.03, data ra
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,15 +27,25 @@ PSNR_CAP = 100.0  # dB: the PSNR of an exact frame (psnr_from_mse clamps the mse
 
 @dataclass(frozen=True)
 class Estimate:
-    """A statistic with its (1 - alpha) bootstrap interval over ``n`` independent units."""
+    """A statistic with its (1 - alpha) bootstrap interval over ``n`` independent units.
+
+    ``replicates``: the statistic on each bootstrap resample (shifted like the interval where the bootstrap
+    was bias-corrected), whose percentiles are ``low`` and ``high``. The resamples depend only on the seed,
+    their count and ``n``, so two evaluations of the same units with the same seed resample them alike: the
+    difference of their replicates is a paired bootstrap of the difference of the two statistics
+    (:func:`paired_difference`)."""
 
     mean: float
     low: float
     high: float
     n: int
+    replicates: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
-    def to_json(self) -> dict[str, float | int]:
-        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n}
+    def to_json(self, replicates: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n}
+        if replicates and self.replicates:
+            out["replicates"] = [float(f"{r:.6g}") for r in self.replicates]
+        return out
 
     def __str__(self) -> str:
         return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
@@ -63,8 +74,22 @@ def bootstrap(values: np.ndarray, *, seed: int, resamples: int = 1000, alpha: fl
     low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     if bias_correct:
         bias = float(boot.mean()) - point
-        low, high = low - bias, high - bias
-    return Estimate(point, float(low), float(high), n)
+        low, high, boot = low - bias, high - bias, boot - bias
+    return Estimate(point, float(low), float(high), n, tuple(boot.tolist()))
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any], alpha: float = 0.05) -> Estimate | None:
+    """b - a for two estimates (metrics.json dicts) of the same statistic on the same units, resampled alike
+    (the same seed, count of resamples and ``n``): the point difference and the percentile interval of the
+    differences of their replicates, a paired bootstrap. The pairing removes what the units share (a hard
+    start frame is hard for both worlds), so it separates worlds whose own intervals overlap. None when
+    either lacks replicates or they were not resampled alike."""
+    ra, rb = a.get("replicates"), b.get("replicates")
+    if not ra or not rb or len(ra) != len(rb) or a["n"] != b["n"]:
+        return None
+    diff = np.asarray(rb, dtype=np.float64) - np.asarray(ra, dtype=np.float64)
+    low, high = np.percentile(diff, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return Estimate(float(b["mean"] - a["mean"]), float(low), float(high), int(a["n"]))
 
 
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
