@@ -23,7 +23,7 @@ from playworld.eval.compare import compare, to_markdown
 from playworld.eval.config import EvalConfig
 from playworld.eval.evaluate import evaluate
 from playworld.eval.report import render_report
-from playworld.eval.schema import load_metrics, validate
+from playworld.eval.schema import load_metrics, metrics_text, validate
 from playworld.models.dynamics import DynamicsConfig, DynamicsModel
 from playworld.models.lam import LAMConfig, LatentActionModel
 from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
@@ -254,6 +254,12 @@ def test_cli_evaluates_a_saved_run_and_compares_two(sprite, tmp_path, capsys):
     assert main(["eval", str(run), *common]) == 0
     m = load_metrics(run / "eval")
     assert m["counts"]["episodes"] == 3 and set(m["rollouts"]["contexts"]) == {"1", "2"}
+    text = (run / "eval" / "metrics.json").read_text()
+    assert json.loads(text) == m and m["headline"]["tokenizer_psnr"]["replicates"]  # 50 a figure
+    # lists of numbers on one line each, not a line per number
+    assert len(text.splitlines()) < len(json.dumps(m, indent=1).splitlines()) / 3
+    assert metrics_text({"a": [1, -2.5e-07, 3], "b": "x [\n 1,\n 2]", "c": []}) == (
+        '{\n "a": [1, -2.5e-07, 3],\n "b": "x [\\n 1,\\n 2]",\n "c": []\n}\n')  # strings untouched
     assert len(m["rollouts"]["contexts"]["2"]["delta_psnr"]) == 3 and "delta_psnr_t3" in m["headline"]
     assert (run / "eval" / "report.html").stat().st_size > 10_000
     assert Image.open(run / "eval" / "rollouts.gif").n_frames == 3

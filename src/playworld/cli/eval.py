@@ -69,7 +69,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from playworld.eval.evaluate import evaluate
     from playworld.eval.heldout import collect_heldout, plan_heldout
     from playworld.eval.report import render_report
-    from playworld.eval.schema import validate
+    from playworld.eval.schema import metrics_text, validate
     from playworld.io import atomic_write_text
     from playworld.maskgit import SamplingConfig
     from playworld.play.actions import FILENAME as ACTION_NAMES_FILE
@@ -99,7 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics = json.loads(json.dumps(result.metrics))
     validate(metrics, str(out / "metrics.json"))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    atomic_write_text(out / "metrics.json", metrics_text(metrics))
     gifs = {}
     for name, frames in result.gifs.items():
         path = write_video(out / f"{name}.gif", frames, fps=6, scale=2)

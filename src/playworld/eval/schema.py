@@ -9,7 +9,9 @@ figures, which ``--compare`` then shows as missing; v2: before the headline's bo
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,6 +205,16 @@ def _estimates(value: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(value, list):
         return [e for i, v in enumerate(value) for e in _estimates(v, f"{where}[{i}]")]
     return []
+
+
+_NUMBER_LIST = re.compile(r"\[\n[-+0-9.eE,\s]*\]")  # an indented list of numbers (strings hold no raw newline)
+
+
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """``metrics`` as the text of a metrics.json: indented objects, each list of numbers on one line (the
+    headline's bootstrap replicates, code counts and curves would otherwise take a line per number)."""
+    text = json.dumps(metrics, indent=1)
+    return _NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(0)[1:-1].split()) + "]", text) + "\n"
 
 
 def load_metrics(path: str | Path) -> dict[str, Any]:
