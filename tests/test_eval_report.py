@@ -257,7 +257,7 @@ def test_cli_evaluates_a_saved_run_and_compares_two(sprite, tmp_path, capsys):
     text = (run / "eval" / "metrics.json").read_text()
     assert json.loads(text) == m and m["headline"]["tokenizer_psnr"]["replicates"]  # 50 a figure
     # lists of numbers on one line each, not a line per number
-    assert len(text.splitlines()) < len(json.dumps(m, indent=1).splitlines()) / 3
+    assert len(text.splitlines()) < len(json.dumps(m, indent=1).splitlines()) / 2
     assert metrics_text({"a": [1, -2.5e-07, 3], "b": "x [\n 1,\n 2]", "c": []}) == (
         '{\n "a": [1, -2.5e-07, 3],\n "b": "x [\\n 1,\\n 2]",\n "c": []\n}\n')  # strings untouched
     assert len(m["rollouts"]["contexts"]["2"]["delta_psnr"]) == 3 and "delta_psnr_t3" in m["headline"]
