@@ -195,6 +195,8 @@ def test_compare_pairs_evaluations_of_the_same_units_and_flags_a_small_shift_the
     assert c.flags["key_response_late"][0] == "worse"
     assert c.flags["tokenizer_psnr"] == ["", ""] and c.differences["tokenizer_psnr"][0]["mean"] == 0
     assert c.differences["ms_per_frame"] == [None, None]  # timings are not paired
+    t4 = next(k for k in a["headline"] if k.startswith("psnr_inferred_t"))  # also a horizon row: paired
+    assert c.differences[t4][0]["mean"] == 0 and c.differences["psnr_inferred_t1"] == [None, None]
     assert "paired Δ +" in to_markdown(c)
     # other units (another seed) or a file without replicates (v2): the intervals alone decide
     other = copy.deepcopy(b)

@@ -101,7 +101,9 @@ def compare(paths: list[str | Path]) -> Comparison:
         if t != threads[0]:
             warnings.append(f"{name} timed its frames with {t} threads, {names[0]} with {threads[0]}: "
                             "ms_per_frame is not flagged")
-    figures = [{**m["headline"], **horizon_figures(m)} for m in metrics]
+    # the headline's own entries first: they keep their replicates, the curves' do not
+    figures = [{**m["headline"], **{k: v for k, v in horizon_figures(m).items() if k not in m["headline"]}}
+               for m in metrics]
     keys = list(dict.fromkeys(k for f in figures for k in f))
     pairable = [same_units(base, m) for m in metrics[1:]]
     rows, better, flags, differences = {}, {}, {}, {}
