@@ -1,12 +1,14 @@
 """Building blocks of `playworld eval`: intervals, PSNR/SSIM, the assignment, NMI, the probe, phase
 correlation, silhouettes, and the LAM's probe features."""
 
+import io
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
+from playworld.errors import ConfigError
 from playworld.eval.actions import assignment, best_mapping, confusion, key_classes, linear_probe, nmi
 from playworld.eval.motion import opposite_pairs, phase_correlation, silhouettes
 from playworld.eval.stats import PSNR_CAP, bootstrap, paired_difference, psnr, ssim
@@ -175,6 +177,24 @@ def test_procgen_press_starts_every_key_from_one_frame_and_keys_that_act_alike_s
         procgen_press(source, [3], [], steps=3, context=2)
 
 
+def test_procgen_hold_keeps_a_level_whose_episode_ends_and_marks_the_steps_after_the_end():
+    pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
+    from playworld.eval.envwalk import procgen_hold, procgen_press
+
+    source = {"kind": "procgen", "game": "coinrun", "config": {"distribution_mode": "hard"}}
+    # level 30: holding RIGHT+UP (8) ends the episode at step 28; RIGHT (7) does not within 30 steps
+    h = procgen_hold(source, [30, 3], [7, 8], steps=30, context=2)
+    assert h.level_seeds == [30, 3] and h.frames.shape == (2, 2, 31, 64, 64, 3) and h.alive.shape == (2, 2, 30)
+    assert h.alive[1].all() and h.alive[0, 0].all()
+    assert h.alive[0, 1].sum() == 28 and not h.alive[0, 1, 28:].any()  # alive until it ended, never again
+    pressed = procgen_press(source, [30, 3], [7, 8], steps=30, context=2)
+    assert pressed.level_seeds == [3]  # the presses drop the level the hold keeps
+    short = procgen_press(source, [30, 3], [7, 8], steps=5, context=2)
+    assert np.array_equal(short.frames, h.frames[:, :, :6]) and np.array_equal(short.prompts, h.prompts)
+    with pytest.raises(ValueError, match="at least one action"):
+        procgen_hold(source, [3], [], steps=3, context=2)
+
+
 def test_psnr_of_mean_mse_is_not_decided_by_exact_frames():
     import numpy as np
 
@@ -242,6 +262,47 @@ def test_real_consistency_presses_the_mapped_keys_on_the_evaluated_levels(tmp_pa
     assert "only 2 of the 4" in ev.real_consistency()["reason"]
     ev.cfg = EvalConfig(episodes=4, split="train", real_env=False, progress=False)
     assert ev.real_consistency()["reason"] == "turned off (--no-real-env)"
+
+
+def test_real_start_key_response_holds_the_mapped_keys_from_the_evaluated_levels(tmp_path):
+    pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
+    from playworld.data.collect import CollectConfig, collect
+    from playworld.data.loader import ClipDataset
+    from playworld.eval.clips import choose_clips
+    from playworld.eval.config import EvalConfig
+    from playworld.eval.evaluate import Evaluation
+
+    collect(CollectConfig(episodes=6, policy="random", num_envs=2, max_episode_frames=24, episodes_per_shard=6,
+                          seed=0), tmp_path / "data", progress=False)
+    cfg = EvalConfig(episodes=4, split="train", real_key_starts=3, progress=False, bootstrap=200)
+    ev = Evaluation(_FrozenWorld(), ClipDataset(tmp_path / "data", clip_len=cfg.clip_len, split="train"), cfg)
+    ev.chosen = choose_clips(ev.clips, cfg.episodes, cfg.action_clips, cfg.seed)
+    ev.done = len(ev.chosen.rollout)
+    ev.mapping = {0: 7, 1: 5, 2: 4, 3: 1}  # RIGHT, UP (jump), NOOP, LEFT
+    part = ev.real_keys_part()
+    assert part["available"] and part["reason"] is None and 1 <= part["levels"] <= 3 and part["steps"] == 30
+    assert part["true_actions"] == [7, 5, 4, 1] and 0 < part["alive_share"] <= 1
+    # RIGHT and the jump move the real scene early (later RIGHT may stand at a wall); NOOP never counts
+    assert part["response_actions"]["early"] == [0, 1] and 2 not in part["response_actions"]["late"]
+    assert np.asarray(part["per_action"]["early"]["real_shift"])[0, 1] < -0.25  # right: the scene moves left
+    for w in ("early", "late"):  # a frozen world: no motion along the game's, no pixel change
+        assert part["response"][w]["mean"] == 0.0 and part["liveness"][w]["mean"] == 0.0
+        assert np.asarray(part["per_action"][w]["real_shift"]).shape == (4, 2)
+        assert part["per_action"][w]["world_change"] == [0.0] * 4
+    curves = part["curves"]
+    assert np.asarray(curves["real_shift"]).shape == (4, 30, 2) and np.asarray(curves["world_change"]).shape == (4, 30)
+    assert np.asarray(curves["real_shift"])[0, 2:8, 1].mean() < -0.25  # the real game's right, step by step
+    from PIL import Image
+
+    from playworld.eval.report import real_start_plot
+    png = real_start_plot({"motion": {"keys": {"real_starts": part, "windows": {"early": [2, 8], "late": [20, 30]}}}})
+    assert Image.open(io.BytesIO(png)).size[0] > 500
+    ev.mapping = {0: 7, 1: 5}
+    assert "only 2 of the 4" in ev.real_keys_part()["reason"]
+    ev.cfg = EvalConfig(episodes=4, split="train", real_key_starts=0, progress=False)
+    assert ev.real_keys_part()["reason"] == "turned off (--real-key-starts 0)"
+    with pytest.raises(ConfigError, match="real_key_starts must be >= 0"):
+        EvalConfig(real_key_starts=-1)
 
 
 def test_key_classes_merge_keys_a_game_cannot_tell_apart_and_refuse_bad_specs():

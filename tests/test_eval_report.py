@@ -169,6 +169,40 @@ def _shifted(m: dict, key: str, by: float) -> None:
              replicates=[r + by for r in e["replicates"]])
 
 
+def test_compare_judges_key_response_and_liveness_by_their_distance_from_the_real_games_one(oracle, tmp_path):
+    a = json.loads(json.dumps(oracle.metrics))
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.05, 100)
+    for key in ("key_response_late", "liveness_far"):  # twice the real speed or change: an overshoot
+        a["headline"][key] = {"mean": 2.0, "low": 1.9, "high": 2.1, "n": 8, "better": "near 1",
+                              "replicates": (2.0 + noise).tolist()}
+    runs = {"a": a}
+    for name, by in (("closer", -0.5), ("farther", 0.5), ("mirror", -2.0)):  # 1.5, 2.5 and 0.0
+        m = copy.deepcopy(a)
+        for key in ("key_response_late", "liveness_far"):
+            _shifted(m, key, by)
+        runs[name] = m
+    for name, m in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    c = compare([tmp_path / n for n in runs])
+    for key in ("key_response_late", "liveness_far"):  # higher is not better: 2.5 is further off than 2.0
+        assert c.flags[key] == ["better", "worse", ""]
+        assert [d["mean"] for d in c.differences[key]] == pytest.approx([-0.5, 0.5, 0.0])
+    assert c.rows["key_response_late"][1]["mean"] == pytest.approx(1.5)  # the table shows the figure itself
+    assert "paired Δ|x-1| -0.500" in to_markdown(c)
+    # a v3 file labelled them 'higher' is better; it is read as what they meant
+    old = copy.deepcopy(a)
+    old["schema_version"] = 3
+    old["motion"]["keys"].pop("real_starts")
+    for key in ("key_response_late", "liveness_far"):
+        old["headline"][key]["better"] = "higher"
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert load_metrics(tmp_path / "old.json")["headline"]["key_response_late"]["better"] == "near 1"
+    with pytest.raises(ConfigError, match=r"headline.nmi.better is 'more', not one of"):
+        validate({**a, "headline": {**a["headline"], "nmi": {**a["headline"]["nmi"], "better": "more"}}})
+
+
 def test_compare_pairs_evaluations_of_the_same_units_and_flags_a_small_shift_the_intervals_hide(oracle, tmp_path):
     a = json.loads(json.dumps(oracle.metrics))
     assert all(len(e["replicates"]) == 100 for e in a["headline"].values() if e["n"] > 1)
@@ -179,8 +213,6 @@ def test_compare_pairs_evaluations_of_the_same_units_and_flags_a_small_shift_the
     assert width > 0
     b = copy.deepcopy(a)
     _shifted(b, "delta_psnr_t4", 0.1 * width)  # well inside the intervals, but on every unit alike
-    _shifted(b, "key_response_late", -0.1 * (a["headline"]["key_response_late"]["high"]
-                                             - a["headline"]["key_response_late"]["low"] or 1.0))
     spread = copy.deepcopy(b)  # the same mean difference, but unit by unit it goes both ways
     r = np.asarray(a["headline"]["delta_psnr_t4"]["replicates"])
     spread["headline"]["delta_psnr_t4"]["replicates"] = (r + 0.1 * width + np.where(np.arange(len(r)) % 2, 1, -1)
@@ -192,7 +224,7 @@ def test_compare_pairs_evaluations_of_the_same_units_and_flags_a_small_shift_the
     d = c.differences["delta_psnr_t4"][0]
     assert d["mean"] == pytest.approx(0.1 * width) and 0 < d["low"] <= d["high"]
     assert c.flags["delta_psnr_t4"] == ["better", ""]
-    assert c.flags["key_response_late"][0] == "worse"
+    assert c.flags["key_response_late"] == ["", ""] and c.better["key_response_late"] == "near 1"
     assert c.flags["tokenizer_psnr"] == ["", ""] and c.differences["tokenizer_psnr"][0]["mean"] == 0
     assert c.differences["ms_per_frame"] == [None, None]  # timings are not paired
     t4 = next(k for k in a["headline"] if k.startswith("psnr_inferred_t"))  # also a horizon row: paired
@@ -203,6 +235,7 @@ def test_compare_pairs_evaluations_of_the_same_units_and_flags_a_small_shift_the
     other["settings"]["seed"] += 1
     old = copy.deepcopy(b)
     old["schema_version"] = 2
+    old["motion"]["keys"].pop("real_starts")
     for e in old["headline"].values():
         e.pop("replicates", None)
     validate(old)

@@ -1,7 +1,9 @@
 """`playworld eval --compare A B ...`: the headline figures of several evaluations side by side, with
 rollout PSNR and SSIM at horizons 1, 4, 8 and 15.
 
-Every run is compared with the first. Where both evaluations scored the same units (the same data,
+Every run is compared with the first. A figure whose target is 1 (``near 1``: key response and liveness,
+the world's motion and change over the real game's) is compared by its distance from 1. Where both
+evaluations scored the same units (the same data,
 settings and counts) and kept their figures' bootstrap replicates (metrics.json v3), a figure is
 flagged when the paired bootstrap interval of its difference excludes 0 (:func:`paired_difference`:
 the same clips and start frames, resampled alike, so what the units share cancels). Otherwise (older
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from playworld.errors import ConfigError
-from playworld.eval.schema import load_metrics
+from playworld.eval.schema import NEAR_ONE, load_metrics
 from playworld.eval.stats import paired_difference
 
 COMPARABLE = ("split", "episodes", "context", "horizon", "seed", "maskgit_steps", "temperature", "key_starts",
@@ -57,6 +59,16 @@ def horizon_figures(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
             curve = ctx.get(name, {}).get("inferred", [])
             if len(curve) >= h:
                 out[f"{name}_inferred_t{h}"] = {**curve[h - 1], "better": "higher"}
+    return out
+
+
+def distance_from_one(e: dict[str, Any]) -> dict[str, Any]:
+    """An estimate of x -> one of |x - 1| (the interval of |x - 1| over x's interval; replicates mapped)."""
+    lo, hi = e["low"] - 1.0, e["high"] - 1.0
+    low = 0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi))
+    out = {"mean": abs(e["mean"] - 1.0), "low": low, "high": max(abs(lo), abs(hi)), "n": e["n"]}
+    if e.get("replicates"):
+        out["replicates"] = [abs(r - 1.0) for r in e["replicates"]]
     return out
 
 
@@ -112,6 +124,10 @@ def compare(paths: list[str | Path]) -> Comparison:
         rows[key] = row
         better[key] = next(e["better"] for e in row if e is not None)
         ref = row[0]
+        direction = better[key]
+        if direction == NEAR_ONE:  # judged by the distance from 1: lower is better
+            row = [None if e is None else distance_from_one(e) for e in row]
+            ref, direction = row[0], "lower"
         flags[key], differences[key] = [], []
         for t, e, alike in zip(threads[1:], row[1:], pairable):
             flag, diff = "", None
@@ -120,14 +136,14 @@ def compare(paths: list[str | Path]) -> Comparison:
                 diff = None if paired is None else paired.to_json()
             if diff is not None:
                 if diff["low"] > 0:
-                    flag = "better" if better[key] == "higher" else "worse"
+                    flag = "better" if direction == "higher" else "worse"
                 elif diff["high"] < 0:
-                    flag = "worse" if better[key] == "higher" else "better"
+                    flag = "worse" if direction == "higher" else "better"
             elif ref is not None and e is not None and (key not in SPEED_FIGURES or t == threads[0]):
                 if e["low"] > ref["high"]:
-                    flag = "better" if better[key] == "higher" else "worse"
+                    flag = "better" if direction == "higher" else "worse"
                 elif e["high"] < ref["low"]:
-                    flag = "worse" if better[key] == "higher" else "better"
+                    flag = "worse" if direction == "higher" else "better"
             flags[key].append(flag)
             differences[key].append(diff)
     return Comparison(names, rows, better, flags, warnings, differences)
@@ -144,13 +160,15 @@ def to_markdown(c: Comparison) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, row in c.rows.items():
         cells = [_cell(row[0])]
+        what = "Δ|x-1|" if c.better[key] == NEAR_ONE else "Δ"
         for e, flag, d in zip(row[1:], c.flags[key], c.differences[key]):
-            paired = "" if d is None else f"; paired Δ {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            paired = "" if d is None else f"; paired {what} {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
             cells.append(_cell(e) + paired + (f" **{flag}**" if flag else ""))
         lines.append(f"| {key} ({c.better[key]}) | " + " | ".join(cells) + " |")
     notes = ["", f"Flags compare each run with the first ({c.names[0]}). Where a cell shows a paired Δ (the same "
              "clips and start frames, resampled alike: a paired bootstrap of the difference), **better**/**worse** "
              "= its 95% interval excludes 0; elsewhere = the two 95% intervals do not overlap. Unflagged "
-             "differences are within the intervals."]
+             "differences are within the intervals. Figures marked (near 1) are judged by their distance from "
+             "1, the real game's own value (Δ|x-1| < 0: closer to the game)."]
     notes += [f"Warning: {w}" for w in c.warnings]
     return "\n".join(lines + notes) + "\n"

@@ -41,6 +41,9 @@ class EvalConfig:
     key_starts: int = field(8, help="start frames from which every latent action is held (key response, liveness)")
     key_steps: int = field(100, help="steps each latent action is held (>= 30: early 2-8, late 20-30, far = the "
                            "last 10)")
+    real_key_starts: int = field(16, help="settled start frames of evaluated levels from which both the world and "
+                                 "the real game hold every latent action's mapped key for 30 steps (Procgen data; "
+                                 "0 = skip)")
     real_hold: int = field(4, help="frames a true action must have been held for a real-game transition to count "
                            "as its steady motion")
     motion_cutoff: float = field(8.0, help="cycles per frame where the motion estimator's low-pass weighs e^-2 "
@@ -69,6 +72,8 @@ class EvalConfig:
             raise ConfigError(f"eval.temperature must be >= 0, got {self.temperature}")
         if not self.copy_penalty >= 0:
             raise ConfigError(f"eval.copy_penalty must be >= 0, got {self.copy_penalty}")
+        if self.real_key_starts < 0:
+            raise ConfigError(f"eval.real_key_starts must be >= 0 (0 = skip), got {self.real_key_starts}")
         if self.key_steps < 30:
             raise ConfigError(f"eval.key_steps must be >= 30 (the late window is steps 20-30), got {self.key_steps}")
         if not self.motion_cutoff >= 0:

@@ -45,6 +45,14 @@ class RealWalk:
 def _play_level(source: dict[str, Any], seed: int, schedule: np.ndarray) -> np.ndarray | None:
     """Step K copies of level ``seed`` of a Procgen dataset ``source`` through ``schedule`` (T, K) true
     actions -> every frame seen, (K, T+1, H, W, C) uint8, or None if an episode ended on the way."""
+    video, alive = _play_level_until_end(source, seed, schedule)
+    return video if alive.all() else None
+
+
+def _play_level_until_end(source: dict[str, Any], seed: int, schedule: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step K copies of level ``seed`` through ``schedule`` (T, K) true actions -> every frame seen, (K, T+1,
+    H, W, C) uint8, and alive (K, T+1) bool: frame t still belongs to the copy's first episode (Procgen starts
+    a new one at once when an episode ends; its frames are kept but marked)."""
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         from procgen import ProcgenGym3Env
@@ -53,17 +61,19 @@ def _play_level(source: dict[str, Any], seed: int, schedule: np.ndarray) -> np.n
     env = ProcgenGym3Env(num=k, env_name=source["game"], distribution_mode=cfg.get("distribution_mode", "hard"),
                          start_level=int(seed), num_levels=1, rand_seed=int(seed))
     try:
-        seen = []  # (K, H, W, C) per frame
+        seen, alive = [], []  # (K, H, W, C), (K,) per frame
+        ended = np.zeros(k, dtype=bool)
         for t in range(steps + 1):
             _, obs, first = env.observe()
-            if t and first.any():
-                return None
+            if t:
+                ended |= np.asarray(first, dtype=bool)
             seen.append(obs["rgb"].copy())
+            alive.append(~ended)
             if t < steps:
                 env.act(schedule[t])
     finally:
         env.close()
-    return np.stack(seen, 1)
+    return np.stack(seen, 1), np.stack(alive, 1)
 
 
 def procgen_walk(source: dict[str, Any], level_seeds: list[int], there: int, back: int, k: int,
@@ -114,6 +124,44 @@ def procgen_press(source: dict[str, Any], level_seeds: list[int], actions: list[
     if not frames:
         raise RuntimeError("every level's episode ended before the presses were done")
     return RealPresses(np.stack(prompts), np.stack(frames), seeds)
+
+
+@dataclass
+class RealHolds:
+    """prompts: (S, c, H, W, C) uint8 idle frames before the holds; frames: (S, K, 1+steps, H, W, C) uint8,
+    the start frame then each of the K actions held ``steps`` steps from it; alive: (S, K, steps) bool, step
+    i (frame i-1 -> i) still inside the copy's first episode (False once the agent died or finished the level:
+    what follows is another episode's); level_seeds: (S,)."""
+
+    prompts: np.ndarray
+    frames: np.ndarray
+    alive: np.ndarray
+    level_seeds: list[int]
+
+
+def procgen_hold(source: dict[str, Any], level_seeds: list[int], actions: list[int], steps: int, context: int,
+                 settle: int = 8) -> RealHolds:
+    """Hold each of ``actions`` (true Procgen actions) for ``steps`` steps on each level of a Procgen dataset
+    ``source``, every action from the same settled start (as :func:`procgen_press`). Unlike the presses, a
+    copy whose episode ends during the hold is kept, with the steps after its end marked not alive, so the
+    levels where holding a key kills the agent are not silently dropped; a level whose episode ends while
+    it settles is."""
+    if not actions or steps < 1:
+        raise ValueError(f"procgen_hold needs at least one action and one step, got {actions!r} x {steps}")
+    k, start = len(actions), max(settle, context)
+    schedule = np.concatenate([np.full((start, k), PROCGEN_NOOP), np.tile(actions, (steps, 1))])  # (T, K)
+    prompts, frames, alive, seeds = [], [], [], []
+    for seed in level_seeds:
+        video, live = _play_level_until_end(source, seed, schedule)  # (K, T+1, H, W, C), (K, T+1)
+        if not live[:, :start + 1].all():
+            continue
+        prompts.append(video[0, start - context + 1:start + 1])
+        frames.append(video[:, start:])
+        alive.append(live[:, start + 1:])
+        seeds.append(int(seed))
+    if not frames:
+        raise RuntimeError("every level's episode ended before its start frame")
+    return RealHolds(np.stack(prompts), np.stack(frames), np.stack(alive), seeds)
 
 
 def key_classes(frames: np.ndarray) -> list[int]:

@@ -33,14 +33,16 @@ from playworld.eval.control import (
     return_psnr,
     walk,
 )
-from playworld.eval.envwalk import default_opposites, key_classes, procgen_press, procgen_walk
+from playworld.eval.envwalk import default_opposites, key_classes, procgen_hold, procgen_press, procgen_walk
 from playworld.eval.kept import motion_kept
 from playworld.eval.keys import KeyCurves, summarise, windows
 from playworld.eval.motion import opposite_pairs
 from playworld.eval.realgame import held_transitions
 from playworld.eval.realism import FEATURES, real_floor, realism
+from playworld.eval.realkeys import STEPS as REAL_KEY_STEPS
+from playworld.eval.realkeys import PairedHolds, step_curves, summarise_paired
 from playworld.eval.rollouts import KINDS, BatchFigures, EvalWorld, device_of, evaluate_batch
-from playworld.eval.schema import FORMAT, SCHEMA_VERSION, keep_headline_replicates
+from playworld.eval.schema import FORMAT, NEAR_ONE, SCHEMA_VERSION, keep_headline_replicates
 from playworld.eval.stats import Estimate, bootstrap, psnr, psnr_of_mean_mse
 from playworld.models.lam import check_action_usage
 
@@ -426,6 +428,7 @@ class Evaluation:
                                          resamples=cfg.bootstrap).to_json(replicates=True)}
         self.out.metrics["motion"] = section
         section["keys"], gen = self.keys_part()
+        section["keys"]["real_starts"] = self.real_keys_part()
         section["realism"] = self.realism_part(gen)
 
     def keys_part(self) -> tuple[dict[str, Any], np.ndarray]:
@@ -471,6 +474,42 @@ class Evaluation:
             "curves": {"shift": curves.shift.mean(0).tolist(), "change": curves.change.mean(0).tolist()},
         }
         return keys, frames.numpy()
+
+    def real_keys_part(self) -> dict[str, Any]:
+        """Every latent action and its mapped true key held :data:`REAL_KEY_STEPS` steps by the world and by
+        the real game from the same settled starts of the evaluated levels, paired start by start
+        (:mod:`playworld.eval.realkeys`)."""
+        cfg = self.cfg
+        k = self.world.num_actions
+        part: dict[str, Any] = {"available": False, "reason": None, "levels": 0, "steps": REAL_KEY_STEPS,
+                                "true_actions": None, "response": None, "liveness": None,
+                                "response_actions": None, "liveness_actions": None, "per_action": None,
+                                "curves": None, "alive_share": None}
+        seeds = self._level_seeds(cfg.real_key_starts) if cfg.real_key_starts else []
+        part["reason"] = "turned off (--real-key-starts 0)" if not cfg.real_key_starts else self._press_reason(k, seeds)
+        if part["reason"] is not None:
+            return part
+        true = [self.mapping[a] for a in range(k)]
+        try:
+            rh = procgen_hold(self.clips.dataset.manifest.source, seeds, true, REAL_KEY_STEPS, self.cmax)
+        except (ImportError, RuntimeError) as e:
+            part["reason"] = f"the real environment could not be played: {e}"
+            return part
+        world = press_each_action(self.world, torch.from_numpy(rh.prompts), REAL_KEY_STEPS, cfg.seed, cfg.batch)
+        wc, rc = KeyCurves.measure(world, cfg.motion), KeyCurves.measure(torch.from_numpy(rh.frames), cfg.motion)
+        holds = PairedHolds(wc.shift, wc.change, rc.shift, rc.change, rh.alive)
+        summary = summarise_paired(holds, seed=cfg.seed, resamples=cfg.bootstrap)
+
+        def opt(e: Estimate | None) -> dict[str, Any] | None:
+            return None if e is None else e.to_json(replicates=True)
+
+        part.update({"available": True, "levels": len(rh.level_seeds), "true_actions": true,
+                     "response": {n: opt(e) for n, e in summary.response.items()},
+                     "liveness": {n: opt(e) for n, e in summary.liveness.items()},
+                     "response_actions": summary.response_actions, "liveness_actions": summary.liveness_actions,
+                     "per_action": summary.per_action, "curves": step_curves(holds),
+                     "alive_share": float(rh.alive.mean())})
+        return part
 
     def realism_part(self, gen: np.ndarray) -> dict[str, Any]:
         """Fréchet distance (fixed hand-crafted features, :mod:`playworld.eval.realism`) of the held-key
@@ -530,10 +569,12 @@ class Evaluation:
             "tokenizer_motion_kept_dy": (m["motion"]["tokenizer_kept"]["slope"]["dy"], "higher"),
             "dynamics_motion_kept_dx": (m["motion"]["dynamics_kept"]["slope"]["dx"], "higher"),
             "dynamics_motion_kept_dy": (m["motion"]["dynamics_kept"]["slope"]["dy"], "higher"),
-            "key_response_early": (m["motion"]["keys"]["response"]["early"], "higher"),
-            "key_response_late": (m["motion"]["keys"]["response"]["late"], "higher"),
-            "liveness_late": (m["motion"]["keys"]["liveness"]["late"], "higher"),
-            "liveness_far": (m["motion"]["keys"]["liveness"]["far"], "higher"),
+            "key_response_early": (m["motion"]["keys"]["response"]["early"], NEAR_ONE),
+            "key_response_late": (m["motion"]["keys"]["response"]["late"], NEAR_ONE),
+            "liveness_late": (m["motion"]["keys"]["liveness"]["late"], NEAR_ONE),
+            "liveness_far": (m["motion"]["keys"]["liveness"]["far"], NEAR_ONE),
+            **{f"{fig}_{w}_real_starts": ((m["motion"]["keys"]["real_starts"][part] or {}).get(w), NEAR_ONE)
+               for fig, part in (("key_response", "response"), ("liveness", "liveness")) for w in ("early", "late")},
             "realism_frechet": (m["motion"]["realism"]["frechet"], "lower"),
             "ms_per_frame": (m["speed"]["ms_per_frame"], "lower"),
         }

@@ -158,6 +158,56 @@ def key_plot(metrics: dict[str, Any], what: str) -> bytes:
     return _png(fig)
 
 
+def real_start_plot(metrics: dict[str, Any]) -> bytes:
+    """Keys held from real starts, per step: the world (solid) and the real game (dashed) under each latent
+    action and its mapped true key, dx, dy and pixel change panels; only the keys that move the real scene
+    early or late (``response_actions``), or every key if none does."""
+    part = metrics["motion"]["keys"]["real_starts"]
+    c = {k: np.asarray(v) for k, v in part["curves"].items()}  # shift (K, L, 2), change (K, L)
+    moving = sorted(set(part["response_actions"]["early"]) | set(part["response_actions"]["late"]))
+    shown = moving or list(range(c["world_change"].shape[0]))
+    steps = np.arange(1, c["world_change"].shape[1] + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), squeeze=False)
+    for ax, (name, axis) in zip(axes[0], [("dx", 1), ("dy", 0), ("change", None)]):
+        for a in shown:
+            colour = f"C{a % 10}"
+            world = c["world_change"][a] if axis is None else c["world_shift"][a, :, axis]
+            real = c["real_change"][a] if axis is None else c["real_shift"][a, :, axis]
+            ax.plot(steps, world, color=colour, linewidth=1.2, label=f"{a}→{part['true_actions'][a]}")
+            ax.plot(steps, real, color=colour, linewidth=1.0, linestyle="--")
+        for lo, hi in (w for n, w in metrics["motion"]["keys"]["windows"].items() if n != "far"):
+            ax.axvspan(lo, hi, color="#000", alpha=0.05)
+        ax.set_xlabel("steps the key is held")
+        ax.set_ylabel("mean |pixel change| per step (0-255)" if axis is None else f"scene motion {name} (px/step)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2, title="latent→true", title_fontsize=7)
+    fig.suptitle(f"from the same {part['levels']} settled real starts: solid the world, dashed the real game "
+                 "(steps after a real episode ended not counted); shaded: early, late windows", fontsize=9)
+    return _png(fig)
+
+
+def _real_start_parts(keys: dict[str, Any], m: dict[str, Any]) -> list[str]:
+    part, esc = keys.get("real_starts"), html.escape
+    if part is None:  # a file written before schema v4
+        return []
+    if not part["available"]:
+        return [f"<p class=note>Key response from real starts not measured: {esc(part['reason'] or '')}</p>"]
+    parts = [f"<p><b>From real starts</b>: on {part['levels']} evaluated levels, the real game (settled for 8 idle "
+             f"frames) and the world (those frames as its prompt) hold each latent action and its mapped true key "
+             f"{part['steps']} steps from the same frame; a real hold that ended its episode counts only its steps "
+             f"before the end on both sides ({100 * part['alive_share']:.0f}% of steps alive). Key response is "
+             "pooled over the keys that move the real scene 0.25+ px/step (1 = as the game, above 1 faster); "
+             "liveness is the world's pixel change over the game's.</p>",
+             "<table><tr><th>window</th><th>key response</th><th>liveness</th><th>keys counted</th></tr>"]
+    for name in ("early", "late"):
+        parts.append(f"<tr><td>{name}</td><td>{_fmt(part['response'][name])}</td>"
+                     f"<td>{_fmt(part['liveness'][name])}</td><td>{part['response_actions'][name]}</td></tr>")
+    parts.append("</table>")
+    parts.append(_img(real_start_plot(m), "image/png", "keys held from real starts",
+                      "scene motion and pixel change per step from real starts: the world against the real game"))
+    return parts
+
+
 def _motion_section(m: dict[str, Any]) -> list[str]:
     mo, esc = m["motion"], html.escape
     keys, real = mo["keys"], mo["realism"]
@@ -202,6 +252,7 @@ def _motion_section(m: dict[str, Any]) -> list[str]:
     parts.append("</table>")
     parts.append(_img(key_plot(m, "motion"), "image/png", "held-key motion", "scene motion per step, held keys"))
     parts.append(_img(key_plot(m, "change"), "image/png", "held-key pixel change", "pixel change per step, held keys"))
+    parts += _real_start_parts(keys, m)
     floor = "—" if real["real_vs_real"] is None else f"{real['real_vs_real']:.2f}"
     parts.append(f"<p><b>Realism</b>: Fréchet distance of {real['generated_frames']} generated frames (held keys, steps "
                  f"{real['steps'][0]}-{real['steps'][1]}) from {real['real_frames']} real frames, on fixed features "

@@ -4,7 +4,9 @@ Bump ``SCHEMA_VERSION`` on any change a reader could notice (a key added, remove
 another type); readers refuse other versions with a message, never misread them. Older versions that
 are still read are kept in ``SCHEMAS`` (v1: before the motion section; its headline lacks the motion
 figures, which ``--compare`` then shows as missing; v2: before the headline's bootstrap replicates, so
-``--compare`` judges its figures by their intervals alone, unpaired).
+``--compare`` judges its figures by their intervals alone, unpaired; v3: before the key response from real
+starts, and with key response and liveness labelled ``higher`` is better, which :func:`load_metrics` reads
+as :data:`NEAR_ONE`, what they always meant).
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from playworld.errors import ConfigError
 from playworld.io import read_json
 
 FORMAT = "playworld-eval"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+NEAR_ONE = "near 1"
+"""A headline figure whose target is 1 (the real game's own value), not the more the better."""
+BETTER = ("higher", "lower", NEAR_ONE)
+NEAR_ONE_BEFORE_V4 = ("key_response_early", "key_response_late", "liveness_late", "liveness_far")
+"""Headline figures that files before v4 labelled 'higher' is better: a key that moves the world twice as
+fast as the game's, or twice its pixel change, is as far off as half."""
 
 
 @dataclass(frozen=True)
@@ -113,9 +121,23 @@ MOTION = {
 }
 SCHEMA_V2: dict[str, Any] = {**SCHEMA_V1, "motion": MOTION}
 # v3: each headline figure keeps its bootstrap replicates (absent where n = 1), for paired comparisons
-SCHEMA: dict[str, Any] = {**SCHEMA_V2, "headline": MapOf({**ESTIMATE, "better": str,
-                                                          "replicates": Added(ListOf(float))})}
-SCHEMAS: dict[int, dict[str, Any]] = {1: SCHEMA_V1, 2: SCHEMA_V2, SCHEMA_VERSION: SCHEMA}
+SCHEMA_V3: dict[str, Any] = {**SCHEMA_V2, "headline": MapOf({**ESTIMATE, "better": str,
+                                                             "replicates": Added(ListOf(float))})}
+BY_EARLY_LATE = {"early": Opt(ESTIMATE), "late": Opt(ESTIMATE)}
+REAL_STARTS = {
+    "available": bool, "reason": Opt(str), "levels": int, "steps": int, "true_actions": Opt(ListOf(int)),
+    "response": Opt(BY_EARLY_LATE), "liveness": Opt(BY_EARLY_LATE),
+    "response_actions": Opt(MapOf(ListOf(int))), "liveness_actions": Opt(MapOf(ListOf(int))),
+    "per_action": Opt(MapOf({"world_shift": ListOf(ListOf(float)), "real_shift": ListOf(ListOf(float)),
+                             "world_change": ListOf(float), "real_change": ListOf(float),
+                             "alive_steps": ListOf(int)})),
+    "curves": Opt({"world_shift": ListOf(ListOf(ListOf(float))), "real_shift": ListOf(ListOf(ListOf(float))),
+                   "world_change": ListOf(ListOf(float)), "real_change": ListOf(ListOf(float))}),
+    "alive_share": Opt(float)}
+# v4: the key response and liveness from real starts (motion.keys.real_starts and four headline figures);
+# headline ``better`` may be NEAR_ONE
+SCHEMA: dict[str, Any] = {**SCHEMA_V3, "motion": {**MOTION, "keys": {**MOTION["keys"], "real_starts": REAL_STARTS}}}
+SCHEMAS: dict[int, dict[str, Any]] = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, SCHEMA_VERSION: SCHEMA}
 
 
 def keep_headline_replicates(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +213,9 @@ def validate(metrics: Any, where: str = "metrics.json") -> None:
         _check(metrics, SCHEMAS[version], "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    for name, entry in metrics["headline"].items():
+        if entry["better"] not in BETTER:
+            raise ConfigError(f"{where}: headline.{name}.better is {entry['better']!r}, not one of {list(BETTER)}")
     for name, est in _estimates(metrics, ""):
         if est["low"] > est["high"] or est["n"] < 1:
             raise ConfigError(f"{where}: {name}: interval [{est['low']}, {est['high']}] over n={est['n']} "
@@ -224,4 +249,8 @@ def load_metrics(path: str | Path) -> dict[str, Any]:
         path = path / "metrics.json"
     metrics = read_json(path, ConfigError, "metrics file")
     validate(metrics, str(path))
+    if metrics["schema_version"] < 4:  # what these figures always meant (see NEAR_ONE_BEFORE_V4)
+        for name in NEAR_ONE_BEFORE_V4:
+            if name in metrics["headline"]:
+                metrics["headline"][name]["better"] = NEAR_ONE
     return metrics
