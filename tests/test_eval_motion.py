@@ -112,44 +112,57 @@ def test_held_actions_and_key_response_of_a_known_motion():
     assert s.liveness["far"].mean == pytest.approx(0.05)
 
 
-def test_key_response_from_real_starts_pairs_each_start_and_counts_only_steps_the_real_episode_lived():
-    from playworld.eval.realkeys import PairedHolds, pooled_response, summarise_paired
+def test_key_response_from_real_starts_follows_the_game_step_by_step_and_counts_only_steps_it_lived():
+    from playworld.eval.realkeys import PairedHolds, summarise_paired
 
     rng = np.random.default_rng(0)
     s, k, steps = 6, 3, 30
+    t = np.arange(steps)
     real_shift = np.zeros((s, k, steps, 2))
     real_shift[:, 0, :, 1] = -0.5 + 0.1 * rng.normal(size=(s, steps))  # right: the scene moves left
-    real_shift[:, 1, :, 0] = 0.7 + 0.1 * rng.normal(size=(s, steps))  # a jump
-    real_shift[:, 2] = 0.02 * rng.normal(size=(s, steps, 2))  # a key that does nothing: too slow to count
+    real_shift[:, 1, :, 0] = 3.0 * np.cos(2 * np.pi * t / 16)  # a jump: up, then down, again and again
     real_change = 5.0 + rng.random((s, k, steps))
+    real_change[:, 2] = 0.0  # a key that does nothing
     alive = np.ones((s, k, steps), dtype=bool)
 
-    def summary(world_shift, world_change, live=alive):
+    def summary(world_shift, world_change=real_change, live=alive):
         return summarise_paired(PairedHolds(world_shift, world_change, real_shift, real_change, live),
                                 seed=0, resamples=200)
 
-    same = summary(real_shift.copy(), real_change.copy())  # the real game itself
+    same = summary(real_shift.copy())  # the real game itself
     for w in ("early", "late"):
-        assert same.response_actions[w] == [0, 1] and same.liveness_actions[w] == [0, 1, 2]
-        assert same.response[w].mean == pytest.approx(1.0) and same.liveness[w].mean == pytest.approx(1.0)
-        assert same.response[w].low == pytest.approx(1.0) and same.response[w].high == pytest.approx(1.0)
-    fast = summary(2 * real_shift, real_change)  # twice the speed, in the real direction
-    assert fast.response["early"].mean == pytest.approx(2.0)
+        for fig in (same.response, same.agreement, same.liveness):
+            assert fig[w].mean == pytest.approx(1.0) and fig[w].low == pytest.approx(1.0)
+    assert same.per_action["late"]["response"][:2] == pytest.approx([1.0, 1.0])
+    assert same.per_action["late"]["response"][2] is None  # the real scene stood still: nothing to follow
+    fast = summary(2 * real_shift)  # twice the speed, in step
+    assert fast.response["early"].mean == pytest.approx(2.0) and fast.agreement["early"].mean == pytest.approx(1.0)
     frozen = summary(np.zeros_like(real_shift), np.zeros_like(real_change))
-    assert frozen.response["late"].mean == 0.0 and frozen.liveness["late"].mean == 0.0
+    assert frozen.response["late"].mean == 0.0 and frozen.agreement["late"].mean == 0.0
+    assert frozen.liveness["late"].mean == 0.0
+    # a jump that rises at its mean speed instead of making the arc: no credit for the average
+    rises = real_shift.copy()
+    rises[:, 1, :, 0] = real_shift[:, 1, :, 0].mean()
+    rises[:, 0] = 0.0
+    assert abs(summary(rises).response["late"].mean) < 0.1
+    # the world drifts where the game's key does nothing: the slope cannot see it, the agreement can
+    drift = real_shift.copy()
+    drift[:, 2, :, 0] = 2.0
+    d = summary(drift)
+    assert d.response["early"].mean == pytest.approx(1.0) and d.agreement["early"].mean < 0.8
     # the world keeps moving early and stops late
     stops = real_shift.copy()
     stops[:, :, 10:] = 0.0
-    late = summary(stops, real_change)
+    late = summary(stops)
     assert late.response["early"].mean == pytest.approx(1.0) and late.response["late"].mean == 0.0
     # the real agent dies at step 12 on start 0 under key 0: the world's steps after that are not counted
     dead = alive.copy()
     dead[0, 0, 11:] = False
     wild = real_shift.copy()
     wild[0, 0, 11:] = 50.0  # what the world does after the real episode ended
-    kept = summary(wild, real_change, dead)
-    assert kept.response["late"].mean == pytest.approx(1.0) and kept.per_action["late"]["alive_steps"][0] == 5 * 11
-    assert pooled_response(np.array([[np.nan, np.nan], [1.0, 0.0]]), np.array([[1.0, 0.0], [2.0, 0.0]])) == 0.5
+    kept = summary(wild, live=dead)
+    assert kept.response["late"].mean == pytest.approx(1.0) and kept.agreement["late"].mean == pytest.approx(1.0)
+    assert kept.per_action["late"]["alive_steps"][0] == 5 * 11
     with pytest.raises(ValueError, match="real_shift has shape"):
         PairedHolds(real_shift, real_change, real_shift[:, :, :5], real_change, alive)
 

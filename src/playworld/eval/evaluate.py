@@ -482,9 +482,8 @@ class Evaluation:
         cfg = self.cfg
         k = self.world.num_actions
         part: dict[str, Any] = {"available": False, "reason": None, "levels": 0, "steps": REAL_KEY_STEPS,
-                                "true_actions": None, "response": None, "liveness": None,
-                                "response_actions": None, "liveness_actions": None, "per_action": None,
-                                "curves": None, "alive_share": None}
+                                "true_actions": None, "response": None, "agreement": None, "liveness": None,
+                                "per_action": None, "curves": None, "alive_share": None}
         seeds = self._level_seeds(cfg.real_key_starts) if cfg.real_key_starts else []
         part["reason"] = "turned off (--real-key-starts 0)" if not cfg.real_key_starts else self._press_reason(k, seeds)
         if part["reason"] is not None:
@@ -504,9 +503,8 @@ class Evaluation:
             return None if e is None else e.to_json(replicates=True)
 
         part.update({"available": True, "levels": len(rh.level_seeds), "true_actions": true,
-                     "response": {n: opt(e) for n, e in summary.response.items()},
-                     "liveness": {n: opt(e) for n, e in summary.liveness.items()},
-                     "response_actions": summary.response_actions, "liveness_actions": summary.liveness_actions,
+                     **{fig: {n: opt(e) for n, e in getattr(summary, fig).items()}
+                        for fig in ("response", "agreement", "liveness")},
                      "per_action": summary.per_action, "curves": step_curves(holds),
                      "alive_share": float(rh.alive.mean())})
         return part
@@ -573,8 +571,9 @@ class Evaluation:
             "key_response_late": (m["motion"]["keys"]["response"]["late"], NEAR_ONE),
             "liveness_late": (m["motion"]["keys"]["liveness"]["late"], NEAR_ONE),
             "liveness_far": (m["motion"]["keys"]["liveness"]["far"], NEAR_ONE),
-            **{f"{fig}_{w}_real_starts": ((m["motion"]["keys"]["real_starts"][part] or {}).get(w), NEAR_ONE)
-               for fig, part in (("key_response", "response"), ("liveness", "liveness")) for w in ("early", "late")},
+            **{f"{fig}_{w}_real_starts": ((m["motion"]["keys"]["real_starts"][part] or {}).get(w), better)
+               for fig, part, better in (("key_response", "response", NEAR_ONE), ("key_agreement", "agreement", "higher"),
+                                         ("liveness", "liveness", NEAR_ONE)) for w in ("early", "late")},
             "realism_frechet": (m["motion"]["realism"]["frechet"], "lower"),
             "ms_per_frame": (m["speed"]["ms_per_frame"], "lower"),
         }

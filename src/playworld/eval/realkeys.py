@@ -2,21 +2,23 @@
 
 The key response of :mod:`playworld.eval.keys` compares the world's motion from dataset start frames with
 the real game's steady motion under a held key, averaged over recorded episodes. The two start from
-different states: a start frame caught mid-jump falls in the world whatever key is held, while the
-reference holds the key from wherever the agent happened to be. Here both sides start from the same
-settled frames of the evaluated levels (:func:`playworld.eval.envwalk.procgen_hold`): the real game holds
-each latent action's mapped true key, the world holds the latent action from the real idle frames as its
-prompt, and each start is a paired unit. A hold that ends the real episode (the agent died or finished)
-counts only its steps before the end, on both sides.
+different states, and a mean over steps hides what a player sees step by step: a jump is an arc whose
+motion averages to about zero, and a key held into a wall stops moving the real scene. Here both sides
+start from the same settled frames of the evaluated levels (:func:`playworld.eval.envwalk.procgen_hold`):
+the real game holds each latent action's mapped true key, the world holds the latent action with the real
+idle frames as its prompt, and the world's motion at every step is set against the real game's at the same
+step from the same frame. A hold that ends the real episode (the agent died or finished) counts only its
+steps before the end, on both sides.
 
-Per window (early 2-8, late 20-30; 1-based steps, inclusive), over the keys whose real motion is at least
-:data:`playworld.eval.keys.MIN_REAL_MOTION` px per frame:
+Per window (early 2-8, late 20-30; 1-based steps, inclusive), over every start s, key a and alive step i,
+with m and r the world's and the real game's motion (dy, dx) at that step:
 
-- key response = sum_a m_a . r_a / sum_a |r_a|^2, with m_a and r_a the world's and the real game's mean
-  motion (dy, dx) under key a over the same starts and steps: 1 = the real speed in the real direction,
-  0 = no motion along it, above 1 = faster. Pooled over keys (weighted by how far the real key moves the
-  scene) rather than an average of per-key ratios, which one slow key divides into a large number;
-- liveness = sum_a c_a(world) / sum_a c_a(real), the world's mean pixel change over the real game's.
+- key response = sum m . r / sum |r|^2: the slope of the world's motion on the game's, through the origin
+  (1 = the game's speed in the game's direction at each step, 0 = unrelated or still, above 1 faster);
+- agreement = sum m . r / sqrt(sum |m|^2 sum |r|^2), the cosine of the two motion series: 1 = the world
+  moves exactly when, where and (up to scale) as much as the game does; a world that drifts while the game
+  stands still, or rises steadily where the game jumps and falls, loses agreement that its slope keeps;
+- liveness = sum of the world's pixel change / sum of the game's (0-255 mean absolute change per step).
 
 The 95% intervals resample start frames (world and real together).
 """
@@ -27,12 +29,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from playworld.eval.keys import EARLY, LATE, MIN_REAL_MOTION
+from playworld.eval.keys import EARLY, LATE
 from playworld.eval.stats import Estimate, bootstrap
 
 WINDOWS = {"early": EARLY, "late": LATE}
 STEPS = LATE[1]
 """Steps each key is held: the late window's end (a longer hold ends most real CoinRun episodes)."""
+STILL = 1e-6
+"""Summed squared real motion (px^2) below which a key's real scene did not move in a window."""
 
 
 @dataclass
@@ -57,34 +61,59 @@ class PairedHolds:
                 raise ValueError(f"{name} has shape {getattr(self, name).shape}, alive {self.alive.shape}")
 
     def window(self, lo: int, hi: int) -> WindowSums:
-        """Sums over the alive steps lo..hi (1-based, inclusive) of both sides, per start and key."""
+        """Sums over the alive steps lo..hi (1-based, inclusive), per start and key."""
         live = self.alive[:, :, lo - 1:hi].astype(np.float64)  # (S, K, w)
+        m, r = self.world_shift[:, :, lo - 1:hi], self.real_shift[:, :, lo - 1:hi]  # (S, K, w, 2)
         return WindowSums(
             steps=live.sum(2),
-            world_shift=(self.world_shift[:, :, lo - 1:hi] * live[..., None]).sum(2),
-            real_shift=(self.real_shift[:, :, lo - 1:hi] * live[..., None]).sum(2),
+            cross=((m * r).sum(-1) * live).sum(2), world_sq=(np.square(m).sum(-1) * live).sum(2),
+            real_sq=(np.square(r).sum(-1) * live).sum(2),
+            world_shift=(m * live[..., None]).sum(2), real_shift=(r * live[..., None]).sum(2),
             world_change=(self.world_change[:, :, lo - 1:hi] * live).sum(2),
             real_change=(self.real_change[:, :, lo - 1:hi] * live).sum(2))
 
 
 @dataclass
 class WindowSums:
-    """steps (S, K) alive steps counted; *_shift (S, K, 2) and *_change (S, K) their sums."""
+    """Per start and key (S, K): alive steps; sums of m . r, |m|^2, |r|^2; the motions' sums (S, K, 2);
+    the pixel changes' sums."""
 
     steps: np.ndarray
+    cross: np.ndarray
+    world_sq: np.ndarray
+    real_sq: np.ndarray
     world_shift: np.ndarray
     real_shift: np.ndarray
     world_change: np.ndarray
     real_change: np.ndarray
 
-    def means(self, sel: np.ndarray) -> dict[str, np.ndarray]:
-        """Per key, means over the alive steps of the starts ``sel`` (indices, repeats allowed): world_shift,
-        real_shift (K, 2), world_change, real_change (K,); NaN for a key with no alive step there."""
-        n = self.steps[sel].sum(0)  # (K,)
-        d = np.where(n > 0, n, np.nan)
-        return {"world_shift": self.world_shift[sel].sum(0) / d[:, None],
-                "real_shift": self.real_shift[sel].sum(0) / d[:, None],
-                "world_change": self.world_change[sel].sum(0) / d, "real_change": self.real_change[sel].sum(0) / d}
+    def response(self, sel: np.ndarray) -> float:
+        den = self.real_sq[sel].sum()
+        return float(self.cross[sel].sum() / den) if den > STILL else float("nan")
+
+    def agreement(self, sel: np.ndarray) -> float:
+        den = np.sqrt(self.real_sq[sel].sum() * self.world_sq[sel].sum())
+        return float(self.cross[sel].sum() / den) if den > STILL else 0.0
+
+    def liveness(self, sel: np.ndarray) -> float:
+        den = self.real_change[sel].sum()
+        return float(self.world_change[sel].sum() / den) if den > 0 else float("nan")
+
+    def per_action(self) -> dict[str, list]:
+        """Per key over every start: its response (None where the real scene stood still), both sides' mean
+        motion and change per alive step, and the alive steps counted."""
+        n = np.maximum(self.steps.sum(0), 1.0)  # (K,)
+        real_sq = self.real_sq.sum(0)
+        response = [float(c / q) if q > STILL else None for c, q in zip(self.cross.sum(0), real_sq)]
+
+        def rounded(x: np.ndarray) -> list:
+            return np.round(x, 4).tolist()
+
+        return {"response": [None if v is None else round(v, 4) for v in response],
+                "world_shift": rounded(self.world_shift.sum(0) / n[:, None]),
+                "real_shift": rounded(self.real_shift.sum(0) / n[:, None]),
+                "world_change": rounded(self.world_change.sum(0) / n), "real_change": rounded(self.real_change.sum(0) / n),
+                "alive_steps": self.steps.sum(0).astype(int).tolist()}
 
 
 def step_curves(holds: PairedHolds) -> dict[str, list]:
@@ -100,61 +129,34 @@ def step_curves(holds: PairedHolds) -> dict[str, list]:
     return {k: np.round(v, 4).tolist() for k, v in out.items()}
 
 
-def pooled_response(world: np.ndarray, real: np.ndarray) -> float:
-    """world, real (K, 2) mean motion per key -> sum_a world_a . real_a / sum_a |real_a|^2 (NaN keys skipped)."""
-    ok = np.isfinite(world).all(1) & np.isfinite(real).all(1)
-    den = float(np.square(real[ok]).sum())
-    return float((world[ok] * real[ok]).sum() / den) if den > 0 else float("nan")
-
-
-def pooled_liveness(world: np.ndarray, real: np.ndarray) -> float:
-    """world, real (K,) mean pixel change per key -> sum world / sum real over the keys both have."""
-    ok = np.isfinite(world) & np.isfinite(real)
-    den = float(real[ok].sum())
-    return float(world[ok].sum() / den) if den > 0 else float("nan")
-
-
 @dataclass
 class RealStartSummary:
-    """Per window: key response and liveness (None where no key qualifies), the keys each used, and per key
-    the means over every start (world / real motion and change, alive steps counted)."""
+    """Per window: key response, agreement and liveness (None where the real game gives nothing to compare
+    with), and per key the figures over every start."""
 
     response: dict[str, Estimate | None]
+    agreement: dict[str, Estimate | None]
     liveness: dict[str, Estimate | None]
-    response_actions: dict[str, list[int]]
-    liveness_actions: dict[str, list[int]]
     per_action: dict[str, dict[str, list]]
 
 
 def summarise_paired(holds: PairedHolds, *, seed: int, resamples: int) -> RealStartSummary:
-    """Key response and liveness per window, paired start by start; see the module docstring."""
-    s = holds.alive.shape[0]
-    starts = np.arange(s)
-    out = RealStartSummary({}, {}, {}, {}, {})
+    """Key response, agreement and liveness per window, paired start by start; see the module docstring."""
+    starts = np.arange(holds.alive.shape[0])
+    out = RealStartSummary({}, {}, {}, {})
     for name, (lo, hi) in WINDOWS.items():
         sums = holds.window(lo, hi)
-        full = sums.means(starts)
-        moving = [int(a) for a in np.flatnonzero(np.linalg.norm(np.nan_to_num(full["real_shift"]), axis=1)
-                                                 >= MIN_REAL_MOTION)]
-        lively = [int(a) for a in np.flatnonzero(np.nan_to_num(full["real_change"]) > 0)]
-
-        def resp(sel: np.ndarray, sums=sums, keys=moving) -> float:
-            m = sums.means(sel)
-            return pooled_response(m["world_shift"][keys], m["real_shift"][keys])
-
-        def live(sel: np.ndarray, sums=sums, keys=lively) -> float:
-            m = sums.means(sel)
-            return pooled_liveness(m["world_change"][keys], m["real_change"][keys])
-
-        out.response[name] = _finite(bootstrap(starts, seed=seed, resamples=resamples, statistic=resp)) if moving else None
-        out.liveness[name] = _finite(bootstrap(starts, seed=seed, resamples=resamples, statistic=live)) if lively else None
-        out.response_actions[name], out.liveness_actions[name] = moving, lively
-        out.per_action[name] = {k: np.round(np.nan_to_num(v, nan=0.0), 4).tolist() for k, v in full.items()}
-        out.per_action[name]["alive_steps"] = sums.steps.sum(0).astype(int).tolist()
+        moved, changed = sums.real_sq.sum() > STILL, sums.real_change.sum() > 0
+        out.response[name] = _finite(bootstrap(starts, seed=seed, resamples=resamples, statistic=sums.response)) \
+            if moved else None
+        out.agreement[name] = bootstrap(starts, seed=seed, resamples=resamples, statistic=sums.agreement) \
+            if moved else None
+        out.liveness[name] = _finite(bootstrap(starts, seed=seed, resamples=resamples, statistic=sums.liveness)) \
+            if changed else None
+        out.per_action[name] = sums.per_action()
     return out
 
 
 def _finite(e: Estimate) -> Estimate | None:
-    """A resample can leave every selected key without an alive step (NaN); such an estimate is dropped."""
-    values = (e.mean, e.low, e.high)
-    return e if all(np.isfinite(v) for v in values) else None
+    """A resample can draw only starts where the real scene stood still (NaN); such an estimate is dropped."""
+    return e if all(np.isfinite(v) for v in (e.mean, e.low, e.high)) else None

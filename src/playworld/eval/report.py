@@ -161,10 +161,11 @@ def key_plot(metrics: dict[str, Any], what: str) -> bytes:
 def real_start_plot(metrics: dict[str, Any]) -> bytes:
     """Keys held from real starts, per step: the world (solid) and the real game (dashed) under each latent
     action and its mapped true key, dx, dy and pixel change panels; only the keys that move the real scene
-    early or late (``response_actions``), or every key if none does."""
+    early or late, or every key if none does."""
     part = metrics["motion"]["keys"]["real_starts"]
     c = {k: np.asarray(v) for k, v in part["curves"].items()}  # shift (K, L, 2), change (K, L)
-    moving = sorted(set(part["response_actions"]["early"]) | set(part["response_actions"]["late"]))
+    moving = sorted(a for w in part["per_action"].values() for a, r in enumerate(w["response"]) if r is not None)
+    moving = sorted(set(moving))
     shown = moving or list(range(c["world_change"].shape[0]))
     steps = np.arange(1, c["world_change"].shape[1] + 1)
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), squeeze=False)
@@ -195,13 +196,16 @@ def _real_start_parts(keys: dict[str, Any], m: dict[str, Any]) -> list[str]:
     parts = [f"<p><b>From real starts</b>: on {part['levels']} evaluated levels, the real game (settled for 8 idle "
              f"frames) and the world (those frames as its prompt) hold each latent action and its mapped true key "
              f"{part['steps']} steps from the same frame; a real hold that ended its episode counts only its steps "
-             f"before the end on both sides ({100 * part['alive_share']:.0f}% of steps alive). Key response is "
-             "pooled over the keys that move the real scene 0.25+ px/step (1 = as the game, above 1 faster); "
-             "liveness is the world's pixel change over the game's.</p>",
-             "<table><tr><th>window</th><th>key response</th><th>liveness</th><th>keys counted</th></tr>"]
+             f"before the end on both sides ({100 * part['alive_share']:.0f}% of steps alive). Step by step: key "
+             "response = the slope of the world's motion on the game's (1 = the game's speed and direction at each "
+             "step), agreement = their cosine (1 = moves when, where and as the game does; drift where the game "
+             "stands still lowers it), liveness = the world's pixel change over the game's.</p>",
+             "<table><tr><th>window</th><th>key response</th><th>agreement</th><th>liveness</th>"
+             "<th>per key response</th></tr>"]
     for name in ("early", "late"):
-        parts.append(f"<tr><td>{name}</td><td>{_fmt(part['response'][name])}</td>"
-                     f"<td>{_fmt(part['liveness'][name])}</td><td>{part['response_actions'][name]}</td></tr>")
+        per_key = ", ".join("—" if r is None else f"{r:+.2f}" for r in part["per_action"][name]["response"])
+        parts.append(f"<tr><td>{name}</td><td>{_fmt(part['response'][name])}</td><td>{_fmt(part['agreement'][name])}"
+                     f"</td><td>{_fmt(part['liveness'][name])}</td><td>{per_key}</td></tr>")
     parts.append("</table>")
     parts.append(_img(real_start_plot(m), "image/png", "keys held from real starts",
                       "scene motion and pixel change per step from real starts: the world against the real game"))

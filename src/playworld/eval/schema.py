@@ -126,15 +126,15 @@ SCHEMA_V3: dict[str, Any] = {**SCHEMA_V2, "headline": MapOf({**ESTIMATE, "better
 BY_EARLY_LATE = {"early": Opt(ESTIMATE), "late": Opt(ESTIMATE)}
 REAL_STARTS = {
     "available": bool, "reason": Opt(str), "levels": int, "steps": int, "true_actions": Opt(ListOf(int)),
-    "response": Opt(BY_EARLY_LATE), "liveness": Opt(BY_EARLY_LATE),
-    "response_actions": Opt(MapOf(ListOf(int))), "liveness_actions": Opt(MapOf(ListOf(int))),
-    "per_action": Opt(MapOf({"world_shift": ListOf(ListOf(float)), "real_shift": ListOf(ListOf(float)),
+    "response": Opt(BY_EARLY_LATE), "agreement": Opt(BY_EARLY_LATE), "liveness": Opt(BY_EARLY_LATE),
+    "per_action": Opt(MapOf({"response": ListOf(Opt(float)),
+                             "world_shift": ListOf(ListOf(float)), "real_shift": ListOf(ListOf(float)),
                              "world_change": ListOf(float), "real_change": ListOf(float),
                              "alive_steps": ListOf(int)})),
     "curves": Opt({"world_shift": ListOf(ListOf(ListOf(float))), "real_shift": ListOf(ListOf(ListOf(float))),
                    "world_change": ListOf(ListOf(float)), "real_change": ListOf(ListOf(float))}),
     "alive_share": Opt(float)}
-# v4: the key response and liveness from real starts (motion.keys.real_starts and four headline figures);
+# v4: key response, agreement and liveness from real starts (motion.keys.real_starts, six headline figures);
 # headline ``better`` may be NEAR_ONE
 SCHEMA: dict[str, Any] = {**SCHEMA_V3, "motion": {**MOTION, "keys": {**MOTION["keys"], "real_starts": REAL_STARTS}}}
 SCHEMAS: dict[int, dict[str, Any]] = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, SCHEMA_VERSION: SCHEMA}
