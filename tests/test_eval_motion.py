@@ -163,6 +163,11 @@ def test_key_response_from_real_starts_follows_the_game_step_by_step_and_counts_
     kept = summary(wild, live=dead)
     assert kept.response["late"].mean == pytest.approx(1.0) and kept.agreement["late"].mean == pytest.approx(1.0)
     assert kept.per_action["late"]["alive_steps"][0] == 5 * 11
+    # a fixed screen: the real scene's global motion is the estimator's noise, nothing to follow
+    still = summarise_paired(PairedHolds(real_shift, real_change, 0.05 * rng.normal(size=real_shift.shape),
+                                         real_change, alive), seed=0, resamples=50)
+    assert still.response["early"] is None and still.agreement["late"] is None
+    assert still.per_action["early"]["response"] == [None] * 3 and still.liveness["late"].mean == pytest.approx(1.0)
     with pytest.raises(ValueError, match="real_shift has shape"):
         PairedHolds(real_shift, real_change, real_shift[:, :, :5], real_change, alive)
 

@@ -13,7 +13,8 @@ steps before the end, on both sides.
 Per window (early 2-8, late 20-30; 1-based steps, inclusive), over every start s, key a and alive step i,
 with m and r the world's and the real game's motion (dy, dx) at that step:
 
-- key response = sum m . r / sum |r|^2: the slope of the world's motion on the game's, through the origin
+- key response = sum m . r / sum |r|^2 (where the real scene moved at least 0.25 px per step, root mean
+  square; a fixed screen's global motion is the estimator's noise): the slope of the world's motion on the game's, through the origin
   (1 = the game's speed in the game's direction at each step, 0 = unrelated or still, above 1 faster);
 - agreement = sum m . r / sqrt(sum |m|^2 sum |r|^2), the cosine of the two motion series: 1 = the world
   moves exactly when, where and (up to scale) as much as the game does; a world that drifts while the game
@@ -29,14 +30,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from playworld.eval.keys import EARLY, LATE
+from playworld.eval.keys import EARLY, LATE, MIN_REAL_MOTION
 from playworld.eval.stats import Estimate, bootstrap
 
 WINDOWS = {"early": EARLY, "late": LATE}
 STEPS = LATE[1]
 """Steps each key is held: the late window's end (a longer hold ends most real CoinRun episodes)."""
-STILL = 1e-6
-"""Summed squared real motion (px^2) below which a key's real scene did not move in a window."""
+def moves(real_sq: float, steps: float) -> bool:
+    """Whether the real scene moved in a window: root mean square motion per alive step of at least
+    :data:`playworld.eval.keys.MIN_REAL_MOTION` px (below it, on a fixed screen, the estimator's own noise
+    would be the reference)."""
+    return steps > 0 and real_sq / steps >= MIN_REAL_MOTION ** 2
 
 
 @dataclass
@@ -89,11 +93,11 @@ class WindowSums:
 
     def response(self, sel: np.ndarray) -> float:
         den = self.real_sq[sel].sum()
-        return float(self.cross[sel].sum() / den) if den > STILL else float("nan")
+        return float(self.cross[sel].sum() / den) if den > 0 else float("nan")
 
     def agreement(self, sel: np.ndarray) -> float:
         den = np.sqrt(self.real_sq[sel].sum() * self.world_sq[sel].sum())
-        return float(self.cross[sel].sum() / den) if den > STILL else 0.0
+        return float(self.cross[sel].sum() / den) if den > 0 else 0.0
 
     def liveness(self, sel: np.ndarray) -> float:
         den = self.real_change[sel].sum()
@@ -103,8 +107,8 @@ class WindowSums:
         """Per key over every start: its response (None where the real scene stood still), both sides' mean
         motion and change per alive step, and the alive steps counted."""
         n = np.maximum(self.steps.sum(0), 1.0)  # (K,)
-        real_sq = self.real_sq.sum(0)
-        response = [float(c / q) if q > STILL else None for c, q in zip(self.cross.sum(0), real_sq)]
+        response = [float(c / q) if moves(q, n) else None
+                    for c, q, n in zip(self.cross.sum(0), self.real_sq.sum(0), self.steps.sum(0))]
 
         def rounded(x: np.ndarray) -> list:
             return np.round(x, 4).tolist()
@@ -146,7 +150,7 @@ def summarise_paired(holds: PairedHolds, *, seed: int, resamples: int) -> RealSt
     out = RealStartSummary({}, {}, {}, {})
     for name, (lo, hi) in WINDOWS.items():
         sums = holds.window(lo, hi)
-        moved, changed = sums.real_sq.sum() > STILL, sums.real_change.sum() > 0
+        moved, changed = moves(sums.real_sq.sum(), sums.steps.sum()), sums.real_change.sum() > 0
         out.response[name] = _finite(bootstrap(starts, seed=seed, resamples=resamples, statistic=sums.response)) \
             if moved else None
         out.agreement[name] = bootstrap(starts, seed=seed, resamples=resamples, statistic=sums.agreement) \
