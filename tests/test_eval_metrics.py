@@ -291,14 +291,18 @@ def test_real_start_key_response_holds_the_mapped_keys_from_the_evaluated_levels
         assert part["liveness"][w]["mean"] == 0.0
         assert np.asarray(part["per_action"][w]["real_shift"]).shape == (4, 2)
         assert part["per_action"][w]["world_change"] == [0.0] * 4
+    for w in ("early", "late"):  # a frozen world's keys all give the same frame: no contrast between them
+        assert part["contrast"]["agreement"][w]["mean"] == 0.0 and part["contrast"]["ratio"][w]["mean"] == 0.0
     curves = part["curves"]
     assert np.asarray(curves["real_shift"]).shape == (4, 30, 2) and np.asarray(curves["world_change"]).shape == (4, 30)
     assert np.asarray(curves["real_shift"])[0, 2:8, 1].mean() < -0.25  # the real game's right, step by step
     from PIL import Image
 
-    from playworld.eval.report import real_start_plot
-    png = real_start_plot({"motion": {"keys": {"real_starts": part, "windows": {"early": [2, 8], "late": [20, 30]}}}})
-    assert Image.open(io.BytesIO(png)).size[0] > 500
+    from playworld.eval.report import _real_start_parts, real_start_plot
+    m = {"motion": {"keys": {"real_starts": part, "windows": {"early": [2, 8], "late": [20, 30]}}}}
+    assert Image.open(io.BytesIO(real_start_plot(m))).size[0] > 500
+    html = "".join(_real_start_parts(m["motion"]["keys"], m))
+    assert "key contrast agreement" in html and html.count("<tr>") == 3 and "data:image/png;base64," in html
     ev.mapping = {0: 7, 1: 5}
     assert "only 2 of the 4" in ev.real_keys_part()["reason"]
     ev.cfg = EvalConfig(episodes=4, split="train", real_key_starts=0, progress=False)

@@ -172,6 +172,39 @@ def test_key_response_from_real_starts_follows_the_game_step_by_step_and_counts_
         PairedHolds(real_shift, real_change, real_shift[:, :, :5], real_change, alive)
 
 
+def test_key_contrast_sees_a_small_sprite_that_the_keys_move_on_a_fixed_screen():
+    from playworld.eval.realkeys import summarise_contrast
+
+    rng = np.random.default_rng(1)
+    s, k, steps, size = 4, 3, 30, 48
+    moves = np.array([(0, 1), (0, -1), (0, 0)])  # right, left, nothing: a 3-px sprite, 1 px per step
+
+    def video(keys_move: bool, noise: float = 0.0) -> torch.Tensor:
+        frames = np.full((s, k, 1 + steps, size, size, 3), 40, dtype=np.float64)
+        frames[..., 1] += 30 * rng.random((s, 1, 1, size, size))  # a still background texture, per start
+        for a in range(k):
+            for t in range(1 + steps):
+                y, x = 20, 22 + (moves[a] * t)[1] * keys_move
+                frames[:, a, t, y:y + 3, x:x + 3] = 230
+        frames += noise * rng.normal(size=frames.shape)
+        return torch.from_numpy(np.clip(frames, 0, 255).astype(np.uint8))
+
+    real, alive = video(True), np.ones((s, k, steps), dtype=bool)
+    same = summarise_contrast(real, real, alive, seed=0, resamples=100)
+    assert same["agreement"]["early"].mean == pytest.approx(1.0) and same["ratio"]["late"].mean == pytest.approx(1.0)
+    noisy = summarise_contrast(video(True, noise=8.0), real, alive, seed=0, resamples=100)
+    assert noisy["agreement"]["early"].mean > 0.5  # pixel noise does not hide the sprite's moves
+    ignored = summarise_contrast(video(False), real, alive, seed=0, resamples=100)  # the keys do nothing
+    assert ignored["agreement"]["early"].mean == 0.0 and ignored["ratio"]["late"].mean == 0.0
+    swapped = summarise_contrast(video(True)[:, [1, 0, 2]], real, alive, seed=0, resamples=100)  # left is right
+    assert swapped["agreement"]["late"].mean < 0.3  # what the others share still agrees; the moves do not
+    flicker = summarise_contrast(video(False, noise=30.0), real, alive, seed=0, resamples=100)
+    assert abs(flicker["agreement"]["late"].mean) < 0.1  # keys that differ by noise: no agreement
+    dead = alive.copy()
+    dead[:, 0, 5:] = False  # the real episodes under key 0 ended: no step of the late window counts
+    assert summarise_contrast(real, real, dead, seed=0, resamples=50)["agreement"]["late"] is None
+
+
 def test_realism_ranks_noise_blur_and_frozen_frames_worse_than_real_ones():
     from playworld.eval.realism import FEATURES, frame_features, frechet
 

@@ -40,7 +40,7 @@ from playworld.eval.motion import opposite_pairs
 from playworld.eval.realgame import held_transitions
 from playworld.eval.realism import FEATURES, real_floor, realism
 from playworld.eval.realkeys import STEPS as REAL_KEY_STEPS
-from playworld.eval.realkeys import PairedHolds, step_curves, summarise_paired
+from playworld.eval.realkeys import PairedHolds, step_curves, summarise_contrast, summarise_paired
 from playworld.eval.rollouts import KINDS, BatchFigures, EvalWorld, device_of, evaluate_batch
 from playworld.eval.schema import FORMAT, NEAR_ONE, SCHEMA_VERSION, keep_headline_replicates
 from playworld.eval.stats import Estimate, bootstrap, psnr, psnr_of_mean_mse
@@ -483,7 +483,7 @@ class Evaluation:
         k = self.world.num_actions
         part: dict[str, Any] = {"available": False, "reason": None, "levels": 0, "steps": REAL_KEY_STEPS,
                                 "true_actions": None, "response": None, "agreement": None, "liveness": None,
-                                "per_action": None, "curves": None, "alive_share": None}
+                                "contrast": None, "per_action": None, "curves": None, "alive_share": None}
         seeds = self._level_seeds(cfg.real_key_starts) if cfg.real_key_starts else []
         part["reason"] = "turned off (--real-key-starts 0)" if not cfg.real_key_starts else self._press_reason(k, seeds)
         if part["reason"] is not None:
@@ -498,6 +498,8 @@ class Evaluation:
         wc, rc = KeyCurves.measure(world, cfg.motion), KeyCurves.measure(torch.from_numpy(rh.frames), cfg.motion)
         holds = PairedHolds(wc.shift, wc.change, rc.shift, rc.change, rh.alive)
         summary = summarise_paired(holds, seed=cfg.seed, resamples=cfg.bootstrap)
+        contrast = summarise_contrast(world, torch.from_numpy(rh.frames), rh.alive, seed=cfg.seed,
+                                      resamples=cfg.bootstrap)
 
         def opt(e: Estimate | None) -> dict[str, Any] | None:
             return None if e is None else e.to_json(replicates=True)
@@ -505,6 +507,7 @@ class Evaluation:
         part.update({"available": True, "levels": len(rh.level_seeds), "true_actions": true,
                      **{fig: {n: opt(e) for n, e in getattr(summary, fig).items()}
                         for fig in ("response", "agreement", "liveness")},
+                     "contrast": {fig: {n: opt(e) for n, e in by.items()} for fig, by in contrast.items()},
                      "per_action": summary.per_action, "curves": step_curves(holds),
                      "alive_share": float(rh.alive.mean())})
         return part
@@ -574,6 +577,10 @@ class Evaluation:
             **{f"{fig}_{w}_real_starts": ((m["motion"]["keys"]["real_starts"][part] or {}).get(w), better)
                for fig, part, better in (("key_response", "response", NEAR_ONE), ("key_agreement", "agreement", "higher"),
                                          ("liveness", "liveness", NEAR_ONE)) for w in ("early", "late")},
+            **{f"key_contrast{suffix}_{w}_real_starts": (((m["motion"]["keys"]["real_starts"]["contrast"] or {})
+                                                         .get(fig) or {}).get(w), better)
+               for suffix, fig, better in (("", "agreement", "higher"), ("_ratio", "ratio", NEAR_ONE))
+               for w in ("early", "late")},
             "realism_frechet": (m["motion"]["realism"]["frechet"], "lower"),
             "ms_per_frame": (m["speed"]["ms_per_frame"], "lower"),
         }

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from playworld.eval.keys import EARLY, LATE, MIN_REAL_MOTION
 from playworld.eval.stats import Estimate, bootstrap
@@ -164,3 +165,74 @@ def summarise_paired(holds: PairedHolds, *, seed: int, resamples: int) -> RealSt
 def _finite(e: Estimate) -> Estimate | None:
     """A resample can draw only starts where the real scene stood still (NaN); such an estimate is dropped."""
     return e if all(np.isfinite(v) for v in (e.mean, e.low, e.high)) else None
+
+
+CONTRAST_SIGMA = 2.0
+"""Gaussian blur (px) of the key contrasts: a sprite a pixel or two off its real place still counts (the
+tokenizer's patches are 4 px; finer detail is its noise)."""
+
+
+@dataclass
+class ContrastSums:
+    """Per start (S,) over a window's steps where every key's real episode was alive: sum <C_w, C_r>,
+    sum |C_w|^2, sum |C_r|^2 of the key contrasts, and the steps counted."""
+
+    cross: np.ndarray
+    world_sq: np.ndarray
+    real_sq: np.ndarray
+    steps: np.ndarray
+
+    def agreement(self, sel: np.ndarray) -> float:
+        den = np.sqrt(self.world_sq[sel].sum() * self.real_sq[sel].sum())
+        return float(self.cross[sel].sum() / den) if den > 0 else 0.0
+
+    def ratio(self, sel: np.ndarray) -> float:
+        den = self.real_sq[sel].sum()
+        return float(np.sqrt(self.world_sq[sel].sum() / den)) if den > 0 else float("nan")
+
+
+def key_contrasts(frames: torch.Tensor, sigma: float = CONTRAST_SIGMA) -> torch.Tensor:
+    """frames uint8 (S, K, T, H, W, C) -> (S, K, T, H, W) float: each key's frame minus the mean over keys of
+    the same start and step (what that key does that the others do not), grey, Gaussian-blurred."""
+    grey = frames.float().mean(-1) / 255.0  # (S, K, T, H, W)
+    contrast = grey - grey.mean(1, keepdim=True)
+    radius = max(1, int(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-x.square() / (2 * sigma**2))
+    g = g / g.sum()
+    flat = contrast.reshape(-1, 1, *contrast.shape[-2:])  # (N, 1, H, W)
+    flat = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (radius, radius, 0, 0), mode="replicate"),
+                                      g.view(1, 1, 1, -1))
+    flat = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (0, 0, radius, radius), mode="replicate"),
+                                      g.view(1, 1, -1, 1))
+    return flat.view(contrast.shape)
+
+
+def contrast_sums(world: torch.Tensor, real: torch.Tensor, alive: np.ndarray, lo: int, hi: int) -> ContrastSums:
+    """world, real uint8 (S, K, 1+L, H, W, C) from the same starts; alive (S, K, L) -> the sums over frames
+    lo..hi (1-based steps, inclusive) where every key's real episode was still alive."""
+    cw, cr = key_contrasts(world[:, :, lo:hi + 1]), key_contrasts(real[:, :, lo:hi + 1])  # (S, K, w, H, W)
+    live = torch.from_numpy(alive[:, :, lo - 1:hi].all(1)).float()  # (S, w)
+
+    def total(x: torch.Tensor) -> np.ndarray:
+        return (x.sum((1, 3, 4)) * live).sum(1).double().numpy()  # (S,)
+
+    return ContrastSums(cross=total(cw * cr), world_sq=total(cw * cw), real_sq=total(cr * cr),
+                        steps=live.sum(1).numpy())
+
+
+def summarise_contrast(world: torch.Tensor, real: torch.Tensor, alive: np.ndarray, *, seed: int,
+                       resamples: int) -> dict[str, dict[str, Estimate | None]]:
+    """Per window: ``agreement``, the cosine of the world's key contrasts with the game's (1 = the keys change
+    the same places in the same way, 0 = unrelated or no difference between keys), and ``ratio``, the size of
+    the world's contrasts over the game's (1 = the keys matter as much as in the game, 0 = not at all)."""
+    starts = np.arange(alive.shape[0])
+    out: dict[str, dict[str, Estimate | None]] = {"agreement": {}, "ratio": {}}
+    for name, (lo, hi) in WINDOWS.items():
+        sums = contrast_sums(world, real, alive, lo, hi)
+        differ = sums.real_sq.sum() > 0
+        out["agreement"][name] = bootstrap(starts, seed=seed, resamples=resamples, statistic=sums.agreement) \
+            if differ else None
+        out["ratio"][name] = _finite(bootstrap(starts, seed=seed, resamples=resamples, statistic=sums.ratio)) \
+            if differ else None
+    return out

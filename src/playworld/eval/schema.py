@@ -127,6 +127,7 @@ BY_EARLY_LATE = {"early": Opt(ESTIMATE), "late": Opt(ESTIMATE)}
 REAL_STARTS = {
     "available": bool, "reason": Opt(str), "levels": int, "steps": int, "true_actions": Opt(ListOf(int)),
     "response": Opt(BY_EARLY_LATE), "agreement": Opt(BY_EARLY_LATE), "liveness": Opt(BY_EARLY_LATE),
+    "contrast": Opt({"agreement": BY_EARLY_LATE, "ratio": BY_EARLY_LATE}),
     "per_action": Opt(MapOf({"response": ListOf(Opt(float)),
                              "world_shift": ListOf(ListOf(float)), "real_shift": ListOf(ListOf(float)),
                              "world_change": ListOf(float), "real_change": ListOf(float),
@@ -134,7 +135,7 @@ REAL_STARTS = {
     "curves": Opt({"world_shift": ListOf(ListOf(ListOf(float))), "real_shift": ListOf(ListOf(ListOf(float))),
                    "world_change": ListOf(ListOf(float)), "real_change": ListOf(ListOf(float))}),
     "alive_share": Opt(float)}
-# v4: key response, agreement and liveness from real starts (motion.keys.real_starts, six headline figures);
+# v4: key response, agreement and liveness from real starts (motion.keys.real_starts, ten headline figures);
 # headline ``better`` may be NEAR_ONE
 SCHEMA: dict[str, Any] = {**SCHEMA_V3, "motion": {**MOTION, "keys": {**MOTION["keys"], "real_starts": REAL_STARTS}}}
 SCHEMAS: dict[int, dict[str, Any]] = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, SCHEMA_VERSION: SCHEMA}
