@@ -4,7 +4,7 @@ rollout PSNR and SSIM at horizons 1, 4, 8 and 15.
 Every run is compared with the first. A figure whose target is 1 (``near 1``: key response and liveness,
 the world's motion and change over the real game's) is compared by its distance from 1. Where both
 evaluations scored the same units (the same data,
-settings and counts) and kept their figures' bootstrap replicates (metrics.json v3), a figure is
+settings and counts) and kept their figures' bootstrap replicates (metrics.json v3 on), a figure is
 flagged when the paired bootstrap interval of its difference excludes 0 (:func:`paired_difference`:
 the same clips and start frames, resampled alike, so what the units share cancels). Otherwise (older
 files, other data or settings, speed figures) it is flagged when the two 95% intervals do not overlap,
@@ -25,7 +25,7 @@ from playworld.eval.stats import paired_difference
 COMPARABLE = ("split", "episodes", "context", "horizon", "seed", "maskgit_steps", "temperature", "key_starts",
               "key_steps", "real_hold", "motion_cutoff", "motion_window")
 PAIRED_SETTINGS = (*COMPARABLE, "action_clips", "consistency_starts", "consistency_steps", "memory_k",
-                   "memory_starts", "bootstrap", "real_env", "copy_penalty", "precision")
+                   "memory_starts", "bootstrap", "real_env", "copy_penalty", "precision", "real_key_starts")
 """Settings two evaluations must share (beside their data and counts) for their figures to be paired."""
 
 
