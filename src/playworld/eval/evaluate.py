@@ -23,6 +23,7 @@ from playworld.data.loader import ClipDataset
 from playworld.errors import TrainingError
 from playworld.eval import actions as act
 from playworld.eval.clips import EvalClips, choose_clips
+from playworld.eval.compare import SPEED_FIGURES
 from playworld.eval.config import EvalConfig
 from playworld.eval.control import (
     Walk,
@@ -585,6 +586,8 @@ class Evaluation:
             "ms_per_frame": (m["speed"]["ms_per_frame"], "lower"),
         }
         m["headline"] = {k: {**v, "better": b} for k, (v, b) in head.items() if v is not None}
+        for k in SPEED_FIGURES:  # timings are never paired (playworld.eval.compare): their replicates go
+            m["headline"].get(k, {}).pop("replicates", None)
 
 
 def tile(video: np.ndarray, pad: int = 1) -> np.ndarray:
