@@ -164,8 +164,7 @@ def real_start_plot(metrics: dict[str, Any]) -> bytes:
     early or late, or every key if none does."""
     part = metrics["motion"]["keys"]["real_starts"]
     c = {k: np.asarray(v) for k, v in part["curves"].items()}  # shift (K, L, 2), change (K, L)
-    moving = sorted(a for w in part["per_action"].values() for a, r in enumerate(w["response"]) if r is not None)
-    moving = sorted(set(moving))
+    moving = sorted({a for w in part["per_action"].values() for a, r in enumerate(w["response"]) if r is not None})
     shown = moving or list(range(c["world_change"].shape[0]))
     steps = np.arange(1, c["world_change"].shape[1] + 1)
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), squeeze=False)
