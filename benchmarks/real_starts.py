@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from motion import CopyLast  # a sibling script (benchmarks/ is the script's own path)
 from playworld.data.loader import ClipDataset
 from playworld.eval.clips import choose_clips
 from playworld.eval.config import EvalConfig
@@ -28,22 +29,6 @@ from playworld.world import World, WorldConfig
 
 FIGURES = (("response", "key response"), ("agreement", "agreement"), ("liveness", "liveness"),
            ("contrast.agreement", "key contrast"), ("contrast.ratio", "contrast ratio"))
-
-
-class CopyLast:
-    """A world that returns its input: every step gives back the last prompt frame."""
-
-    def __init__(self, num_actions: int) -> None:
-        self.num_actions = num_actions
-        self.last: torch.Tensor | None = None
-
-    def reset(self, prompt: torch.Tensor, seed: int | None = None) -> torch.Tensor:
-        self.last = prompt[:, -1].clone()
-        return self.last
-
-    def step(self, actions: torch.Tensor) -> torch.Tensor:
-        assert self.last is not None
-        return self.last
 
 
 def figure(part: dict, path: str, window: str) -> str:
@@ -76,16 +61,9 @@ def main() -> None:
     clips = ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split)
     chosen = choose_clips(clips, cfg.episodes, cfg.action_clips, cfg.seed)
     rows = []
-    settings = list(itertools.product(args.maskgit_steps, args.temperature, args.copy_penalty))
-    for setting in [*settings, None]:
+
+    def measure(world, name: str) -> None:
         start = time.perf_counter()
-        if setting is None:
-            world, name = CopyLast(len(mapping)), "copy-last"
-        else:
-            steps, temperature, penalty = setting
-            world = World.load(args.run, WorldConfig(sampling=SamplingConfig(steps=steps, temperature=temperature,
-                                                                              copy_penalty=penalty)))
-            name = f"{steps} step(s), temperature {temperature:g}, copy penalty {penalty:g}"
         ev = Evaluation(world, clips, cfg)
         ev.chosen, ev.done, ev.mapping = chosen, metrics["counts"]["episodes"], mapping
         part = ev.real_keys_part()
@@ -93,6 +71,12 @@ def main() -> None:
             raise SystemExit(f"{args.eval}: no real starts here: {part['reason']}")
         rows.append((name, part))
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+
+    for steps, temperature, penalty in itertools.product(args.maskgit_steps, args.temperature, args.copy_penalty):
+        world = World.load(args.run, WorldConfig(sampling=SamplingConfig(steps=steps, temperature=temperature,
+                                                                          copy_penalty=penalty)))
+        measure(world, f"{steps} step(s), temperature {temperature:g}, copy penalty {penalty:g}")
+    measure(CopyLast(world), "copy-last")  # a world that returns its input
     levels = rows[0][1]["levels"]
     print(f"\n{args.run} on {args.data}:{cfg.split}, {levels} settled real starts x {len(mapping)} keys x 30 steps "
           "(the real game itself scores 1 on every figure)")

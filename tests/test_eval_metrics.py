@@ -238,8 +238,9 @@ class _FrozenWorld:
         return self.frame
 
 
-def test_real_consistency_presses_the_mapped_keys_on_the_evaluated_levels(tmp_path):
-    pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
+def _frozen_evaluation(tmp_path, **settings):
+    """An Evaluation of :class:`_FrozenWorld` on a few random CoinRun episodes collected into ``tmp_path``,
+    its episodes chosen as `run` would (``settings``: EvalConfig fields beside the small defaults here)."""
     from playworld.data.collect import CollectConfig, collect
     from playworld.data.loader import ClipDataset
     from playworld.eval.clips import choose_clips
@@ -248,10 +249,18 @@ def test_real_consistency_presses_the_mapped_keys_on_the_evaluated_levels(tmp_pa
 
     collect(CollectConfig(episodes=6, policy="random", num_envs=2, max_episode_frames=24, episodes_per_shard=6,
                           seed=0), tmp_path / "data", progress=False)
-    cfg = EvalConfig(episodes=4, split="train", consistency_starts=3, progress=False, bootstrap=200)
+    cfg = EvalConfig(episodes=4, split="train", progress=False, bootstrap=200, **settings)
     ev = Evaluation(_FrozenWorld(), ClipDataset(tmp_path / "data", clip_len=cfg.clip_len, split="train"), cfg)
     ev.chosen = choose_clips(ev.clips, cfg.episodes, cfg.action_clips, cfg.seed)
     ev.done = len(ev.chosen.rollout)
+    return ev
+
+
+def test_real_consistency_presses_the_mapped_keys_on_the_evaluated_levels(tmp_path):
+    pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
+    from playworld.eval.config import EvalConfig
+
+    ev = _frozen_evaluation(tmp_path, consistency_starts=3)
     ev.mapping = {0: 7, 1: 5, 2: 4, 3: 9}  # RIGHT, UP, NOOP and a fire key CoinRun ignores
     real = ev.real_consistency()
     assert real["available"] and real["reason"] is None and 1 <= real["levels"] <= 3
@@ -266,18 +275,9 @@ def test_real_consistency_presses_the_mapped_keys_on_the_evaluated_levels(tmp_pa
 
 def test_real_start_key_response_holds_the_mapped_keys_from_the_evaluated_levels(tmp_path):
     pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
-    from playworld.data.collect import CollectConfig, collect
-    from playworld.data.loader import ClipDataset
-    from playworld.eval.clips import choose_clips
     from playworld.eval.config import EvalConfig
-    from playworld.eval.evaluate import Evaluation
 
-    collect(CollectConfig(episodes=6, policy="random", num_envs=2, max_episode_frames=24, episodes_per_shard=6,
-                          seed=0), tmp_path / "data", progress=False)
-    cfg = EvalConfig(episodes=4, split="train", real_key_starts=3, progress=False, bootstrap=200)
-    ev = Evaluation(_FrozenWorld(), ClipDataset(tmp_path / "data", clip_len=cfg.clip_len, split="train"), cfg)
-    ev.chosen = choose_clips(ev.clips, cfg.episodes, cfg.action_clips, cfg.seed)
-    ev.done = len(ev.chosen.rollout)
+    ev = _frozen_evaluation(tmp_path, real_key_starts=3)
     ev.mapping = {0: 7, 1: 5, 2: 4, 3: 1}  # RIGHT, UP (jump), NOOP, LEFT
     part = ev.real_keys_part()
     assert part["available"] and part["reason"] is None and 1 <= part["levels"] <= 3 and part["steps"] == 30

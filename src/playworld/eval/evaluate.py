@@ -460,15 +460,12 @@ class Evaluation:
                 entry["real"] = real[a].to_json(replicates=True)
             per_action.append(entry)
 
-        def opt(e: Estimate | None) -> dict[str, Any] | None:
-            return None if e is None else e.to_json(replicates=True)
-
         keys = {
             "starts": s, "steps": steps, "real_hold": cfg.real_hold,
             "windows": {n: list(w) for n, w in wins.items()},
             "real_available": bool(real), "real_reason": reason,
-            "response": {n: opt(e) for n, e in summary.response.items()},
-            "liveness": {n: opt(e) for n, e in summary.liveness.items()},
+            "response": {n: _opt_json(e) for n, e in summary.response.items()},
+            "liveness": {n: _opt_json(e) for n, e in summary.liveness.items()},
             "change": {n: e.to_json(replicates=True) for n, e in summary.change.items()},
             "response_actions": summary.response_actions, "liveness_actions": summary.liveness_actions,
             "per_action": per_action,
@@ -502,13 +499,10 @@ class Evaluation:
         contrast = summarise_contrast(world, torch.from_numpy(rh.frames), rh.alive, seed=cfg.seed,
                                       resamples=cfg.bootstrap)
 
-        def opt(e: Estimate | None) -> dict[str, Any] | None:
-            return None if e is None else e.to_json(replicates=True)
-
         part.update({"available": True, "levels": len(rh.level_seeds), "true_actions": true,
-                     **{fig: {n: opt(e) for n, e in getattr(summary, fig).items()}
+                     **{fig: {n: _opt_json(e) for n, e in getattr(summary, fig).items()}
                         for fig in ("response", "agreement", "liveness")},
-                     "contrast": {fig: {n: opt(e) for n, e in by.items()} for fig, by in contrast.items()},
+                     "contrast": {fig: {n: _opt_json(e) for n, e in by.items()} for fig, by in contrast.items()},
                      "per_action": summary.per_action, "curves": step_curves(holds),
                      "alive_share": float(rh.alive.mean())})
         return part
@@ -588,6 +582,11 @@ class Evaluation:
         m["headline"] = {k: {**v, "better": b} for k, (v, b) in head.items() if v is not None}
         for k in SPEED_FIGURES:  # timings are never paired (playworld.eval.compare): their replicates go
             m["headline"].get(k, {}).pop("replicates", None)
+
+
+def _opt_json(e: Estimate | None) -> dict[str, Any] | None:
+    """An optional estimate as metrics.json writes it (with replicates; null where there is none)."""
+    return None if e is None else e.to_json(replicates=True)
 
 
 def tile(video: np.ndarray, pad: int = 1) -> np.ndarray:
