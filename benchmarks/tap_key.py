@@ -18,7 +18,9 @@ import torch
 
 from playworld.data.loader import ClipDataset
 from playworld.eval.clips import choose_clips
-from playworld.eval.envwalk import PROCGEN_NOOP, _play_level_until_end
+from playworld.eval.config import EvalConfig
+from playworld.eval.envwalk import PROCGEN_NOOP, procgen_play
+from playworld.eval.evaluate import Evaluation
 from playworld.eval.motion import MotionEstimator
 from playworld.eval.schema import load_metrics
 from playworld.world import World
@@ -44,30 +46,21 @@ def main() -> None:
         raise SystemExit(f"{args.eval}: no latent action is mapped to key {args.key} ({part['true_actions']})")
     tap = part["true_actions"].index(args.key)
     stay = int(np.argmin(part["per_action"]["early"]["world_change"]))
-    clips = ClipDataset(args.data, clip_len=max(s["context"]) + s["horizon"], split=s["split"])
-    chosen = choose_clips(clips, s["episodes"], s["action_clips"], s["seed"])
-    by_index = {e.index: e for e in clips.episodes}
-    seeds = list(dict.fromkeys(by_index[clips.locate(int(i))[0]].level_seed
-                               for i in chosen.rollout[:m["counts"]["episodes"]]))[:part["levels"]]
-    context, settle = max(s["context"]), 8
-    start = max(settle, context)
-    schedule = np.array([PROCGEN_NOOP] * start + [args.key] * args.taps
-                        + [PROCGEN_NOOP] * (args.steps - args.taps))[:, None]
-    prompts, real, alive = [], [], []
-    for seed in seeds:
-        video, live = _play_level_until_end(clips.dataset.manifest.source, seed, schedule)
-        if live[:, :start + 1].all():
-            prompts.append(video[0, start - context + 1:start + 1])
-            real.append(video[0, start:])
-            alive.append(live[0, start + 1:])
+    cfg = EvalConfig(split=s["split"], episodes=s["episodes"], context=tuple(s["context"]), horizon=s["horizon"],
+                     seed=s["seed"], action_clips=s["action_clips"], progress=False)
     world = World.load(args.run)
-    prompt = torch.from_numpy(np.stack(prompts))
-    frames = [world.reset(prompt, seed=s["seed"])]
+    ev = Evaluation(world, ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split), cfg)
+    ev.chosen, ev.done = choose_clips(ev.clips, cfg.episodes, cfg.action_clips, cfg.seed), m["counts"]["episodes"]
+    pressed = np.array([args.key] * args.taps + [PROCGEN_NOOP] * (args.steps - args.taps))[:, None]  # (L, 1)
+    real = procgen_play(ev.clips.dataset.manifest.source, ev.level_seeds(s["real_key_starts"]), pressed,
+                        max(cfg.context))
+    prompt = torch.from_numpy(real.prompts)
+    frames = [world.reset(prompt, seed=cfg.seed)]
     for t in range(args.steps):
         frames.append(world.step(torch.full((len(prompt),), tap if t < args.taps else stay)))
-    generated, real_video = torch.stack(frames, 1), torch.from_numpy(np.stack(real))
+    generated, real_video = torch.stack(frames, 1), torch.from_numpy(real.frames[:, 0])
     motion = MotionEstimator()
-    live = np.stack(alive).astype(np.float64)  # (S, L)
+    live = real.alive[:, 0].astype(np.float64)  # (S, L)
     n = np.maximum(live.sum(0), 1.0)
     sides = {"real game": motion(real_video[:, :-1], real_video[:, 1:]).numpy(),
              "world": motion(generated[:, :-1], generated[:, 1:]).numpy()}  # (S, L, 2)

@@ -179,7 +179,7 @@ def test_procgen_press_starts_every_key_from_one_frame_and_keys_that_act_alike_s
 
 def test_procgen_hold_keeps_a_level_whose_episode_ends_and_marks_the_steps_after_the_end():
     pytest.importorskip("procgen", reason="procgen-mirror is not installed (dev extra)")
-    from playworld.eval.envwalk import procgen_hold, procgen_press
+    from playworld.eval.envwalk import procgen_hold, procgen_play, procgen_press
 
     source = {"kind": "procgen", "game": "coinrun", "config": {"distribution_mode": "hard"}}
     # level 30: holding RIGHT+UP (8) ends the episode at step 28; RIGHT (7) does not within 30 steps
@@ -193,6 +193,10 @@ def test_procgen_hold_keeps_a_level_whose_episode_ends_and_marks_the_steps_after
     assert np.array_equal(short.frames, h.frames[:, :, :6]) and np.array_equal(short.prompts, h.prompts)
     with pytest.raises(ValueError, match="at least one action"):
         procgen_hold(source, [3], [], steps=3, context=2)
+    tapped = procgen_play(source, [3], np.array([[8], [4], [4]]), context=2)  # a jump pressed once, then NOOP
+    assert np.array_equal(tapped.frames[:, 0, :2], h.frames[1:, 1, :2])  # its first step is the held jump's
+    with pytest.raises(ValueError, match=r"\(steps, K\) schedule"):
+        procgen_play(source, [3], np.array([8, 4]), context=2)
 
 
 def test_psnr_of_mean_mse_is_not_decided_by_exact_frames():

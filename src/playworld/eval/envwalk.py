@@ -148,8 +148,19 @@ def procgen_hold(source: dict[str, Any], level_seeds: list[int], actions: list[i
     it settles is."""
     if not actions or steps < 1:
         raise ValueError(f"procgen_hold needs at least one action and one step, got {actions!r} x {steps}")
-    k, start = len(actions), max(settle, context)
-    schedule = np.concatenate([np.full((start, k), PROCGEN_NOOP), np.tile(actions, (steps, 1))])  # (T, K)
+    return procgen_play(source, level_seeds, np.tile(actions, (steps, 1)), context, settle)
+
+
+def procgen_play(source: dict[str, Any], level_seeds: list[int], schedule: np.ndarray, context: int,
+                 settle: int = 8) -> RealHolds:
+    """Play ``schedule`` (steps, K) true actions, K copies of each level side by side, from the settled start
+    of :func:`procgen_hold` (which plays one key per copy throughout); the same frames, prompts and alive
+    marks."""
+    schedule = np.asarray(schedule, dtype=np.int64)
+    if schedule.ndim != 2 or not schedule.size:
+        raise ValueError(f"procgen_play needs a (steps, K) schedule of true actions, got shape {schedule.shape}")
+    k, start = schedule.shape[1], max(settle, context)
+    schedule = np.concatenate([np.full((start, k), PROCGEN_NOOP), schedule])  # (T, K)
     prompts, frames, alive, seeds = [], [], [], []
     for seed in level_seeds:
         video, live = _play_level_until_end(source, seed, schedule)  # (K, T+1, H, W, C), (K, T+1)

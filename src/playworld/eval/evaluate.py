@@ -280,7 +280,7 @@ class Evaluation:
         real: dict[str, Any] = {"available": False, "reason": None, "levels": 0, "true_actions": None,
                                 "overall": None, "per_action": None, "model_overall": None, "classes": None,
                                 "class_overall": None, "model_class_overall": None}
-        seeds = self._level_seeds(cfg.consistency_starts)
+        seeds = self.level_seeds(cfg.consistency_starts)
         real["reason"] = self._press_reason(k, seeds)
         if real["reason"] is not None:
             return real
@@ -327,7 +327,7 @@ class Evaluation:
             return f"{ds.root}: data of kind {kind!r} cannot be replayed (Procgen only)"
         return None
 
-    def _level_seeds(self, n: int) -> list[int]:
+    def level_seeds(self, n: int) -> list[int]:
         """The level seeds of the first ``n`` distinct evaluated levels (in rollout order)."""
         by_index = {e.index: e for e in self.clips.episodes}
         levels = (by_index[self.clips.locate(int(i))[0]].level_seed for i in self.chosen.rollout[:self.done])
@@ -386,7 +386,7 @@ class Evaluation:
         if first is None:
             real["reason"] = "no true opposite actions to walk with"
             return
-        seeds = self._level_seeds(cfg.memory_starts)
+        seeds = self.level_seeds(cfg.memory_starts)
         if not seeds:
             real["reason"] = f"{ds.root}: the evaluated episodes have no level seeds"
             return
@@ -482,7 +482,7 @@ class Evaluation:
         part: dict[str, Any] = {"available": False, "reason": None, "levels": 0, "steps": REAL_KEY_STEPS,
                                 "true_actions": None, "response": None, "agreement": None, "liveness": None,
                                 "contrast": None, "per_action": None, "curves": None, "alive_share": None}
-        seeds = self._level_seeds(cfg.real_key_starts) if cfg.real_key_starts else []
+        seeds = self.level_seeds(cfg.real_key_starts) if cfg.real_key_starts else []
         part["reason"] = "turned off (--real-key-starts 0)" if not cfg.real_key_starts else self._press_reason(k, seeds)
         if part["reason"] is not None:
             return part
