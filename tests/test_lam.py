@@ -1,16 +1,21 @@
 """Latent action model: causality, API shapes, metrics, restarts, and learning the true actions of a toy world."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from playworld.errors import ConfigError, TrainingError
 from playworld.models.lam import (
+    MAX_CARRY,
     MIN_ENCODER_PERPLEXITY,
     ActionUsage,
     LAMConfig,
     LatentActionModel,
     balanced_assignment,
     check_action_usage,
+    shift_frames,
 )
 
 
@@ -327,3 +332,82 @@ def test_presets_pick_balanced_while_a_run_saved_before_the_option_resumes_as_ar
     del saved["model"]["assign"], saved["model"]["assign_temperature"]  # written before the option existed
     diffs = config_differences(saved, cfg.to_dict(), config_defaults(cfg))
     assert any(d.startswith("model.assign:") and "'argmin'" in d for d in diffs), diffs  # refused, not relabelled
+
+
+def test_shift_frames_moves_content_by_sub_pixel_shifts_and_zero_is_exact():
+    img = torch.zeros(2, 1, 8, 8)
+    img[:, 0, 3, 3] = 1.0
+    out = shift_frames(img, torch.tensor([[2.0, -1.0], [0.5, 0.0]]))
+    assert out[0, 0].nonzero().tolist() == [[5, 2]]  # content at (y, x) lands at (y + dy, x + dx)
+    torch.testing.assert_close(out[1, 0, 3:5, 3], torch.tensor([0.5, 0.5]))  # half a pixel: split in two
+    torch.testing.assert_close(shift_frames(img, torch.zeros(2, 2)), img)
+
+
+def test_carried_shift_starts_still_and_keeps_the_decoder_causal():
+    m = _lam(carry_weight=1.0).eval()
+    assert _lam().carry is None
+    video = torch.rand(2, 4, 16, 16, 3)
+    torch.testing.assert_close(m.past_shift(video), torch.zeros(2, 3, 2))  # untrained: the past carries nothing
+    with torch.no_grad():
+        one_px = MAX_CARRY * math.atanh(1.0 / MAX_CARRY)  # the shift is bounded by a tanh
+        m.carry.bias.copy_(torch.tensor([one_px, 0.0]))  # a carried shift of 1 px down on every frame
+        m.kernels.zero_()
+        m.kernels[:, 2, 2] = 1.0
+        m.dec_out.weight.zero_()
+        m.dec_out.bias.zero_()
+    pred = m.predict(video, torch.zeros(2, 3, dtype=torch.long))
+    moved = shift_frames(video[:, :-1].flatten(0, 1).permute(0, 3, 1, 2), torch.tensor([[1.0, 0.0]]).expand(6, 2))
+    torch.testing.assert_close(pred.flatten(0, 1), moved.permute(0, 2, 3, 1).clamp(0, 1))
+    # prediction of x_{t+1} still reads only x_1..x_t and a_t
+    patches = m.patchify(video)
+    context2 = patches[:, :-1].clone()
+    context2[:, 2] += 0.5
+    a = torch.zeros(2, 3, dtype=torch.long)
+    pred1, pred2 = m.decode(patches[:, :-1], a), m.decode(context2, a)
+    torch.testing.assert_close(pred1[:, :2], pred2[:, :2])
+    assert not torch.allclose(pred1[:, 2], pred2[:, 2])
+    out = m.train().compute_loss(video)
+    assert "carry_psnr" in out.metrics and "carry_psnr" not in _lam().compute_loss(video).metrics
+    with pytest.raises(ValueError, match="carry_weight"):
+        _lam().past_shift(video)
+    with pytest.raises(ConfigError, match="carry_weight"):
+        LAMConfig(carry_weight=-1.0)
+
+
+def _moving_texture(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n clips (n, 4, 32, 32, 3) of a smooth random texture moving by a constant whole-pixel velocity per clip,
+    and that velocity (n, 2) (dy, dx) in [-2, 2]: the motion under way, which the past predicts exactly."""
+    g = torch.Generator().manual_seed(seed)
+    big = F.interpolate(torch.rand(n, 3, 24, 24, generator=g), size=(96, 96), mode="bilinear", align_corners=False)
+    v = torch.randint(-2, 3, (n, 2), generator=g)
+    frames = [torch.stack([big[i, :, 16 - v[i, 0] * t:48 - v[i, 0] * t, 16 - v[i, 1] * t:48 - v[i, 1] * t]
+                           for i in range(n)]) for t in range(4)]
+    return torch.stack(frames, 1).permute(0, 1, 3, 4, 2).contiguous(), v.float()
+
+
+def test_last_step_carry_starts_as_constant_velocity():
+    m = LatentActionModel(LAMConfig(height=32, width=32, patch_size=4, dim=32, encoder_depth=1, decoder_depth=1,
+                                    head_depth=1, heads=2, num_actions=2, kernel_radius=2, carry_weight=1.0,
+                                    carry_from="last_step"))
+    video, v = _moving_texture(8, seed=3)
+    shift = m.past_shift(video)  # (B, 3, 2): untrained, the measured last step alone
+    torch.testing.assert_close(shift[:, 0], torch.zeros(8, 2))  # nothing before x_1
+    assert (shift[:, 1:] - v[:, None]).abs().max() < 0.35  # phase correlation on 32-px frames: within 15%
+    with pytest.raises(ConfigError, match="carry_from"):
+        LAMConfig(carry_from="guess")
+
+
+def test_carried_shift_learns_the_motion_under_way_from_the_past():
+    torch.manual_seed(0)
+    m = LatentActionModel(LAMConfig(height=32, width=32, patch_size=4, dim=32, encoder_depth=1, decoder_depth=1,
+                                    head_depth=1, heads=2, num_actions=2, kernel_radius=2, carry_weight=1.0))
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for step in range(300):
+        video, _ = _moving_texture(16, seed=step)
+        loss = m.compute_loss(video).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    video, v = _moving_texture(64, seed=10_000)
+    err = (m.past_shift(video)[:, -1] - v).abs().mean()  # the last transition: two frames of motion seen
+    assert err < 0.5 * v.abs().mean(), (float(err), float(v.abs().mean()))

@@ -21,6 +21,10 @@ where the true actions are known; see docs/models.md):
   on what the frame shows, so an action means the same change from any start frame, which is the
   property Genie's latent actions need; without it the 4 codes carried the motion but with a
   different meaning for each colour pair.
+- **Optionally, the motion under way is carried** (``carry_weight``, ``carry_from``; off by default): the
+  kernels act on x_t moved by the global shift the past predicts (read by the trunk, which then also sees
+  x_t - x_{t-1}, or the last step's measured shift plus the trunk's correction), so an action would pay
+  only for the change the past does not predict. Measured on CoinRun in docs/models.md.
 - **Relative positions only** (2D rotary embeddings in spatial attention, no absolute position
   table) and an attention-pooled summary over the frame (no position either): the encoder cannot
   name *where* the sprite is, only how things moved. ``frame_diff_input`` also gives every patch
@@ -45,6 +49,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import ConfigError, TrainingError
+from playworld.eval.motion import phase_correlation
 from playworld.models.base import LossOutput, TrainableModel, psnr_from_mse
 from playworld.nn.blocks import STTransformer, init_weights
 from playworld.nn.quantize import code_counts, usage_and_perplexity
@@ -72,6 +77,16 @@ class LAMConfig:
         "x_1..x_t, opens: x_t + g * (k_a * x_t - x_t). The gate does not see the action, so an action still "
         "means the same motion from any frame, but the motion can be local (a sprite on a fixed screen) "
         "as well as global (a scrolling camera)")
+    carry_weight: float = field(
+        0.0, help="0 = off. > 0: the action kernels act on x_t moved by a global shift that the decoder's trunk "
+        "reads from x_1..x_t without the action (the motion the past already shows: a fall under way, a "
+        "scroll that keeps going), and that shifted frame alone is trained towards x_{t+1} with this weight; "
+        "an action then pays only for the change the past does not predict (a key, not gravity)")
+    carry_from: Literal["trunk", "last_step"] = field(
+        "trunk", help="carry_weight > 0: the carried shift is the trunk's reading alone (trunk), or the last "
+        "step's measured global shift x_{t-1} -> x_t (phase correlation on low-passed frames, as playworld "
+        "eval measures motion) plus the trunk's correction (last_step: constant velocity until the trunk "
+        "learns better, e.g. gravity)")
     kernel_padding: Literal["replicate", "circular"] = field(
         "replicate", help="how the motion kernel sees past the frame's edge (circular for wrapping worlds)")
     wta_spread: float = field(0.05, help="share of the decoder loss given to the actions that lost")
@@ -156,7 +171,9 @@ class LAMConfig:
             raise ConfigError(f"lam.kernel_padding must be 'replicate' or 'circular', got {self.kernel_padding!r}")
         if not 0.0 <= self.wta_spread < 1.0:
             raise ConfigError(f"lam.wta_spread must be in [0, 1), got {self.wta_spread}")
-        for name in ("encoder_weight", "soft_decoder_weight", "marginal_entropy_weight"):
+        if self.carry_from not in ("trunk", "last_step"):
+            raise ConfigError(f"lam.carry_from must be 'trunk' or 'last_step', got {self.carry_from!r}")
+        for name in ("encoder_weight", "soft_decoder_weight", "marginal_entropy_weight", "carry_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"lam.{name} must be >= 0, got {getattr(self, name)}")
         if self.label_weight < 0:
@@ -308,7 +325,7 @@ class LatentActionModel(TrainableModel):
     steps_seen: Tensor
     # trained with bf16 weights (playworld.train.mixed), these stay fp32: the motion kernels (the
     # prediction's linear part) and the attention pooling and classifier that give the action logits
-    keep_fp32 = ("kernels", "pool.", "to_logits.")
+    keep_fp32 = ("kernels", "pool.", "to_logits.", "carry_pool.", "carry.")
     # weights that dead-action restarts write outside the optimizer: FSDP keeps them whole on every rank
     # (playworld.train.fsdp), as a write to a gathered shard would be lost
     written_in_forward = ("kernels", "action_emb.", "to_logits.")
@@ -323,14 +340,21 @@ class LatentActionModel(TrainableModel):
         self.encoder = STTransformer(c.dim, c.encoder_depth, c.heads, s, causal=True, **tr)
         self.pool = nn.Linear(c.dim, 1)  # attention-pooling scores over a frame's patches
         self.to_logits = nn.Linear(c.dim, k)
-        self.dec_in = nn.Linear(c.patch_dim, c.dim)
+        # with carry_weight > 0 the trunk also reads x_t - x_{t-1}: the motion under way, which it carries on
+        self.dec_in = nn.Linear(c.patch_dim * (2 if c.carry_weight > 0 else 1), c.dim)
         self.trunk = STTransformer(c.dim, c.decoder_depth, c.heads, s, causal=True, **tr)
         self.action_emb = nn.Embedding(k, c.dim)
         self.head = STTransformer(c.dim, c.head_depth, c.heads, s, causal=True, **tr)
         self.dec_out = nn.Linear(c.dim, c.patch_dim)
         # per-pixel gate of the kernels, from the trunk (no action); None = kernels act on every pixel
         self.gate = nn.Linear(c.dim, c.patch_size * c.patch_size) if c.kernel_gate and c.kernel_radius else None
+        # the carried shift (carry_weight > 0): attention pooling of the trunk over a frame -> (dy, dx) px
+        self.carry_pool = nn.Linear(c.dim, 1) if c.carry_weight > 0 else None
+        self.carry = nn.Linear(c.dim, 2) if c.carry_weight > 0 else None
         init_weights(self)
+        if self.carry is not None:  # start still: the carried frame is x_t until the past says otherwise
+            nn.init.zeros_(self.carry.weight)
+            nn.init.zeros_(self.carry.bias)
         if self.gate is not None:  # start open (sigmoid(3) = 0.95): the global-kernel prior, then learn where
             nn.init.zeros_(self.gate.weight)
             nn.init.constant_(self.gate.bias, 3.0)
@@ -394,9 +418,45 @@ class LatentActionModel(TrainableModel):
         return LAMEncoding(logits=logits, actions=logits.argmax(-1), features=pooled)
 
     # -- decoder ----------------------------------------------------------------------------------------
+    def carried_shift(self, h: Tensor, context: Tensor) -> Tensor:
+        """h (B, T', S, D): the trunk's reading of x_1..x_t, context (B, T', S, P): their patches -> (B, T', 2)
+        the global shift (dy, dx) in pixels (positive: content moves down / right) that the past predicts
+        for the next frame, within +-``MAX_CARRY`` px: the trunk's reading, plus (``carry_from="last_step"``)
+        the shift measured from x_{t-1} to x_t (none for the first frame). Needs ``carry_weight`` > 0."""
+        assert self.carry_pool is not None and self.carry is not None
+        weights = torch.softmax(self.carry_pool(h).squeeze(-1).float(), dim=-1)  # (B, T', S)
+        pooled = torch.einsum("bts,btsd->btd", weights, h.float())  # (B, T', D)
+        raw = self.carry(pooled.to(self.carry.weight.dtype)).float()
+        if self.config.carry_from == "last_step":
+            raw = raw + self._last_step_shift(context)
+        return MAX_CARRY * torch.tanh(raw / MAX_CARRY)
+
+    @torch.no_grad()
+    def _last_step_shift(self, context: Tensor) -> Tensor:
+        """context (B, T', S, P) -> (B, T', 2) the measured global shift from x_{t-1} to x_t, 0 at t = 1."""
+        frames = self.unpatchify(context).float()  # (B, T', H, W, C)
+        shift = torch.zeros(*frames.shape[:2], 2, device=frames.device)
+        if frames.shape[1] > 1:
+            shift[:, 1:] = phase_correlation(frames[:, :-1], frames[:, 1:]).to(shift)
+        return shift
+
+    def _carried(self, context: Tensor, h: Tensor) -> Tensor:
+        """context (B, T', S, P), h (B, T', S, D) -> x_t moved by :meth:`carried_shift` (B, T', S, P)
+        (bilinear, edges repeated); ``context`` itself when ``carry_weight`` is 0."""
+        if self.carry is None:
+            return context
+        c = self.config
+        b, t = context.shape[:2]
+        img = rearrange(self.unpatchify(context), "b t h w c -> (b t) c h w")
+        img = shift_frames(img.float(), rearrange(self.carried_shift(h, context), "b t two -> (b t) two"))
+        img = rearrange(img, "(b t) c h w -> b t h w c", b=b, t=t)
+        return rearrange(img, "b t (h p) (w q) c -> b t (h w) (p q c)", p=c.patch_size,
+                         q=c.patch_size).to(context.dtype)
+
     def _kernel_prior(self, context: Tensor, h: Tensor | None = None) -> Tensor:
         """context (B, T', S, P) -> every action's kernel applied to each frame: (B, T', K, S, P).
-        h (B, T', S, D): the trunk's reading of the context, for the gate (``kernel_gate``)."""
+        h (B, T', S, D): the trunk's reading of the context, for the gate (``kernel_gate``). With
+        ``carry_weight`` > 0 pass the carried frames (:meth:`_carried`) as ``context``."""
         c = self.config
         b, t = context.shape[:2]
         if c.kernel_radius == 0:
@@ -414,29 +474,40 @@ class LatentActionModel(TrainableModel):
         x = context[:, :, None].to(out.dtype)
         return x + gate * (out - x)
 
+    def _read_past(self, context: Tensor) -> Tensor:
+        """context (B, T', S, P) -> the trunk's reading (B, T', S, D), causal in time; with ``carry_weight``
+        > 0 each frame comes with its change from the one before (zero for the first)."""
+        x = context
+        if self.carry is not None:
+            diff = torch.cat([torch.zeros_like(context[:, :1]), context[:, 1:] - context[:, :-1]], dim=1)
+            x = torch.cat([context, diff], dim=-1)  # (B, T', S, 2P)
+        return self.trunk(self.dec_in(x))
+
     def decode_all(self, context: Tensor) -> Tensor:
         """context: patches of x_1..x_{T-1} (B, T-1, S, P) -> predictions of x_2..x_T under every
         action (B, T-1, K, S, P)."""
-        prior, delta = self._decode_all_parts(context)
+        prior, delta, _ = self._decode_all_parts(context)
         return prior + delta
 
-    def _decode_all_parts(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """(motion prior, transformer correction) of :meth:`decode_all`, each (B, T-1, K, S, P)."""
+    def _decode_all_parts(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(motion prior, transformer correction) of :meth:`decode_all`, each (B, T-1, K, S, P), and the
+        carried frames the prior's kernels act on (B, T-1, S, P; the context itself without ``carry_weight``)."""
         b, t = context.shape[:2]
-        h = self.trunk(self.dec_in(context))  # (B, T-1, S, D), causal: frame t saw x_1..x_t
+        h = self._read_past(context)  # (B, T-1, S, D), causal: frame t saw x_1..x_t
         hk = h[:, :, None] + self.action_emb.weight[None, None, :, None, :]  # (B, T-1, K, S, D)
         out = self.head(rearrange(hk, "b t k s d -> (b t k) 1 s d"))
         delta = rearrange(self.dec_out(out), "(b t k) 1 s p -> b t k s p", b=b, t=t)
-        return self._kernel_prior(context, h), delta
+        base = self._carried(context, h)
+        return self._kernel_prior(base, h), delta, base
 
     def decode(self, context: Tensor, actions: Tensor) -> Tensor:
         """context (B, T-1, S, P), actions (B, T-1) long -> predicted patches of x_2..x_T (B, T-1, S, P)."""
         b, t = context.shape[:2]
-        trunk = self.trunk(self.dec_in(context))  # (B, T-1, S, D)
+        trunk = self._read_past(context)  # (B, T-1, S, D)
         h = trunk + self.action_emb(actions)[:, :, None, :]
         delta = rearrange(self.dec_out(self.head(rearrange(h, "b t s d -> (b t) 1 s d"))),
                           "(b t) 1 s p -> b t s p", b=b)
-        prior = self._kernel_prior(context, trunk)  # (B, T-1, K, S, P)
+        prior = self._kernel_prior(self._carried(context, trunk), trunk)  # (B, T-1, K, S, P)
         index = actions[:, :, None, None, None].expand(-1, -1, 1, *prior.shape[3:])
         return prior.gather(2, index).squeeze(2) + delta
 
@@ -445,6 +516,15 @@ class LatentActionModel(TrainableModel):
         """video (B, T, H, W, C), actions (B, T-1) -> the decoder's x_2..x_T (B, T-1, H, W, C) in [0, 1]."""
         patches = self.patchify(video)
         return self.unpatchify(self.decode(patches[:, :-1], actions)).clamp(0, 1)
+
+    @torch.no_grad()
+    def past_shift(self, video: Tensor) -> Tensor:
+        """video (B, T, H, W, C) in [0, 1] -> (B, T-1, 2): the global shift (dy, dx, px) the decoder carries
+        into each transition t -> t+1 from x_1..x_t alone (``carry_weight`` > 0)."""
+        if self.carry is None:
+            raise ValueError("this LAM carries no shift (lam.carry_weight = 0)")
+        context = self.patchify(video)[:, :-1]
+        return self.carried_shift(self._read_past(context), context)
 
     @torch.no_grad()
     def infer_actions(self, video: Tensor) -> Tensor:
@@ -574,7 +654,7 @@ class LatentActionModel(TrainableModel):
             self._restart_dead_actions()
         patches = self.patchify(video)  # (B, T, S, P)
         context, target = patches[:, :-1], patches[:, 1:]
-        prior, delta = self._decode_all_parts(context)  # (B, T-1, K, S, P) each
+        prior, delta, base = self._decode_all_parts(context)  # (B, T-1, K, S, P) each; base (B, T-1, S, P)
         preds = prior + delta
         sq = (preds - target[:, :, None]).square().mean(-1)  # (B, T-1, K, S)
         err = sq.mean(-1)  # (B, T-1, K)
@@ -613,6 +693,10 @@ class LatentActionModel(TrainableModel):
         else:
             enc_loss = enc_ce.mean()
         loss = dec_loss + c.encoder_weight * enc_loss
+        carry_mse = None
+        if self.carry is not None:  # the carried frame alone, no action: what the past predicts
+            carry_mse = (base.float() - target.float()).square().mean()
+            loss = loss + c.carry_weight * carry_mse
         if c.soft_decoder_weight > 0 or c.marginal_entropy_weight > 0:
             probs = torch.softmax(enc.logits.float(), dim=-1)  # (B, T-1, K)
         if c.soft_decoder_weight > 0:
@@ -657,7 +741,24 @@ class LatentActionModel(TrainableModel):
             }
             metrics.update({f"decoder_share/{k}": self.usage[k].clone() for k in range(c.num_actions)})
             metrics.update(label_metrics)
+            if carry_mse is not None:
+                metrics["carry_psnr"] = psnr_from_mse(carry_mse.detach())
         return LossOutput(loss, metrics)
+
+
+MAX_CARRY = 16.0  # px: the largest carried shift (a quarter of a 64-pixel frame)
+
+
+def shift_frames(img: Tensor, shift: Tensor) -> Tensor:
+    """img (N, C, H, W), shift (N, 2) (dy, dx) in pixels -> img moved by the shift (content at (y, x) lands at
+    (y + dy, x + dx)), bilinear, with the edge pixels repeated; differentiable in both."""
+    n, _, height, width = img.shape
+    theta = torch.zeros(n, 2, 3, dtype=img.dtype, device=img.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = -2.0 * shift[:, 1].to(img.dtype) / width  # normalised units: 2 / side per pixel
+    theta[:, 1, 2] = -2.0 * shift[:, 0].to(img.dtype) / height
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def error_scores(err: Tensor, temperature: float) -> Tensor:
