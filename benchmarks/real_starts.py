@@ -7,7 +7,7 @@ evaluated levels (the same episodes are chosen again from its settings), so each
 exactly the figures that evaluation's `motion.keys.real_starts` would at that setting.
 
     .venv/bin/python benchmarks/real_starts.py runs/e2e --data data/coinrun-eval --eval runs/eval-e2e \\
-        --copy-penalty 0 1 2 3 4 --threads 2
+        --copy-penalty 0 1 2 3 4 --threads 2          # or --guidance 1 2 3 (action guidance)
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--maskgit-steps", type=int, nargs="+", default=[PLAY_STEPS])
     p.add_argument("--temperature", type=float, nargs="+", default=[PLAY_TEMPERATURE])
     p.add_argument("--copy-penalty", type=float, nargs="+", default=[PLAY_COPY_PENALTY])
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="action guidance (1 = off)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
@@ -72,10 +73,12 @@ def main() -> None:
         rows.append((name, part))
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
 
-    for steps, temperature, penalty in itertools.product(args.maskgit_steps, args.temperature, args.copy_penalty):
-        world = World.load(args.run, WorldConfig(sampling=SamplingConfig(steps=steps, temperature=temperature,
-                                                                          copy_penalty=penalty)))
-        measure(world, f"{steps} step(s), temperature {temperature:g}, copy penalty {penalty:g}")
+    for steps, temperature, penalty, guidance in itertools.product(args.maskgit_steps, args.temperature,
+                                                                   args.copy_penalty, args.guidance):
+        world = World.load(args.run, WorldConfig(sampling=SamplingConfig(
+            steps=steps, temperature=temperature, copy_penalty=penalty, action_guidance=guidance)))
+        measure(world, f"{steps} step(s), temperature {temperature:g}, copy penalty {penalty:g}, "
+                       f"guidance {guidance:g}")
     measure(CopyLast(world), "copy-last")  # a world that returns its input
     levels = rows[0][1]["levels"]
     print(f"\n{args.run} on {args.data}:{cfg.split}, {levels} settled real starts x {len(mapping)} keys x 30 steps "

@@ -306,3 +306,30 @@ def test_self_forcing_starts_at_its_share_of_the_run():
     with pytest.raises(ConfigError, match="self_forcing_start"):
         DynamicsConfig(self_forcing=1.0, self_forcing_start=1.0)
 
+
+
+def test_action_guidance_moves_log_probs_away_from_the_mean_over_actions():
+    m = _dynamics()
+    tokens = torch.randint(0, 32, (2, 2, 6))
+    cache = m.new_cache(4)
+    fa = m.frame_actions(torch.tensor([[1], [3]]))  # (B, 2): no action, then the pressed one
+    m.commit(tokens[:, :1], fa[:, :1], cache)
+    frame, prev = torch.full((2, 6), m.mask_id), tokens[:, 0]
+    plain = m.step_logits(frame, fa[:, 1:], cache, prev)
+    torch.testing.assert_close(plain, m(torch.stack([tokens[:, 0], frame], 1), fa, prev=None)[:, 1].float(),
+                               rtol=1e-4, atol=1e-4)  # the cached pass is the full pass
+    lp = {k: m.step_logits(frame, torch.full_like(fa[:, 1:], k), cache, prev).log_softmax(-1) for k in range(4)}
+    mean = sum(lp.values()) / 4
+    guided = m.step_logits(frame, fa[:, 1:], cache, prev, action_guidance=3.0)
+    for row, k in enumerate((1, 3)):
+        torch.testing.assert_close(guided[row], lp[k][row] + 2.0 * (lp[k][row] - mean[row]))
+    # a model that ignores its actions is left as it is
+    with torch.no_grad():
+        m.action_emb.weight[:4] = m.action_emb.weight[0]
+    cache = m.new_cache(4)
+    m.commit(tokens[:, :1], fa[:, :1], cache)
+    torch.testing.assert_close(m.step_logits(frame, fa[:, 1:], cache, prev, 3.0),
+                               m.step_logits(frame, fa[:, 1:], cache, prev).log_softmax(-1))
+    for bad in (0.5, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="action_guidance"):
+            SamplingConfig(action_guidance=bad)

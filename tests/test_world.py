@@ -228,3 +228,18 @@ def test_snapshot_restore_replays_the_same_frames_and_the_snapshot_stays_intact(
         World(*_models(backend=backend), cfg).restore(state)
     with pytest.raises(RuntimeError, match="reset"):
         World(tok, lam, dyn, cfg).snapshot()
+
+
+def test_action_guidance_reaches_the_world_and_leaves_an_action_blind_model_alone():
+    def frames(guidance: float, same_actions: bool = False) -> torch.Tensor:
+        tok, lam, dyn = _models()
+        if same_actions:
+            with torch.no_grad():
+                dyn.action_emb.weight[:4] = dyn.action_emb.weight[0]
+        w = World(tok, lam, dyn, WorldConfig(sampling=SamplingConfig(steps=1, temperature=0.0,
+                                                                     action_guidance=guidance)))
+        w.reset(_frames(2, 3), seed=0)
+        return torch.stack([w.step(a) for a in (2, 0, 3, 1)])
+
+    assert not torch.equal(frames(1.0), frames(4.0))
+    assert torch.equal(frames(1.0, same_actions=True), frames(4.0, same_actions=True))

@@ -38,6 +38,11 @@ class SamplingConfig:
         0.0, help="subtracted from the logit of the token that held each place in the previous frame before "
         "sampling: a repetition penalty (Keskar et al. 2019) against the copy-last mode that greedy decoding "
         "settles into; 0 = off")
+    action_guidance: float = field(
+        1.0, help="1 = off. g > 1: each token's log-probabilities under the pressed action are moved away from "
+        "their mean over every latent action, lp_a + (g - 1) (lp_a - mean_k lp_k): classifier-free guidance "
+        "(Ho & Salimans 2022) with the mean over actions as the action-free model, so that what the pressed "
+        "action changes is amplified. Costs |A| more dynamics passes per decoding step")
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -50,6 +55,9 @@ class SamplingConfig:
             raise ConfigError(f"sampling.choice_temperature must be >= 0, got {self.choice_temperature}")
         if not 0.0 <= self.copy_penalty < float("inf"):
             raise ConfigError(f"sampling.copy_penalty must be a finite number >= 0, got {self.copy_penalty}")
+        if not 1.0 <= self.action_guidance < float("inf"):
+            raise ConfigError(f"sampling.action_guidance must be a finite number >= 1 (1 = off), "
+                              f"got {self.action_guidance}")
         if self.schedule not in ("cosine", "linear"):
             raise ConfigError(f"sampling.schedule must be 'cosine' or 'linear', got {self.schedule!r}")
 

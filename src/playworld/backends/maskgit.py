@@ -38,7 +38,7 @@ class MaskGITBackend(CachedModelBackend):
         model = self.model
 
         def logits_fn(tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, V)
-            return model(tokens[:, None], frame_actions, cache=caches, commit=False, prev=prev)[:, 0].float()
+            return model.step_logits(tokens, frame_actions, caches, prev, sampling.action_guidance)
 
         return maskgit_decode(logits_fn, prev.shape[0], model.config.num_tokens, model.mask_id, sampling,
                               generators, prev.device, prev=prev)  # (B, S)

@@ -322,6 +322,23 @@ class DynamicsModel(nn.Module):
         noise = torch.randint(0, self.config.vocab_size, inputs.shape, device=inputs.device, generator=generator)
         return torch.where(hit, noise, inputs)
 
+    def step_logits(self, frame: Tensor, frame_actions: Tensor,
+                    cache: TemporalKVCache | Sequence[TemporalKVCache], prev: Tensor,
+                    action_guidance: float = 1.0) -> Tensor:
+        """One decoding pass of the frame after the cached ones: frame (B, S) tokens (masked = ``mask_id``),
+        frame_actions (B, 1), prev (B, S) the frame before -> (B, S, V) fp32 logits; the cache is read, not
+        written. With ``action_guidance`` g > 1 (``SamplingConfig.action_guidance``): log-probabilities
+        lp_a + (g - 1) (lp_a - mean_k lp_k) over the |A| latent actions k (one more pass each)."""
+        def logits(fa: Tensor) -> Tensor:
+            return self(frame[:, None], fa, cache=cache, commit=False, prev=prev)[:, 0].float()
+
+        out = logits(frame_actions)
+        if action_guidance == 1.0:
+            return out
+        lp = out.log_softmax(-1)
+        mean = sum(logits(torch.full_like(frame_actions, k)).log_softmax(-1) for k in range(self.config.num_actions))
+        return lp + (action_guidance - 1.0) * (lp - mean / self.config.num_actions)
+
     @torch.no_grad()
     def free_run(self, tokens: Tensor, frame_actions: Tensor, frames: int,
                  sampling: SamplingConfig | None = None) -> Tensor:
@@ -342,7 +359,7 @@ class DynamicsModel(nn.Module):
             prev, fa = out[:, j - 1], frame_actions[:, j : j + 1]  # (B, S), (B, 1)
 
             def logits_fn(frame: Tensor, prev: Tensor = prev, fa: Tensor = fa) -> Tensor:  # (B, S) -> (B, S, V)
-                return self(frame[:, None], fa, cache=cache, commit=False, prev=prev)[:, 0]
+                return self.step_logits(frame, fa, cache, prev, sampling.action_guidance)
 
             out[:, j] = maskgit_decode(logits_fn, b, s, self.mask_id, sampling, device=tokens.device, prev=prev)
             if j < frames:
