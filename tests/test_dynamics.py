@@ -330,6 +330,10 @@ def test_action_guidance_moves_log_probs_away_from_the_mean_over_actions():
     m.commit(tokens[:, :1], fa[:, :1], cache)
     torch.testing.assert_close(m.step_logits(frame, fa[:, 1:], cache, prev, 3.0),
                                m.step_logits(frame, fa[:, 1:], cache, prev).log_softmax(-1))
+    from playworld.eval.config import EvalConfig
+    from playworld.play.config import PlayConfig
+
     for bad in (0.5, float("inf"), float("nan")):
-        with pytest.raises(ConfigError, match="action_guidance"):
-            SamplingConfig(action_guidance=bad)
+        for config in (SamplingConfig, EvalConfig, PlayConfig):
+            with pytest.raises(ConfigError, match="action_guidance"):
+                config(action_guidance=bad)

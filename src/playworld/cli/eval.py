@@ -85,7 +85,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     # the shipped world lives inside the installed package: its evaluation goes to the working directory
     out = Path(args.out) if args.out else (Path("eval") / DEFAULT_RUN.name if shipped else Path(args.run) / "eval")
     sampling = SamplingConfig(steps=cfg.maskgit_steps, temperature=cfg.temperature,
-                              copy_penalty=cfg.copy_penalty)
+                              copy_penalty=cfg.copy_penalty, action_guidance=cfg.action_guidance)
     world = World.load(args.run, WorldConfig(sampling=sampling), device=args.device, precision=cfg.precision,
                        threads=args.threads)
     clips = ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split)

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--copy-penalty", type=float, default=PLAY_COPY_PENALTY,
                    help="logit taken from each place's previous token before sampling (default: %(default)s, "
                    "as `playworld play`)")
+    p.add_argument("--action-guidance", type=float, default=1.0,
+                   help="1 = off (default, as `playworld play`); g > 1 amplifies what the pressed latent action "
+                   "changes against the mean over every action, at |A| more dynamics passes per step")
     p.add_argument("--precision", choices=get_args(Precision), default="fp32",
                    help="dtype of the dynamics model and decoder (auto: bf16 where faster) (default: %(default)s)")
     p.add_argument("--fps", type=float, default=15.0, help="video frame rate (default: %(default)s)")
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
                               f"{run_dir / 'prompts'}; pass --prompt PICTURE or --prompt DATASET_DIR")
         args.prompt = str(shipped)
     world = World.load(run_dir, WorldConfig(sampling=SamplingConfig(
-        steps=args.steps, temperature=args.temperature, copy_penalty=args.copy_penalty)),
+        steps=args.steps, temperature=args.temperature, copy_penalty=args.copy_penalty,
+        action_guidance=args.action_guidance)),
                        precision=args.precision, threads=args.threads)
     actions = parse_action_string(args.actions, world.num_actions, load_action_names(run_dir, world.num_actions))
     prompt_path, size = Path(args.prompt), world_frame_size(world)

@@ -24,6 +24,9 @@ class EvalConfig:
     temperature: float = field(PLAY_TEMPERATURE, help="MaskGIT sampling temperature (0 = greedy; default: play's)")
     copy_penalty: float = field(PLAY_COPY_PENALTY, help="logit taken from each place's previous token before "
                                 "sampling (default: play's)")
+    action_guidance: float = field(1.0, help="action guidance: 1 = off (play's); g > 1 amplifies what the pressed "
+                                   "latent action changes against the mean over every action, at |A| more "
+                                   "dynamics passes per decoding step (docs/models.md)")
     precision: Precision = field(
         "fp32", help="dtype of the dynamics model and decoder: fp32, bf16, or auto (bf16 where it is faster)")
     seed: int = field(0, help="seed of the episode choice, random actions, sampling and the bootstrap")
@@ -72,6 +75,8 @@ class EvalConfig:
             raise ConfigError(f"eval.temperature must be >= 0, got {self.temperature}")
         if not self.copy_penalty >= 0:
             raise ConfigError(f"eval.copy_penalty must be >= 0, got {self.copy_penalty}")
+        if not 1.0 <= self.action_guidance < float("inf"):
+            raise ConfigError(f"eval.action_guidance must be a finite number >= 1 (1 = off), got {self.action_guidance}")
         if self.real_key_starts < 0:
             raise ConfigError(f"eval.real_key_starts must be >= 0 (0 = skip), got {self.real_key_starts}")
         if self.key_steps < 30:

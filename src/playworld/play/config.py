@@ -57,6 +57,9 @@ class PlayConfig:
                                "1 = sampled, more varied)")
     copy_penalty: float = field(PLAY_COPY_PENALTY, help="logit taken from the token each place held in the previous "
                                 "frame before sampling: counters greedy decoding settling into a still picture")
+    action_guidance: float = field(1.0, help="1 = off; g > 1 amplifies what the pressed latent action changes "
+                                   "against the mean over every action, at |A| more dynamics passes per frame "
+                                   "(about 9x slower for 8 actions; docs/models.md)")
     context_frames: int = field(16, help="frames the dynamics model and decoder attend to")
     prompt_frames: int = field(1, help="frames of a dataset prompt (context before the start frame)")
     max_history: int = field(64, help="actions undo can take back per session (at least max_history - "
@@ -79,6 +82,8 @@ class PlayConfig:
                 raise ConfigError(f"play.{name} must be > 0, got {getattr(self, name)}")
         if self.window_ms < 0 or self.temperature < 0 or not self.copy_penalty >= 0:
             raise ConfigError("play.window_ms, play.temperature and play.copy_penalty must be >= 0")
+        if not 1.0 <= self.action_guidance < float("inf"):
+            raise ConfigError(f"play.action_guidance must be a finite number >= 1 (1 = off), got {self.action_guidance}")
         self.session_limits()
 
     def session_limits(self) -> SessionLimits:

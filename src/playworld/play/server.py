@@ -107,7 +107,8 @@ class PlayServer:
         self.models = models
         self.world_config = WorldConfig(context_frames=c.context_frames, decoder_context=c.context_frames,
                                         sampling=SamplingConfig(steps=c.steps, temperature=c.temperature,
-                                                                copy_penalty=c.copy_penalty))
+                                                                copy_penalty=c.copy_penalty,
+                                                                action_guidance=c.action_guidance))
         probe = self.new_world()
         self.num_actions, self.size = probe.num_actions, world_frame_size(probe)
         self.dtype = str(probe.dtype).removeprefix("torch.")  # what a step computes in (playworld.precision)
