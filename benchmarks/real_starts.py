@@ -55,10 +55,7 @@ def main() -> None:
     metrics = load_metrics(args.eval)
     mapping = {int(a): int(b) for a, b in (metrics["actions"]["mapping"] or [])}
     s = metrics["settings"]
-    cfg = EvalConfig(split=s["split"], episodes=s["episodes"], context=tuple(s["context"]), horizon=s["horizon"],
-                     seed=s["seed"], action_clips=s["action_clips"], batch=s["batch"], bootstrap=s["bootstrap"],
-                     real_key_starts=s.get("real_key_starts", 16), motion_cutoff=s["motion_cutoff"],
-                     motion_window=s["motion_window"], progress=False)
+    cfg = EvalConfig.from_settings(s, args.eval, real_key_starts=s.get("real_key_starts", 16), progress=False)
     clips = ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split)
     chosen = choose_clips(clips, cfg.episodes, cfg.action_clips, cfg.seed)
     rows = []

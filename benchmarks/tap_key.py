@@ -46,8 +46,7 @@ def main() -> None:
         raise SystemExit(f"{args.eval}: no latent action is mapped to key {args.key} ({part['true_actions']})")
     tap = part["true_actions"].index(args.key)
     stay = int(np.argmin(part["per_action"]["early"]["world_change"]))
-    cfg = EvalConfig(split=s["split"], episodes=s["episodes"], context=tuple(s["context"]), horizon=s["horizon"],
-                     seed=s["seed"], action_clips=s["action_clips"], progress=False)
+    cfg = EvalConfig.from_settings(s, args.eval, progress=False)
     world = World.load(args.run)
     ev = Evaluation(world, ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split), cfg)
     ev.chosen, ev.done = choose_clips(ev.clips, cfg.episodes, cfg.action_clips, cfg.seed), m["counts"]["episodes"]

@@ -243,3 +243,20 @@ def test_version_1_files_are_still_read_and_compared(oracle_metrics, tmp_path):
     (tmp_path / "new" / "metrics.json").write_text(json.dumps(m))
     c = compare([tmp_path / "old", tmp_path / "new"])
     assert c.rows["liveness_late"][0] is None and c.rows["liveness_late"][1]["mean"] > 0.8
+
+
+def test_config_from_recorded_settings_round_trips_and_reads_older_files_as_they_ran(oracle_metrics):
+    settings = json.loads(json.dumps(oracle_metrics.metrics["settings"]))  # as metrics.json holds them
+    cfg = EvalConfig.from_settings(settings)
+    assert cfg == _config() and isinstance(cfg.context, tuple)
+    assert EvalConfig.from_settings(settings, seed=5, progress=False).seed == 5
+    older = {k: v for k, v in settings.items() if k not in ("copy_penalty", "action_guidance", "real_key_starts",
+                                                             "progress", "gif_clips")}
+    cfg = EvalConfig.from_settings(older)  # as evaluations ran before these fields existed
+    assert (cfg.copy_penalty, cfg.action_guidance, cfg.real_key_starts) == (0.0, 1.0, 0)
+    assert (cfg.progress, cfg.gif_clips) == (EvalConfig().progress, EvalConfig().gif_clips)
+    with pytest.raises(ConfigError, match=r"run/metrics.json: settings lack \['episodes', 'seed'\]"):
+        EvalConfig.from_settings({k: v for k, v in settings.items() if k not in ("seed", "episodes")},
+                                 "run/metrics.json")
+    with pytest.raises(ConfigError, match=r"settings \['warp'\] are unknown"):
+        EvalConfig.from_settings({**settings, "warp": 9})

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
 from playworld.eval.motion import MotionEstimator
 from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE
+
+# settings an evaluation written before the field existed ran with: its value then (not today's default)
+BEFORE_FIELD: dict[str, Any] = {"copy_penalty": 0.0, "action_guidance": 1.0, "real_key_starts": 0}
+# settings that change how long an evaluation takes or what it draws, never which units or how they score
+PRESENTATION = ("progress", "gif_clips", "grid_starts", "grid_steps", "speed_frames", "max_minutes",
+                "allow_collapsed")
 
 
 @dataclass
@@ -87,6 +95,27 @@ class EvalConfig:
         if self.max_minutes < 0:
             raise ConfigError(f"eval.max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
         self.opposite_pairs()  # validate the format now
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], where: str = "metrics.json", **overrides: Any) -> EvalConfig:
+        """The settings an evaluation recorded (``metrics["settings"]``) as an EvalConfig, so that a benchmark can
+        choose the same clips and start frames again; ``overrides`` replace any of them. A field the file
+        lacks takes the value evaluations had before the field existed (:data:`BEFORE_FIELD`: no copy
+        penalty, no guidance, no real-start holds) or, for settings that choose no units
+        (:data:`PRESENTATION`), today's default; any other missing or unknown setting is refused, naming
+        ``where``, rather than guessed."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise ConfigError(f"{where}: settings {unknown} are unknown to this playworld (written by a newer one?)")
+        values = {**{k: v for k, v in BEFORE_FIELD.items() if k not in settings}, **settings, **overrides}
+        missing = sorted(n for n in names if n not in values and n not in PRESENTATION)
+        if missing:
+            raise ConfigError(f"{where}: settings lack {missing} (written by an older playworld); pass them "
+                              f"explicitly")
+        if "context" in values:
+            values["context"] = tuple(values["context"])
+        return cls(**values)
 
     @property
     def motion(self) -> MotionEstimator:
