@@ -19,7 +19,7 @@ from playworld.cli import main
 from playworld.config import to_dict
 from playworld.data.loader import ClipDataset
 from playworld.errors import ConfigError
-from playworld.eval.compare import compare, to_markdown
+from playworld.eval.compare import compare, figure_group, to_markdown
 from playworld.eval.config import EvalConfig
 from playworld.eval.evaluate import evaluate
 from playworld.eval.report import render_report
@@ -148,6 +148,17 @@ def test_compare_flags_differences_outside_the_intervals(oracle, tmp_path):
     assert any("seed" in w for w in c.warnings)
     table = to_markdown(c)
     assert "| mapping_accuracy (higher) | 1.000 [1.000, 1.000] | 0.500 [0.400, 0.600] **worse** |" in table
+    # figures come in sections, each figure once, its section's header before it
+    lines = table.splitlines()
+    for key in c.rows:
+        row = next(i for i, line in enumerate(lines) if line.startswith(f"| {key} ("))
+        header = max(i for i, line in enumerate(lines[:row]) if line.startswith("| **"))
+        assert lines[header] == f"| **{figure_group(key)}** | | |"
+        assert sum(line.startswith(f"| {key} (") for line in lines) == 1
+    assert figure_group("mapping_accuracy") == "latent actions and their consistency"
+    assert figure_group("consistency_on_real_starts") == "latent actions and their consistency"
+    assert figure_group("key_contrast_early_real_starts") == "held keys from the real game's own frames"
+    assert figure_group("a_figure_from_the_future") == "other"
     threaded = copy.deepcopy(worse)
     threaded["speed"]["threads"] = good["speed"]["threads"] + 1  # timed otherwise: speed not flagged
     (tmp_path / "c").mkdir()

@@ -14,6 +14,7 @@ are named in a warning, since their figures do not measure the same thing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,27 @@ def compare(paths: list[str | Path]) -> Comparison:
     return Comparison(names, rows, better, flags, warnings, differences)
 
 
+# the comparison table's sections, in order: (title, whether a headline figure belongs to it); first match wins
+GROUPS: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("tokenizer", lambda k: k.startswith("tokenizer_")),
+    ("held keys from the real game's own frames", lambda k: k.endswith("_real_starts")
+     and not k.startswith("consistency")),
+    ("rollouts against held-out video", lambda k: k.startswith(("psnr_", "ssim_", "delta_psnr_"))),
+    ("latent actions and their consistency", lambda k: k in ("mapping_accuracy", "nmi", "probe_accuracy")
+     or k.startswith("consistency")),
+    ("held keys from dataset frames", lambda k: k.startswith(("key_response_", "liveness_"))),
+    ("teacher-forced dynamics", lambda k: k.startswith("dynamics_")),
+    ("memory and realism", lambda k: k.startswith(("memory_", "realism_"))),
+    ("speed", lambda k: k.startswith("ms_per_frame")),
+)
+
+
+def figure_group(key: str) -> str:
+    """The section of the comparison table a headline figure is shown in (``other`` for figures no
+    section names)."""
+    return next((title for title, member in GROUPS if member(key)), "other")
+
+
 def _cell(e: dict[str, Any] | None) -> str:
     return "—" if e is None else f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
 
@@ -158,7 +180,14 @@ def to_markdown(c: Comparison) -> str:
     the intervals."""
     head = ["figure (better)", *c.names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, row in c.rows.items():
+    order = [title for title, _ in GROUPS] + ["other"]
+    keys = sorted(c.rows, key=lambda k: order.index(figure_group(k)))  # stable: headline order within a section
+    section = None
+    for key in keys:
+        row = c.rows[key]
+        if figure_group(key) != section:
+            section = figure_group(key)
+            lines.append(f"| **{section}** |" + " |" * len(c.names))
         cells = [_cell(row[0])]
         what = "Δ|x-1|" if c.better[key] == NEAR_ONE else "Δ"
         for e, flag, d in zip(row[1:], c.flags[key], c.differences[key]):
