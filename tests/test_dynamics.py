@@ -337,3 +337,26 @@ def test_action_guidance_moves_log_probs_away_from_the_mean_over_actions():
         for config in (SamplingConfig, EvalConfig, PlayConfig):
             with pytest.raises(ConfigError, match="action_guidance"):
                 config(action_guidance=bad)
+
+
+def test_action_dropout_trains_without_the_action_and_guidance_then_asks_the_no_action_id():
+    m = _dynamics(action_dropout=0.9999).train()  # nearly every frame's action dropped
+    tokens = torch.randint(0, 32, (2, 4, 6))
+    a1, a2 = torch.zeros(2, 3, dtype=torch.long), torch.full((2, 3), 3)
+
+    def loss(actions: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)  # the same masks and drops
+        return m.compute_loss_tokens(tokens, actions).loss
+
+    assert torch.equal(loss(a1), loss(a2))  # training: the actions never reach the model
+    m.eval()
+    assert not torch.equal(loss(a1), loss(a2))  # evaluation: they do
+    cache = m.new_cache(4)
+    fa = m.frame_actions(torch.tensor([[1], [3]]))
+    m.commit(tokens[:, :1], fa[:, :1], cache)
+    frame, prev = torch.full((2, 6), m.mask_id), tokens[:, 0]
+    lp = m.step_logits(frame, fa[:, 1:], cache, prev).log_softmax(-1)
+    free = m.step_logits(frame, torch.full_like(fa[:, 1:], m.no_action_id), cache, prev).log_softmax(-1)
+    torch.testing.assert_close(m.step_logits(frame, fa[:, 1:], cache, prev, 2.5), lp + 1.5 * (lp - free))
+    with pytest.raises(ConfigError, match="action_dropout"):
+        _cfg(action_dropout=1.0)

@@ -116,6 +116,11 @@ class DynamicsConfig:
                                       "self_forcing turns on (0: from the first step). One run then learns the "
                                       "game's motion from real frames first and its own rollouts last, as the "
                                       "shipped world's self-forced fine-tune did in a second run (docs/models.md)")
+    action_dropout: float = field(0.0, help="training only: each frame's action is replaced by the no-action id "
+                                  "(the one frame 1 has) with this probability, so the model also learns the next "
+                                  "frame without its action: the action-free model that action guidance then "
+                                  "reads in one extra pass instead of |A| (classifier-free guidance's training, "
+                                  "Ho & Salimans 2022)")
     change_weight: float = field(0.0, help="training only: a masked token that differs from the token at its "
                                  "place one frame earlier counts 1 + change_weight times in the cross-entropy "
                                  "(normalised by the summed weights), so the few tokens that move (a player's "
@@ -144,6 +149,8 @@ class DynamicsConfig:
         if not 0.0 < self.mask_rate_min <= self.mask_rate_max <= 1.0:
             raise ConfigError(
                 f"dynamics mask rates need 0 < min <= max <= 1, got [{self.mask_rate_min}, {self.mask_rate_max}]")
+        if not 0.0 <= self.action_dropout < 1.0:
+            raise ConfigError(f"dynamics.action_dropout must be in [0, 1), got {self.action_dropout}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dynamics.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.context_noise < 1.0:
@@ -328,7 +335,8 @@ class DynamicsModel(nn.Module):
         """One decoding pass of the frame after the cached ones: frame (B, S) tokens (masked = ``mask_id``),
         frame_actions (B, 1), prev (B, S) the frame before -> (B, S, V) fp32 logits; the cache is read, not
         written. With ``action_guidance`` g > 1 (``SamplingConfig.action_guidance``): log-probabilities
-        lp_a + (g - 1) (lp_a - mean_k lp_k) over the |A| latent actions k (one more pass each)."""
+        lp_a + (g - 1) (lp_a - lp_free), where lp_free is the no-action id's (one more pass) for a model
+        trained with ``action_dropout``, else the mean over the |A| latent actions (one more pass each)."""
         def logits(fa: Tensor) -> Tensor:
             return self(frame[:, None], fa, cache=cache, commit=False, prev=prev)[:, 0].float()
 
@@ -336,8 +344,12 @@ class DynamicsModel(nn.Module):
         if action_guidance == 1.0:
             return out
         lp = out.log_softmax(-1)
-        mean = sum(logits(torch.full_like(frame_actions, k)).log_softmax(-1) for k in range(self.config.num_actions))
-        return lp + (action_guidance - 1.0) * (lp - mean / self.config.num_actions)
+        if self.config.action_dropout > 0:  # trained without its action on a share of frames: ask it directly
+            free = logits(torch.full_like(frame_actions, self.no_action_id)).log_softmax(-1)
+        else:
+            k = self.config.num_actions
+            free = sum(logits(torch.full_like(frame_actions, a)).log_softmax(-1) for a in range(k)) / k
+        return lp + (action_guidance - 1.0) * (lp - free)
 
     @torch.no_grad()
     def free_run(self, tokens: Tensor, frame_actions: Tensor, frames: int,
@@ -382,6 +394,9 @@ class DynamicsModel(nn.Module):
             raise ValueError(f"actions must be (B, T-1) = {(tokens.shape[0], tokens.shape[1] - 1)}, "
                              f"got {tuple(actions.shape)}")
         fa = self.frame_actions(actions)  # (B, T)
+        if self.training and self.config.action_dropout > 0:
+            drop = torch.rand(fa.shape, device=fa.device) < self.config.action_dropout
+            fa = fa.masked_fill(drop, self.no_action_id)
         t = tokens.shape[1]
         own = 0  # frames 2..own+1 are the model's own
         forcing = self.training and self.config.self_forcing > 0 and self.progress >= self.config.self_forcing_start
