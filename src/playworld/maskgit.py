@@ -40,9 +40,10 @@ class SamplingConfig:
         "settles into; 0 = off")
     action_guidance: float = field(
         1.0, help="1 = off. g > 1: each token's log-probabilities under the pressed action are moved away from "
-        "their mean over every latent action, lp_a + (g - 1) (lp_a - mean_k lp_k): classifier-free guidance "
-        "(Ho & Salimans 2022) with the mean over actions as the action-free model, so that what the pressed "
-        "action changes is amplified. Costs |A| more dynamics passes per decoding step")
+        "the action-free model's, lp_a + (g - 1) (lp_a - lp_free): classifier-free guidance (Ho & Salimans "
+        "2022), so that what the pressed action changes is amplified. lp_free is the no-action prediction of a "
+        "model trained with dynamics.action_dropout (one more pass per decoding step), else the mean over "
+        "every latent action (|A| more passes)")
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "as `playworld play`)")
     p.add_argument("--action-guidance", type=float, default=1.0,
                    help="1 = off (default, as `playworld play`); g > 1 amplifies what the pressed latent action "
-                   "changes against the mean over every action, at |A| more dynamics passes per step")
+                   "changes against the action-free prediction (one more dynamics pass per step for a model "
+                   "trained with action dropout, else |A| more)")
     p.add_argument("--precision", choices=get_args(Precision), default="fp32",
                    help="dtype of the dynamics model and decoder (auto: bf16 where faster) (default: %(default)s)")
     p.add_argument("--fps", type=float, default=15.0, help="video frame rate (default: %(default)s)")
