@@ -46,10 +46,11 @@ def main() -> None:
     latents, shifts, before, carried, keys = [], [], [], [], []
     for s in range(0, len(idx), 50):
         video = clips.get_batch(idx[s:s + 50])  # (B, T, H, W, C) uint8
+        unit = video.float() / 255
         with torch.no_grad():
-            actions = lam.infer_actions(video.float() / 255).long()  # (B, T-1)
+            actions = lam.infer_actions(unit).long()  # (B, T-1)
             if carries:
-                carried.append(lam.past_shift(video.float() / 255)[:, -1].numpy())
+                carried.append(lam.past_shift(unit)[:, -1].numpy())
         latents.append(actions[:, -1].numpy())
         shifts.append(motion(video[:, -2], video[:, -1]).numpy())
         before.append(motion(video[:, -3], video[:, -2]).numpy())

@@ -51,7 +51,7 @@ def main() -> None:
     ev = Evaluation(world, ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split), cfg)
     ev.chosen, ev.done = choose_clips(ev.clips, cfg.episodes, cfg.action_clips, cfg.seed), m["counts"]["episodes"]
     pressed = np.array([args.key] * args.taps + [PROCGEN_NOOP] * (args.steps - args.taps))[:, None]  # (L, 1)
-    real = procgen_play(ev.clips.dataset.manifest.source, ev.level_seeds(s["real_key_starts"]), pressed,
+    real = procgen_play(ev.clips.dataset.manifest.source, ev.level_seeds(cfg.real_key_starts), pressed,
                         max(cfg.context))
     prompt = torch.from_numpy(real.prompts)
     frames = [world.reset(prompt, seed=cfg.seed)]

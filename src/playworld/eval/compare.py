@@ -181,12 +181,12 @@ def to_markdown(c: Comparison) -> str:
     head = ["figure (better)", *c.names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = [title for title, _ in GROUPS] + ["other"]
-    keys = sorted(c.rows, key=lambda k: order.index(figure_group(k)))  # stable: headline order within a section
+    group = {k: figure_group(k) for k in c.rows}
     section = None
-    for key in keys:
+    for key in sorted(c.rows, key=lambda k: order.index(group[k])):  # stable: headline order within a section
         row = c.rows[key]
-        if figure_group(key) != section:
-            section = figure_group(key)
+        if group[key] != section:
+            section = group[key]
             lines.append(f"| **{section}** |" + " |" * len(c.names))
         cells = [_cell(row[0])]
         what = "Δ|x-1|" if c.better[key] == NEAR_ONE else "Δ"

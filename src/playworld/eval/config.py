@@ -9,7 +9,7 @@ from typing import Any
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
 from playworld.eval.motion import MotionEstimator
-from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE
+from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE, check_action_guidance
 
 # settings an evaluation written before the field existed ran with: its value then (not today's default)
 BEFORE_FIELD: dict[str, Any] = {"copy_penalty": 0.0, "action_guidance": 1.0, "real_key_starts": 0}
@@ -84,8 +84,7 @@ class EvalConfig:
             raise ConfigError(f"eval.temperature must be >= 0, got {self.temperature}")
         if not self.copy_penalty >= 0:
             raise ConfigError(f"eval.copy_penalty must be >= 0, got {self.copy_penalty}")
-        if not 1.0 <= self.action_guidance < float("inf"):
-            raise ConfigError(f"eval.action_guidance must be a finite number >= 1 (1 = off), got {self.action_guidance}")
+        check_action_guidance(self.action_guidance, "eval")
         if self.real_key_starts < 0:
             raise ConfigError(f"eval.real_key_starts must be >= 0 (0 = skip), got {self.real_key_starts}")
         if self.key_steps < 30:

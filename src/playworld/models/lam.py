@@ -407,10 +407,7 @@ class LatentActionModel(TrainableModel):
         return self._encode_patches(self.patchify(video))
 
     def _encode_patches(self, patches: Tensor) -> LAMEncoding:
-        x = patches
-        if self.config.frame_diff_input:
-            diff = torch.cat([torch.zeros_like(patches[:, :1]), patches[:, 1:] - patches[:, :-1]], dim=1)
-            x = torch.cat([patches, diff], dim=-1)  # (B, T, S, 2P)
+        x = with_change(patches) if self.config.frame_diff_input else patches  # (B, T, S, 2P or P)
         h = self.encoder(self.enc_in(x))[:, 1:]  # (B, T-1, S, D): frame t+1 has seen x_1..x_{t+1}
         weights = torch.softmax(self.pool(h).squeeze(-1).float(), dim=-1)  # (B, T-1, S), fp32
         pooled = torch.einsum("bts,btsd->btd", weights, h.to(weights.dtype))  # (B, T-1, D)
@@ -477,11 +474,7 @@ class LatentActionModel(TrainableModel):
     def _read_past(self, context: Tensor) -> Tensor:
         """context (B, T', S, P) -> the trunk's reading (B, T', S, D), causal in time; with ``carry_weight``
         > 0 each frame comes with its change from the one before (zero for the first)."""
-        x = context
-        if self.carry is not None:
-            diff = torch.cat([torch.zeros_like(context[:, :1]), context[:, 1:] - context[:, :-1]], dim=1)
-            x = torch.cat([context, diff], dim=-1)  # (B, T', S, 2P)
-        return self.trunk(self.dec_in(x))
+        return self.trunk(self.dec_in(with_change(context) if self.carry is not None else context))
 
     def decode_all(self, context: Tensor) -> Tensor:
         """context: patches of x_1..x_{T-1} (B, T-1, S, P) -> predictions of x_2..x_T under every
@@ -744,6 +737,13 @@ class LatentActionModel(TrainableModel):
             if carry_mse is not None:
                 metrics["carry_psnr"] = psnr_from_mse(carry_mse.detach())
         return LossOutput(loss, metrics)
+
+
+def with_change(patches: Tensor) -> Tensor:
+    """patches (B, T, S, P) -> (B, T, S, 2P): each frame beside its change from the frame before (zero for the
+    first)."""
+    diff = torch.cat([torch.zeros_like(patches[:, :1]), patches[:, 1:] - patches[:, :-1]], dim=1)
+    return torch.cat([patches, diff], dim=-1)
 
 
 MAX_CARRY = 16.0  # px: the largest carried shift (a quarter of a 64-pixel frame)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
-from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE
+from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE, check_action_guidance
 
 
 @dataclass
@@ -82,8 +82,7 @@ class PlayConfig:
                 raise ConfigError(f"play.{name} must be > 0, got {getattr(self, name)}")
         if self.window_ms < 0 or self.temperature < 0 or not self.copy_penalty >= 0:
             raise ConfigError("play.window_ms, play.temperature and play.copy_penalty must be >= 0")
-        if not 1.0 <= self.action_guidance < float("inf"):
-            raise ConfigError(f"play.action_guidance must be a finite number >= 1 (1 = off), got {self.action_guidance}")
+        check_action_guidance(self.action_guidance, "play")
         self.session_limits()
 
     def session_limits(self) -> SessionLimits:
