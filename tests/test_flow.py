@@ -110,6 +110,17 @@ def test_flow_config_is_checked_and_maskgit_options_are_refused():
         FlowBackend(wide, fsq, lam)
 
 
+def test_the_small_preset_switched_to_the_flow_backend_trains_without_maskgits_self_forcing():
+    from playworld.presets import build_run_config
+
+    assert build_run_config("dynamics", "small").model.self_forcing == 1.0  # MaskGIT's preset self-forces ...
+    flow = build_run_config("dynamics", "small", overrides=["model.backend=maskgit", "model.backend=flow"]).model
+    assert (flow.backend, flow.self_forcing, flow.self_forcing_start) == ("flow", 0.0, 0.0)  # ... flow's does not
+    assert build_run_config("dynamics", "small", overrides=["model.backend=maskgit"]).model.self_forcing == 1.0
+    with pytest.raises(ConfigError, match="MaskGIT's"):  # asked for by name, it is still refused
+        build_run_config("dynamics", "small", overrides=["model.backend=flow", "model.self_forcing=0.5"])
+
+
 def test_flow_model_is_causal_in_time_and_a_cached_step_equals_the_full_pass():
     _, _, model = _flow_models()
     model.eval()
@@ -153,6 +164,51 @@ def test_an_x1_prediction_is_turned_into_the_velocity_that_reaches_it_and_trains
     torch.manual_seed(0)
     loss_v = velocity.compute_loss_latents(torch.zeros(2, 3, 16, 8), torch.zeros(2, 2).long()).loss
     assert loss.item() < 0.1 < loss_v.item()  # x1 = 0 targets: an untrained x1 net is near them, v = -x0 is not
+
+
+def test_action_guidance_moves_the_flow_velocity_from_the_action_free_one_and_dropout_trains_it():
+    """g > 1: out_a + (g - 1) (out_a - out_free), the free output the mean over actions, or the no-action id's
+    for a model trained with action_dropout (whose training then never sees the action); g = 1 unchanged."""
+    _, _, model = _flow_models()
+    model.eval()
+    g = torch.Generator().manual_seed(9)
+    x, levels = torch.randn(2, 1, 16, 8, generator=g), torch.full((2, 1), 0.25)
+    fa = torch.tensor([[1], [3]])
+    with torch.no_grad():
+        out = model(x, levels, fa)
+        mean = sum(model(x, levels, torch.full_like(fa, a)) for a in range(4)) / 4
+        guided = model.velocity(x, levels, fa, action_guidance=3.0)
+        assert torch.equal(model.velocity(x, levels, fa, action_guidance=1.0), model.velocity(x, levels, fa))
+    torch.testing.assert_close(x + 0.75 * guided, out + 2.0 * (out - mean))  # x1_hat guided, as the velocity
+    assert not torch.allclose(guided, model.velocity(x, levels, fa))
+
+    dropped = FlowDynamicsModel(from_dict(DynamicsConfig, {**to_dict(model.config), "action_dropout": 0.9999}))
+    dropped.load_state_dict(model.state_dict())
+    latents = torch.randn(2, 3, 16, 8, generator=g)
+
+    def loss(actions: Tensor) -> Tensor:
+        torch.manual_seed(0)  # the same noise, levels and drops
+        return dropped.compute_loss_latents(latents, actions).loss
+
+    a1, a2 = torch.zeros(2, 2, dtype=torch.long), torch.full((2, 2), 3)
+    assert torch.equal(loss(a1), loss(a2))  # training: the actions never reach the model
+    dropped.eval()
+    assert not torch.equal(loss(a1), loss(a2))
+    with torch.no_grad():
+        free = dropped(x, levels, torch.full_like(fa, dropped.no_action_id))
+        guided = dropped.velocity(x, levels, fa, action_guidance=2.5)
+    torch.testing.assert_close(x + 0.75 * guided, out + 1.5 * (out - free))
+
+    models = _flow_models()  # a world passes its sampling's guidance to the backend
+
+    def frames(guidance: float) -> list[Tensor]:
+        sampling = SamplingConfig(steps=2, temperature=1.0, action_guidance=guidance)
+        w = World(*models, WorldConfig(context_frames=3, decoder_context=3, sampling=sampling))
+        w.reset(_frames(2), seed=4)
+        return [w.step(a) for a in (1, 2, 3)]
+
+    assert all(torch.equal(a, b) for a, b in zip(frames(1.0), frames(1.0)))
+    assert not all(torch.equal(a, b) for a, b in zip(frames(1.0), frames(4.0)))
 
 
 def test_loss_trains_the_flow_model_on_still_clips():

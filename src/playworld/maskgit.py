@@ -43,7 +43,7 @@ class SamplingConfig:
         "the action-free model's, lp_a + (g - 1) (lp_a - lp_free): classifier-free guidance (Ho & Salimans "
         "2022), so that what the pressed action changes is amplified. lp_free is the no-action prediction of a "
         "model trained with dynamics.action_dropout (one more pass per decoding step), else the mean over "
-        "every latent action (|A| more passes)")
+        "every latent action (|A| more passes). The flow backend guides its velocity the same way")
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -32,6 +32,9 @@ _TOKENIZER_LOSS = {"edge_weight": 0.1, "temporal_weight": 1.0}
 # steps, then a 700-step self-forced fine-tune, whose held keys kept 0.86 of the real game's pixel change at
 # steps 20-30 against 0.31 after a plain fine-tune; docs/models.md).
 _SELF_FORCED_END = {"self_forcing": 1.0, "self_forcing_start": 0.8}
+# ... which is MaskGIT's training: a preset run switched to another backend (--set model.backend=flow) trains
+# without it (the flow backend refuses these fields; its own noise on the past is dynamics.flow's).
+_MASKGIT_ONLY = tuple(_SELF_FORCED_END)
 
 PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "tiny": {
@@ -113,6 +116,9 @@ def build_run_config(kind: str, preset: str, *, data_path: str = "", overrides: 
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {preset_names()}")
     sections = copy.deepcopy(PRESETS[preset][kind])
+    if kind == "dynamics" and _override(overrides, "model.backend") not in (None, "maskgit"):
+        for name in _MASKGIT_ONLY:
+            sections.get("model", {}).pop(name, None)
     if data_path:
         sections.setdefault("data", {})["path"] = data_path
     cfg = RunConfig.from_dict({"kind": kind, "preset": preset, "deps": deps or {}, **sections},
@@ -123,6 +129,16 @@ def build_run_config(kind: str, preset: str, *, data_path: str = "", overrides: 
     if kind == "lam" and cfg.model.label_weight > 0 and cfg.model.label_actions == 0 and cfg.data.path:
         cfg = _match_label_actions(cfg)
     return cfg
+
+
+def _override(overrides: list[str] | None, key: str) -> str | None:
+    """The value the last ``--set key=value`` of ``overrides`` gives ``key``, None if none does."""
+    found = None
+    for item in overrides or []:
+        name, _, value = item.partition("=")
+        if name.strip() == key:
+            found = value.strip()
+    return found
 
 
 def _match_label_actions(cfg):

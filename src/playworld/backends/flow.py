@@ -9,7 +9,9 @@ With N steps (the world's ``sampling.steps``: 1, 2, 4, 8 ...), t_k = k / N and
 
 ``eps`` is drawn from each world's own generator (so a seed fixes the frame, batched or alone);
 ``sampling.temperature`` scales it (0 starts every path at the noise mean; one Euler step gives the model's
-conditional mean whatever the start). MaskGIT's other settings (top-k, copy penalty, schedule) do not apply.
+conditional mean whatever the start). ``sampling.action_guidance`` g > 1 guides each velocity away from the
+action-free one (classifier-free guidance; :meth:`FlowDynamicsModel.velocity`). MaskGIT's other settings
+(top-k, copy penalty, schedule) do not apply.
 With ``flow.snap`` the result is rounded to the nearest tokenizer code; those clean latents are what a world
 commits and decodes.
 """
@@ -64,12 +66,14 @@ class FlowBackend(CachedModelBackend):
     def sample(self, frame_actions: Tensor, caches: Caches, prev: Tensor, sampling: Any,
                generators: RowGenerators) -> Tensor:
         steps, temperature = int(sampling.steps), float(sampling.temperature)
+        guidance = float(sampling.action_guidance)
         shape = tuple(prev.shape[1:])  # (S, E)
         noise = torch.cat([torch.randn((rows, *shape), generator=g, device=prev.device) for g, rows in generators])
 
         def velocity(x: Tensor, t: float) -> Tensor:  # (B, S, E) at level t -> (B, S, E)
             levels = x.new_full((x.shape[0], 1), t)
-            return self.model.velocity(x[:, None], levels, frame_actions, cache=caches, prev=prev)[:, 0]
+            return self.model.velocity(x[:, None], levels, frame_actions, cache=caches, prev=prev,
+                                       action_guidance=guidance)[:, 0]
 
         x = euler_sample(velocity, temperature * noise, steps)  # (B, S, E)
         if self.model.config.flow.snap:

@@ -196,6 +196,17 @@ def frame_actions(actions: Tensor, no_action_id: int) -> Tensor:
     return torch.cat([first, actions], dim=1)
 
 
+def drop_actions(frame_actions: Tensor, model: nn.Module) -> Tensor:
+    """(B, T) per-frame conditioning -> the same with each frame's action replaced by ``model.no_action_id``
+    with probability ``model.config.action_dropout`` while ``model`` trains (either dynamics model; in
+    evaluation, or without dropout, unchanged)."""
+    rate = model.config.action_dropout
+    if not (model.training and rate > 0):
+        return frame_actions
+    drop = torch.rand(frame_actions.shape, device=frame_actions.device) < rate
+    return frame_actions.masked_fill(drop, model.no_action_id)
+
+
 @dataclass
 class MaskedBatch:
     """A masked training input: inputs (B, T, S) with [MASK] ids, mask (B, T, S) bool (True = masked)."""
@@ -393,10 +404,7 @@ class DynamicsModel(nn.Module):
         if actions.shape != (tokens.shape[0], tokens.shape[1] - 1):
             raise ValueError(f"actions must be (B, T-1) = {(tokens.shape[0], tokens.shape[1] - 1)}, "
                              f"got {tuple(actions.shape)}")
-        fa = self.frame_actions(actions)  # (B, T)
-        if self.training and self.config.action_dropout > 0:
-            drop = torch.rand(fa.shape, device=fa.device) < self.config.action_dropout
-            fa = fa.masked_fill(drop, self.no_action_id)
+        fa = drop_actions(self.frame_actions(actions), self)  # (B, T)
         t = tokens.shape[1]
         own = 0  # frames 2..own+1 are the model's own
         forcing = self.training and self.config.self_forcing > 0 and self.progress >= self.config.self_forcing_start

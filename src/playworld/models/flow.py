@@ -40,7 +40,13 @@ from torch import Tensor, nn
 
 from playworld.errors import ConfigError
 from playworld.models.base import LossOutput
-from playworld.models.dynamics import DynamicsConfig, FrozenModelsTrainer, check_compatible, frame_actions
+from playworld.models.dynamics import (
+    DynamicsConfig,
+    FrozenModelsTrainer,
+    check_compatible,
+    drop_actions,
+    frame_actions,
+)
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 
 
@@ -131,10 +137,27 @@ class FlowDynamicsModel(nn.Module):
         return self.head(self.transformer(h, cache=cache, commit=commit)).float()  # (B, T, S, E)
 
     def velocity(self, x: Tensor, levels: Tensor, frame_actions: Tensor,
-                 cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None, prev: Tensor | None = None) -> Tensor:
+                 cache: TemporalKVCache | Sequence[TemporalKVCache] | None = None, prev: Tensor | None = None,
+                 action_guidance: float = 1.0) -> Tensor:
         """The velocity (B, T, S, E) at x (B, T, S, E), levels (B, T) < 1: the output itself, or with
-        ``flow.predict = "x1"`` (x1_hat - x_t) / (1 - t). Never commits."""
-        out = self(x, levels, frame_actions, cache=cache, commit=False, prev=prev)
+        ``flow.predict = "x1"`` (x1_hat - x_t) / (1 - t). Never commits.
+
+        With ``action_guidance`` g > 1 (``SamplingConfig.action_guidance``) the output under the pressed
+        action is moved away from the action-free one, out_a + (g - 1) (out_a - out_free): classifier-free
+        guidance of the velocity (or of x1_hat, the same thing, as the velocity is affine in it). out_free is
+        the no-action id's output (one more pass) for a model trained with ``action_dropout``, else the mean
+        over the |A| latent actions (one more pass each)."""
+        def output(fa: Tensor) -> Tensor:
+            return self(x, levels, fa, cache=cache, commit=False, prev=prev)
+
+        out = output(frame_actions)
+        if action_guidance != 1.0:
+            if self.config.action_dropout > 0:  # trained without its action on a share of frames: ask it
+                free = output(torch.full_like(frame_actions, self.no_action_id))
+            else:
+                k = self.config.num_actions
+                free = sum(output(torch.full_like(frame_actions, a)) for a in range(k)) / k
+            out = out + (action_guidance - 1.0) * (out - free)
         if self.config.flow.predict == "x1":
             return (out - x.float()) / (1.0 - levels.float()).clamp_min(1e-3)[:, :, None, None]
         return out
@@ -169,7 +192,7 @@ class FlowDynamicsModel(nn.Module):
         levels = self.noise_levels(b, t, x1.device, generator)  # (B, T)
         lv = levels[:, :, None, None]
         xt, target_v = path_sample(x0, x1, lv)
-        out = self(xt, levels, self.frame_actions(actions))  # (B, T, S, E)
+        out = self(xt, levels, drop_actions(self.frame_actions(actions), self))  # (B, T, S, E)
         x1_pred = self.config.flow.predict == "x1"
         err = (out - (x1 if x1_pred else target_v)).pow(2).mean(dim=(2, 3))  # (B, T)
         first = 0 if self.config.flow.loss_first_frame else 1
