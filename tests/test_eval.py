@@ -154,9 +154,16 @@ def test_config_and_data_errors_name_the_problem(sprite, tmp_path):
         EvalConfig(key_steps=20)
     with pytest.raises(ConfigError, match="eval.motion_cutoff"):
         EvalConfig(motion_cutoff=-1.0)
-    from playworld.maskgit import play_sampling
-    play = play_sampling()  # eval's default is what a player sees
-    assert (EvalConfig().maskgit_steps, EvalConfig().temperature) == (play.steps, play.temperature)
+    from playworld.maskgit import SamplingConfig, play_sampling
+    from playworld.play.config import PlayConfig
+    play = play_sampling()  # eval's default is what a player sees, and play's
+    assert EvalConfig().sampling() == play == PlayConfig().sampling()
+    assert EvalConfig(maskgit_steps=4, temperature=1.0, copy_penalty=0.5, action_guidance=2.0).sampling() == \
+        SamplingConfig(steps=4, temperature=1.0, copy_penalty=0.5, action_guidance=2.0)
+    for field, bad in (("temperature", -1.0), ("copy_penalty", float("inf")), ("action_guidance", 0.5)):
+        for config, section in ((EvalConfig, "eval"), (PlayConfig, "play")):  # refused by their own names
+            with pytest.raises(ConfigError, match=rf"^{section}\.{field} must be"):
+                config(**{field: bad})
     clips, root = sprite
     cfg = _config(horizon=40)  # clips of 44 frames: longer than every episode
     from playworld.errors import DatasetError

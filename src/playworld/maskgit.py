@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -56,15 +56,20 @@ class SamplingConfig:
             raise ConfigError(f"sampling.choice_temperature must be >= 0, got {self.choice_temperature}")
         if not 0.0 <= self.copy_penalty < float("inf"):
             raise ConfigError(f"sampling.copy_penalty must be a finite number >= 0, got {self.copy_penalty}")
-        check_action_guidance(self.action_guidance, "sampling")
+        if not 1.0 <= self.action_guidance < float("inf"):
+            raise ConfigError(f"sampling.action_guidance must be a finite number >= 1 (1 = off), "
+                              f"got {self.action_guidance}")
         if self.schedule not in ("cosine", "linear"):
             raise ConfigError(f"sampling.schedule must be 'cosine' or 'linear', got {self.schedule!r}")
 
 
-def check_action_guidance(value: float, section: str) -> None:
-    """Refuse an action guidance that is not a finite number >= 1 (1 = off), naming ``section``'s field."""
-    if not 1.0 <= value < float("inf"):
-        raise ConfigError(f"{section}.action_guidance must be a finite number >= 1 (1 = off), got {value}")
+def sampling_of(section: str, **fields: Any) -> SamplingConfig:
+    """The :class:`SamplingConfig` another config's fields describe (``EvalConfig.sampling``,
+    ``PlayConfig.sampling``): one set of checks, whose refusals name ``section``'s fields."""
+    try:
+        return SamplingConfig(**fields)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("sampling.", f"{section}.", 1)) from None
 
 
 # What a player sees: `playworld play`, `playworld rollout`, the Gymnasium env and `playworld eval` all

@@ -71,7 +71,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     from playworld.eval.report import render_report
     from playworld.eval.schema import metrics_text, validate
     from playworld.io import atomic_write_text
-    from playworld.maskgit import SamplingConfig
     from playworld.play.actions import FILENAME as ACTION_NAMES_FILE
     from playworld.video import write_video
     from playworld.world import World, WorldConfig
@@ -84,9 +83,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.data = str(collect_heldout(plan_heldout(args.run)))
     # the shipped world lives inside the installed package: its evaluation goes to the working directory
     out = Path(args.out) if args.out else (Path("eval") / DEFAULT_RUN.name if shipped else Path(args.run) / "eval")
-    sampling = SamplingConfig(steps=cfg.maskgit_steps, temperature=cfg.temperature,
-                              copy_penalty=cfg.copy_penalty, action_guidance=cfg.action_guidance)
-    world = World.load(args.run, WorldConfig(sampling=sampling), device=args.device, precision=cfg.precision,
+    world = World.load(args.run, WorldConfig(sampling=cfg.sampling()), device=args.device, precision=cfg.precision,
                        threads=args.threads)
     clips = ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split)
     lam_cfg = world.lam.config

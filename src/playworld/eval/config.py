@@ -9,7 +9,7 @@ from typing import Any
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
 from playworld.eval.motion import MotionEstimator
-from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE, check_action_guidance
+from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE, SamplingConfig, sampling_of
 
 # settings an evaluation written before the field existed ran with: its value then (not today's default)
 BEFORE_FIELD: dict[str, Any] = {"copy_penalty": 0.0, "action_guidance": 1.0, "real_key_starts": 0}
@@ -80,11 +80,7 @@ class EvalConfig:
         if not self.context or any(c < 1 for c in self.context):
             raise ConfigError(f"eval.context must be one or more frame counts >= 1, got {self.context}")
         self.context = tuple(sorted(set(self.context)))
-        if self.temperature < 0:
-            raise ConfigError(f"eval.temperature must be >= 0, got {self.temperature}")
-        if not self.copy_penalty >= 0:
-            raise ConfigError(f"eval.copy_penalty must be >= 0, got {self.copy_penalty}")
-        check_action_guidance(self.action_guidance, "eval")
+        self.sampling()
         if self.real_key_starts < 0:
             raise ConfigError(f"eval.real_key_starts must be >= 0 (0 = skip), got {self.real_key_starts}")
         if self.key_steps < 30:
@@ -116,6 +112,11 @@ class EvalConfig:
         if "context" in values:
             values["context"] = tuple(values["context"])
         return cls(**values)
+
+    def sampling(self) -> SamplingConfig:
+        """How the evaluated world decodes each new frame (its checks name this config's fields)."""
+        return sampling_of("eval", steps=self.maskgit_steps, temperature=self.temperature,
+                           copy_penalty=self.copy_penalty, action_guidance=self.action_guidance)
 
     @property
     def motion(self) -> MotionEstimator:

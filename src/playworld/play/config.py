@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
-from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE, check_action_guidance
+from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE, SamplingConfig, sampling_of
 
 
 @dataclass
@@ -80,10 +80,15 @@ class PlayConfig:
         for name in ("rate", "idle_timeout_s", "record_fps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"play.{name} must be > 0, got {getattr(self, name)}")
-        if self.window_ms < 0 or self.temperature < 0 or not self.copy_penalty >= 0:
-            raise ConfigError("play.window_ms, play.temperature and play.copy_penalty must be >= 0")
-        check_action_guidance(self.action_guidance, "play")
+        if self.window_ms < 0:
+            raise ConfigError(f"play.window_ms must be >= 0, got {self.window_ms}")
+        self.sampling()
         self.session_limits()
+
+    def sampling(self) -> SamplingConfig:
+        """How each new frame is decoded (its checks name this config's fields)."""
+        return sampling_of("play", steps=self.steps, temperature=self.temperature, copy_penalty=self.copy_penalty,
+                           action_guidance=self.action_guidance)
 
     def session_limits(self) -> SessionLimits:
         return SessionLimits(self.max_history, self.checkpoint_every, self.max_record_frames, self.max_replay)

@@ -29,7 +29,6 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from playworld.errors import PlayworldError
-from playworld.maskgit import SamplingConfig
 from playworld.play import protocol as P
 from playworld.play.actions import format_action_string, load_action_names, parse_action_string
 from playworld.play.config import PlayConfig
@@ -106,9 +105,7 @@ class PlayServer:
         self.config = c = config or PlayConfig()
         self.models = models
         self.world_config = WorldConfig(context_frames=c.context_frames, decoder_context=c.context_frames,
-                                        sampling=SamplingConfig(steps=c.steps, temperature=c.temperature,
-                                                                copy_penalty=c.copy_penalty,
-                                                                action_guidance=c.action_guidance))
+                                        sampling=c.sampling())
         probe = self.new_world()
         self.num_actions, self.size = probe.num_actions, world_frame_size(probe)
         self.dtype = str(probe.dtype).removeprefix("torch.")  # what a step computes in (playworld.precision)
