@@ -6,7 +6,7 @@ commit). Batch 1 is one world stepping alone; batch B is B one-player worlds ste
 given as a ratio to MaskGIT at 1 step (play's setting) measured in the same process on the same tokenizer.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/backends_fps.py --threads 1 [RUN ...]
-        [--tokenizer DIR --lam DIR] [--steps 1 2 4 8] [--batch 16] [--frames 10] [--no-twin]
+        [--tokenizer DIR --lam DIR] [--steps 1 2 4 8] [--guidance 1 3] [--batch 16] [--frames 10] [--no-twin]
 
 Each RUN is a world (``RUN/{tokenizer,lam,dynamics}``, what `playworld train all` writes; default: the
 shipped CoinRun world) or a dynamics run directory, whose tokenizer and LAM are ``--tokenizer`` and
@@ -88,11 +88,13 @@ def twin(models: Models) -> Models | None:
 
 
 @torch.inference_mode()
-def frames_per_second(models: Models, steps: int, batch: int, frames: int, context: int) -> float:
+def frames_per_second(models: Models, steps: int, batch: int, frames: int, context: int,
+                      guidance: float = 1.0) -> float:
     """Frames/s of ``batch`` one-player worlds stepped together for ``frames`` steps after a warm-up one,
-    each started from ``context`` random frames (a full cache: a step's cost no longer grows)."""
+    each started from ``context`` random frames (a full cache: a step's cost no longer grows), decoded with
+    action guidance ``guidance`` (1 = off)."""
     config = WorldConfig(context_frames=context, decoder_context=context,
-                         sampling=dataclasses.replace(play_sampling(), steps=steps))
+                         sampling=dataclasses.replace(play_sampling(), steps=steps, action_guidance=guidance))
     worlds = [World(models.tokenizer, models.lam, models.dynamics, config) for _ in range(batch)]
     size = models.tokenizer.config.image_size  # type: ignore[union-attr]
     g = torch.Generator().manual_seed(0)
@@ -112,6 +114,9 @@ def main() -> None:
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer run of a dynamics run given alone")
     p.add_argument("--lam", type=Path, default=None, help="LAM run of a dynamics run given alone")
     p.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4, 8], help="sampling step counts")
+    p.add_argument("--guidance", nargs="+", type=float, default=[1.0],
+                   help="action guidance values (1 = off; a guided step is one pass over 2 copies of the batch "
+                   "for a model trained with action dropout, else |A| + 1)")
     p.add_argument("--batch", type=int, default=16, help="worlds stepped together in the batched measurement")
     p.add_argument("--frames", type=int, default=10, help="steps timed at batch 1 (at batch B: a quarter, >= 2)")
     p.add_argument("--context", type=int, default=WorldConfig().context_frames, help="context window (frames)")
@@ -120,15 +125,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a shared machine)")
     p.add_argument("--no-twin", dest="twin", action="store_false", help="time only the runs' own models")
     args = p.parse_args()
-    if args.batch < 1 or args.frames < 1 or any(s < 1 for s in args.steps):
-        raise SystemExit("--batch, --frames and every --steps must be >= 1")
+    if args.batch < 1 or args.frames < 1 or any(s < 1 for s in args.steps) or any(g < 1 for g in args.guidance):
+        raise SystemExit("--batch, --frames, every --steps and every --guidance must be >= 1")
     torch.set_num_threads(args.threads)
     dtype = resolve_precision(args.precision)
     print(f"torch {torch.__version__}, threads {args.threads}, {str(dtype).removeprefix('torch.')}, context "
           f"{args.context} frames, load average {os.getloadavg()[0]:.2f}")
 
     loaded = [load_models(run, args.tokenizer, args.lam) for run in args.runs or [DEFAULT_RUN]]
-    head = f"{'run':28} {'backend':8} {'steps':>5} {'fps b1':>8} {'x mg1':>6} {'fps b' + str(args.batch):>9} {'x mg1':>6}"
+    head = f"{'run':28} {'backend':8} {'steps':>5} {'guid':>4} {'fps b1':>8} {'x mg1':>6} {'fps b' + str(args.batch):>9} {'x mg1':>6}"
     print(head)
     for models in loaded:
         cast_for_play(models.tokenizer, models.dynamics, dtype)
@@ -140,21 +145,23 @@ def main() -> None:
         group.sort(key=lambda m: m.backend != "maskgit")  # MaskGIT first: the reference
         b_frames = max(2, args.frames // 4)
 
-        def measure(m: Models, steps: int) -> tuple[float, float]:
-            return (frames_per_second(m, steps, 1, args.frames, args.context),  # noqa: B023
-                    frames_per_second(m, steps, args.batch, b_frames, args.context))  # noqa: B023
+        def measure(m: Models, steps: int, guidance: float = 1.0) -> tuple[float, float]:
+            return (frames_per_second(m, steps, 1, args.frames, args.context, guidance),  # noqa: B023
+                    frames_per_second(m, steps, args.batch, b_frames, args.context, guidance))  # noqa: B023
 
-        reference: tuple[float, float] | None = None  # MaskGIT at 1 step, batch 1 and batch B
-        if group[0].backend == "maskgit" and 1 not in args.steps:
+        reference: tuple[float, float] | None = None  # MaskGIT at 1 step unguided, batch 1 and batch B
+        if group[0].backend == "maskgit" and not (1 in args.steps and 1.0 in args.guidance):
             reference = measure(group[0], 1)
         for m in group:
             for steps in args.steps:
-                fps1, fpsb = measure(m, steps)
-                if m.backend == "maskgit" and steps == 1:
-                    reference = (fps1, fpsb)
-                r1, rb = (f"{fps1 / reference[0]:6.2f}", f"{fpsb / reference[1]:6.2f}") if reference else ("-", "-")
-                print(f"{m.label[:28]:28} {m.backend:8} {steps:5d} {fps1:8.1f} {r1:>6} {fpsb:9.1f} {rb:>6}",
-                      flush=True)
+                for guidance in args.guidance:
+                    fps1, fpsb = measure(m, steps, guidance)
+                    if m.backend == "maskgit" and steps == 1 and guidance == 1.0:
+                        reference = (fps1, fpsb)
+                    r1, rb = ((f"{fps1 / reference[0]:6.2f}", f"{fpsb / reference[1]:6.2f}") if reference
+                              else ("-", "-"))
+                    print(f"{m.label[:28]:28} {m.backend:8} {steps:5d} {guidance:4g} {fps1:8.1f} {r1:>6} "
+                          f"{fpsb:9.1f} {rb:>6}", flush=True)
 
 
 if __name__ == "__main__":

@@ -323,6 +323,11 @@ def test_action_guidance_moves_log_probs_away_from_the_mean_over_actions():
     guided = m.step_logits(frame, fa[:, 1:], cache, prev, action_guidance=3.0)
     for row, k in enumerate((1, 3)):
         torch.testing.assert_close(guided[row], lp[k][row] + 2.0 * (lp[k][row] - mean[row]))
+    caches = [m.new_cache(4), m.new_cache(4)]  # two worlds stepped together (World.step_many): as each alone
+    for row, c in enumerate(caches):
+        m.commit(tokens[row:row + 1, :1], fa[row:row + 1, :1], c)
+    torch.testing.assert_close(m.step_logits(frame, fa[:, 1:], caches, prev, action_guidance=3.0), guided)
+    assert cache.next_pos.tolist() == [1, 1]  # the guided passes committed nothing
     # a model that ignores its actions is left as it is
     with torch.no_grad():
         m.action_emb.weight[:4] = m.action_emb.weight[0]

@@ -349,11 +349,12 @@ def test_the_backends_fps_benchmark_times_both_backends_per_step_count_against_m
     world = save_tiny_run(tmp_path / "world", backend="flow")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "backends_fps.py"
     monkeypatch.setattr(sys, "argv", [str(script), str(world / "dynamics"), "--frames", "1", "--batch", "2",
-                                      "--steps", "1", "2", "--precision", "fp32"])
+                                      "--steps", "1", "2", "--guidance", "1", "3", "--precision", "fp32"])
     runpy.run_path(str(script), run_name="__main__")
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     # the run's flow model (dynamics given alone: tokenizer and LAM found beside it) and its MaskGIT twin
-    assert [(r[-6], r[-5]) for r in rows] == [("maskgit", "1"), ("maskgit", "2"), ("flow", "1"), ("flow", "2")]
+    assert [(r[-7], r[-6], r[-5]) for r in rows] == [
+        (backend, steps, g) for backend in ("maskgit", "flow") for steps in ("1", "2") for g in ("1", "3")]
     assert rows[0][1] == "(twin)" and rows[2][0] == "world/dynamics"
     for r in rows:
         fps1, ratio1, fpsb, ratiob = map(float, r[-4:])

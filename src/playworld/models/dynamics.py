@@ -196,6 +196,23 @@ def frame_actions(actions: Tensor, no_action_id: int) -> Tensor:
     return torch.cat([first, actions], dim=1)
 
 
+def guidance_actions(frame_actions: Tensor, model: nn.Module) -> Tensor:
+    """(B, T) pressed actions -> (n, B, T): the pressed ones, then the action-free model's (either dynamics
+    model): the no-action id for a model trained with ``action_dropout``, else each latent action in turn,
+    whose predictions action guidance averages."""
+    if model.config.action_dropout > 0:
+        free = [model.no_action_id]
+    else:
+        free = list(range(model.config.num_actions))
+    return torch.stack([frame_actions, *(torch.full_like(frame_actions, a) for a in free)])
+
+
+def repeat_caches(cache: TemporalKVCache | Sequence[TemporalKVCache], n: int) -> list[TemporalKVCache]:
+    """The caches of a batch repeated ``n`` times, for one uncommitted pass over ``n`` copies of its rows
+    (each copy attends over the same past; nothing is committed, so sharing the caches is safe)."""
+    return ([cache] if isinstance(cache, TemporalKVCache) else list(cache)) * n
+
+
 def drop_actions(frame_actions: Tensor, model: nn.Module) -> Tensor:
     """(B, T) per-frame conditioning -> the same with each frame's action replaced by ``model.no_action_id``
     with probability ``model.config.action_dropout`` while ``model`` trains (either dynamics model; in
@@ -346,21 +363,17 @@ class DynamicsModel(nn.Module):
         """One decoding pass of the frame after the cached ones: frame (B, S) tokens (masked = ``mask_id``),
         frame_actions (B, 1), prev (B, S) the frame before -> (B, S, V) fp32 logits; the cache is read, not
         written. With ``action_guidance`` g > 1 (``SamplingConfig.action_guidance``): log-probabilities
-        lp_a + (g - 1) (lp_a - lp_free), where lp_free is the no-action id's (one more pass) for a model
-        trained with ``action_dropout``, else the mean over the |A| latent actions (one more pass each)."""
-        def logits(fa: Tensor) -> Tensor:
-            return self(frame[:, None], fa, cache=cache, commit=False, prev=prev)[:, 0].float()
-
-        out = logits(frame_actions)
+        lp_a + (g - 1) (lp_a - lp_free), where lp_free is the no-action id's for a model trained with
+        ``action_dropout``, else the mean over the |A| latent actions; all in one pass of 2 (or |A| + 1)
+        copies of the batch."""
         if action_guidance == 1.0:
-            return out
-        lp = out.log_softmax(-1)
-        if self.config.action_dropout > 0:  # trained without its action on a share of frames: ask it directly
-            free = logits(torch.full_like(frame_actions, self.no_action_id)).log_softmax(-1)
-        else:
-            k = self.config.num_actions
-            free = sum(logits(torch.full_like(frame_actions, a)).log_softmax(-1) for a in range(k)) / k
-        return lp + (action_guidance - 1.0) * (lp - free)
+            return self(frame[:, None], frame_actions, cache=cache, commit=False, prev=prev)[:, 0].float()
+        asked = guidance_actions(frame_actions, self)  # (n, B, 1): the pressed action first
+        lp = self(frame[:, None].repeat(len(asked), 1, 1), rearrange(asked, "n b one -> (n b) one"),
+                  cache=repeat_caches(cache, len(asked)), commit=False,
+                  prev=prev.repeat(len(asked), 1))[:, 0].float().log_softmax(-1)  # (n*B, S, V): one batched pass
+        lp_a, *free = lp.chunk(len(asked))
+        return lp_a + (action_guidance - 1.0) * (lp_a - sum(free) / len(free))
 
     @torch.no_grad()
     def free_run(self, tokens: Tensor, frame_actions: Tensor, frames: int,

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from playworld.errors import ConfigError
@@ -46,6 +47,8 @@ from playworld.models.dynamics import (
     check_compatible,
     drop_actions,
     frame_actions,
+    guidance_actions,
+    repeat_caches,
 )
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 
@@ -145,19 +148,18 @@ class FlowDynamicsModel(nn.Module):
         With ``action_guidance`` g > 1 (``SamplingConfig.action_guidance``) the output under the pressed
         action is moved away from the action-free one, out_a + (g - 1) (out_a - out_free): classifier-free
         guidance of the velocity (or of x1_hat, the same thing, as the velocity is affine in it). out_free is
-        the no-action id's output (one more pass) for a model trained with ``action_dropout``, else the mean
-        over the |A| latent actions (one more pass each)."""
-        def output(fa: Tensor) -> Tensor:
-            return self(x, levels, fa, cache=cache, commit=False, prev=prev)
-
-        out = output(frame_actions)
-        if action_guidance != 1.0:
-            if self.config.action_dropout > 0:  # trained without its action on a share of frames: ask it
-                free = output(torch.full_like(frame_actions, self.no_action_id))
-            else:
-                k = self.config.num_actions
-                free = sum(output(torch.full_like(frame_actions, a)) for a in range(k)) / k
-            out = out + (action_guidance - 1.0) * (out - free)
+        the no-action id's output for a model trained with ``action_dropout``, else the mean over the |A|
+        latent actions, all in one pass of 2 (or |A| + 1) copies of the batch."""
+        if action_guidance == 1.0:
+            out = self(x, levels, frame_actions, cache=cache, commit=False, prev=prev)
+        else:  # one pass over the pressed and the action-free copies of the batch
+            asked = guidance_actions(frame_actions, self)  # (n, B, T)
+            n = len(asked)
+            both = self(x.repeat(n, 1, 1, 1), levels.repeat(n, 1), rearrange(asked, "n b t -> (n b) t"),
+                        cache=None if cache is None else repeat_caches(cache, n), commit=False,
+                        prev=None if prev is None else prev.repeat(n, 1, 1))
+            out, *free = both.chunk(n)
+            out = out + (action_guidance - 1.0) * (out - sum(free) / len(free))
         if self.config.flow.predict == "x1":
             return (out - x.float()) / (1.0 - levels.float()).clamp_min(1e-3)[:, :, None, None]
         return out
