@@ -42,8 +42,8 @@ class SamplingConfig:
         1.0, help="1 = off. g > 1: each token's log-probabilities under the pressed action are moved away from "
         "the action-free model's, lp_a + (g - 1) (lp_a - lp_free): classifier-free guidance (Ho & Salimans "
         "2022), so that what the pressed action changes is amplified. lp_free is the no-action prediction of a "
-        "model trained with dynamics.action_dropout (one more pass per decoding step), else the mean over "
-        "every latent action (|A| more passes). The flow backend guides its velocity the same way")
+        "model trained with dynamics.action_dropout (a second copy of the batch in each decoding pass), else the "
+        "mean over every latent action (|A| more copies). The flow backend guides its velocity the same way")
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "as `playworld play`)")
     p.add_argument("--action-guidance", type=float, default=1.0,
                    help="1 = off (default, as `playworld play`); g > 1 amplifies what the pressed latent action "
-                   "changes against the action-free prediction (one more dynamics pass per step for a model "
-                   "trained with action dropout, else |A| more)")
+                   "changes against the action-free prediction (each step's pass runs on 2 copies of the batch for "
+                   "a model trained with action dropout, else |A| + 1)")
     p.add_argument("--precision", choices=get_args(Precision), default="fp32",
                    help="dtype of the dynamics model and decoder (auto: bf16 where faster) (default: %(default)s)")
     p.add_argument("--fps", type=float, default=15.0, help="video frame rate (default: %(default)s)")

@@ -119,7 +119,8 @@ class DynamicsConfig:
     action_dropout: float = field(0.0, help="training only: each frame's action is replaced by the no-action id "
                                   "(the one frame 1 has) with this probability, so the model also learns the next "
                                   "frame without its action: the action-free model that action guidance then "
-                                  "reads in one extra pass instead of |A| (classifier-free guidance's training, "
+                                  "reads from one extra copy of the batch instead of |A| (classifier-free guidance's "
+                                  "training, "
                                   "Ho & Salimans 2022)")
     change_weight: float = field(0.0, help="training only: a masked token that differs from the token at its "
                                  "place one frame earlier counts 1 + change_weight times in the cross-entropy "

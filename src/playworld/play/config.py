@@ -58,8 +58,8 @@ class PlayConfig:
     copy_penalty: float = field(PLAY_COPY_PENALTY, help="logit taken from the token each place held in the previous "
                                 "frame before sampling: counters greedy decoding settling into a still picture")
     action_guidance: float = field(1.0, help="1 = off; g > 1 amplifies what the pressed latent action changes "
-                                   "against the action-free prediction: one more dynamics pass per frame for a "
-                                   "model trained with action dropout, else |A| more (docs/models.md)")
+                                   "against the action-free prediction: each pass runs on 2 copies of the batch for a "
+                                   "model trained with action dropout, else |A| + 1 (docs/models.md)")
     context_frames: int = field(16, help="frames the dynamics model and decoder attend to")
     prompt_frames: int = field(1, help="frames of a dataset prompt (context before the start frame)")
     max_history: int = field(64, help="actions undo can take back per session (at least max_history - "
