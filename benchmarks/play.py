@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from playworld.maskgit import SamplingConfig
 from playworld.play.config import PlayConfig
 from playworld.play.scheduler import StepScheduler
 from playworld.play.server import PlayServer
@@ -155,6 +154,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)")
     p.add_argument("--steps", type=int, default=PlayConfig.steps, help="MaskGIT steps per frame (default: %(default)s)")
     p.add_argument("--context", type=int, default=16, help="context frames (default: %(default)s)")
+    p.add_argument("--action-guidance", type=float, default=PlayConfig.action_guidance,
+                   help="action guidance, as `playworld play --action-guidance` (default: %(default)s, off)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = playworld's default, playworld.threads: all cores but one)")
     p.add_argument("--precision", default=PlayConfig.precision, choices=PRECISIONS,
@@ -182,11 +183,12 @@ def main() -> None:
     dtype = scheduler.call(resolve_precision, args.precision)
     fp32 = scheduler.call(models, args) if dtype != torch.float32 else mods  # the baseline, its own copy
     scheduler.call(cast_for_play, mods[0], mods[2], dtype)
-    wcfg = WorldConfig(context_frames=args.context, decoder_context=args.context,
-                       sampling=SamplingConfig(steps=args.steps, temperature=PlayConfig.temperature,
-                                                      copy_penalty=PlayConfig.copy_penalty))
+    play = PlayConfig(steps=args.steps, context_frames=args.context, action_guidance=args.action_guidance,
+                      max_sessions=max(args.sessions), rate=1000, burst=1000)
+    wcfg = WorldConfig(context_frames=args.context, decoder_context=args.context, sampling=play.sampling())
     side = mods[0].config.image_size
     print(f"model: {args.run or args.preset + ' (random weights)'}, {side}x{side}, MaskGIT steps {args.steps}, "
+          f"action guidance {args.action_guidance:g}, "
           f"context {args.context}, torch threads {scheduler.call(torch.get_num_threads)}, "
           f"{str(dtype).removeprefix('torch.')} (--precision {args.precision})")
     if fp32 is not mods:
@@ -203,9 +205,7 @@ def main() -> None:
         print(f"20 undos from a full history (64 actions), a snapshot every {every} actions: snapshot {mb:.1f} MB in {snap:.1f} ms; "
               f"undo mean {mean:.0f} ms, largest {worst:.0f} ms")
 
-    server = PlayServer(mods, PlayConfig(steps=args.steps, context_frames=args.context,
-                                         max_sessions=max(args.sessions), rate=1000, burst=1000),
-                        scheduler=scheduler)
+    server = PlayServer(mods, play, scheduler=scheduler)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
