@@ -33,8 +33,8 @@ class EvalConfig:
     copy_penalty: float = field(PLAY_COPY_PENALTY, help="logit taken from each place's previous token before "
                                 "sampling (default: play's)")
     action_guidance: float = field(1.0, help="action guidance: 1 = off (play's); g > 1 amplifies what the pressed "
-                                   "latent action changes against the action-free prediction (one more dynamics "
-                                   "pass per step for a model trained with action dropout, else |A| more; "
+                                   "latent action changes against the action-free prediction (each pass runs on 2 "
+                                   "copies of the batch for a model trained with action dropout, else |A| + 1; "
                                    "docs/models.md)")
     precision: Precision = field(
         "fp32", help="dtype of the dynamics model and decoder: fp32, bf16, or auto (bf16 where it is faster)")

@@ -120,8 +120,7 @@ class DynamicsConfig:
                                   "(the one frame 1 has) with this probability, so the model also learns the next "
                                   "frame without its action: the action-free model that action guidance then "
                                   "reads from one extra copy of the batch instead of |A| (classifier-free guidance's "
-                                  "training, "
-                                  "Ho & Salimans 2022)")
+                                  "training, Ho & Salimans 2022)")
     change_weight: float = field(0.0, help="training only: a masked token that differs from the token at its "
                                  "place one frame earlier counts 1 + change_weight times in the cross-entropy "
                                  "(normalised by the summed weights), so the few tokens that move (a player's "
@@ -206,6 +205,13 @@ def guidance_actions(frame_actions: Tensor, model: nn.Module) -> Tensor:
     else:
         free = list(range(model.config.num_actions))
     return torch.stack([frame_actions, *(torch.full_like(frame_actions, a) for a in free)])
+
+
+def guide(outputs: Tensor, n: int, action_guidance: float) -> Tensor:
+    """(n*B, ...) outputs for the n copies of :func:`guidance_actions` (the pressed action's first) -> (B, ...)
+    guided ones: out_a + (g - 1) (out_a - out_free), out_free the mean over the action-free copies."""
+    out, *free = outputs.chunk(n)
+    return out + (action_guidance - 1.0) * (out - sum(free) / len(free))
 
 
 def repeat_caches(cache: TemporalKVCache | Sequence[TemporalKVCache], n: int) -> list[TemporalKVCache]:
@@ -370,11 +376,11 @@ class DynamicsModel(nn.Module):
         if action_guidance == 1.0:
             return self(frame[:, None], frame_actions, cache=cache, commit=False, prev=prev)[:, 0].float()
         asked = guidance_actions(frame_actions, self)  # (n, B, 1): the pressed action first
-        lp = self(frame[:, None].repeat(len(asked), 1, 1), rearrange(asked, "n b one -> (n b) one"),
-                  cache=repeat_caches(cache, len(asked)), commit=False,
-                  prev=prev.repeat(len(asked), 1))[:, 0].float().log_softmax(-1)  # (n*B, S, V): one batched pass
-        lp_a, *free = lp.chunk(len(asked))
-        return lp_a + (action_guidance - 1.0) * (lp_a - sum(free) / len(free))
+        n = len(asked)
+        lp = self(frame[:, None].repeat(n, 1, 1), rearrange(asked, "n b one -> (n b) one"),
+                  cache=repeat_caches(cache, n), commit=False,
+                  prev=prev.repeat(n, 1))[:, 0].float().log_softmax(-1)  # (n*B, S, V): one batched pass
+        return guide(lp, n, action_guidance)
 
     @torch.no_grad()
     def free_run(self, tokens: Tensor, frame_actions: Tensor, frames: int,

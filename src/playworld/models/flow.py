@@ -48,6 +48,7 @@ from playworld.models.dynamics import (
     drop_actions,
     frame_actions,
     guidance_actions,
+    guide,
     repeat_caches,
 )
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
@@ -158,8 +159,7 @@ class FlowDynamicsModel(nn.Module):
             both = self(x.repeat(n, 1, 1, 1), levels.repeat(n, 1), rearrange(asked, "n b t -> (n b) t"),
                         cache=None if cache is None else repeat_caches(cache, n), commit=False,
                         prev=None if prev is None else prev.repeat(n, 1, 1))
-            out, *free = both.chunk(n)
-            out = out + (action_guidance - 1.0) * (out - sum(free) / len(free))
+            out = guide(both, n, action_guidance)
         if self.config.flow.predict == "x1":
             return (out - x.float()) / (1.0 - levels.float()).clamp_min(1e-3)[:, :, None, None]
         return out
