@@ -20,14 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from playworld.errors import ConfigError
+from playworld.eval.config import BEFORE_FIELD
 from playworld.eval.schema import NEAR_ONE, load_metrics
 from playworld.eval.stats import paired_difference
 
-COMPARABLE = ("split", "episodes", "context", "horizon", "seed", "maskgit_steps", "temperature", "key_starts",
-              "key_steps", "real_hold", "motion_cutoff", "motion_window")
+COMPARABLE = ("split", "episodes", "context", "horizon", "seed", "key_starts", "key_steps", "real_hold",
+              "motion_cutoff", "motion_window")
+"""Settings whose difference a comparison warns of: its figures measure other things."""
 PAIRED_SETTINGS = (*COMPARABLE, "action_clips", "consistency_starts", "consistency_steps", "memory_k",
-                   "memory_starts", "bootstrap", "real_env", "copy_penalty", "precision", "real_key_starts")
+                   "memory_starts", "bootstrap", "real_env", "real_key_starts")
 """Settings two evaluations must share (beside their data and counts) for their figures to be paired."""
+DECODING = ("maskgit_steps", "temperature", "copy_penalty", "action_guidance", "precision")
+"""How the world decodes its frames. Evaluations that differ only here score the same clips and start frames
+(as two worlds do), so they are paired; a note names the settings."""
 
 
 def find_metrics(path: str | Path) -> Path:
@@ -96,6 +101,11 @@ def same_units(a: dict[str, Any], b: dict[str, Any]) -> bool:
             and a["counts"] == b["counts"] and not a["counts"]["truncated_by_time"])
 
 
+def setting(m: dict[str, Any], key: str) -> Any:
+    """An evaluation's setting ``key``, or the value evaluations had before the setting existed."""
+    return m["settings"].get(key, BEFORE_FIELD.get(key))
+
+
 def compare(paths: list[str | Path]) -> Comparison:
     if len(paths) < 2:
         raise ConfigError(f"--compare needs at least two runs, got {len(paths)}")
@@ -111,6 +121,10 @@ def compare(paths: list[str | Path]) -> Comparison:
             diff.insert(0, "data")
         if diff:
             warnings.append(f"{name} differs from {names[0]} in {', '.join(diff)}: its figures may not compare")
+        decoding = [f"{k} {setting(m, k)} ({setting(base, k)})" for k in DECODING if setting(m, k) != setting(base, k)]
+        if decoding:
+            warnings.append(f"{name} decodes otherwise than {names[0]}: {', '.join(decoding)}; "
+                            "the same clips and starts, so its figures are paired")
         if t != threads[0]:
             warnings.append(f"{name} timed its frames with {t} threads, {names[0]} with {threads[0]}: "
                             "ms_per_frame is not flagged")
