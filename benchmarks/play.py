@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from playworld.errors import ConfigError
 from playworld.play.config import PlayConfig
 from playworld.play.scheduler import StepScheduler
 from playworld.play.server import PlayServer
@@ -170,6 +171,12 @@ def main() -> None:
     p.add_argument("--load", type=int, default=1, help="--contention: busy processes (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=2, help="--contention: quiet/loaded rounds (default: %(default)s)")
     args = p.parse_args()
+    try:  # a bad setting is a usage error, named by PlayConfig's field, before any model loads
+        play = PlayConfig(steps=args.steps, context_frames=args.context, action_guidance=args.action_guidance,
+                          max_sessions=max(args.sessions), rate=1000, burst=1000)
+        sampling = play.sampling()
+    except ConfigError as e:
+        p.error(str(e))
     if args.contention:
         from contention import run_contention  # benchmarks/contention.py
 
@@ -183,9 +190,7 @@ def main() -> None:
     dtype = scheduler.call(resolve_precision, args.precision)
     fp32 = scheduler.call(models, args) if dtype != torch.float32 else mods  # the baseline, its own copy
     scheduler.call(cast_for_play, mods[0], mods[2], dtype)
-    play = PlayConfig(steps=args.steps, context_frames=args.context, action_guidance=args.action_guidance,
-                      max_sessions=max(args.sessions), rate=1000, burst=1000)
-    wcfg = WorldConfig(context_frames=args.context, decoder_context=args.context, sampling=play.sampling())
+    wcfg = WorldConfig(context_frames=args.context, decoder_context=args.context, sampling=sampling)
     side = mods[0].config.image_size
     print(f"model: {args.run or args.preset + ' (random weights)'}, {side}x{side}, MaskGIT steps {args.steps}, "
           f"action guidance {args.action_guidance:g}, "
