@@ -48,6 +48,10 @@ def main() -> None:
     p.add_argument("--temperature", type=float, nargs="+", default=[PLAY_TEMPERATURE])
     p.add_argument("--copy-penalty", type=float, nargs="+", default=[PLAY_COPY_PENALTY])
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="action guidance (1 = off)")
+    p.add_argument("--context-frames", type=int, nargs="+", default=[WorldConfig.context_frames],
+                   help="frames the dynamics model attends to (default: %(default)s, the world's)")
+    p.add_argument("--decoder-context", type=int, nargs="+", default=[WorldConfig.decoder_context],
+                   help="frames the tokenizer's decoder attends to (default: %(default)s, the world's)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
@@ -70,12 +74,15 @@ def main() -> None:
         rows.append((name, part))
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
 
-    for steps, temperature, penalty, guidance in itertools.product(args.maskgit_steps, args.temperature,
-                                                                   args.copy_penalty, args.guidance):
-        world = World.load(args.run, WorldConfig(sampling=SamplingConfig(
+    for steps, temperature, penalty, guidance, context, decoder in itertools.product(
+            args.maskgit_steps, args.temperature, args.copy_penalty, args.guidance, args.context_frames,
+            args.decoder_context):
+        world = World.load(args.run, WorldConfig(context_frames=context, decoder_context=decoder, sampling=SamplingConfig(
             steps=steps, temperature=temperature, copy_penalty=penalty, action_guidance=guidance)))
+        frames = "" if (context, decoder) == (WorldConfig.context_frames, WorldConfig.decoder_context) else \
+            f", context {context} / decoder {decoder}"
         measure(world, f"{steps} step(s), temperature {temperature:g}, copy penalty {penalty:g}, "
-                       f"guidance {guidance:g}")
+                       f"guidance {guidance:g}{frames}")
     measure(CopyLast(world), "copy-last")  # a world that returns its input
     levels = rows[0][1]["levels"]
     print(f"\n{args.run} on {args.data}:{cfg.split}, {levels} settled real starts x {len(mapping)} keys x 30 steps "
