@@ -15,7 +15,7 @@ are named in a warning, since their figures do not measure the same thing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ class Comparison:
     """names: the runs; rows: headline name -> per run (Estimate dict or None); flags: headline name ->
     per run (other than the first) 'better' | 'worse' | '' ; differences: headline name -> per run (other
     than the first) the paired difference from the first (Estimate dict) or None where it cannot be
-    paired; warnings: why runs may not compare."""
+    paired; warnings: why runs may not compare; notes: how runs paired with the first differ (their decoding)."""
 
     names: list[str]
     rows: dict[str, list[dict[str, Any] | None]]
@@ -91,6 +91,7 @@ class Comparison:
     flags: dict[str, list[str]]
     warnings: list[str]
     differences: dict[str, list[dict[str, Any] | None]]
+    notes: list[str] = field(default_factory=list)
 
 
 def same_units(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -112,7 +113,7 @@ def compare(paths: list[str | Path]) -> Comparison:
     files = [find_metrics(p) for p in paths]
     metrics = [load_metrics(f) for f in files]
     names = [str(p) for p in paths]
-    warnings = []
+    warnings, notes = [], []
     base = metrics[0]
     threads = [m.get("speed", {}).get("threads") for m in metrics]  # what each timed its frames with
     for name, m, t in zip(names[1:], metrics[1:], threads[1:]):
@@ -123,7 +124,7 @@ def compare(paths: list[str | Path]) -> Comparison:
             warnings.append(f"{name} differs from {names[0]} in {', '.join(diff)}: its figures may not compare")
         decoding = [f"{k} {setting(m, k)} ({setting(base, k)})" for k in DECODING if setting(m, k) != setting(base, k)]
         if decoding:
-            warnings.append(f"{name} decodes otherwise than {names[0]}: {', '.join(decoding)}; "
+            notes.append(f"{name} decodes otherwise than {names[0]}: {', '.join(decoding)}; "
                             "the same clips and starts, so its figures are paired")
         if t != threads[0]:
             warnings.append(f"{name} timed its frames with {t} threads, {names[0]} with {threads[0]}: "
@@ -161,7 +162,7 @@ def compare(paths: list[str | Path]) -> Comparison:
                     flag = "worse" if direction == "higher" else "better"
             flags[key].append(flag)
             differences[key].append(diff)
-    return Comparison(names, rows, better, flags, warnings, differences)
+    return Comparison(names, rows, better, flags, warnings, differences, notes)
 
 
 # the comparison table's sections, in order: (title, whether a headline figure belongs to it); first match wins
@@ -213,5 +214,5 @@ def to_markdown(c: Comparison) -> str:
              "= its 95% interval excludes 0; elsewhere = the two 95% intervals do not overlap. Unflagged "
              "differences are within the intervals. Figures marked (near 1) are judged by their distance from "
              "1, the real game's own value (Δ|x-1| < 0: closer to the game)."]
-    notes += [f"Warning: {w}" for w in c.warnings]
+    notes += [f"Note: {n}" for n in c.notes] + [f"Warning: {w}" for w in c.warnings]
     return "\n".join(lines + notes) + "\n"
