@@ -77,12 +77,13 @@ def main() -> None:
     for steps, temperature, penalty, guidance, context, decoder in itertools.product(
             args.maskgit_steps, args.temperature, args.copy_penalty, args.guidance, args.context_frames,
             args.decoder_context):
-        world = World.load(args.run, WorldConfig(context_frames=context, decoder_context=decoder, sampling=SamplingConfig(
-            steps=steps, temperature=temperature, copy_penalty=penalty, action_guidance=guidance)))
-        frames = "" if (context, decoder) == (WorldConfig.context_frames, WorldConfig.decoder_context) else \
-            f", context {context} / decoder {decoder}"
+        sampling = SamplingConfig(steps=steps, temperature=temperature, copy_penalty=penalty,
+                                  action_guidance=guidance)
+        world = World.load(args.run, WorldConfig(context_frames=context, decoder_context=decoder, sampling=sampling))
+        default_windows = (context, decoder) == (WorldConfig.context_frames, WorldConfig.decoder_context)
+        windows = "" if default_windows else f", context {context} / decoder {decoder}"
         measure(world, f"{steps} step(s), temperature {temperature:g}, copy penalty {penalty:g}, "
-                       f"guidance {guidance:g}{frames}")
+                       f"guidance {guidance:g}{windows}")
     measure(CopyLast(world), "copy-last")  # a world that returns its input
     levels = rows[0][1]["levels"]
     print(f"\n{args.run} on {args.data}:{cfg.split}, {levels} settled real starts x {len(mapping)} keys x 30 steps "
