@@ -223,3 +223,46 @@ def test_shape_errors_are_clear():
         m.decode(torch.zeros(1, 2, 16, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 64\)"):
         m.decode(torch.full((1, 1, 4, 4), 64, dtype=torch.long))
+
+
+def test_decoder_only_training_keeps_the_tokens_and_improves_the_decoder(tmp_path):
+    """``decoder_only`` fine-tunes codes -> pixels of a trained tokenizer: every token stays what it was (so
+    LAM and dynamics runs on them stay valid), the encoder half is out of the optimizer, and the
+    reconstruction error on the data falls; without ``train.init_from`` the run is refused."""
+    from playworld.release import load_model
+    from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig, Trainer
+
+    from helpers import make_dataset
+
+    data = make_dataset(tmp_path / "ds", episodes=4, length=8)
+    tok = _config(dim=32, heads=2, num_codes=32)
+    cfg = RunConfig(kind="tokenizer", model=tok, optim=OptimConfig(lr=3e-3, warmup_steps=1),
+                    data=DataConfig(path=str(data), clip_len=4, batch_size=2),
+                    train=TrainConfig(steps=15, log_every=5, val_every=0, ckpt_every=15, seed=0, precision="fp32"))
+    Trainer(cfg, tmp_path / "enc", progress=False).fit()
+    source = load_model(tmp_path / "enc")
+
+    decoder = dataclasses.replace(cfg, model=dataclasses.replace(tok, decoder_only=True),
+                                  train=dataclasses.replace(cfg.train, steps=120, init_from=str(tmp_path / "enc")))
+    trainer = Trainer(decoder, tmp_path / "dec", progress=False)
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    for part in trainer.model.encoder_half():
+        assert all(id(p) not in optimized for p in part.parameters())
+    assert any(id(p) in optimized for p in trainer.model.decoder.parameters())
+    trainer.fit()
+    tuned = load_model(tmp_path / "dec")
+
+    from playworld.data import Dataset
+
+    video = torch.from_numpy(Dataset(data).frames(0)[:4][None].copy()).float() / 255.0  # (1, 4, 16, 16, 3)
+    assert torch.equal(tuned.encode(video).indices, source.encode(video).indices)
+    for name, value in source.state_dict().items():
+        if name.startswith(("patch_in.", "encoder.", "to_code.", "quantizer.")):
+            assert torch.equal(tuned.state_dict()[name], value), name
+    assert not torch.equal(tuned.decoder.blocks[0].mlp.fc1.weight, source.decoder.blocks[0].mlp.fc1.weight)
+    err = [torch.nn.functional.mse_loss(m.reconstruct(video), video).item() for m in (source, tuned)]
+    assert err[1] < 0.92 * err[0], err  # 13% lower after 120 steps here
+
+    with pytest.raises(ConfigError, match="decoder_only.*train.init_from"):
+        Trainer(dataclasses.replace(decoder, train=dataclasses.replace(decoder.train, init_from="")),
+                tmp_path / "refused", progress=False)

@@ -72,6 +72,9 @@ class TokenizerConfig:
     temporal_weight: float = field(0.0, help="weight of the MSE of differences between consecutive frames "
                                    "(motion; 0 = off)")
     grad_checkpoint: bool = field(False, help="recompute blocks in backward to save activation memory")
+    decoder_only: bool = field(
+        False, help="train the decoder half alone (codes -> pixels); the stem, encoder and codebook stay as "
+        "train.init_from loads them, so the tokens, and every LAM and dynamics model trained on them, stay valid")
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "patch", "dim", "enc_depth", "dec_depth", "heads", "code_dim",
@@ -188,6 +191,13 @@ class VideoTokenizer(TrainableModel):
         # unit-variance latents at init (the encoder ends in a LayerNorm): FSQ's grid then starts spread
         # over its levels instead of every latent rounding to the centre code
         nn.init.normal_(self.to_code.weight, std=c.dim**-0.5)
+        if c.decoder_only:  # frozen: no gradient, not in the optimizer, not averaged, kept fp32
+            for part in self.encoder_half():
+                part.requires_grad_(False)
+
+    def encoder_half(self) -> tuple[nn.Module, ...]:
+        """The modules that make the tokens (pixels -> codes): frozen under ``decoder_only``."""
+        return (self.patch_in, self.encoder, self.to_code, self.quantizer)
 
     @property
     def num_codes(self) -> int:
@@ -318,15 +328,32 @@ class VideoTokenizer(TrainableModel):
         decoder = cache.decoder if isinstance(cache, TokenizerCache) else [c.decoder for c in cache]
         return self._pixels(codes, decoder, commit).clamp(0.0, 1.0)
 
+    def _frozen_codes(self, video: Tensor) -> QuantizeOutput:
+        """The tokens of ``video`` as ``encode`` makes them (encoder in eval mode, no gradient, codebook
+        statistics untouched), for training the decoder alone; the quantizer loss is 0."""
+        modes = [m.training for m in self.encoder_half()]
+        for m in self.encoder_half():
+            m.eval()
+        try:
+            with torch.no_grad():
+                q = self.quantizer(self._latents(video))
+        finally:
+            for m, mode in zip(self.encoder_half(), modes, strict=True):
+                m.train(mode)
+        return QuantizeOutput(quantized=q.quantized, indices=q.indices, loss=q.quantized.new_zeros(()).float(),
+                              usage=q.usage, perplexity=q.perplexity)
+
     def compute_loss(self, video: Tensor) -> LossOutput:
         """video (B, T, H, W, C) in [0, 1] -> LossOutput(MSE in [0, 1] units + quantizer loss).
 
         metrics: recon_mse, psnr (dB, of the clamped reconstruction), quant_loss, codebook_usage
         (fraction of codes used in the batch), perplexity (of the batch's code histogram); with
         ``edge_weight`` / ``temporal_weight`` also edge_loss (L1 of spatial pixel differences) and
-        temporal_loss (MSE of frame-to-frame differences), each added to the loss at its weight.
+        temporal_loss (MSE of frame-to-frame differences), each added to the loss at its weight. With
+        ``decoder_only`` the tokens come from the frozen encoder and codebook, unchanged by training.
         """
-        q = self.quantizer(self._latents(video))  # updates codebook statistics in training mode
+        q = self._frozen_codes(video) if self.config.decoder_only else \
+            self.quantizer(self._latents(video))  # updates codebook statistics in training mode
         recon = self._pixels(q.quantized).float()  # (B, T, H, W, C)
         video = video.float()
         mse = F.mse_loss(recon, video)

@@ -96,9 +96,18 @@ def _dynamics_trainable(run_cfg: Any, device: Any) -> nn.Module:
     return DynamicsTrainer(run_cfg.model, tokenizer=tok, lam=lam, weights_sha256=sha)
 
 
+def _tokenizer_trainable(run_cfg: Any, device: Any) -> nn.Module:
+    from playworld.models.tokenizer import VideoTokenizer
+
+    if run_cfg.model.decoder_only and not run_cfg.train.init_from:
+        raise ConfigError("tokenizer.decoder_only trains the decoder of a tokenizer that exists: set train.init_from "
+                          "to that tokenizer's run directory (its encoder and codebook are kept as they are)")
+    return VideoTokenizer(run_cfg.model)
+
+
 SPECS: dict[str, ModelSpec] = {
     "tokenizer": ModelSpec("tokenizer", "playworld.models.tokenizer:TokenizerConfig",
-                           "playworld.models.tokenizer:VideoTokenizer",
+                           "playworld.models.tokenizer:VideoTokenizer", trainable=_tokenizer_trainable,
                            samples_path="playworld.train.samples:tokenizer_samples"),
     "lam": ModelSpec("lam", "playworld.models.lam:LAMConfig", "playworld.models.lam:LatentActionModel",
                      samples_path="playworld.train.samples:lam_samples"),
