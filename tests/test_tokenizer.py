@@ -266,3 +266,32 @@ def test_decoder_only_training_keeps_the_tokens_and_improves_the_decoder(tmp_pat
     with pytest.raises(ConfigError, match="decoder_only.*train.init_from"):
         Trainer(dataclasses.replace(decoder, train=dataclasses.replace(decoder.train, init_from="")),
                 tmp_path / "refused", progress=False)
+
+
+def test_a_deeper_decoder_starts_from_the_source_reconstructions(tmp_path):
+    """``decoder_only`` with ``dec_depth`` above the source's adds decoder blocks that start as the identity:
+    before any step the tokenizer reconstructs exactly as the source does; only trailing whole blocks
+    may be missing."""
+    from playworld.errors import CheckpointError
+    from playworld.release import save_release
+    from playworld.train import DataConfig, RunConfig, TrainConfig, Trainer
+
+    from helpers import make_dataset
+
+    source = _model(dim=32, heads=2, num_codes=32).eval()
+    cfg = RunConfig(kind="tokenizer", model=source.config,
+                    data=DataConfig(path=str(make_dataset(tmp_path / "ds", episodes=2, length=6)), clip_len=4,
+                                    batch_size=2),
+                    train=TrainConfig(steps=1, val_every=0, precision="fp32"))
+    save_release(tmp_path / "src", source.state_dict(), cfg.to_dict())
+    deeper = dataclasses.replace(source.config, dec_depth=3, decoder_only=True)
+    trainer = Trainer(dataclasses.replace(cfg, model=deeper, train=dataclasses.replace(cfg.train, init_from=str(
+        tmp_path / "src"))), tmp_path / "deep", progress=False)
+    model = trainer.model.eval()
+    assert len(model.decoder.blocks) == 3
+    video = moving_square_clip(b=2, t=3)
+    assert torch.allclose(model.reconstruct(video), source.reconstruct(video), atol=1e-6)
+    assert model.decoder.blocks[2].mlp.fc2.weight.abs().sum() == 0 and model.decoder.blocks[0].mlp.fc2.weight.abs().sum() > 0
+    block0 = {f"decoder.blocks.0.{n}" for n in model.decoder.blocks[0].state_dict()}
+    with pytest.raises(CheckpointError, match=r"src.*decoder block\(s\) \[0\] of 3"):
+        model.init_from_missing(block0, str(tmp_path / "src"))

@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from playworld.config import field
-from playworld.errors import ConfigError
+from playworld.errors import CheckpointError, ConfigError
 from playworld.models.base import LossOutput, TrainableModel, psnr_from_mse
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 from playworld.nn.convstem import ConvHead, ConvStem
@@ -198,6 +198,32 @@ class VideoTokenizer(TrainableModel):
     def encoder_half(self) -> tuple[nn.Module, ...]:
         """The modules that make the tokens (pixels -> codes): frozen under ``decoder_only``."""
         return (self.patch_in, self.encoder, self.to_code, self.quantizer)
+
+    def init_from_optional(self) -> set[str]:
+        """What ``train.init_from`` may find missing from the source tokenizer: under ``decoder_only``, decoder
+        blocks after the source's own (a deeper decoder, ``dec_depth`` above the source's); they start as the
+        identity (:meth:`init_from_missing`), so the fine-tune starts from the source's reconstructions."""
+        if not self.config.decoder_only:
+            return set()
+        return {f"decoder.blocks.{i}.{n}" for i, block in enumerate(self.decoder.blocks)
+                for n in block.state_dict()}
+
+    def init_from_missing(self, missing: set[str], where: str) -> None:
+        """Start the decoder blocks that the source at ``where`` lacked (``missing``: their tensor names) as
+        the identity: each residual branch's output projection zero. Only whole blocks after the source's
+        last may be missing."""
+        blocks = self.decoder.blocks
+        absent = [i for i, block in enumerate(blocks) if any(f"decoder.blocks.{i}.{n}" in missing
+                                                             for n in block.state_dict())]
+        partial = [i for i in absent if not all(f"decoder.blocks.{i}.{n}" in missing for n in blocks[i].state_dict())]
+        if partial or absent != list(range(len(blocks) - len(absent), len(blocks))):
+            raise CheckpointError(f"{where}: a deeper decoder adds whole blocks after the source's, but decoder "
+                                  f"block(s) {partial or absent} of {len(blocks)} are missing from it")
+        with torch.no_grad():
+            for i in absent:
+                for proj in (blocks[i].attn_s.proj, blocks[i].attn_t.proj, blocks[i].mlp.fc2):
+                    proj.weight.zero_()
+                    proj.bias.zero_()
 
     @property
     def num_codes(self) -> int:

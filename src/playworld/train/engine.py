@@ -243,9 +243,13 @@ class Trainer:
         saved, weights = read_release(source, self.device)
         if saved.kind != self.cfg.kind:
             raise CheckpointError(f"train.init_from {source}: a {saved.kind} run, but this run trains {self.cfg.kind}")
-        # parameters a model may add at their identity (dynamics.action_cond='adaln') keep their init values
+        # parameters a model may add at their identity keep their init values (dynamics.action_cond='adaln')
+        # or are set to it by the model (tokenizer.decoder_only with a deeper decoder)
         optional = getattr(self.release, "init_from_optional", set)()
         load_into(self.release, source, weights, optional)
+        missing = set(optional) - set(weights)
+        if missing and hasattr(self.release, "init_from_missing"):  # e.g. decoder blocks a fine-tune adds
+            self.release.init_from_missing(missing, str(source / "model.safetensors"))
 
     def _build_forward(self) -> nn.Module:
         module: nn.Module = _LossModule(self.model)
