@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -191,31 +191,40 @@ class VideoTokenizer(TrainableModel):
         # unit-variance latents at init (the encoder ends in a LayerNorm): FSQ's grid then starts spread
         # over its levels instead of every latent rounding to the centre code
         nn.init.normal_(self.to_code.weight, std=c.dim**-0.5)
-        if c.decoder_only:  # frozen: no gradient, not in the optimizer, not averaged, kept fp32
+        if c.decoder_only:  # frozen: no gradient, not in the optimizer, not averaged, kept fp32, eval mode
             for part in self.encoder_half():
-                part.requires_grad_(False)
+                part.requires_grad_(False).eval()
 
     def encoder_half(self) -> tuple[nn.Module, ...]:
         """The modules that make the tokens (pixels -> codes): frozen under ``decoder_only``."""
         return (self.patch_in, self.encoder, self.to_code, self.quantizer)
 
+    def train(self, mode: bool = True) -> VideoTokenizer:
+        """Set training mode; under ``decoder_only`` the encoder half stays in eval mode (no dropout, the
+        codebook's statistics and dead-code restarts untouched), so its tokens are those ``encode`` makes."""
+        super().train(mode)
+        if self.config.decoder_only:
+            for part in self.encoder_half():
+                part.eval()
+        return self
+
+    def _decoder_block_names(self) -> list[set[str]]:
+        """Per decoder block, the names of its tensors in this model's state dict."""
+        return [{f"decoder.blocks.{i}.{n}" for n in block.state_dict()} for i, block in enumerate(self.decoder.blocks)]
+
     def init_from_optional(self) -> set[str]:
         """What ``train.init_from`` may find missing from the source tokenizer: under ``decoder_only``, decoder
         blocks after the source's own (a deeper decoder, ``dec_depth`` above the source's); they start as the
         identity (:meth:`init_from_missing`), so the fine-tune starts from the source's reconstructions."""
-        if not self.config.decoder_only:
-            return set()
-        return {f"decoder.blocks.{i}.{n}" for i, block in enumerate(self.decoder.blocks)
-                for n in block.state_dict()}
+        return set().union(*self._decoder_block_names()) if self.config.decoder_only else set()
 
     def init_from_missing(self, missing: set[str], where: str) -> None:
         """Start the decoder blocks that the source at ``where`` lacked (``missing``: their tensor names) as
         the identity: each residual branch's output projection zero. Only whole blocks after the source's
         last may be missing."""
-        blocks = self.decoder.blocks
-        absent = [i for i, block in enumerate(blocks) if any(f"decoder.blocks.{i}.{n}" in missing
-                                                             for n in block.state_dict())]
-        partial = [i for i in absent if not all(f"decoder.blocks.{i}.{n}" in missing for n in blocks[i].state_dict())]
+        blocks, names = self.decoder.blocks, self._decoder_block_names()
+        absent = [i for i, block_names in enumerate(names) if block_names & missing]
+        partial = [i for i in absent if not names[i] <= missing]
         if partial or absent != list(range(len(blocks) - len(absent), len(blocks))):
             raise CheckpointError(f"{where}: a deeper decoder adds whole blocks after the source's, but decoder "
                                   f"block(s) {partial or absent} of {len(blocks)} are missing from it")
@@ -355,19 +364,11 @@ class VideoTokenizer(TrainableModel):
         return self._pixels(codes, decoder, commit).clamp(0.0, 1.0)
 
     def _frozen_codes(self, video: Tensor) -> QuantizeOutput:
-        """The tokens of ``video`` as ``encode`` makes them (encoder in eval mode, no gradient, codebook
-        statistics untouched), for training the decoder alone; the quantizer loss is 0."""
-        modes = [m.training for m in self.encoder_half()]
-        for m in self.encoder_half():
-            m.eval()
-        try:
-            with torch.no_grad():
-                q = self.quantizer(self._latents(video))
-        finally:
-            for m, mode in zip(self.encoder_half(), modes, strict=True):
-                m.train(mode)
-        return QuantizeOutput(quantized=q.quantized, indices=q.indices, loss=q.quantized.new_zeros(()).float(),
-                              usage=q.usage, perplexity=q.perplexity)
+        """The tokens of ``video`` as ``encode`` makes them (the encoder half is kept in eval mode by
+        :meth:`train`; no gradient), for training the decoder alone; the quantizer loss is 0."""
+        with torch.no_grad():
+            q = self.quantizer(self._latents(video))
+        return replace(q, loss=q.quantized.new_zeros((), dtype=torch.float32))
 
     def compute_loss(self, video: Tensor) -> LossOutput:
         """video (B, T, H, W, C) in [0, 1] -> LossOutput(MSE in [0, 1] units + quantizer loss).
