@@ -1,16 +1,23 @@
-"""Reconstruction PSNR of a trained tokenizer on a held-out split (levels never trained on), with a
-95% bootstrap interval over clips, plus code usage and perplexity of the tokens it produces, and the motion
-it keeps (shift between consecutive reconstructions regressed on the real shift, per axis; docs/eval.md).
+"""Reconstruction PSNR of trained tokenizers on a held-out split (levels never trained on), with a
+95% bootstrap interval over clips, plus code usage and perplexity of the tokens each produces, and the
+motion it keeps (shift between consecutive reconstructions regressed on the real shift, per axis;
+docs/eval.md). Several tokenizers are measured on the same clips; ``--grid`` writes a PNG with, for a few
+clips, the real frame beside each tokenizer's reconstruction and its error (x4), upscaled without smoothing,
+so fine detail (the agent's sprite, wall texture) can be judged by eye.
 
     .venv/bin/python benchmarks/tokenizer_psnr.py runs/coinrun/tokenizer --data data/coinrun-mix --split test
+    .venv/bin/python benchmarks/tokenizer_psnr.py OLD NEW --data data/coinrun-eval --grid recon.png
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 import playworld
 from playworld.data.loader import ClipDataset
@@ -19,27 +26,17 @@ from playworld.eval.motion import MotionEstimator
 from playworld.models.base import psnr_from_mse
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--clips", type=int, default=256)
-    p.add_argument("--clip-len", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
-    tok = playworld.load(args.run).tokenizer
-    assert tok is not None, f"{args.run}: no tokenizer"
-    clips = ClipDataset(args.data, clip_len=args.clip_len, split=args.split)
-    rng = np.random.default_rng(args.seed)
-    idx = np.sort(rng.choice(len(clips), size=min(args.clips, len(clips)), replace=False))
+def measure(tok, clips: ClipDataset, idx: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
+    """Figures of one tokenizer on clips ``idx``; also the reconstructions of the first batch (B, T, H, W, C)."""
+    rng = np.random.default_rng(seed)
     psnr, counts = [], torch.zeros(tok.num_codes)
-    motion, real_shift, rec_shift = MotionEstimator(), [], []
+    motion, real_shift, rec_shift, first = MotionEstimator(), [], [], None
     with torch.no_grad():
         for s in range(0, len(idx), 16):
             video = clips.get_batch(idx[s : s + 16].tolist()).float().div(255.0)  # (B, T, H, W, C)
             enc = tok.encode(video)
-            recon = tok.decode(enc.indices)
+            recon = tok.decode(enc.indices).clamp(0, 1)
+            first = recon.numpy() if first is None else first
             mse = (recon - video).square().mean(dim=(1, 2, 3, 4))  # per clip
             psnr += psnr_from_mse(mse).tolist()
             real_shift.append(motion(video[:, :-1], video[:, 1:]).numpy())  # (B, T-1, 2) dy, dx
@@ -48,15 +45,80 @@ def main() -> None:
     psnr_a = np.asarray(psnr)
     boot = [rng.choice(psnr_a, size=len(psnr_a)).mean() for _ in range(2000)]
     prob = counts / counts.sum()
-    ppl = float(torch.exp(-(prob[prob > 0] * prob[prob > 0].log()).sum()))
-    print(f"{args.split} split: {len(psnr_a)} clips x {args.clip_len} frames from {len(clips.dataset.episodes(args.split))} episodes")
-    print(f"reconstruction PSNR {psnr_a.mean():.2f} dB (95% CI {np.percentile(boot, 2.5):.2f}-{np.percentile(boot, 97.5):.2f})")
-    print(f"codes used {int((counts > 0).sum())}/{tok.num_codes}, perplexity {ppl:.1f}")
     real, rec = np.concatenate(real_shift), np.concatenate(rec_shift)  # (N, T-1, 2)
     kept = motion_kept(rec.reshape(-1, 2), real.reshape(-1, 2), np.repeat(np.arange(len(real)), real.shape[1]),
-                       seed=args.seed, resamples=1000)
-    print("motion kept dy / dx: " + " / ".join(f"{kept.slope[a]}" for a in ("dy", "dx"))
-          + f" (correlation {' / '.join(f'{kept.correlation[a].mean:.2f}' for a in ('dy', 'dx'))})")
+                       seed=seed, resamples=1000)
+    return {
+        "psnr": psnr_a.mean(), "low": np.percentile(boot, 2.5), "high": np.percentile(boot, 97.5),
+        "used": int((counts > 0).sum()), "codes": tok.num_codes,
+        "ppl": float(torch.exp(-(prob[prob > 0] * prob[prob > 0].log()).sum())), "kept": kept,
+    }, first
+
+
+def write_grid(path: Path, real: np.ndarray, recons: list[np.ndarray], names: list[str], rows: int,
+               scale: int = 3) -> None:
+    """Rows of [real | recon_1 | error_1 | recon_2 | error_2 ...] for the last frame of the first ``rows``
+    clips; frames (B, T, H, W, C) in [0, 1]. Written to a temporary name, then renamed."""
+    cols = [("real", None)] + [(f"{n}", r) for n, r in zip(names, recons)]
+    tiles = []
+    for i in range(min(rows, real.shape[0])):
+        frame = real[i, -1]
+        row = [frame]
+        for _, r in cols[1:]:
+            row += [r[i, -1], np.clip(np.abs(r[i, -1] - frame) * 4.0, 0, 1)]
+        tiles.append(np.concatenate(row, axis=1))  # (H, W * n, C)
+    image = (np.concatenate(tiles, axis=0) * 255).round().astype(np.uint8)
+    image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    h, w = real.shape[2] * scale, real.shape[3] * scale
+    header = Image.new("RGB", (image.shape[1], 14), "white")
+    draw = ImageDraw.Draw(header)
+    labels = ["real"] + [x for n in names for x in (n, f"{n} error x4")]
+    for j, label in enumerate(labels):
+        draw.text((j * w + 3, 1), label[: w // 6], fill="black")
+    out = Image.new("RGB", (image.shape[1], image.shape[0] + 14), "white")
+    out.paste(header, (0, 0))
+    out.paste(Image.fromarray(image), (0, 14))
+    assert out.size[1] == 14 + h * len(tiles)
+    tmp = path.with_name(path.name + ".tmp")
+    out.save(tmp, format="PNG", optimize=True)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="runs or tokenizer directories, measured on the same clips")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--clips", type=int, default=256)
+    p.add_argument("--clip-len", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", type=Path, help="write a PNG of real frames beside each tokenizer's reconstruction")
+    p.add_argument("--grid-rows", type=int, default=6, help="clips in the grid (from the first batch of 16)")
+    p.add_argument("--names", nargs="+", help="column names in the grid (default: each run's folder name)")
+    args = p.parse_args()
+    names = args.names or [Path(r).name for r in args.runs]
+    if len(names) != len(args.runs):
+        p.error(f"--names gives {len(names)} names for {len(args.runs)} runs")
+    clips = ClipDataset(args.data, clip_len=args.clip_len, split=args.split)
+    idx = np.sort(np.random.default_rng(args.seed).choice(len(clips), size=min(args.clips, len(clips)), replace=False))
+    print(f"{args.split} split: {len(idx)} clips x {args.clip_len} frames from "
+          f"{len(clips.dataset.episodes(args.split))} episodes")
+    recons = []
+    for run, name in zip(args.runs, names):
+        tok = playworld.load(run).tokenizer
+        if tok is None:
+            raise SystemExit(f"{run}: no tokenizer")
+        f, first = measure(tok, clips, idx, args.seed)
+        recons.append(first)
+        kept = f["kept"]
+        print(f"{name}: reconstruction PSNR {f['psnr']:.2f} dB (95% CI {f['low']:.2f}-{f['high']:.2f}); "
+              f"codes used {f['used']}/{f['codes']}, perplexity {f['ppl']:.1f}; motion kept dy / dx: "
+              + " / ".join(f"{kept.slope[a]}" for a in ("dy", "dx"))
+              + f" (correlation {' / '.join(f'{kept.correlation[a].mean:.2f}' for a in ('dy', 'dx'))})")
+    if args.grid:
+        real = clips.get_batch(idx[:16].tolist()).float().div(255.0).numpy()
+        write_grid(args.grid, real, recons, names, args.grid_rows)
+        print(f"wrote {args.grid}")
 
 
 if __name__ == "__main__":
