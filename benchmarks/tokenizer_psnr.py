@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", type=Path, help="write a PNG of real frames beside each tokenizer's reconstruction")
     p.add_argument("--grid-rows", type=int, default=6, help="clips in the grid (from the first batch of 16)")
+    p.add_argument("--grid-scale", type=int, default=3, help="pixels per frame pixel in the grid")
     p.add_argument("--names", nargs="+", help="column names in the grid (default: each run's folder name)")
     args = p.parse_args()
     names = args.names or [Path(r).name for r in args.runs]
@@ -125,7 +126,7 @@ def main() -> None:
                   f"{np.percentile(boot, 97.5):+.2f}; better on {(diff > 0).mean():.0%} of clips)")
     if args.grid:
         real = clips.get_batch(idx[:16].tolist()).float().div(255.0).numpy()
-        write_grid(args.grid, real, recons, names, args.grid_rows)
+        write_grid(args.grid, real, recons, names, args.grid_rows, args.grid_scale)
         print(f"wrote {args.grid}")
 
 
