@@ -59,17 +59,16 @@ def write_grid(path: Path, real: np.ndarray, recons: list[np.ndarray], names: li
                scale: int = 3) -> None:
     """Rows of [real | recon_1 | error_1 | recon_2 | error_2 ...] for the last frame of the first ``rows``
     clips; frames (B, T, H, W, C) in [0, 1]. Written to a temporary name, then renamed."""
-    cols = [("real", None)] + [(f"{n}", r) for n, r in zip(names, recons)]
     tiles = []
     for i in range(min(rows, real.shape[0])):
         frame = real[i, -1]
         row = [frame]
-        for _, r in cols[1:]:
+        for r in recons:
             row += [r[i, -1], np.clip(np.abs(r[i, -1] - frame) * 4.0, 0, 1)]
         tiles.append(np.concatenate(row, axis=1))  # (H, W * n, C)
     image = (np.concatenate(tiles, axis=0) * 255).round().astype(np.uint8)
     image = image.repeat(scale, axis=0).repeat(scale, axis=1)
-    h, w = real.shape[2] * scale, real.shape[3] * scale
+    w = real.shape[3] * scale
     header = Image.new("RGB", (image.shape[1], 14), "white")
     draw = ImageDraw.Draw(header)
     labels = ["real"] + [x for n in names for x in (n, f"{n} error x4")]
@@ -78,7 +77,6 @@ def write_grid(path: Path, real: np.ndarray, recons: list[np.ndarray], names: li
     out = Image.new("RGB", (image.shape[1], image.shape[0] + 14), "white")
     out.paste(header, (0, 0))
     out.paste(Image.fromarray(image), (0, 14))
-    assert out.size[1] == 14 + h * len(tiles)
     tmp = path.with_name(path.name + ".tmp")
     out.save(tmp, format="PNG", optimize=True)
     os.replace(tmp, path)
