@@ -147,6 +147,17 @@ async def players(url: str, n: int, seconds: float, picture: str, num_actions: i
     return frames, wall, 1000 * sum(r for _, r in results) / max(frames, 1)
 
 
+def wait_until_empty(server: PlayServer, timeout_s: float = 30.0) -> None:
+    """Wait until the server has let go of every earlier player: a closed connection's session leaves once
+    its in-flight step is done, and with ``max_sessions`` at the number of players the next measurement's
+    players would otherwise be turned away as "server full" (close code 1013)."""
+    end = time.perf_counter() + timeout_s
+    while server.sessions:
+        if time.perf_counter() > end:
+            raise RuntimeError(f"{len(server.sessions)} earlier sessions still open after {timeout_s:g} s")
+        time.sleep(0.01)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="a trained run directory (default: the shipped CoinRun world)")
@@ -227,6 +238,7 @@ def main() -> None:
     url = f"ws://127.0.0.1:{port}/ws"
     for n in args.sessions:
         server.scheduler.stats.max_batch = 0
+        wait_until_empty(server)
         frames, wall, rtt = asyncio.run(players(url, n, args.seconds, picture, server.num_actions))
         batched = scheduler.call(world_fps, mods, wcfg, n, args.seconds) if n > 1 else single
         print(f"server, {n:2d} player(s): {frames / wall:7.1f} frames/s in all, {frames / wall / n:6.1f} per player, "
@@ -237,6 +249,7 @@ def main() -> None:
     for pace_s, what in ((0.0, "keys back to back"), (pace, f"a held key ({args.key_rate:g} keys/s at most)")):
         for defer in (True, False):
             scheduler.defer_commit = defer
+            wait_until_empty(server)
             frames, wall, rtt = asyncio.run(players(url, 1, args.seconds, picture, server.num_actions, pace_s))
             print(f"server, 1 player, {what}, {'reply then commit' if defer else 'commit then reply'}: "
                   f"{frames / wall:5.1f} frames/s, key to frame {rtt:5.1f} ms")
