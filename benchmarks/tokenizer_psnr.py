@@ -12,7 +12,6 @@ so fine detail (the agent's sprite, wall texture) can be judged by eye.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +22,20 @@ import playworld
 from playworld.data.loader import ClipDataset
 from playworld.eval.kept import motion_kept
 from playworld.eval.motion import MotionEstimator
+from playworld.eval.stats import bootstrap
+from playworld.io import atomic_write
 from playworld.models.base import psnr_from_mse
 
 
 def measure(tok, clips: ClipDataset, idx: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
     """Figures of one tokenizer on clips ``idx``; also the reconstructions of the first batch (B, T, H, W, C)."""
-    rng = np.random.default_rng(seed)
     psnr, counts = [], torch.zeros(tok.num_codes)
     motion, real_shift, rec_shift, first = MotionEstimator(), [], [], None
     with torch.no_grad():
         for s in range(0, len(idx), 16):
             video = clips.get_batch(idx[s : s + 16].tolist()).float().div(255.0)  # (B, T, H, W, C)
             enc = tok.encode(video)
-            recon = tok.decode(enc.indices).clamp(0, 1)
+            recon = tok.decode(enc.indices)  # clamped to [0, 1]
             first = recon.numpy() if first is None else first
             mse = (recon - video).square().mean(dim=(1, 2, 3, 4))  # per clip
             psnr += psnr_from_mse(mse).tolist()
@@ -43,13 +43,13 @@ def measure(tok, clips: ClipDataset, idx: np.ndarray, seed: int) -> tuple[dict, 
             rec_shift.append(motion(recon[:, :-1], recon[:, 1:]).numpy())
             counts += torch.bincount(enc.indices.flatten(), minlength=tok.num_codes).float()
     psnr_a = np.asarray(psnr)
-    boot = [rng.choice(psnr_a, size=len(psnr_a)).mean() for _ in range(2000)]
+    ci = bootstrap(psnr_a, seed=seed, resamples=2000)
     prob = counts / counts.sum()
     real, rec = np.concatenate(real_shift), np.concatenate(rec_shift)  # (N, T-1, 2)
     kept = motion_kept(rec.reshape(-1, 2), real.reshape(-1, 2), np.repeat(np.arange(len(real)), real.shape[1]),
                        seed=seed, resamples=1000)
     return {
-        "clips": psnr_a, "psnr": psnr_a.mean(), "low": np.percentile(boot, 2.5), "high": np.percentile(boot, 97.5),
+        "clips": psnr_a, "psnr": ci.mean, "low": ci.low, "high": ci.high,
         "used": int((counts > 0).sum()), "codes": tok.num_codes,
         "ppl": float(torch.exp(-(prob[prob > 0] * prob[prob > 0].log()).sum())), "kept": kept,
     }, first
@@ -77,9 +77,7 @@ def write_grid(path: Path, real: np.ndarray, recons: list[np.ndarray], names: li
     out = Image.new("RGB", (image.shape[1], image.shape[0] + 14), "white")
     out.paste(header, (0, 0))
     out.paste(Image.fromarray(image), (0, 14))
-    tmp = path.with_name(path.name + ".tmp")
-    out.save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: out.save(tmp, format="PNG", optimize=True))
 
 
 def main() -> None:
@@ -118,10 +116,9 @@ def main() -> None:
             first_clips = f["clips"]
         else:  # paired over the same clips: far tighter than the two intervals above
             diff = f["clips"] - first_clips
-            rng = np.random.default_rng(args.seed)
-            boot = [rng.choice(diff, size=len(diff)).mean() for _ in range(2000)]
-            print(f"  {name} - {names[0]}: {diff.mean():+.2f} dB (paired 95% CI {np.percentile(boot, 2.5):+.2f} to "
-                  f"{np.percentile(boot, 97.5):+.2f}; better on {(diff > 0).mean():.0%} of clips)")
+            d = bootstrap(diff, seed=args.seed, resamples=2000)
+            print(f"  {name} - {names[0]}: {d.mean:+.2f} dB (paired 95% CI {d.low:+.2f} to {d.high:+.2f}; "
+                  f"better on {(diff > 0).mean():.0%} of clips)")
     if args.grid:
         real = clips.get_batch(idx[:16].tolist()).float().div(255.0).numpy()
         write_grid(args.grid, real, recons, names, args.grid_rows, args.grid_scale)
