@@ -89,6 +89,7 @@ class World:
             raise ValueError("the backend given to World must wrap the world's own dynamics model and tokenizer")
         self.tokenizer, self.lam, self.dynamics = tokenizer.eval(), lam.eval(), dynamics.eval()
         self.config = config or WorldConfig()
+        self.backend.check_sampling(self.config.sampling)
         self.device = next(dynamics.parameters()).device
         self._cache: Any = None  # the backend's cache of the past
         self._decoder_cache: Any = None
@@ -247,7 +248,8 @@ class World:
 
         ``defer_commit``: return the frames before writing the new frame's keys/values to the dynamics
         caches (about a third of a step's time); :meth:`commit_many` writes them, or the next step
-        does. The frames are the same either way; a server commits while the frame is on its way.
+        does. The frames are the same either way; a server commits while the frame is on its way. A
+        backend that writes them while sampling (``commits_in_sample``: a one_pass model) has nothing to defer.
         """
         if len(worlds) != len(actions):
             raise ValueError(f"{len(worlds)} worlds but {len(actions)} actions")
@@ -269,7 +271,8 @@ class World:
         groups = [(w._generator, w.batch_size) for w in worlds]
         backend = first.backend
         latents = backend.sample(frame_actions, caches, prev, first.config.sampling, groups)  # (B, *L)
-        if not defer_commit:
+        defer_commit = defer_commit and not backend.commits_in_sample  # nothing left to write
+        if not defer_commit and not backend.commits_in_sample:
             backend.commit(latents[:, None], frame_actions, caches, prev)
         frames = backend.decode(latents[:, None], [x._decoder_cache for x in worlds])[:, 0]  # (B, H, W, C)
         out, start = [], 0

@@ -84,9 +84,20 @@ class DynamicsBackend(ABC):
     def sample(self, frame_actions: Tensor, caches: Caches, prev: Tensor, sampling: Any,
                generators: RowGenerators) -> Tensor:
         """The next frame's latents (B, *L) after ``prev`` (B, *L) under ``frame_actions`` (B, 1), against
-        the cached past, without writing it to the caches. ``sampling``: the world's sampling settings;
+        the cached past, without writing it to the caches (unless :attr:`commits_in_sample`). ``sampling``: the world's sampling settings;
         ``generators``: (generator, rows) per world in row order, each drawing exactly the numbers it would
         draw if that world stepped alone (so a seed fixes its frames, batched or not)."""
+
+    def check_sampling(self, sampling: Any) -> None:
+        """Raise a ConfigError if this backend's model cannot sample with ``sampling`` (checked when a
+        world is built, before anyone plays); by default every setting is accepted."""
+        return None
+
+    @property
+    def commits_in_sample(self) -> bool:
+        """Whether :meth:`sample` itself writes the new frame to the caches (a model whose frame state is
+        that of the pass predicting it): a world then never calls :meth:`commit` for a sampled frame."""
+        return False
 
     def frame_actions(self, actions: Tensor) -> Tensor:
         """Transition actions (B, T-1) -> per-frame conditioning (B, T), the first frame "no action"."""

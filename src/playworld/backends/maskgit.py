@@ -31,14 +31,25 @@ class MaskGITBackend(CachedModelBackend):
         indices = rearrange(latents, "b t (h w) -> b t h w", h=h, w=w)
         return self.tokenizer.decode_step(indices, decoder_caches)  # type: ignore[operator]
 
+    def check_sampling(self, sampling: Any) -> None:
+        if isinstance(sampling, SamplingConfig):
+            self.model.check_one_pass_sampling(sampling)
+
+    @property
+    def commits_in_sample(self) -> bool:
+        """A ``one_pass`` model's frame state is that of the pass predicting it: sampling writes it."""
+        return bool(self.model.config.one_pass)
+
     def sample(self, frame_actions: Tensor, caches: Caches, prev: Tensor, sampling: Any,
                generators: RowGenerators) -> Tensor:
         if not isinstance(sampling, SamplingConfig):
             raise TypeError(f"the maskgit backend samples with a SamplingConfig, got {type(sampling).__name__}")
         model = self.model
+        model.check_one_pass_sampling(sampling)
+        commit = self.commits_in_sample
 
         def logits_fn(tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, V)
-            return model.step_logits(tokens, frame_actions, caches, prev, sampling.action_guidance)
+            return model.step_logits(tokens, frame_actions, caches, prev, sampling.action_guidance, commit=commit)
 
         return maskgit_decode(logits_fn, prev.shape[0], model.config.num_tokens, model.mask_id, sampling,
                               generators, prev.device, prev=prev)  # (B, S)

@@ -133,6 +133,13 @@ class DynamicsConfig:
                              "of being added, the embedding is one more token of its frame, which every token of "
                              "the frame attends to in spatial attention and the frames' action tokens to each "
                              "other in temporal attention, as Jasmine feeds its true actions)")
+    one_pass: bool = field(False, help="every frame is predicted fully masked from the previous frame's tokens "
+                           "(prev_frame_input) and the states of the frames before, in training as at play, so "
+                           "a frame's keys/values are those of the very pass that predicts it: play writes them "
+                           "while sampling, with no second (commit) pass per frame, about half of a step's "
+                           "dynamics cost. A clip's first frame is then only the second's previous frame. Plays "
+                           "with 1 MaskGIT step (play's setting); a model trained without it can be fine-tuned "
+                           "into it through train.init_from (the same parameters)")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
     backend: str = field("maskgit", help="how a world makes the next frame with this model at play time "
                          "(playworld.backends: 'maskgit', or 'flow': a flow-matching model over the tokenizer's "
@@ -172,6 +179,11 @@ class DynamicsConfig:
             self.flow = FlowConfig(**self.flow)
         if not isinstance(self.flow, FlowConfig):
             raise ConfigError(f"dynamics.flow must be a FlowConfig or a mapping, got {type(self.flow).__name__}")
+        if self.one_pass and (not self.prev_frame_input or self.context_noise or self.clean_prefix
+                              or self.mask_first_frame or self.backend != "maskgit"):
+            raise ConfigError("dynamics.one_pass reads each frame's tokens only as the next frame's previous "
+                              "frame: it needs prev_frame_input and the maskgit backend, and has no unmasked "
+                              "inputs for context_noise, clean_prefix or mask_first_frame to act on")
         if self.backend == "flow" and (self.context_noise or self.clean_prefix or self.mask_first_frame
                                        or self.self_forcing or self.change_weight):
             raise ConfigError("dynamics.context_noise, clean_prefix, self_forcing, change_weight and "
@@ -311,7 +323,8 @@ class DynamicsModel(nn.Module):
         if frame_actions.shape != tokens.shape[:2]:
             raise ValueError(f"frame_actions must be {tuple(tokens.shape[:2])}, got {tuple(frame_actions.shape)}")
         act = self.action_emb(frame_actions)[:, :, None, :]  # (B, T, 1, D)
-        x = self.token_emb(tokens)
+        # one_pass: every frame enters as [MASK]; its tokens reach the model as the next frame's prev only
+        x = self.token_emb(torch.full_like(tokens, self.mask_id) if self.config.one_pass else tokens)
         if not self.action_tokens:
             x = x + act
         if self.prev_emb is not None:
@@ -333,7 +346,13 @@ class DynamicsModel(nn.Module):
     def commit(self, tokens: Tensor, frame_actions: Tensor, cache: TemporalKVCache | Sequence[TemporalKVCache],
                prev: Tensor | None = None) -> None:
         """Append known frames (B, T, S) to ``cache`` (their keys/values), skipping everything after the
-        last block's keys/values (its attention output and MLP, the final norm and the output head)."""
+        last block's keys/values (its attention output and MLP, the final norm and the output head).
+        ``one_pass`` without ``prev``: the first frame is only the next one's previous frame (as in
+        training), so T - 1 frames are appended."""
+        if self.config.one_pass and prev is None:
+            if tokens.shape[1] < 2:
+                return
+            tokens, frame_actions, prev = tokens[:, 1:], frame_actions[:, 1:], tokens[:, 0]
         self.transformer.commit_frames(self.embed(tokens, frame_actions, prev), cache,
                                        cond=self.block_cond(frame_actions))
 
@@ -366,21 +385,32 @@ class DynamicsModel(nn.Module):
 
     def step_logits(self, frame: Tensor, frame_actions: Tensor,
                     cache: TemporalKVCache | Sequence[TemporalKVCache], prev: Tensor,
-                    action_guidance: float = 1.0) -> Tensor:
+                    action_guidance: float = 1.0, commit: bool = False) -> Tensor:
         """One decoding pass of the frame after the cached ones: frame (B, S) tokens (masked = ``mask_id``),
         frame_actions (B, 1), prev (B, S) the frame before -> (B, S, V) fp32 logits; the cache is read, not
         written. With ``action_guidance`` g > 1 (``SamplingConfig.action_guidance``): log-probabilities
         lp_a + (g - 1) (lp_a - lp_free), where lp_free is the no-action id's for a model trained with
         ``action_dropout``, else the mean over the |A| latent actions; all in one pass of 2 (or |A| + 1)
-        copies of the batch."""
+        copies of the batch. ``commit`` (``one_pass`` models, whose frame state is this pass's): the pass also
+        writes the frame to the cache (with guidance, one more pass of the pressed action writes it)."""
+        if commit and not self.config.one_pass:
+            raise ValueError("only a one_pass dynamics model commits the pass that predicts a frame")
         if action_guidance == 1.0:
-            return self(frame[:, None], frame_actions, cache=cache, commit=False, prev=prev)[:, 0].float()
+            return self(frame[:, None], frame_actions, cache=cache, commit=commit, prev=prev)[:, 0].float()
         asked = guidance_actions(frame_actions, self)  # (n, B, 1): the pressed action first
         n = len(asked)
         lp = self(frame[:, None].repeat(n, 1, 1), rearrange(asked, "n b one -> (n b) one"),
                   cache=repeat_caches(cache, n), commit=False,
                   prev=prev.repeat(n, 1))[:, 0].float().log_softmax(-1)  # (n*B, S, V): one batched pass
+        if commit:
+            self.commit(frame[:, None], frame_actions, cache, prev=prev)
         return guide(lp, n, action_guidance)
+
+    def check_one_pass_sampling(self, sampling: SamplingConfig) -> None:
+        """A ``one_pass`` model predicts a frame in one pass from [MASK] inputs only: refuse more steps."""
+        if self.config.one_pass and sampling.steps != 1:
+            raise ConfigError(f"a one_pass dynamics model samples each frame in 1 MaskGIT step (it never sees "
+                              f"unmasked inputs to refine), got steps={sampling.steps}")
 
     @torch.no_grad()
     def free_run(self, tokens: Tensor, frame_actions: Tensor, frames: int,
@@ -390,6 +420,8 @@ class DynamicsModel(nn.Module):
         play's setting), the rest left as given. As play steps: the past in a temporal KV cache, one
         one-frame pass per decoding step and one commit per frame."""
         sampling = sampling or play_sampling()
+        self.check_one_pass_sampling(sampling)
+        one = self.config.one_pass  # the decoding pass itself writes the frame to the cache
         out = tokens.clone()
         b, t, s = tokens.shape
         if not 0 <= frames < t:
@@ -397,15 +429,15 @@ class DynamicsModel(nn.Module):
         if frames == 0:
             return out
         cache = self.new_cache(t)
-        self.commit(out[:, :1], frame_actions[:, :1], cache)
+        self.commit(out[:, :1], frame_actions[:, :1], cache)  # one_pass: nothing (frame 1 is only a prev)
         for j in range(1, frames + 1):  # frame j (0-based) from the committed frames < j
             prev, fa = out[:, j - 1], frame_actions[:, j : j + 1]  # (B, S), (B, 1)
 
             def logits_fn(frame: Tensor, prev: Tensor = prev, fa: Tensor = fa) -> Tensor:  # (B, S) -> (B, S, V)
-                return self.step_logits(frame, fa, cache, prev, sampling.action_guidance)
+                return self.step_logits(frame, fa, cache, prev, sampling.action_guidance, commit=one)
 
             out[:, j] = maskgit_decode(logits_fn, b, s, self.mask_id, sampling, device=tokens.device, prev=prev)
-            if j < frames:
+            if j < frames and not one:
                 self.commit(out[:, j : j + 1], fa, cache, prev=prev)
         return out
 
@@ -430,16 +462,24 @@ class DynamicsModel(nn.Module):
         forcing = self.training and self.config.self_forcing > 0 and self.progress >= self.config.self_forcing_start
         if forcing and t > 2 and float(torch.rand(())) < self.config.self_forcing:
             own = int(torch.randint(1, t - 1, ()))
-        batch = self.random_mask(tokens)
-        inputs = self.corrupt(batch)
-        if own:
-            past = torch.arange(t, device=tokens.device)[None, :, None] <= own  # (1, T, 1)
-            batch.mask &= ~past  # the loss covers frames own+2..T
-            inputs = torch.where(past, self.free_run(tokens, fa, own), inputs)
-        logits = self(inputs, fa)  # (B, T, S, V)
+        if self.config.one_pass:  # frames 2..T, each fully masked, predicted from the one before
+            known = self.free_run(tokens, fa, own) if own else tokens  # frames 2..own+1 the model's own
+            mask = torch.ones_like(tokens, dtype=torch.bool)
+            mask[:, : own + 1] = False  # the loss covers frames own+2..T
+            batch = MaskedBatch(inputs=known, mask=mask)
+            logits = self(known[:, 1:], fa[:, 1:], prev=known[:, 0])  # (B, T-1, S, V): frames 2..T
+        else:
+            batch = self.random_mask(tokens)
+            inputs = self.corrupt(batch)
+            if own:
+                past = torch.arange(t, device=tokens.device)[None, :, None] <= own  # (1, T, 1)
+                batch.mask &= ~past  # the loss covers frames own+2..T
+                inputs = torch.where(past, self.free_run(tokens, fa, own), inputs)
+            logits = self(inputs, fa)  # (B, T, S, V)
         if not batch.mask.any():  # vanishingly rare; keep the loss defined
             batch.mask[:, -1] = True
-        target, pred = tokens[batch.mask], logits[batch.mask]  # (M,), (M, V)
+        skip = t - logits.shape[1]  # one_pass: frame 1 has no logits
+        target, pred = tokens[batch.mask], logits[batch.mask[:, skip:]]  # (M,), (M, V)
         # (B, T, S): the token differs from the one at its place a frame earlier (frame 1: never)
         changed = torch.cat([torch.zeros_like(tokens[:, :1], dtype=torch.bool), tokens[:, 1:] != tokens[:, :-1]], 1)
         moved = changed[batch.mask]  # (M,)

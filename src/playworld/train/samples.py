@@ -137,7 +137,8 @@ def dynamics_samples(model: nn.Module, video: Tensor) -> SampleSheet | None:
     def predict_last(last_action: Tensor) -> Tensor:
         """The world's x_T under ``last_action`` (B,) -> (B, H, W, C)."""
         generator = torch.Generator(device=video.device).manual_seed(0)
-        last = backend.sample(last_action[:, None], [cache], latents[:, -2], play_sampling(), [(generator, b)])
+        last = backend.sample(last_action[:, None], [cache.clone()], latents[:, -2], play_sampling(),
+                              [(generator, b)])  # a copy: a one_pass model's sampling writes the frame
         return backend.decode(last[:, None], decoder.clone())[:, 0]
 
     a = actions[:, -1]
