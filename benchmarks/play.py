@@ -3,6 +3,7 @@ single-session ``World.step`` (in fp32 too, when --precision picks bf16) and one
 bound for stacking sessions) in the same run.
 
     .venv/bin/python benchmarks/play.py [--run RUN | --preset tiny|small] [--sessions 1 4 16] [--seconds 5]
+        [--against RUN]
 
 Each player connects to a `playworld play` server (uvicorn in a thread of this process), starts from a
 random picture and presses keys with one step in flight, as the page does; the server takes the steps
@@ -13,7 +14,8 @@ commits each frame to the model's memory (its default) and after: frames/s and m
 Last, the same players against `playworld play` started in a process of its own (as a browser sees
 it; trained runs only). Default model: the shipped CoinRun world, in the dtype `playworld play` picks
 (--precision); --preset gives random weights of a preset (speed only). Also printed: fp32 against
-that dtype stepped alternately, and a session's snapshot size and undo time.
+that dtype stepped alternately, and a session's snapshot size and undo time; with --against RUN, that
+run's world and this one stepped alternately (the same machine drift for both).
 
     .venv/bin/python benchmarks/play.py --contention [--load 1] [--rounds 4] [--seconds 2]
 
@@ -162,6 +164,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="a trained run directory (default: the shipped CoinRun world)")
     p.add_argument("--preset", help="random weights of this preset instead of a run (speed only)")
+    p.add_argument("--against", metavar="RUN", help="also step this run's world alternately with the measured "
+                   "one, in the same dtype (e.g. a one_pass world against the MaskGIT world it was fine-tuned from)")
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)")
     p.add_argument("--steps", type=int, default=PlayConfig.steps, help="MaskGIT steps per frame (default: %(default)s)")
@@ -216,6 +220,12 @@ def main() -> None:
         ms32, ms = scheduler.call(interleaved_ms, fp32, mods, wcfg)
         print(f"World.step, fp32 and {str(dtype).removeprefix('torch.')} stepped alternately: {ms32:.1f} vs "
               f"{ms:.1f} ms/frame (median; {ms32 / ms:.2f}x)")
+    if args.against:
+        other = scheduler.call(models, argparse.Namespace(**{**vars(args), "run": args.against, "preset": None}))
+        scheduler.call(cast_for_play, other[0], other[2], dtype)
+        ms_other, ms = scheduler.call(interleaved_ms, other, mods, wcfg, 200)
+        print(f"World.step, {args.against} and this world stepped alternately: {ms_other:.1f} vs {ms:.1f} ms/frame "
+              f"(median; this one {ms_other / ms:.2f}x as fast)")
     for every in (32, 64):
         mb, snap, mean, worst = scheduler.call(undo_figures, mods, wcfg, every)
         print(f"20 undos from a full history (64 actions), a snapshot every {every} actions: snapshot {mb:.1f} MB in {snap:.1f} ms; "
