@@ -84,8 +84,8 @@ class DynamicsBackend(ABC):
     def sample(self, frame_actions: Tensor, caches: Caches, prev: Tensor, sampling: Any,
                generators: RowGenerators) -> Tensor:
         """The next frame's latents (B, *L) after ``prev`` (B, *L) under ``frame_actions`` (B, 1), against
-        the cached past, without writing it to the caches (unless :attr:`commits_in_sample`). ``sampling``: the world's sampling settings;
-        ``generators``: (generator, rows) per world in row order, each drawing exactly the numbers it would
+        the cached past, without writing it to the caches (unless :attr:`commits_in_sample`). ``sampling``:
+        the world's sampling settings; ``generators``: (generator, rows) per world in row order, each drawing exactly the numbers it would
         draw if that world stepped alone (so a seed fixes its frames, batched or not)."""
 
     def check_sampling(self, sampling: Any) -> None:

@@ -11,6 +11,10 @@ model never has to produce it (``mask_first_frame`` turns this off).
 :class:`DynamicsTrainer` wraps the dynamics model with a frozen tokenizer and a frozen LAM so the
 training engine can call ``compute_loss(video)`` on pixels; only ``trainable_module`` is optimised.
 
+``one_pass`` (off by default) trains every frame after the first fully masked, so the frame's state in
+the temporal KV cache is that of the pass that predicts it: play then needs one transformer pass per
+frame instead of a decoding pass and a commit pass (docs/models.md, "One pass per frame").
+
 Departures from Genie, measured on the sprite world with the true actions (d=64, 2 blocks, 600 steps
 of batch 32; one-shot accuracy on frame 2 given frame 1): a learned absolute position table and
 [MASK] inputs stayed at the background share (0.85, below copy-last in PSNR) for 800 steps;
@@ -138,8 +142,8 @@ class DynamicsConfig:
                            "a frame's keys/values are those of the very pass that predicts it: play writes them "
                            "while sampling, with no second (commit) pass per frame, about half of a step's "
                            "dynamics cost. A clip's first frame is then only the second's previous frame. Plays "
-                           "with 1 MaskGIT step (play's setting); a model trained without it can be fine-tuned "
-                           "into it through train.init_from (the same parameters)")
+                           "with 1 MaskGIT step (play's setting); the mask rates are unused. A model trained without "
+                           "it can be fine-tuned into it through train.init_from (the same parameters)")
     grad_checkpoint: bool = field(False, help="recompute block activations in backward to save memory")
     backend: str = field("maskgit", help="how a world makes the next frame with this model at play time "
                          "(playworld.backends: 'maskgit', or 'flow': a flow-matching model over the tokenizer's "
