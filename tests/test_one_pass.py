@@ -48,39 +48,42 @@ def test_cached_play_steps_give_the_training_pass_logits_and_write_the_cache():
 def _world(one_pass: bool) -> World:
     tok, lam, dyn = tiny_models()
     dyn.config.one_pass = one_pass
-    return World(tok, lam, dyn, WorldConfig(context_frames=6, decoder_context=6))
+    return World(tok, lam, dyn, WorldConfig(context_frames=8, decoder_context=8))
+
+
+def _counting(counts: dict, key: str, fn):
+    def wrapped(*args, **kwargs):
+        counts[key] += 1
+        return fn(*args, **kwargs)
+    return wrapped
 
 
 def test_a_world_takes_one_transformer_pass_per_step_and_replays_exactly(monkeypatch):
-    prompt = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)
+    prompt = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)  # two prompt frames
     calls = {}
     for one_pass in (False, True):
         w = _world(one_pass)
         tr = w.dynamics.transformer
         counts = {"forward": 0, "commit": 0}
-        fwd, com = tr.forward, tr.commit_frames
-        monkeypatch.setattr(tr, "forward", lambda *a, f=fwd, c=counts, **k: (c.__setitem__("forward", c["forward"] + 1),
-                                                                            f(*a, **k))[1])
-        monkeypatch.setattr(tr, "commit_frames", lambda *a, f=com, c=counts, **k: (
-            c.__setitem__("commit", c["commit"] + 1), f(*a, **k))[1])
+        monkeypatch.setattr(tr, "forward", _counting(counts, "forward", tr.forward))
+        monkeypatch.setattr(tr, "commit_frames", _counting(counts, "commit", tr.commit_frames))
         w.reset(prompt, seed=3)
         counts.update(forward=0, commit=0)
-        frames = [w.step(i % 4) for i in range(5)]
+        for i in range(5):
+            w.step(i % 4)
         calls[one_pass] = dict(counts)
-        assert w.cache_frames()[0] == (6 if not one_pass else 6)  # the window fills either way
-        if one_pass:
-            # nothing to defer: the frame is written by the pass that made it
-            (out,) = World.step_many([w], [1], defer_commit=True)
-            assert not w.uncommitted
-            # a snapshot replays bit for bit, and a batched step equals the single one
-            snap = w.snapshot()
-            a = [w.step(i % 4) for i in range(3)]
-            w.restore(snap)
-            b = [w.step(i % 4) for i in range(3)]
-            assert all(torch.equal(x, y) for x, y in zip(a, b))
-            assert frames[0].shape == (1, 16, 16, 3)
+        # MaskGIT caches both prompt frames and 5 steps; one_pass has no state for the first prompt frame
+        assert w.cache_frames()[0] == (6 if one_pass else 7)
     assert calls[False] == {"forward": 5, "commit": 5}
     assert calls[True] == {"forward": 5, "commit": 0}
+    # nothing to defer: the frame is written by the pass that made it
+    World.step_many([w], [1], defer_commit=True)
+    assert not w.uncommitted and w.cache_frames()[0] == 7
+    # a snapshot replays bit for bit
+    snap = w.snapshot()
+    a = [w.step(i % 4) for i in range(3)]
+    w.restore(snap)
+    assert all(torch.equal(x, w.step(i % 4)) for i, x in enumerate(a))
 
 
 def test_one_pass_learns_a_toy_rule_and_rolls_it_out():
@@ -134,3 +137,27 @@ def test_one_pass_refuses_what_it_cannot_do():
         World(tok, lam, dyn, WorldConfig(sampling=SamplingConfig(steps=4)))
     # the same parameters as a model trained without it: train.init_from fine-tunes one into the other
     assert set(_model(one_pass=False).state_dict()) == set(m.state_dict())
+
+
+def test_worlds_of_different_ages_and_seeds_step_together_as_each_alone():
+    tok, lam, dyn = tiny_models()
+    dyn.config.one_pass = True
+    cfg = WorldConfig(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=1, temperature=1.0))
+    frames = torch.randint(0, 256, (5, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+    def worlds() -> list[World]:
+        ws = [World(tok, lam, dyn, cfg) for _ in range(3)]
+        ws[0].reset(frames[:3], seed=1)
+        ws[1].reset(frames[None, :1].expand(2, 1, 16, 16, 3), seed=2)
+        ws[2].reset(frames[:2], seed=3)
+        for a in range(6):  # world 0 is older: its cache window is full and wraps around
+            ws[0].step(a % 4)
+        return ws
+
+    alone, together = worlds(), worlds()
+    for t in range(5):
+        acts = [t % 4, torch.tensor([1, 3]), (t + 2) % 4]
+        ref = [w.step(a) for w, a in zip(alone, acts)]
+        got = World.step_many(together, acts)
+        assert all(g.shape == r.shape and torch.equal(g, r) for r, g in zip(ref, got))
+    assert [w.cache_frames()[0] for w in together] == [4, 4, 4]

@@ -354,7 +354,9 @@ class DynamicsModel(nn.Module):
         ``one_pass`` without ``prev``: the first frame is only the next one's previous frame (as in
         training), so T - 1 frames are appended."""
         if self.config.one_pass and prev is None:
-            if tokens.shape[1] < 2:
+            if tokens.shape[1] < 2:  # nothing to write; the cache still learns its rows (batched stepping)
+                if isinstance(cache, TemporalKVCache):
+                    cache.reserve_rows(tokens.shape[0], tokens.device)
                 return
             tokens, frame_actions, prev = tokens[:, 1:], frame_actions[:, 1:], tokens[:, 0]
         self.transformer.commit_frames(self.embed(tokens, frame_actions, prev), cache,

@@ -144,6 +144,12 @@ class TemporalKVCache:
             self._ring(layer, like)
         self._init_rows(batch, torch.device(device))
 
+    def reserve_rows(self, batch: int, device: torch.device | str = "cpu") -> None:
+        """Hold ``batch`` rows that have no frame yet (the rings are made by the first forward), so that the
+        cache can be stepped together with others from its first frame on; a no-op once it holds rows."""
+        if self.slot_pos is None:
+            self._init_rows(batch, torch.device(device))
+
     def _init_rows(self, batch: int, device: torch.device) -> None:
         self.slot_pos = torch.full((batch, self.max_frames), -1, dtype=torch.long, device=device)
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
