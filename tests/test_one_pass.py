@@ -138,26 +138,3 @@ def test_one_pass_refuses_what_it_cannot_do():
     # the same parameters as a model trained without it: train.init_from fine-tunes one into the other
     assert set(_model(one_pass=False).state_dict()) == set(m.state_dict())
 
-
-def test_worlds_of_different_ages_and_seeds_step_together_as_each_alone():
-    tok, lam, dyn = tiny_models()
-    dyn.config.one_pass = True
-    cfg = WorldConfig(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=1, temperature=1.0))
-    frames = torch.randint(0, 256, (5, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-
-    def worlds() -> list[World]:
-        ws = [World(tok, lam, dyn, cfg) for _ in range(3)]
-        ws[0].reset(frames[:3], seed=1)
-        ws[1].reset(frames[None, :1].expand(2, 1, 16, 16, 3), seed=2)
-        ws[2].reset(frames[:2], seed=3)
-        for a in range(6):  # world 0 is older: its cache window is full and wraps around
-            ws[0].step(a % 4)
-        return ws
-
-    alone, together = worlds(), worlds()
-    for t in range(5):
-        acts = [t % 4, torch.tensor([1, 3]), (t + 2) % 4]
-        ref = [w.step(a) for w, a in zip(alone, acts)]
-        got = World.step_many(together, acts)
-        assert all(g.shape == r.shape and torch.equal(g, r) for r, g in zip(ref, got))
-    assert [w.cache_frames()[0] for w in together] == [4, 4, 4]

@@ -155,11 +155,15 @@ def test_load_reads_the_release_layout(tmp_path, backend):
         torch.testing.assert_close(a.step(act), b.step(act))
 
 
-@BACKENDS
-def test_step_many_batches_worlds_of_different_ages_and_seeds_like_stepping_each_alone(backend):
-    # three worlds sharing one model: different prompts, seeds, batch sizes and ages (frames played)
+@pytest.mark.parametrize("backend,one_pass", [("maskgit", False), ("flow", False), ("maskgit", True)])
+def test_step_many_batches_worlds_of_different_ages_and_seeds_like_stepping_each_alone(backend, one_pass):
+    # three worlds sharing one model: different prompts, seeds, batch sizes and ages (frames played); a
+    # one_pass model (dynamics.one_pass, 1 step only) writes its cache while sampling, and world 1 starts
+    # from one frame, which leaves it nothing to write before its first step
     tok, lam, dyn = _models(backend=backend)
-    cfg = WorldConfig(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=3, temperature=1.0))
+    dyn.config.one_pass = one_pass
+    steps = 1 if one_pass else 3
+    cfg = WorldConfig(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=steps, temperature=1.0))
 
     def worlds():
         ws = [World(tok, lam, dyn, cfg) for _ in range(3)]
@@ -178,6 +182,7 @@ def test_step_many_batches_worlds_of_different_ages_and_seeds_like_stepping_each
         for r, g in zip(ref, got):
             assert g.shape == r.shape and torch.equal(g, r)
     assert [w.frames_played for w in together] == [11, 5, 5]
+    assert [w.cache_frames()[0] for w in together] == [4, 4, 4]  # every window full
     with pytest.raises(ValueError, match="appears twice"):
         World.step_many([together[0], together[0]], [0, 0])
     other = World(*_models(backend=backend), cfg)

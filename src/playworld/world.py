@@ -271,8 +271,9 @@ class World:
         groups = [(w._generator, w.batch_size) for w in worlds]
         backend = first.backend
         latents = backend.sample(frame_actions, caches, prev, first.config.sampling, groups)  # (B, *L)
-        defer_commit = defer_commit and not backend.commits_in_sample  # nothing left to write
-        if not defer_commit and not backend.commits_in_sample:
+        if backend.commits_in_sample:  # the sampling pass wrote the frame: nothing to commit or defer
+            defer_commit = False
+        elif not defer_commit:
             backend.commit(latents[:, None], frame_actions, caches, prev)
         frames = backend.decode(latents[:, None], [x._decoder_cache for x in worlds])[:, 0]  # (B, H, W, C)
         out, start = [], 0

@@ -85,8 +85,9 @@ class DynamicsBackend(ABC):
                generators: RowGenerators) -> Tensor:
         """The next frame's latents (B, *L) after ``prev`` (B, *L) under ``frame_actions`` (B, 1), against
         the cached past, without writing it to the caches (unless :attr:`commits_in_sample`). ``sampling``:
-        the world's sampling settings; ``generators``: (generator, rows) per world in row order, each drawing exactly the numbers it would
-        draw if that world stepped alone (so a seed fixes its frames, batched or not)."""
+        the world's sampling settings; ``generators``: (generator, rows) per world in row order, each
+        drawing exactly the numbers it would draw if that world stepped alone (so a seed fixes its frames,
+        batched or not)."""
 
     def check_sampling(self, sampling: Any) -> None:
         """Raise a ConfigError if this backend's model cannot sample with ``sampling`` (checked when a

@@ -470,25 +470,25 @@ class DynamicsModel(nn.Module):
             own = int(torch.randint(1, t - 1, ()))
         if self.config.one_pass:  # frames 2..T, each fully masked, predicted from the one before
             known = self.free_run(tokens, fa, own) if own else tokens  # frames 2..own+1 the model's own
-            mask = torch.ones_like(tokens, dtype=torch.bool)
-            mask[:, : own + 1] = False  # the loss covers frames own+2..T
-            batch = MaskedBatch(inputs=known, mask=mask)
+            mask = torch.ones_like(tokens, dtype=torch.bool)  # (B, T, S): the tokens the loss covers
+            mask[:, : own + 1] = False  # frames own+2..T
             logits = self(known[:, 1:], fa[:, 1:], prev=known[:, 0])  # (B, T-1, S, V): frames 2..T
         else:
             batch = self.random_mask(tokens)
             inputs = self.corrupt(batch)
+            mask = batch.mask
             if own:
                 past = torch.arange(t, device=tokens.device)[None, :, None] <= own  # (1, T, 1)
-                batch.mask &= ~past  # the loss covers frames own+2..T
+                mask &= ~past  # the loss covers frames own+2..T
                 inputs = torch.where(past, self.free_run(tokens, fa, own), inputs)
             logits = self(inputs, fa)  # (B, T, S, V)
-        if not batch.mask.any():  # vanishingly rare; keep the loss defined
-            batch.mask[:, -1] = True
+        if not mask.any():  # vanishingly rare; keep the loss defined
+            mask[:, -1] = True
         skip = t - logits.shape[1]  # one_pass: frame 1 has no logits
-        target, pred = tokens[batch.mask], logits[batch.mask[:, skip:]]  # (M,), (M, V)
+        target, pred = tokens[mask], logits[mask[:, skip:]]  # (M,), (M, V)
         # (B, T, S): the token differs from the one at its place a frame earlier (frame 1: never)
         changed = torch.cat([torch.zeros_like(tokens[:, :1], dtype=torch.bool), tokens[:, 1:] != tokens[:, :-1]], 1)
-        moved = changed[batch.mask]  # (M,)
+        moved = changed[mask]  # (M,)
         per_token = F.cross_entropy(pred.float(), target, reduction="none")  # (M,)
         ce = per_token.mean()
         loss = ce
@@ -501,7 +501,7 @@ class DynamicsModel(nn.Module):
             # how well the moving tokens are predicted (a copy gets none of them right); 0 where none moved,
             # so that every batch (and every DDP rank) logs the same keys
             n_moved = moved.sum().clamp(min=1)
-            metrics = {"ce": ce.detach(), "accuracy": acc, "mask_rate": batch.mask.float().mean(),
+            metrics = {"ce": ce.detach(), "accuracy": acc, "mask_rate": mask.float().mean(),
                        "changed_share": moved.float().mean(),
                        "ce_changed": (per_token.detach() * moved).sum() / n_moved,
                        "accuracy_changed": (hit & moved).sum() / n_moved}
