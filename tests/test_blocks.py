@@ -171,3 +171,44 @@ def test_rows_keep_their_own_positions_and_commit_masks():
         _ = batch.pos
     batch.select(torch.tensor([1]))
     assert batch.batch_size == 1 and batch.pos == 3
+
+
+def _reference_attention(attn, x: torch.Tensor, causal: bool, rope=None) -> torch.Tensor:
+    """Attention computed as written: one scaled_dot_product_attention call over the whole batch."""
+    from einops import rearrange
+
+    from playworld.nn.rope import apply_rope
+
+    q, k, v = rearrange(attn.qkv(x), "n l (three h k) -> three n h l k", three=3, h=attn.heads)
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal and x.shape[1] > 1)
+    return attn.proj(rearrange(out, "n h l k -> n l (h k)"))
+
+
+def test_single_position_attention_is_its_value_projection():
+    from playworld.nn.blocks import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4).eval()
+    x = torch.randn(10, 1, 32)
+    torch.testing.assert_close(attn(x, causal=True), _reference_attention(attn, x, causal=True))
+    # and the output does depend on x (the shortcut is not a constant)
+    assert not torch.allclose(attn(x)[0], attn(x)[1])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_over_a_batch_larger_than_one_kernel_call_is_sliced_exactly(monkeypatch, causal):
+    """CUDA's fused kernels reject a batch beyond their grid limit; slices of the batch give the same result."""
+    import playworld.nn.blocks as blocks
+    from playworld.nn.rope import rope_angles
+
+    torch.manual_seed(0)
+    attn = blocks.Attention(32, 4, rope=True).eval()
+    x = torch.randn(11, 5, 32)
+    rope = rope_angles(torch.arange(5), 8)
+    whole = attn(x, causal=causal, rope=rope)
+    monkeypatch.setattr(blocks, "SDPA_MAX_BATCH", 4)  # 3 slices, the last one short
+    sliced = attn(x, causal=causal, rope=rope)
+    torch.testing.assert_close(sliced, whole)
+    torch.testing.assert_close(whole, _reference_attention(attn, x, causal, rope))

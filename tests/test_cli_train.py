@@ -187,7 +187,12 @@ def test_bad_override_is_a_clear_error(trained, capsys):
     assert "has no field 'nonexistent'" in capsys.readouterr().err
 
 
-def test_sigterm_writes_a_checkpoint_exits_143_and_rerun_resumes(trained, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_writes_a_checkpoint_exits_143_and_rerun_resumes(trained, tmp_path, workers):
+    """SIGTERM to the trainer alone (workers=0) or, as ``timeout``, Slurm and ``kill -- -PGID`` send it, to
+    its whole process group, data-loader workers included (workers=2): a checkpoint either way, not a
+    crash on a worker killed by the signal."""
+    import os
     import signal
     import subprocess
     import sys
@@ -197,13 +202,18 @@ def test_sigterm_writes_a_checkpoint_exits_143_and_rerun_resumes(trained, tmp_pa
     run = tmp_path / "sig"
     cmd = [sys.executable, "-m", "playworld", "train", "tokenizer", "--data", str(root / "ds"), "--out", str(run),
            "--preset", "tiny", "--steps", "100000", "--set", "data.clip_len=2", "--set", "data.batch_size=1",
-           "--set", "train.val_every=0", "--set", "train.log_every=1", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "--set", "train.val_every=0", "--set", "train.log_every=1", "--set", f"data.num_workers={workers}",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     log = run / "logs" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 2):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    if workers:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out  # 128 + SIGTERM, as the shell reports a process that SIGTERM ended
     assert "checkpoint saved" in out

@@ -13,6 +13,7 @@ Sampling contract (the trainer relies on it):
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -121,6 +122,12 @@ class _Batches(tud.Dataset):
 
 
 def _worker_init(_: int) -> None:
+    # A stop signal sent to the whole process group (``timeout``, Slurm's preemption, ``kill -- -PGID``)
+    # is the trainer's to handle: it finishes its step and writes a checkpoint. A worker killed by it
+    # would make PyTorch raise in the trainer instead, wherever it is. The trainer ends its workers
+    # itself; a worker whose trainer died ends by PyTorch's parent watchdog.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     info = tud.get_worker_info()
     assert info is not None
     info.dataset.clips.dataset.close()  # memmaps are opened afresh (and lazily) in each worker

@@ -39,6 +39,10 @@ def _back(t: Tensor, like: Tensor) -> Tensor:
     return t if t.dtype == like.dtype or torch.is_autocast_enabled(t.device.type) else t.to(like.dtype)
 
 
+# largest batch handed to one scaled_dot_product_attention call (CUDA grids allow 65,535 on their y/z axes)
+SDPA_MAX_BATCH = 32_768
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over the second-to-last axis with a fused qkv projection."""
 
@@ -75,12 +79,23 @@ class Attention(nn.Module):
         """
         if cached is not None:
             return self._cached(x, cached, layer, kv_only)
+        drop = self.dropout if self.training else 0.0
+        if x.shape[1] == 1 and drop == 0.0:
+            # one position attends to itself alone with weight 1: the output is its value, exactly (the
+            # LAM's per-action head runs temporal attention over single frames for a huge N)
+            dim = x.shape[-1]
+            return self.proj(F.linear(x, self.qkv.weight[2 * dim:], self.qkv.bias[2 * dim:]))  # (N, 1, D)
         q, k, v = rearrange(_math(self.qkv(x)), "n l (three h k) -> three n h l k", three=3, h=self.heads)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        drop = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and x.shape[1] > 1, dropout_p=drop)
+        causal = causal and x.shape[1] > 1
+        # CUDA's fused attention kernels put the batch on a grid axis of at most 65,535 blocks ("invalid
+        # argument" beyond it): a larger N is attended in slices
+        outs = [F.scaled_dot_product_attention(q[i : i + SDPA_MAX_BATCH], k[i : i + SDPA_MAX_BATCH],
+                                               v[i : i + SDPA_MAX_BATCH], is_causal=causal, dropout_p=drop)
+                for i in range(0, q.shape[0], SDPA_MAX_BATCH)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (N, h, L, k)
         return self.proj(_back(rearrange(out, "n h l k -> n l (h k)"), x))  # (N, L, D)
 
     def _cached(self, x: Tensor, cached: Sequence[CachedRows], layer: int, kv_only: bool) -> Tensor:
