@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from playworld.api import resolve_run
 from playworld.data.loader import ClipDataset
 from playworld.eval import actions as act
 from playworld.eval.clips import choose_clips
@@ -27,7 +28,7 @@ from playworld.eval.realgame import held_transitions
 from playworld.eval.realism import real_floor, realism
 from playworld.eval.rollouts import reconstruct, teacher_forced
 from playworld.eval.stats import Estimate
-from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE, SamplingConfig
+from playworld.play_setting import world_sampling
 from playworld.world import World, WorldConfig
 
 
@@ -68,10 +69,10 @@ def main() -> None:
     p.add_argument("--starts", type=int, default=8, help="start frames of the held-key rollouts")
     p.add_argument("--steps", type=int, default=100, help="steps each key is held (>= 30)")
     p.add_argument("--hold", type=int, default=4, help="frames a true action is held for the real reference")
-    p.add_argument("--maskgit-steps", type=int, default=PLAY_STEPS, help="default: play's")
-    p.add_argument("--temperature", type=float, default=PLAY_TEMPERATURE, help="default: play's")
-    p.add_argument("--copy-penalty", type=float, default=PLAY_COPY_PENALTY, help="logit taken from each place's previous "
-                   "token before sampling (default: %(default)s)")
+    p.add_argument("--maskgit-steps", type=int, default=None, help="default: play's for this world")
+    p.add_argument("--temperature", type=float, default=None, help="default: play's for this world")
+    p.add_argument("--copy-penalty", type=float, default=None, help="logit taken from each place's previous "
+                   "token before sampling (default: play's for this world)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -80,8 +81,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    world = World.load(args.run, WorldConfig(sampling=SamplingConfig(
-        steps=args.maskgit_steps, temperature=args.temperature, copy_penalty=args.copy_penalty)))
+    world = World.load(args.run, WorldConfig(sampling=world_sampling(
+        resolve_run(args.run), steps=args.maskgit_steps, temperature=args.temperature,
+        copy_penalty=args.copy_penalty)))
+    sampling = world.config.sampling
+    args.maskgit_steps, args.temperature, args.copy_penalty = sampling.steps, sampling.temperature, \
+        sampling.copy_penalty
     copy = CopyLast(world)
     motion = MotionEstimator()
     clips = ClipDataset(args.data, clip_len=args.clip_len, split=args.split)

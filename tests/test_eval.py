@@ -15,7 +15,7 @@ from playworld.eval.config import EvalConfig
 from playworld.eval.evaluate import evaluate
 from playworld.eval.schema import validate
 from playworld.eval.stats import PSNR_CAP
-from playworld.maskgit import PLAY_COPY_PENALTY
+from playworld.maskgit import PLAY_COPY_PENALTY, play_sampling
 from sprite_oracle import OracleWorld
 
 from helpers import make_dataset
@@ -255,7 +255,9 @@ def test_version_1_files_are_still_read_and_compared(oracle_metrics, tmp_path):
 def test_config_from_recorded_settings_round_trips_and_reads_older_files_as_they_ran(oracle_metrics):
     settings = json.loads(json.dumps(oracle_metrics.metrics["settings"]))  # as metrics.json holds them
     cfg = EvalConfig.from_settings(settings)
-    assert cfg == _config() and isinstance(cfg.context, tuple)
+    # decoding left to the world is recorded as what it played at (a world without a config: play's setting)
+    assert cfg == _config().resolved(play_sampling()) and isinstance(cfg.context, tuple)
+    assert (cfg.maskgit_steps, cfg.copy_penalty) == (play_sampling().steps, play_sampling().copy_penalty)
     assert EvalConfig.from_settings(settings, seed=5, progress=False).seed == 5
     older = {k: v for k, v in settings.items() if k not in ("copy_penalty", "action_guidance", "real_key_starts",
                                                              "progress", "gif_clips")}

@@ -130,7 +130,7 @@ def test_two_sessions_are_isolated_and_match_a_solo_world(data_dir, backend):
         frames_a.append(pixels(ask(a, type="step", action=0)))
     from playworld.play.prompts import image_to_frame
 
-    sampling = SamplingConfig(steps=2, copy_penalty=PlayConfig().copy_penalty)  # the server's setting
+    sampling = SamplingConfig(steps=2, copy_penalty=PlayConfig().sampling().copy_penalty)  # the server's setting
     solo = World(*tiny_models(backend=backend), WorldConfig(context_frames=4, decoder_context=4, sampling=sampling))
     expected = rollout(solo, image_to_frame(png(), (SIZE, SIZE)), [2, 0, 3, 3, 1, 0], seed=5)
     assert np.array_equal(np.stack(frames_a), expected)

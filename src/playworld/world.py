@@ -18,6 +18,7 @@ Shapes: B worlds, T0 prompt frames, H x W x C pixels (uint8 at this API), (B, *L
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from playworld.config import field
 from playworld.errors import CheckpointError, ConfigError
 from playworld.maskgit import SamplingConfig, play_sampling
 from playworld.models.base import to_uint8, to_unit
+from playworld.play_setting import world_sampling
 
 
 @dataclass
@@ -40,9 +42,10 @@ class WorldConfig:
 
     context_frames: int = field(16, help="frames the dynamics model attends to (its KV cache window)")
     decoder_context: int = field(16, help="frames the tokenizer's decoder attends to when decoding a frame")
-    sampling: SamplingConfig = field(default_factory=play_sampling,
-                                     help="MaskGIT decoding of each new frame (default: play's, 1 greedy step, "
-                                     "copy penalty 2)")
+    sampling: SamplingConfig | None = field(
+        None, help="decoding of each new frame; None: the world's play setting (World.load: its run's "
+        "play_setting.json over play's global setting, playworld.play_setting; a world built from models in "
+        "memory: play's global setting, 1 greedy step, copy penalty 2)")
 
     def __post_init__(self) -> None:
         if self.context_frames < 1:
@@ -89,6 +92,8 @@ class World:
             raise ValueError("the backend given to World must wrap the world's own dynamics model and tokenizer")
         self.tokenizer, self.lam, self.dynamics = tokenizer.eval(), lam.eval(), dynamics.eval()
         self.config = config or WorldConfig()
+        if self.config.sampling is None:  # resolved here, so that every world holds the setting it plays at
+            self.config = dataclasses.replace(self.config, sampling=play_sampling())
         self.backend.check_sampling(self.config.sampling)
         self.device = next(dynamics.parameters()).device
         self._cache: Any = None  # the backend's cache of the past
@@ -129,6 +134,9 @@ class World:
         run = load(run_dir, device)
         run.require("tokenizer", "lam", "dynamics")
         assert run.tokenizer is not None and run.lam is not None and run.dynamics is not None
+        config = config or WorldConfig()
+        if config.sampling is None:
+            config = dataclasses.replace(config, sampling=world_sampling(run_dir))
         cast_for_play(run.tokenizer, run.dynamics, dtype)
         try:
             return cls(run.tokenizer, run.lam, run.dynamics, config)

@@ -83,8 +83,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.data = str(collect_heldout(plan_heldout(args.run)))
     # the shipped world lives inside the installed package: its evaluation goes to the working directory
     out = Path(args.out) if args.out else (Path("eval") / DEFAULT_RUN.name if shipped else Path(args.run) / "eval")
-    world = World.load(args.run, WorldConfig(sampling=cfg.sampling()), device=args.device, precision=cfg.precision,
-                       threads=args.threads)
+    world = World.load(args.run, WorldConfig(sampling=cfg.sampling(args.run)), device=args.device,
+                       precision=cfg.precision, threads=args.threads)
     clips = ClipDataset(args.data, clip_len=cfg.clip_len, split=cfg.split)
     lam_cfg = world.lam.config
     want = (lam_cfg.height, lam_cfg.width, lam_cfg.channels)

@@ -11,7 +11,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     from playworld.cli.threads import add_threads_argument
     from playworld.config import Precision
-    from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE
 
     p = sub.add_parser(
         "rollout", help="play an action string in a trained world from a picture or dataset frame, to a video",
@@ -34,17 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="video to write (.mp4 or .gif)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--fit", choices=("crop", "pad"), default="crop", help="fit a picture by center-crop or pad")
-    p.add_argument("--steps", type=int, default=PLAY_STEPS,
-                   help="MaskGIT steps per frame (default: %(default)s, as `playworld play`; see docs/play.md)")
-    p.add_argument("--temperature", type=float, default=PLAY_TEMPERATURE,
-                   help="sampling temperature, 0 = greedy (default: %(default)s, as `playworld play`)")
-    p.add_argument("--copy-penalty", type=float, default=PLAY_COPY_PENALTY,
-                   help="logit taken from each place's previous token before sampling (default: %(default)s, "
-                   "as `playworld play`)")
-    p.add_argument("--action-guidance", type=float, default=1.0,
-                   help="1 = off (default, as `playworld play`); g > 1 amplifies what the pressed latent action "
-                   "changes against the action-free prediction (each step's pass runs on 2 copies of the batch for "
-                   "a model trained with action dropout, else |A| + 1)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="MaskGIT steps per frame (default: as `playworld play` for this world: its play_setting.json, "
+                   "else 1; see docs/play.md)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature, 0 = greedy (default: as `playworld play` for this world, else 0)")
+    p.add_argument("--copy-penalty", type=float, default=None,
+                   help="logit taken from each place's previous token before sampling (default: as `playworld "
+                   "play` for this world, else 2)")
+    p.add_argument("--action-guidance", type=float, default=None,
+                   help="1 = off; g > 1 amplifies what the pressed latent action changes against the action-free "
+                   "prediction (each step's pass runs on 2 copies of the batch for a model trained with action "
+                   "dropout, else |A| + 1; default: as `playworld play` for this world, else 1)")
     p.add_argument("--precision", choices=get_args(Precision), default="fp32",
                    help="dtype of the dynamics model and decoder (auto: bf16 where faster) (default: %(default)s)")
     p.add_argument("--fps", type=float, default=15.0, help="video frame rate (default: %(default)s)")
@@ -57,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
     from playworld.api import resolve_run, run_prompts
     from playworld.cli.threads import apply_threads
     from playworld.errors import ConfigError
-    from playworld.maskgit import SamplingConfig
     from playworld.play.actions import load_action_names, parse_action_string
     from playworld.play.prompts import DatasetPrompts, fit_frames, read_image, world_frame_size
     from playworld.play.rollout import rollout_to_video
+    from playworld.play_setting import world_sampling
     from playworld.world import World, WorldConfig
 
     out = Path(args.out)
@@ -76,10 +76,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{run_dir}: no --prompt given and the run ships no start frames in "
                               f"{run_dir / 'prompts'}; pass --prompt PICTURE or --prompt DATASET_DIR")
         args.prompt = str(shipped)
-    world = World.load(run_dir, WorldConfig(sampling=SamplingConfig(
-        steps=args.steps, temperature=args.temperature, copy_penalty=args.copy_penalty,
-        action_guidance=args.action_guidance)),
-                       precision=args.precision, threads=args.threads)
+    sampling = world_sampling(run_dir, steps=args.steps, temperature=args.temperature,
+                              copy_penalty=args.copy_penalty, action_guidance=args.action_guidance)
+    world = World.load(run_dir, WorldConfig(sampling=sampling), precision=args.precision, threads=args.threads)
     actions = parse_action_string(args.actions, world.num_actions, load_action_names(run_dir, world.num_actions))
     prompt_path, size = Path(args.prompt), world_frame_size(world)
     if prompt_path.is_dir():

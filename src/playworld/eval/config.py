@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
 from playworld.eval.motion import MotionEstimator
-from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE, SamplingConfig, sampling_of
+from playworld.maskgit import SamplingConfig, sampling_of
+from playworld.play_setting import world_sampling
 
 # settings an evaluation written before the field existed ran with: its value then (not today's default)
 BEFORE_FIELD: dict[str, Any] = {"copy_penalty": 0.0, "action_guidance": 1.0, "real_key_starts": 0}
@@ -27,15 +30,17 @@ class EvalConfig:
     context: tuple[int, ...] = field((1, 4), help="context frames given before each rollout (Genie: 1)")
     horizon: int = field(15, help="frames generated after the context")
     batch: int = field(16, help="worlds stepped together")
-    maskgit_steps: int = field(PLAY_STEPS, help="MaskGIT iterations per generated frame (default: what `playworld "
-                               "play` uses, so the figures are what a player sees; Genie: 25)")
-    temperature: float = field(PLAY_TEMPERATURE, help="MaskGIT sampling temperature (0 = greedy; default: play's)")
-    copy_penalty: float = field(PLAY_COPY_PENALTY, help="logit taken from each place's previous token before "
-                                "sampling (default: play's)")
-    action_guidance: float = field(1.0, help="action guidance: 1 = off (play's); g > 1 amplifies what the pressed "
-                                   "latent action changes against the action-free prediction (each pass runs on 2 "
-                                   "copies of the batch for a model trained with action dropout, else |A| + 1; "
-                                   "docs/models.md)")
+    maskgit_steps: int | None = field(None, help="MaskGIT iterations per generated frame (default: what "
+                                      "`playworld play` uses for this world, its play_setting.json else 1, so the "
+                                      "figures are what a player sees; Genie: 25)")
+    temperature: float | None = field(None, help="MaskGIT sampling temperature (0 = greedy; default: play's for "
+                                      "this world)")
+    copy_penalty: float | None = field(None, help="logit taken from each place's previous token before "
+                                       "sampling (default: play's for this world)")
+    action_guidance: float | None = field(None, help="action guidance: 1 = off; g > 1 amplifies what the pressed "
+                                          "latent action changes against the action-free prediction (each pass runs "
+                                          "on 2 copies of the batch for a model trained with action dropout, else "
+                                          "|A| + 1; docs/models.md; default: play's for this world)")
     precision: Precision = field(
         "fp32", help="dtype of the dynamics model and decoder: fp32, bf16, or auto (bf16 where it is faster)")
     seed: int = field(0, help="seed of the episode choice, random actions, sampling and the bootstrap")
@@ -69,7 +74,7 @@ class EvalConfig:
     progress: bool = field(True, help="show progress bars")
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "horizon", "batch", "maskgit_steps", "action_clips", "consistency_starts",
+        for name in ("episodes", "horizon", "batch", "action_clips", "consistency_starts",
                      "consistency_steps", "memory_k", "memory_starts",
                      "key_starts", "real_hold", "gif_clips", "grid_starts", "grid_steps",
                      "speed_frames", "bootstrap"):
@@ -113,10 +118,22 @@ class EvalConfig:
             values["context"] = tuple(values["context"])
         return cls(**values)
 
-    def sampling(self) -> SamplingConfig:
-        """How the evaluated world decodes each new frame (its checks name this config's fields)."""
-        return sampling_of("eval", steps=self.maskgit_steps, temperature=self.temperature,
-                           copy_penalty=self.copy_penalty, action_guidance=self.action_guidance)
+    def sampling(self, run_dir: str | Path | None = None) -> SamplingConfig:
+        """How the evaluated world decodes each new frame: the fields set here over the play setting of the
+        world in ``run_dir`` (:mod:`playworld.play_setting`); its checks name this config's fields."""
+        given = {"steps": self.maskgit_steps, "temperature": self.temperature, "copy_penalty": self.copy_penalty,
+                 "action_guidance": self.action_guidance}
+        world = dataclasses.asdict(world_sampling(run_dir))
+        return sampling_of("eval", **{**world, **{k: v for k, v in given.items() if v is not None}})
+
+    def resolved(self, sampling: SamplingConfig) -> EvalConfig:
+        """These settings with the decoding fields left to the world filled in from ``sampling`` (what the
+        world plays at), so that metrics.json records what was measured."""
+        return dataclasses.replace(
+            self, maskgit_steps=sampling.steps if self.maskgit_steps is None else self.maskgit_steps,
+            temperature=sampling.temperature if self.temperature is None else self.temperature,
+            copy_penalty=sampling.copy_penalty if self.copy_penalty is None else self.copy_penalty,
+            action_guidance=sampling.action_guidance if self.action_guidance is None else self.action_guidance)
 
     @property
     def motion(self) -> MotionEstimator:

@@ -45,6 +45,7 @@ from playworld.eval.realkeys import PairedHolds, step_curves, summarise_contrast
 from playworld.eval.rollouts import KINDS, BatchFigures, EvalWorld, device_of, evaluate_batch
 from playworld.eval.schema import FORMAT, NEAR_ONE, SCHEMA_VERSION, keep_headline_replicates
 from playworld.eval.stats import Estimate, bootstrap, psnr, psnr_of_mean_mse
+from playworld.maskgit import play_sampling
 from playworld.models.lam import check_action_usage
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ class Evaluation:
                  device: str = "cpu") -> None:
         if clips.clip_len != cfg.clip_len:
             raise ValueError(f"clips of {clips.clip_len} frames; this config needs {cfg.clip_len}")
+        # decoding fields left to the world take what it plays at, so that the settings record what was measured
+        cfg = cfg.resolved(getattr(getattr(world, "config", None), "sampling", None) or play_sampling())
         self.world, self.clips, self.cfg = world, clips, cfg
         self.deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
         self.out = EvalOutput(metrics={

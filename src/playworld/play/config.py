@@ -5,11 +5,14 @@ Kept apart from the server so that building the command line imports neither Fas
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
-from playworld.maskgit import PLAY_COPY_PENALTY, PLAY_STEPS, PLAY_TEMPERATURE, SamplingConfig, sampling_of
+from playworld.maskgit import SamplingConfig, sampling_of
+from playworld.play_setting import world_sampling
 
 
 @dataclass
@@ -51,15 +54,18 @@ class PlayConfig:
         "faster (~1.2x per frame on CPUs with AVX512-BF16/AMX), else fp32")
     defer_commit: bool = field(True, help="send each frame before writing it to the model's memory (the write "
                                "runs while the frame travels; a key pressed meanwhile waits for it)")
-    steps: int = field(PLAY_STEPS, help="MaskGIT iterations per frame (1: 30-35 frames/s for the shipped world on 2 cores in bf16, "
-                       "and as accurate as 4 or 8; see docs/play.md)")
-    temperature: float = field(PLAY_TEMPERATURE, help="sampling temperature (0 = greedy: the same keys give the same frames; "
-                               "1 = sampled, more varied)")
-    copy_penalty: float = field(PLAY_COPY_PENALTY, help="logit taken from the token each place held in the previous "
-                                "frame before sampling: counters greedy decoding settling into a still picture")
-    action_guidance: float = field(1.0, help="1 = off; g > 1 amplifies what the pressed latent action changes "
-                                   "against the action-free prediction: each pass runs on 2 copies of the batch for a "
-                                   "model trained with action dropout, else |A| + 1 (docs/models.md)")
+    steps: int | None = field(None, help="MaskGIT iterations per frame (default: the world's play setting, "
+                              "play_setting.json, else 1: 30-35 frames/s for the shipped world on 2 cores in bf16, "
+                              "and as accurate as 4 or 8; see docs/play.md)")
+    temperature: float | None = field(None, help="sampling temperature (0 = greedy: the same keys give the same "
+                                      "frames; 1 = sampled, more varied; default: the world's play setting, else 0)")
+    copy_penalty: float | None = field(None, help="logit taken from the token each place held in the previous "
+                                       "frame before sampling: counters greedy decoding settling into a still "
+                                       "picture (default: the world's play setting, else 2)")
+    action_guidance: float | None = field(None, help="1 = off; g > 1 amplifies what the pressed latent action "
+                                          "changes against the action-free prediction: each pass runs on 2 copies of "
+                                          "the batch for a model trained with action dropout, else |A| + 1 "
+                                          "(docs/models.md; default: the world's play setting, else 1)")
     context_frames: int = field(16, help="frames the dynamics model and decoder attend to")
     prompt_frames: int = field(1, help="frames of a dataset prompt (context before the start frame)")
     max_history: int = field(64, help="actions undo can take back per session (at least max_history - "
@@ -72,9 +78,8 @@ class PlayConfig:
     record_scale: int = field(4, help="pixel enlargement of downloaded recordings")
 
     def __post_init__(self) -> None:
-        for name in ("port", "max_sessions", "max_upload_bytes", "max_pixels", "burst", "max_queued", "steps",
-                     "context_frames",
-                     "prompt_frames", "record_scale"):
+        for name in ("port", "max_sessions", "max_upload_bytes", "max_pixels", "burst", "max_queued",
+                     "context_frames", "prompt_frames", "record_scale"):
             if getattr(self, name) < (0 if name == "port" else 1):
                 raise ConfigError(f"play.{name} must be positive, got {getattr(self, name)}")
         for name in ("rate", "idle_timeout_s", "record_fps"):
@@ -85,10 +90,13 @@ class PlayConfig:
         self.sampling()
         self.session_limits()
 
-    def sampling(self) -> SamplingConfig:
-        """How each new frame is decoded (its checks name this config's fields)."""
-        return sampling_of("play", steps=self.steps, temperature=self.temperature, copy_penalty=self.copy_penalty,
-                           action_guidance=self.action_guidance)
+    def sampling(self, run_dir: str | Path | None = None) -> SamplingConfig:
+        """How each new frame is decoded: the fields set here over the play setting of the world in
+        ``run_dir`` (:mod:`playworld.play_setting`); its checks name this config's fields."""
+        given = {"steps": self.steps, "temperature": self.temperature, "copy_penalty": self.copy_penalty,
+                 "action_guidance": self.action_guidance}
+        world = dataclasses.asdict(world_sampling(run_dir))
+        return sampling_of("play", **{**world, **{k: v for k, v in given.items() if v is not None}})
 
     def session_limits(self) -> SessionLimits:
         return SessionLimits(self.max_history, self.checkpoint_every, self.max_record_frames, self.max_replay)

@@ -105,7 +105,7 @@ class PlayServer:
         self.config = c = config or PlayConfig()
         self.models = models
         self.world_config = WorldConfig(context_frames=c.context_frames, decoder_context=c.context_frames,
-                                        sampling=c.sampling())
+                                        sampling=c.sampling(run_dir))
         probe = self.new_world()
         self.num_actions, self.size = probe.num_actions, world_frame_size(probe)
         self.dtype = str(probe.dtype).removeprefix("torch.")  # what a step computes in (playworld.precision)
