@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -61,15 +61,6 @@ class SamplingConfig:
                               f"got {self.action_guidance}")
         if self.schedule not in ("cosine", "linear"):
             raise ConfigError(f"sampling.schedule must be 'cosine' or 'linear', got {self.schedule!r}")
-
-
-def sampling_of(section: str, **fields: Any) -> SamplingConfig:
-    """The :class:`SamplingConfig` another config's fields describe (``EvalConfig.sampling``,
-    ``PlayConfig.sampling``): one set of checks, whose refusals name ``section``'s fields."""
-    try:
-        return SamplingConfig(**fields)
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("sampling.", f"{section}.", 1)) from None
 
 
 # What a player sees: `playworld play`, `playworld rollout`, the Gymnasium env and `playworld eval` all

@@ -70,10 +70,14 @@ def read_play_setting(run_dir: str | Path | None) -> dict[str, Any]:
     return parse_play_setting(read_json(path, ConfigError, "play setting file"), str(path))
 
 
-def world_sampling(run_dir: str | Path | None, **overrides: Any) -> SamplingConfig:
-    """Play's setting, then the world's ``play_setting.json``, then each override that is not None."""
+def world_sampling(run_dir: str | Path | None, section: str = "sampling", **overrides: Any) -> SamplingConfig:
+    """Play's setting, then the world's ``play_setting.json``, then each override that is not None (a bad
+    override's refusal names ``section``'s field: ``play.copy_penalty``, ``eval.copy_penalty``)."""
     values = {**read_play_setting(run_dir), **{k: v for k, v in overrides.items() if v is not None}}
-    return dataclasses.replace(play_sampling(), **values)
+    try:
+        return dataclasses.replace(play_sampling(), **values)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("sampling.", f"{section}.", 1)) from None
 
 
 def save_play_setting(run_dir: str | Path, note: str = "", **values: Any) -> Path:

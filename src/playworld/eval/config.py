@@ -11,7 +11,7 @@ from typing import Any
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
 from playworld.eval.motion import MotionEstimator
-from playworld.maskgit import SamplingConfig, sampling_of
+from playworld.maskgit import SamplingConfig
 from playworld.play_setting import world_sampling
 
 # settings an evaluation written before the field existed ran with: its value then (not today's default)
@@ -121,10 +121,8 @@ class EvalConfig:
     def sampling(self, run_dir: str | Path | None = None) -> SamplingConfig:
         """How the evaluated world decodes each new frame: the fields set here over the play setting of the
         world in ``run_dir`` (:mod:`playworld.play_setting`); its checks name this config's fields."""
-        given = {"steps": self.maskgit_steps, "temperature": self.temperature, "copy_penalty": self.copy_penalty,
-                 "action_guidance": self.action_guidance}
-        world = dataclasses.asdict(world_sampling(run_dir))
-        return sampling_of("eval", **{**world, **{k: v for k, v in given.items() if v is not None}})
+        return world_sampling(run_dir, "eval", steps=self.maskgit_steps, temperature=self.temperature,
+                              copy_penalty=self.copy_penalty, action_guidance=self.action_guidance)
 
     def resolved(self, sampling: SamplingConfig) -> EvalConfig:
         """These settings with the decoding fields left to the world filled in from ``sampling`` (what the

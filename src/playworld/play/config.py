@@ -5,13 +5,12 @@ Kept apart from the server so that building the command line imports neither Fas
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from playworld.config import Precision, field
 from playworld.errors import ConfigError
-from playworld.maskgit import SamplingConfig, sampling_of
+from playworld.maskgit import SamplingConfig
 from playworld.play_setting import world_sampling
 
 
@@ -93,10 +92,8 @@ class PlayConfig:
     def sampling(self, run_dir: str | Path | None = None) -> SamplingConfig:
         """How each new frame is decoded: the fields set here over the play setting of the world in
         ``run_dir`` (:mod:`playworld.play_setting`); its checks name this config's fields."""
-        given = {"steps": self.steps, "temperature": self.temperature, "copy_penalty": self.copy_penalty,
-                 "action_guidance": self.action_guidance}
-        world = dataclasses.asdict(world_sampling(run_dir))
-        return sampling_of("play", **{**world, **{k: v for k, v in given.items() if v is not None}})
+        return world_sampling(run_dir, "play", steps=self.steps, temperature=self.temperature,
+                              copy_penalty=self.copy_penalty, action_guidance=self.action_guidance)
 
     def session_limits(self) -> SessionLimits:
         return SessionLimits(self.max_history, self.checkpoint_every, self.max_record_frames, self.max_replay)
