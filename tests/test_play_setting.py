@@ -98,3 +98,33 @@ def test_the_play_server_plays_the_worlds_setting(run, tmp_path):
     assert server.world_config.sampling == world_sampling(run)
     server = PlayServer(tiny_models(), PlayConfig(context_frames=4, steps=1), run_dir=run)
     assert (server.world_config.sampling.steps, server.world_config.sampling.copy_penalty) == (1, 3.5)
+
+
+def test_the_command_shows_sets_adopts_an_evaluation_and_clears(tmp_path, capsys, monkeypatch):
+    from playworld.cli import main
+
+    run = save_tiny_run(tmp_path / "w")
+    assert main(["play-setting", str(run)]) == 0
+    assert "no play_setting.json" in capsys.readouterr().out
+    assert main(["play-setting", str(run), "--copy-penalty", "3", "--note", "livelier"]) == 0
+    assert world_sampling(run).copy_penalty == 3.0
+    assert main(["play-setting", str(run), "--steps", "2"]) == 0  # the other fields and the note are kept
+    data = json.loads((run / FILENAME).read_text())
+    assert (data["copy_penalty"], data["steps"], data["note"]) == (3.0, 2, "livelier")
+    assert "copy penalty 3" in capsys.readouterr().out
+    # the setting an evaluation measured, as its metrics.json records it (the loader stubbed: a real one
+    # needs a whole evaluation)
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "metrics.json").write_text("{}")
+    settings = {"maskgit_steps": 1, "temperature": 0.0, "copy_penalty": 2.5, "action_guidance": 1.0}
+    monkeypatch.setattr("playworld.eval.schema.load_metrics", lambda p: {"settings": settings, "run": "elsewhere"})
+    assert main(["play-setting", str(run), "--from-eval", str(ev)]) == 0
+    s = world_sampling(run)
+    assert (s.steps, s.copy_penalty) == (1, 2.5)
+    assert "(of elsewhere)" in json.loads((run / FILENAME).read_text())["note"]
+    assert main(["play-setting", str(run), "--copy-penalty", "-1"]) == 2  # refused, the file unchanged
+    assert world_sampling(run).copy_penalty == 2.5
+    assert main(["play-setting", str(run), "--clear"]) == 0
+    assert not (run / FILENAME).exists() and world_sampling(run) == play_sampling()
+    assert main(["play-setting", str(tmp_path)]) == 2  # not a world

@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "playworld.cli.tokenize",
     "playworld.cli.eval",
     "playworld.cli.names",
+    "playworld.cli.play_setting",
     "playworld.cli.rollout",
     "playworld.cli.play",
     "playworld.cli.agent",
