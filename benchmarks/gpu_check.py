@@ -87,15 +87,9 @@ def make_dataset(out: Path, *, episodes: int, length: int, size: int = 64, seed:
 # ----------------------------------------------------------------------------- one training process
 
 def tokens_per_frame(model: torch.nn.Module) -> int:
-    """Positions a model computes per frame: tokenizer patches, LAM patches, dynamics tokens."""
-    c = model.config
-    for name in ("tokens_per_frame",):
-        if hasattr(model, name):
-            return int(getattr(model, name))
-    for name in ("num_tokens", "num_patches"):
-        if hasattr(c, name):
-            return int(getattr(c, name))
-    raise ValueError(f"{type(model).__name__}: no tokens-per-frame figure")
+    """Positions a model computes per frame (tokenizer patches, LAM patches, dynamics tokens), as its
+    config declares them."""
+    return int(model.config.tokens_per_frame)
 
 
 def train_worker(spec: dict) -> dict:

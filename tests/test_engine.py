@@ -308,6 +308,8 @@ def test_lam_validation_logs_the_encoders_held_out_usage_and_warns_when_collapse
         assert "decoder_share/0" in r and "decoder_batch_perplexity" in r and "action_usage/0" not in r
     train = [r for r in records if r["split"] == "train"]
     assert train and all("encoder_batch_perplexity" in r and "decoder_share/3" in r for r in train)
+    # throughput in tokens as the LAM's config counts them (4 patches a frame): once logged as nothing
+    assert all(r["tokens_per_s"] == pytest.approx(r["clips_per_s"] * 3 * lam_cfg.tokens_per_frame) for r in train)
     warnings = [r for r in records if "warning" in r]
     assert [w["step"] for w in warnings] == [1, 2]
     assert "latent actions collapsed on held-out clips" in warnings[0]["warning"]

@@ -87,8 +87,6 @@ class TrainableModel(nn.Module, ABC):
 
     config: Any
     keep_fp32: ClassVar[tuple[str, ...]] = ()
-    tokens_per_frame: int = 0
-    """Tokens one frame of this model's input makes (logged as tokens/s when > 0)."""
     caches_tokens: ClassVar[bool] = False
     """Whether :meth:`cached_loader` can serve pre-encoded batches (``data.precompute``)."""
     ddp_find_unused: ClassVar[bool] = False

@@ -424,7 +424,7 @@ class Trainer:
         batches: Iterator[Any] = iter(loader)
         ran = 0
         window_t, window_clips = time.perf_counter(), 0
-        tokens_per_clip = cfg.data.clip_len * int(self.model.tokens_per_frame)
+        tokens_per_clip = cfg.data.clip_len * int(getattr(cfg.model, "tokens_per_frame", 0))
         try:
             self.model.train()
             while self.step < cfg.train.steps:
