@@ -225,3 +225,23 @@ def test_sigterm_writes_a_checkpoint_exits_143_and_rerun_resumes(trained, tmp_pa
     assert again.returncode == 0, again.stderr
     assert f"tokenizer: resuming from step {step} (" in again.stderr
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step + 2:08d}"
+
+
+def test_the_command_line_builds_without_the_video_server_and_gym_packages():
+    """`playworld train` runs where only torch and the training stack are installed (a GPU image without PyAV,
+    FastAPI or Gymnasium): building the parser imports none of them; the commands that need one load it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('av', 'fastapi', 'uvicorn', 'gymnasium'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from playworld.cli import main\n"
+        "main(['train', '--help'])\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage: playworld train" in proc.stdout

@@ -20,9 +20,9 @@ import shutil
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal, TypeVar
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -32,14 +32,13 @@ from playworld.data.format import MANIFEST, DatasetWriter, EpisodeData, partial_
 from playworld.data.split import SplitRule
 from playworld.errors import ConfigError, DatasetError
 
+if TYPE_CHECKING:
+    import av
+
 __all__ = ["IngestConfig", "FileResult", "IngestReport", "ingest", "fit_image", "resample", "scene_cuts",
            "cut_scores"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-# What decoding a bad file can raise: FFmpeg errors, I/O errors, and Pillow's (SyntaxError, struct.error
-# for broken PNG chunks). Anything else is a bug and propagates.
-_UNREADABLE = (av.error.FFmpegError, OSError, ValueError, EOFError, SyntaxError, struct.error,
-               Image.DecompressionBombError)
 T = TypeVar("T")
 TOP_SCORES = 12  # frame-difference scores the report lists (the largest, over all inputs)
 SCORE_LADDER = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 80.0, 120.0)  # thresholds the report counts scores above
@@ -229,8 +228,22 @@ def scene_cuts(frames: np.ndarray, threshold: float, scores: np.ndarray | None =
     return [int(t) + 1 for t in np.nonzero(score > threshold)[0]]
 
 
+def _av() -> ModuleType:
+    """PyAV, imported when a video is read (so that building the command line does not need it)."""
+    import av
+
+    return av
+
+
+def _unreadable() -> tuple[type[BaseException], ...]:
+    """What decoding a bad file can raise: FFmpeg errors, I/O errors, and Pillow's (SyntaxError, struct.error
+    for broken PNG chunks). Anything else is a bug and propagates."""
+    return (_av().error.FFmpegError, OSError, ValueError, EOFError, SyntaxError, struct.error,
+            Image.DecompressionBombError)
+
+
 def _decode_video(path: Path, cfg: IngestConfig) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
+    with _av().open(str(path)) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
@@ -262,7 +275,7 @@ def _decode_images(folder: Path, cfg: IngestConfig) -> list[np.ndarray]:
         try:
             with Image.open(p) as img:
                 frames.append(fit_image(img, cfg.size, cfg.fit))
-        except _UNREADABLE as e:
+        except _unreadable() as e:
             raise ValueError(f"image {p.name}: {e}") from e
     return frames
 
@@ -297,7 +310,7 @@ def _episodes(frames: np.ndarray, cfg: IngestConfig, scores: np.ndarray) -> _Spl
 
 
 def _read(path: Path, cfg: IngestConfig) -> np.ndarray:
-    """Decode one input to (L, S, S, 3) uint8, or raise ValueError/_UNREADABLE with the reason."""
+    """Decode one input to (L, S, S, 3) uint8, or raise ValueError or one of _unreadable() with the reason."""
     if not path.exists():
         raise FileNotFoundError("no such file or folder")
     if path.is_dir():
@@ -312,9 +325,9 @@ def _read(path: Path, cfg: IngestConfig) -> np.ndarray:
 
 
 def _reason(e: BaseException) -> str:
-    if isinstance(e, av.error.InvalidDataError):
+    if isinstance(e, _av().error.InvalidDataError):
         return f"cannot decode ({e.strerror}): corrupt, truncated or not a video"
-    if isinstance(e, av.error.FFmpegError):
+    if isinstance(e, _av().error.FFmpegError):
         return f"cannot decode ({e.strerror})"
     return str(e) or type(e).__name__
 
@@ -340,7 +353,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, cfg: IngestConfig, *, o
             path = Path(raw)
             try:
                 frames = _read(path, cfg)
-            except _UNREADABLE as e:
+            except _unreadable() as e:
                 reason = _reason(e)
                 if cfg.strict:
                     raise DatasetError(f"{path}: {reason} (--strict: nothing was written)") from e
