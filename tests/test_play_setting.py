@@ -6,6 +6,7 @@ import json
 import pytest
 
 from playworld import make_env
+from playworld.config import to_dict
 from playworld.errors import ConfigError
 from playworld.eval.config import EvalConfig
 from playworld.maskgit import SamplingConfig, play_sampling
@@ -117,7 +118,7 @@ def test_the_command_shows_sets_adopts_an_evaluation_and_clears(tmp_path, capsys
     ev = tmp_path / "ev"
     ev.mkdir()
     (ev / "metrics.json").write_text("{}")
-    settings = {"maskgit_steps": 1, "temperature": 0.0, "copy_penalty": 2.5, "action_guidance": 1.0}
+    settings = to_dict(EvalConfig(maskgit_steps=1, temperature=0.0, copy_penalty=2.5, action_guidance=1.0))
     monkeypatch.setattr("playworld.eval.schema.load_metrics", lambda p: {"settings": settings, "run": "elsewhere"})
     assert main(["play-setting", str(run), "--from-eval", str(ev)]) == 0
     s = world_sampling(run)

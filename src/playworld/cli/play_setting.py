@@ -33,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     from playworld.errors import ConfigError
     from playworld.eval.compare import find_metrics
-    from playworld.eval.config import BEFORE_FIELD
+    from playworld.eval.config import EvalConfig
     from playworld.eval.schema import load_metrics
     from playworld.io import read_json
     from playworld.maskgit import play_sampling
-    from playworld.play_setting import FIELDS, FILENAME, read_play_setting, save_play_setting, world_sampling
+    from playworld.play_setting import FIELDS, FILENAME, parse_play_setting, save_play_setting, world_sampling
 
     run_dir: Path = args.run
     if not (run_dir / "dynamics").is_dir():
@@ -51,22 +51,20 @@ def run(args: argparse.Namespace) -> int:
         path.unlink(missing_ok=True)
         print(f"{run_dir}: plays at play's setting ({_describe(dataclasses.asdict(play_sampling()))})")
         return 0
+    raw = read_json(path, ConfigError, "play setting file") if path.is_file() else None
+    own = parse_play_setting(raw, str(path)) if raw is not None else {}  # its fields are kept unless given now
     note = args.note
     if args.from_eval:
         metrics_path = find_metrics(args.from_eval)
         metrics = load_metrics(metrics_path)
-        s = {**BEFORE_FIELD, **metrics["settings"]}  # an evaluation older than a field ran without it
-        measured = {"steps": s["maskgit_steps"], "temperature": s["temperature"], "copy_penalty": s["copy_penalty"],
-                    "action_guidance": s["action_guidance"]}
-        given = {k: given[k] if given[k] is not None else measured[k] for k in FIELDS}
+        # the eval's own reader (older files read as they ran), then the setting its fields describe
+        measured = EvalConfig.from_settings(metrics["settings"], str(metrics_path)).sampling()
+        given = {k: given[k] if given[k] is not None else getattr(measured, k) for k in FIELDS}
         note = note if note is not None else f"as measured by {metrics_path} (of {metrics['run']})"
     if any(v is not None for v in given.values()) or note is not None:
-        current = read_play_setting(run_dir)  # its fields are kept unless given now
-        old_note = read_json(path, ConfigError, "play setting file").get("note", "") if path.is_file() else ""
-        values = {**current, **{k: v for k, v in given.items() if v is not None}}
-        save_play_setting(run_dir, note=note if note is not None else old_note, **values)
+        own = {**own, **{k: v for k, v in given.items() if v is not None}}
+        save_play_setting(run_dir, note=note if note is not None else (raw or {}).get("note", ""), **own)
         print(f"wrote {path}")
-    own = read_play_setting(run_dir)
     setting = dataclasses.asdict(world_sampling(run_dir))
     source = f"{path}: {_describe(own)}" if own else "no play_setting.json"
     print(f"{run_dir} plays at {_describe({k: setting[k] for k in FIELDS})} ({source}; the rest is play's)")
