@@ -116,15 +116,15 @@ def worker_main(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(Path(__file__).parent))
     from play import models, world_fps  # benchmarks/play.py
-    from playworld.maskgit import SamplingConfig
+    from playworld.play.config import PlayConfig
     from playworld.precision import cast_for_play, resolve_precision
     from playworld.world import WorldConfig
 
     torch.set_num_threads(args.threads)
     mods = models(args)
     cast_for_play(mods[0], mods[2], resolve_precision(args.precision))
-    cfg = WorldConfig(context_frames=args.context, decoder_context=args.context,
-                      sampling=SamplingConfig(steps=args.steps, temperature=0.0))
+    sampling = PlayConfig(steps=args.steps, action_guidance=args.action_guidance).sampling(args.run)
+    cfg = WorldConfig(context_frames=args.context, decoder_context=args.context, sampling=sampling)
     print("ready", flush=True)
     for line in sys.stdin:
         print(f"fps {world_fps(mods, cfg, 1, float(line))}", flush=True)
@@ -136,7 +136,8 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--run")
     p.add_argument("--preset")
-    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--action-guidance", type=float)
     p.add_argument("--context", type=int, required=True)
     p.add_argument("--precision", required=True)
     worker_main(p.parse_args())

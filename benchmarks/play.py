@@ -47,6 +47,13 @@ from playworld.threads import resolve_threads, usable_cores
 from playworld.world import World, WorldConfig
 
 
+def sampling_flags(args: argparse.Namespace) -> list[str]:
+    """The sampling flags given on this command line, for `playworld play` or a worker process (each
+    takes its world's play setting for the rest, as this process does)."""
+    flags = [("--steps", args.steps), ("--action-guidance", args.action_guidance)]
+    return [a for flag, value in flags if value is not None for a in (flag, str(value))]
+
+
 def models(args: argparse.Namespace):
     if args.preset is None:
         from playworld.api import resolve_run
@@ -60,7 +67,7 @@ def models(args: argparse.Namespace):
         return run.tokenizer, run.lam, run.dynamics
     from generation import build_world  # benchmarks/generation.py: preset-sized random models
 
-    w = build_world(args.preset, args.steps, args.context)
+    w = build_world(args.preset, args.steps or 1, args.context)
     return w.tokenizer, w.lam, w.dynamics
 
 
@@ -168,10 +175,11 @@ def main() -> None:
                    "one, in the same dtype (e.g. a one_pass world against the MaskGIT world it was fine-tuned from)")
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=PlayConfig.steps, help="MaskGIT steps per frame (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="MaskGIT steps per frame (default: the world's play setting, as `playworld play`)")
     p.add_argument("--context", type=int, default=16, help="context frames (default: %(default)s)")
-    p.add_argument("--action-guidance", type=float, default=PlayConfig.action_guidance,
-                   help="action guidance, as `playworld play --action-guidance` (default: %(default)s, off)")
+    p.add_argument("--action-guidance", type=float, default=None,
+                   help="action guidance, as `playworld play --action-guidance` (default: the world's play setting)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = playworld's default, playworld.threads: all cores but one)")
     p.add_argument("--precision", default=PlayConfig.precision, choices=PRECISIONS,
@@ -186,17 +194,21 @@ def main() -> None:
     p.add_argument("--load", type=int, default=1, help="--contention: busy processes (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=2, help="--contention: quiet/loaded rounds (default: %(default)s)")
     args = p.parse_args()
+    if args.preset is None:
+        from playworld.api import resolve_run
+
+        args.run = str(resolve_run(args.run))
     try:  # a bad setting is a usage error, named by PlayConfig's field, before any model loads
         play = PlayConfig(steps=args.steps, context_frames=args.context, action_guidance=args.action_guidance,
                           max_sessions=max(args.sessions), rate=1000, burst=1000)
-        sampling = play.sampling()
+        sampling = play.sampling(None if args.preset else args.run)  # the flags over the world's play setting
     except ConfigError as e:
         p.error(str(e))
     if args.contention:
         from contention import run_contention  # benchmarks/contention.py
 
-        model = ["--preset", args.preset] if args.preset else (["--run", args.run] if args.run else [])
-        run_contention([*model, "--steps", str(args.steps), "--context", str(args.context),
+        model = ["--preset", args.preset] if args.preset else ["--run", args.run]
+        run_contention([*model, *sampling_flags(args), "--context", str(args.context),
                         "--precision", args.precision], args.load, args.seconds, args.rounds)
         return
     # all torch work on the scheduler's one worker thread, as `playworld play` does (see StepScheduler.call)
@@ -207,8 +219,9 @@ def main() -> None:
     scheduler.call(cast_for_play, mods[0], mods[2], dtype)
     wcfg = WorldConfig(context_frames=args.context, decoder_context=args.context, sampling=sampling)
     side = mods[0].config.image_size
-    print(f"model: {args.run or args.preset + ' (random weights)'}, {side}x{side}, MaskGIT steps {args.steps}, "
-          f"action guidance {args.action_guidance:g}, "
+    print(f"model: {args.run or args.preset + ' (random weights)'}, {side}x{side}, MaskGIT steps {sampling.steps}, "
+          f"temperature {sampling.temperature:g}, copy penalty {sampling.copy_penalty:g}, "
+          f"action guidance {sampling.action_guidance:g}, "
           f"context {args.context}, torch threads {scheduler.call(torch.get_num_threads)}, "
           f"{str(dtype).removeprefix('torch.')} (--precision {args.precision})")
     if fp32 is not mods:
@@ -231,7 +244,7 @@ def main() -> None:
         print(f"20 undos from a full history (64 actions), a snapshot every {every} actions: snapshot {mb:.1f} MB in {snap:.1f} ms; "
               f"undo mean {mean:.0f} ms, largest {worst:.0f} ms")
 
-    server = PlayServer(mods, play, scheduler=scheduler)
+    server = PlayServer(mods, play, run_dir=None if args.preset else args.run, scheduler=scheduler)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -282,7 +295,7 @@ def own_process(args: argparse.Namespace, n: int, picture: str, num_actions: int
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "playworld", "play", args.run, "--port", str(port), "--steps", str(args.steps),
+    cmd = [sys.executable, "-m", "playworld", "play", args.run, "--port", str(port), *sampling_flags(args),
            "--context-frames", str(args.context), "--max-sessions", str(max(args.sessions)), "--rate", "1000",
            "--burst", "1000", "--threads", str(args.threads), "--precision", args.precision]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
