@@ -1,9 +1,10 @@
 """Reconstruction PSNR of trained tokenizers on a held-out split (levels never trained on), with a
 95% bootstrap interval over clips, plus code usage and perplexity of the tokens each produces, and the
 motion it keeps (shift between consecutive reconstructions regressed on the real shift, per axis;
-docs/eval.md). Several tokenizers are measured on the same clips; ``--grid`` writes a PNG with, for a few
-clips, the real frame beside each tokenizer's reconstruction and its error (x4), upscaled without smoothing,
-so fine detail (the agent's sprite, wall texture) can be judged by eye.
+docs/eval.md), and the pixel change it keeps and its PSNR on the pixels that move (playworld.eval.change:
+what a fixed-screen game's small sprites need). Several tokenizers are measured on the same clips;
+``--grid`` writes a PNG with, for a few clips, the real frame beside each tokenizer's reconstruction and
+its error (x4), upscaled without smoothing, so fine detail (the agent's sprite, wall texture) can be judged by eye.
 
     .venv/bin/python benchmarks/tokenizer_psnr.py runs/coinrun/tokenizer --data data/coinrun-mix --split test
     .venv/bin/python benchmarks/tokenizer_psnr.py OLD NEW --data data/coinrun-eval --grid recon.png
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw
 
 import playworld
 from playworld.data.loader import ClipDataset
+from playworld.eval.change import ChangeSums, change_kept, change_sums, moving_psnr
 from playworld.eval.kept import motion_kept
 from playworld.eval.motion import MotionEstimator
 from playworld.eval.stats import bootstrap
@@ -30,7 +32,7 @@ from playworld.models.base import psnr_from_mse
 def measure(tok, clips: ClipDataset, idx: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
     """Figures of one tokenizer on clips ``idx``; also the reconstructions of the first batch (B, T, H, W, C)."""
     psnr, counts = [], torch.zeros(tok.num_codes)
-    motion, real_shift, rec_shift, first = MotionEstimator(), [], [], None
+    motion, real_shift, rec_shift, first, change = MotionEstimator(), [], [], None, []
     with torch.no_grad():
         for s in range(0, len(idx), 16):
             video = clips.get_batch(idx[s : s + 16].tolist()).float().div(255.0)  # (B, T, H, W, C)
@@ -41,6 +43,7 @@ def measure(tok, clips: ClipDataset, idx: np.ndarray, seed: int) -> tuple[dict, 
             psnr += psnr_from_mse(mse).tolist()
             real_shift.append(motion(video[:, :-1], video[:, 1:]).numpy())  # (B, T-1, 2) dy, dx
             rec_shift.append(motion(recon[:, :-1], recon[:, 1:]).numpy())
+            change.append(change_sums(video[:, :-1], video[:, 1:], recon[:, :-1], recon[:, 1:]))
             counts += torch.bincount(enc.indices.flatten(), minlength=tok.num_codes).float()
     psnr_a = np.asarray(psnr)
     ci = bootstrap(psnr_a, seed=seed, resamples=2000)
@@ -52,6 +55,8 @@ def measure(tok, clips: ClipDataset, idx: np.ndarray, seed: int) -> tuple[dict, 
         "clips": psnr_a, "psnr": ci.mean, "low": ci.low, "high": ci.high,
         "used": int((counts > 0).sum()), "codes": tok.num_codes,
         "ppl": float(torch.exp(-(prob[prob > 0] * prob[prob > 0].log()).sum())), "kept": kept,
+        "change_kept": change_kept(ChangeSums.cat(change), seed=seed, resamples=1000),
+        "moving_psnr": moving_psnr(ChangeSums.cat(change), seed=seed, resamples=1000),
     }, first
 
 
@@ -112,6 +117,9 @@ def main() -> None:
               f"codes used {f['used']}/{f['codes']}, perplexity {f['ppl']:.1f}; motion kept dy / dx: "
               + " / ".join(f"{kept.slope[a]}" for a in ("dy", "dx"))
               + f" (correlation {' / '.join(f'{kept.correlation[a].mean:.2f}' for a in ('dy', 'dx'))})")
+        ck, mp = f["change_kept"], f["moving_psnr"]
+        print(f"  pixel change kept {ck.mean:.2f} [{ck.low:.2f}, {ck.high:.2f}]; PSNR on moving pixels "
+              + ("- (nothing moved)" if mp is None else f"{mp.mean:.2f} dB [{mp.low:.2f}, {mp.high:.2f}]"))
         if first_clips is None:
             first_clips = f["clips"]
         else:  # paired over the same clips: far tighter than the two intervals above

@@ -230,15 +230,39 @@ def test_a_world_that_returns_its_input_is_flagged_frozen(oracle_metrics, copy_m
     assert head["realism_frechet"]["better"] == "lower" and head["liveness_far"]["better"] == "near 1"
 
 
+def test_pixel_change_is_kept_by_a_perfect_world_and_lost_by_one_that_returns_its_input(oracle_metrics,
+                                                                                      copy_metrics):
+    tok, dyn = oracle_metrics.metrics["tokenizer"], oracle_metrics.metrics["motion"]["dynamics_change"]
+    assert tok["change_kept"]["mean"] == pytest.approx(1.0) and tok["moving_psnr"]["mean"] == PSNR_CAP
+    assert dyn["change_kept"]["mean"] == pytest.approx(1.0) and dyn["moving_psnr"]["mean"] == PSNR_CAP
+    assert dyn["copy_moving_psnr"]["mean"] < 20  # the moved sprite is where copying is wrong
+    frozen = copy_metrics["motion"]["dynamics_change"]
+    assert frozen["change_kept"]["mean"] == 0 and frozen["change_kept"]["high"] == 0
+    assert frozen["moving_psnr"]["mean"] == pytest.approx(frozen["copy_moving_psnr"]["mean"])
+    head = copy_metrics["headline"]
+    assert head["dynamics_change_kept"]["better"] == "near 1" and head["dynamics_moving_psnr"]["better"] == "higher"
+    assert head["tokenizer_change_kept"]["mean"] == pytest.approx(1.0)
+
+
+def test_files_from_before_the_change_figures_still_validate(oracle_metrics):
+    m = json.loads(json.dumps(oracle_metrics.metrics))
+    del m["tokenizer"]["change_kept"], m["tokenizer"]["moving_psnr"], m["motion"]["dynamics_change"]
+    m["headline"] = {k: v for k, v in m["headline"].items() if "change" not in k and "moving" not in k}
+    validate(m)
+    from playworld.eval.report import render_report
+
+    assert "Change kept" not in render_report(m) and "Change kept" in render_report(oracle_metrics.metrics)
+
+
 def test_version_1_files_are_still_read_and_compared(oracle_metrics, tmp_path):
     from playworld.eval.compare import compare
 
     m = json.loads(json.dumps(oracle_metrics.metrics))
     v1 = copy.deepcopy(m)
     v1["schema_version"] = 1
-    del v1["motion"]
+    del v1["motion"], v1["tokenizer"]["change_kept"], v1["tokenizer"]["moving_psnr"]
     v1["headline"] = {k: {f: x for f, x in v.items() if f != "replicates"} for k, v in v1["headline"].items()
-                      if "motion" not in k and "key_" not in k and "liveness" not in k and "realism" not in k}
+                      if not any(w in k for w in ("motion", "key_", "liveness", "realism", "change", "moving"))}
     validate(v1)
     with pytest.raises(ConfigError, match=r"top level: missing keys \['motion'\]"):
         validate({**v1, "schema_version": 2})

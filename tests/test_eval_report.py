@@ -206,6 +206,7 @@ def test_compare_judges_key_response_and_liveness_by_their_distance_from_the_rea
     old = copy.deepcopy(a)
     old["schema_version"] = 3
     old["motion"]["keys"].pop("real_starts")
+    old["motion"].pop("dynamics_change"), old["tokenizer"].pop("change_kept"), old["tokenizer"].pop("moving_psnr")
     for key in ("key_response_late", "liveness_far"):
         old["headline"][key]["better"] = "higher"
     (tmp_path / "old.json").write_text(json.dumps(old))
@@ -263,11 +264,12 @@ def test_compare_pairs_evaluations_of_the_same_units_and_flags_a_small_shift_the
     old = copy.deepcopy(b)
     old["schema_version"] = 2
     old["motion"]["keys"].pop("real_starts")
+    old["motion"].pop("dynamics_change"), old["tokenizer"].pop("change_kept"), old["tokenizer"].pop("moving_psnr")
     for e in old["headline"].values():
         e.pop("replicates", None)
     validate(old)
     with pytest.raises(ConfigError, match=r"headline\.\w+: missing keys \[\], unknown keys \['replicates'\]"):
-        validate({**b, "schema_version": 2})
+        validate({**b, "schema_version": 2, "tokenizer": old["tokenizer"], "motion": old["motion"]})
     for name, m in (("other", other), ("old", old)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(m))

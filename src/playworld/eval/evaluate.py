@@ -22,6 +22,7 @@ from playworld.config import to_dict
 from playworld.data.loader import ClipDataset
 from playworld.errors import TrainingError
 from playworld.eval import actions as act
+from playworld.eval.change import ChangeSums, change_kept, moving_psnr
 from playworld.eval.clips import EvalClips, choose_clips
 from playworld.eval.compare import SPEED_FIGURES
 from playworld.eval.config import EvalConfig
@@ -151,7 +152,21 @@ class Evaluation:
             "perplexity": bootstrap(clips, seed=cfg.seed, resamples=cfg.bootstrap, statistic=perplexity,
                                     bias_correct=True).to_json(replicates=True),
             "code_counts": counts.sum(0).tolist(),
+            **self.change_part([f.recon_change for f in figs]),
         }
+
+    def change_part(self, parts: list[ChangeSums | None], baseline: list[ChangeSums | None] | None = None
+                    ) -> dict[str, Any]:
+        """Change kept and moving PSNR (:mod:`playworld.eval.change`) over every clip's transitions; with
+        ``baseline``, also the moving PSNR of copying frame t-1."""
+        cfg = self.cfg
+        sums = ChangeSums.cat([p for p in parts if p is not None])
+        out = {"change_kept": change_kept(sums, seed=cfg.seed, resamples=cfg.bootstrap).to_json(replicates=True),
+               "moving_psnr": _opt_json(moving_psnr(sums, seed=cfg.seed, resamples=cfg.bootstrap))}
+        if baseline is not None:
+            copy = ChangeSums.cat([p for p in baseline if p is not None])
+            out["copy_moving_psnr"] = _opt_json(moving_psnr(copy, seed=cfg.seed, resamples=cfg.bootstrap))
+        return out
 
     def rollout_section(self, figs: list[BatchFigures]) -> None:
         contexts = {}
@@ -429,7 +444,8 @@ class Evaluation:
             "tokenizer_kept": motion_kept(flat("recon_shift")[0], real, groups, seed=cfg.seed,
                                           resamples=cfg.bootstrap).to_json(replicates=True),
             "dynamics_kept": motion_kept(flat("tf_shift")[0], tf_real, tf_groups, seed=cfg.seed,
-                                         resamples=cfg.bootstrap).to_json(replicates=True)}
+                                         resamples=cfg.bootstrap).to_json(replicates=True),
+            "dynamics_change": self.change_part([f.tf_change for f in figs], [f.copy_change for f in figs])}
         self.out.metrics["motion"] = section
         section["keys"], gen = self.keys_part()
         section["keys"]["real_starts"] = self.real_keys_part()
@@ -568,6 +584,10 @@ class Evaluation:
             "tokenizer_motion_kept_dy": (m["motion"]["tokenizer_kept"]["slope"]["dy"], "higher"),
             "dynamics_motion_kept_dx": (m["motion"]["dynamics_kept"]["slope"]["dx"], "higher"),
             "dynamics_motion_kept_dy": (m["motion"]["dynamics_kept"]["slope"]["dy"], "higher"),
+            "tokenizer_change_kept": (m["tokenizer"]["change_kept"], NEAR_ONE),
+            "tokenizer_moving_psnr": (m["tokenizer"]["moving_psnr"], "higher"),
+            "dynamics_change_kept": (m["motion"]["dynamics_change"]["change_kept"], NEAR_ONE),
+            "dynamics_moving_psnr": (m["motion"]["dynamics_change"]["moving_psnr"], "higher"),
             "key_response_early": (m["motion"]["keys"]["response"]["early"], NEAR_ONE),
             "key_response_late": (m["motion"]["keys"]["response"]["late"], NEAR_ONE),
             "liveness_late": (m["motion"]["keys"]["liveness"]["late"], NEAR_ONE),

@@ -233,6 +233,17 @@ def _motion_section(m: dict[str, Any]) -> list[str]:
                      f"<td>{_fmt(k['correlation']['dy'])}</td><td>{_fmt(k['correlation']['dx'])}</td>"
                      f"<td>{k['real_motion']:.2f}</td><td>{k['transitions']}</td></tr>")
     parts.append("</table>")
+    tok, dyn = m["tokenizer"], mo.get("dynamics_change")
+    if "change_kept" in tok and dyn is not None:  # files from before these figures lack them
+        parts += ["<p><b>Change kept</b>, pixel by pixel, for games whose camera does not move (a sprite of a few "
+                  "pixels on a fixed screen): the slope of a stage's frame-to-frame change on the real change (1 = "
+                  "every changed pixel changes as in the game, 0 = static), and the PSNR on the pixels the game "
+                  "changed (moving PSNR).</p>",
+                  "<table><tr><th>stage</th><th>change kept</th><th>moving PSNR</th><th>copy-last moving PSNR</th></tr>",
+                  f"<tr><td>tokenizer: reconstruction vs real</td><td>{_fmt(tok['change_kept'])}</td>"
+                  f"<td>{_fmt(tok['moving_psnr'])}</td><td></td></tr>",
+                  f"<tr><td>dynamics, teacher-forced: real t → predicted t+1</td><td>{_fmt(dyn['change_kept'])}</td>"
+                  f"<td>{_fmt(dyn['moving_psnr'])}</td><td>{_fmt(dyn['copy_moving_psnr'])}</td></tr></table>"]
     w = keys["windows"]
     parts.append(f"<p><b>Held keys</b>: every latent action held {keys['steps']} steps from {keys['starts']} real "
                  f"start frames. Key response = the world's motion projected on the real game's under the mapped "

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from playworld.eval.change import ChangeSums, change_sums
 from playworld.eval.motion import MotionEstimator
 from playworld.eval.stats import psnr, ssim
 
@@ -77,7 +78,9 @@ class BatchFigures:
     the longest context (for gifs); step_seconds / frames_stepped: time inside ``World.step``;
     real_shift / recon_shift: (B, T-1, 2) (dy, dx) between consecutive real / reconstructed frames;
     tf_real_shift / tf_shift: (B, horizon, 2) from real frame t-1 to real frame t / to the world's
-    teacher-forced prediction of frame t, for t = max(context) .. T-1."""
+    teacher-forced prediction of frame t, for t = max(context) .. T-1; recon_change / tf_change: the
+    pixel change kept by the reconstructions / the teacher-forced predictions / a copy of frame t-1 in their
+    place (the baseline of their moving PSNR) (:mod:`playworld.eval.change`)."""
 
     recon_psnr: np.ndarray
     recon_ssim: np.ndarray
@@ -92,6 +95,9 @@ class BatchFigures:
     recon_shift: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
     tf_real_shift: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
     tf_shift: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
+    recon_change: ChangeSums | None = None
+    tf_change: ChangeSums | None = None
+    copy_change: ChangeSums | None = None
 
 
 def teacher_forced(world: EvalWorld, video: Tensor, actions: Tensor, context: int, seed: int) -> Tensor:
@@ -145,4 +151,8 @@ def evaluate_batch(world: EvalWorld, video: Tensor, context: tuple[int, ...], ho
     pred = teacher_forced(world, video, inferred, cmax, seed).float() / 255  # (B, horizon, H, W, C)
     out.tf_real_shift = out.real_shift[:, cmax - 1:]
     out.tf_shift = motion(unit[:, cmax - 1:-1], pred).numpy()
+    out.recon_change = change_sums(unit[:, :-1], unit[:, 1:], rec[:, :-1], rec[:, 1:])
+    before, after = unit[:, cmax - 1:-1], unit[:, cmax:]  # (B, horizon, H, W, C): real t-1 and t
+    out.tf_change = change_sums(before, after, before, pred)
+    out.copy_change = change_sums(before, after, before, before)
     return out

@@ -136,8 +136,14 @@ REAL_STARTS = {
                    "world_change": ListOf(ListOf(float)), "real_change": ListOf(ListOf(float))}),
     "alive_share": Opt(float)}
 # v4: key response, agreement and liveness from real starts (motion.keys.real_starts, ten headline figures);
-# headline ``better`` may be NEAR_ONE
-SCHEMA: dict[str, Any] = {**SCHEMA_V3, "motion": {**MOTION, "keys": {**MOTION["keys"], "real_starts": REAL_STARTS}}}
+# headline ``better`` may be NEAR_ONE. Added later in v4: the pixel change kept and the PSNR on moving pixels
+# of the tokenizer (tokenizer.change_kept, .moving_psnr) and of teacher-forced dynamics (motion.dynamics_change)
+CHANGE = {"change_kept": Added(ESTIMATE), "moving_psnr": Added(Opt(ESTIMATE))}
+SCHEMA: dict[str, Any] = {
+    **SCHEMA_V3, "tokenizer": {**SCHEMA_V3["tokenizer"], **CHANGE},
+    "motion": {**MOTION, "keys": {**MOTION["keys"], "real_starts": REAL_STARTS},
+               "dynamics_change": Added({"change_kept": ESTIMATE, "moving_psnr": Opt(ESTIMATE),
+                                         "copy_moving_psnr": Opt(ESTIMATE)})}}
 SCHEMAS: dict[int, dict[str, Any]] = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, SCHEMA_VERSION: SCHEMA}
 
 
