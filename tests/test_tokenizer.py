@@ -174,8 +174,10 @@ def test_overfits_a_tiny_clip(quantizer, stem):
     video = moving_square_clip(1, 4, 16)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    first = None
     for _ in range(200):
         out = m.compute_loss(video)
+        first = first or {k: float(out.metrics[k]) for k in ("change_kept", "moving_psnr", "psnr")}
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -184,6 +186,10 @@ def test_overfits_a_tiny_clip(quantizer, stem):
     mse = (m.reconstruct(video) - video).square().mean()
     psnr = -10 * torch.log10(mse)
     assert psnr > 28.0, f"{quantizer}: PSNR {psnr:.1f} dB after 200 steps"
+    # the moving square's change is learned too: logged as the pixel change kept and the PSNR where it moved
+    last = m.compute_loss(video).metrics
+    assert abs(float(last["change_kept"]) - 1) < 0.2 < abs(first["change_kept"] - 1)
+    assert float(last["moving_psnr"]) > first["moving_psnr"] + 10 and float(last["moving_psnr"]) < float(last["psnr"])
     assert m.encode(video).indices.unique().numel() > 4  # uses more than a handful of codes
 
 

@@ -51,10 +51,12 @@ class ChangeSums:
 
 
 @torch.no_grad()
-def change_sums(real_prev: Tensor, real_next: Tensor, model_prev: Tensor, model_next: Tensor,
-                threshold: float = MOVING_THRESHOLD) -> ChangeSums:
+def change_terms(real_prev: Tensor, real_next: Tensor, model_prev: Tensor, model_next: Tensor,
+                 threshold: float = MOVING_THRESHOLD) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Four (B, T, H, W, C) float videos in [0, 1]: the real frames before and after each of T transitions
-    and a stage's frames at the same times -> :class:`ChangeSums` per clip, summed over its transitions."""
+    and a stage's frames at the same times -> per clip (B,) float64, summed over its transitions: the dot
+    product of the stage's change with the real change, the real change's energy, the squared error of the
+    stage's frame on the moving pixels, and the number of moving pixel values (pixels x channels)."""
     shapes = {tuple(x.shape) for x in (real_prev, real_next, model_prev, model_next)}
     if len(shapes) != 1 or real_prev.dim() != 5:
         raise ValueError(f"change_sums needs four (B, T, H, W, C) videos of one shape, got {sorted(shapes)}")
@@ -63,8 +65,26 @@ def change_sums(real_prev: Tensor, real_next: Tensor, model_prev: Tensor, model_
     moving = (real_d.abs().amax(-1, keepdim=True) > threshold).expand_as(real_d)  # (B, T, H, W, C)
     err = (model_next - real_next).double().square()
     dims = (1, 2, 3, 4)
-    return ChangeSums(dot=(model_d * real_d).sum(dims).numpy(), energy=real_d.square().sum(dims).numpy(),
-                      moving_se=(err * moving).sum(dims).numpy(), moving_n=moving.sum(dims).double().numpy())
+    return ((model_d * real_d).sum(dims), real_d.square().sum(dims), (err * moving).sum(dims),
+            moving.sum(dims).double())
+
+
+def change_sums(real_prev: Tensor, real_next: Tensor, model_prev: Tensor, model_next: Tensor,
+                threshold: float = MOVING_THRESHOLD) -> ChangeSums:
+    """:func:`change_terms` as a :class:`ChangeSums` of numpy arrays, for :func:`change_kept` and
+    :func:`moving_psnr`."""
+    terms = change_terms(real_prev, real_next, model_prev, model_next, threshold)
+    return ChangeSums(*(t.cpu().numpy() for t in terms))
+
+
+def batch_change(real: Tensor, model: Tensor) -> tuple[Tensor, Tensor]:
+    """A training batch's figures, pooled over it: real and model videos (B, T, H, W, C) in [0, 1] -> 0-dim
+    (change kept, mean squared error on moving pixels); the error is over every pixel where nothing in the
+    batch moved (a still batch)."""
+    dot, energy, se, n = change_terms(real[:, :-1], real[:, 1:], model[:, :-1], model[:, 1:])
+    kept = dot.sum() / energy.sum() if energy.sum() > 1e-12 else energy.new_zeros(())
+    mse = se.sum() / n.sum() if n.sum() > 0 else (model - real).double().square().mean()
+    return kept.float(), mse.float()
 
 
 def change_kept(sums: ChangeSums, *, seed: int, resamples: int) -> Estimate:

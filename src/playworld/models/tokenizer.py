@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import CheckpointError, ConfigError
+from playworld.eval.change import batch_change
 from playworld.models.base import LossOutput, TrainableModel, psnr_from_mse
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 from playworld.nn.convstem import ConvHead, ConvStem
@@ -376,7 +377,8 @@ class VideoTokenizer(TrainableModel):
         metrics: recon_mse, psnr (dB, of the clamped reconstruction), quant_loss, codebook_usage
         (fraction of codes used in the batch), perplexity (of the batch's code histogram); with
         ``edge_weight`` / ``temporal_weight`` also edge_loss (L1 of spatial pixel differences) and
-        temporal_loss (MSE of frame-to-frame differences), each added to the loss at its weight. With
+        temporal_loss (MSE of frame-to-frame differences), each added to the loss at its weight; for clips of
+        2+ frames change_kept and moving_psnr (:func:`playworld.eval.change.batch_change`). With
         ``decoder_only`` the tokens come from the frozen encoder and codebook, unchanged by training.
         """
         q = self._frozen_codes(video) if self.config.decoder_only else \
@@ -395,6 +397,9 @@ class VideoTokenizer(TrainableModel):
         with torch.no_grad():
             clamped_mse = F.mse_loss(recon.clamp(0.0, 1.0), video)
             psnr = psnr_from_mse(clamped_mse)
+            if video.shape[1] > 1:  # what a fixed-screen game's small sprites need (playworld.eval.change)
+                kept, moving_mse = batch_change(video, recon.clamp(0.0, 1.0))
+                extra["change_kept"], extra["moving_psnr"] = kept, psnr_from_mse(moving_mse)
         return LossOutput(
             loss=loss,
             metrics={"recon_mse": mse.detach(), "psnr": psnr, "quant_loss": q.loss.detach(),
