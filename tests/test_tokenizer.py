@@ -153,6 +153,32 @@ def test_edge_and_temporal_terms_measure_what_they_name():
         _config(edge_weight=-1.0)
 
 
+def test_the_moving_term_weighs_only_the_pixels_that_changed():
+    """moving_loss is the MSE over the pixels that changed since the previous frame: zero for an error on the
+    still background alone, the error itself where the moving square is wrong; added at its weight."""
+    m = _model(moving_weight=4.0).eval()
+    video = moving_square_clip(1, 4, 16)
+    out = m.compute_loss(video)
+    expected = out.metrics["recon_mse"] + out.metrics["quant_loss"] + 4.0 * out.metrics["moving_loss"]
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    moving = (torch.diff(video, dim=1).abs().amax(-1, keepdim=True) > 0.1).expand_as(video[:, 1:])
+    assert 0 < moving.float().mean() < 0.2  # the square is a small part of the frame
+
+    def term(recon: torch.Tensor) -> float:
+        m._pixels = lambda *_a, **_k: recon  # type: ignore[method-assign]
+        return float(m.compute_loss(video).metrics["moving_loss"])
+
+    background = video.clone()
+    background[:, 1:][~moving] += 0.2  # wrong only where nothing moved
+    assert term(background) == pytest.approx(0.0, abs=1e-7)
+    on_square = video.clone()
+    on_square[:, 1:][moving] += 0.2
+    assert term(on_square) == pytest.approx(0.04, rel=1e-4)
+    assert "moving_loss" not in _model().eval().compute_loss(video).metrics
+    with pytest.raises(ConfigError, match="moving_weight"):
+        _config(moving_weight=-0.5)
+
+
 def test_inference_paths_leave_quantizer_statistics_alone():
     m = _model().train()
     video = torch.rand(1, 2, 16, 16, 3)

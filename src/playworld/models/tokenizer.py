@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import CheckpointError, ConfigError
-from playworld.eval.change import batch_change
+from playworld.eval.change import MOVING_THRESHOLD, batch_change
 from playworld.models.base import LossOutput, TrainableModel, psnr_from_mse
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 from playworld.nn.convstem import ConvHead, ConvStem
@@ -72,6 +72,9 @@ class TokenizerConfig:
                                "texture; 0 = off)")
     temporal_weight: float = field(0.0, help="weight of the MSE of differences between consecutive frames "
                                    "(motion; 0 = off)")
+    moving_weight: float = field(0.0, help="weight of the MSE on the pixels that changed since the frame before "
+                                 "(any channel by > 0.1; frames 2.. of a clip): a sprite of a few pixels on a "
+                                 "fixed screen counts as much as the still background (0 = off)")
     grad_checkpoint: bool = field(False, help="recompute blocks in backward to save activation memory")
     decoder_only: bool = field(
         False, help="train the decoder half alone (codes -> pixels); the stem, encoder and codebook stay as "
@@ -110,7 +113,7 @@ class TokenizerConfig:
             raise ConfigError(f"tokenizer.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"tokenizer.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("edge_weight", "temporal_weight"):
+        for name in ("edge_weight", "temporal_weight", "moving_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"tokenizer.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -376,8 +379,9 @@ class VideoTokenizer(TrainableModel):
 
         metrics: recon_mse, psnr (dB, of the clamped reconstruction), quant_loss, codebook_usage
         (fraction of codes used in the batch), perplexity (of the batch's code histogram); with
-        ``edge_weight`` / ``temporal_weight`` also edge_loss (L1 of spatial pixel differences) and
-        temporal_loss (MSE of frame-to-frame differences), each added to the loss at its weight; for clips of
+        ``edge_weight`` / ``temporal_weight`` / ``moving_weight`` also edge_loss (L1 of spatial pixel
+        differences), temporal_loss (MSE of frame-to-frame differences) and moving_loss (MSE on the pixels that
+        changed since the frame before), each added to the loss at its weight; for clips of
         2+ frames change_kept and moving_psnr (:func:`playworld.eval.change.batch_change`). With
         ``decoder_only`` the tokens come from the frozen encoder and codebook, unchanged by training.
         """
@@ -394,6 +398,11 @@ class VideoTokenizer(TrainableModel):
         if c.temporal_weight > 0 and video.shape[1] > 1:  # MSE of frame-to-frame change: motion
             temporal = F.mse_loss(torch.diff(recon, dim=1), torch.diff(video, dim=1))
             loss, extra["temporal_loss"] = loss + c.temporal_weight * temporal, temporal.detach()
+        if c.moving_weight > 0 and video.shape[1] > 1:  # MSE where the frame changed: small moving sprites
+            moving = (torch.diff(video, dim=1).abs().amax(-1, keepdim=True) > MOVING_THRESHOLD).expand_as(video[:, 1:])
+            err = (recon[:, 1:] - video[:, 1:]).square()
+            moved = (err * moving).sum() / moving.sum().clamp_min(1)
+            loss, extra["moving_loss"] = loss + c.moving_weight * moved, moved.detach()
         with torch.no_grad():
             clamped_mse = F.mse_loss(recon.clamp(0.0, 1.0), video)
             psnr = psnr_from_mse(clamped_mse)
