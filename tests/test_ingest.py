@@ -135,6 +135,21 @@ def test_fit_crop_and_pad() -> None:
     assert pad[:4].max() == 0 and pad[-4:].max() == 0 and pad[8, 0].min() > 200, "pad keeps it, black bars"
 
 
+def test_16_bit_and_float_greyscale_images_are_scaled_not_clipped_to_white(tmp_path: Path) -> None:
+    from playworld.play.prompts import fit_frame
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)  # a 16-bit PNG's full range
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode.startswith("I")
+        assert np.asarray(img.convert("RGB")).mean() > 250  # what Pillow alone gives: nearly all white
+        for frame in (fit_image(img, 32, "crop"), fit_frame(img, (32, 32), "crop")):
+            assert frame.shape == (32, 32, 3)
+            assert abs(frame.mean() - 127.5) < 3 and frame.min() < 5 and frame.max() > 250
+    half = Image.fromarray(np.full((8, 8), 0.5, np.float32))  # mode "F" in [0, 1]
+    assert fit_image(half, 8, "crop")[0, 0].tolist() == [128, 128, 128]
+
+
 def test_scene_cut_score() -> None:
     frames = np.zeros((5, 64, 64, 3), np.uint8)
     frames[3:] = 200

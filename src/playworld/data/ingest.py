@@ -170,12 +170,26 @@ def _length_line(lengths: list[int]) -> str:
             f"max {q[4]:.0f}")
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An RGB copy of ``img``. Pillow's own conversion clips 16- and 32-bit integer and float greyscale
+    ("I;16", "I", "F": 16-bit PNGs, TIFFs) at 255, which turns most such images white; these are scaled to 8
+    bits by their type's range first (integers above 255: 16 bits; floats: [0, 1] when no value exceeds 1)."""
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode == "F":
+            arr = arr * 255.0 if arr.size and arr.max() <= 1.0 else arr
+        elif img.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+            arr = arr / 257.0  # 0..65535 -> 0..255
+        img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8))  # (H, W) uint8: "L"
+    return img.convert("RGB")
+
+
 def fit_image(img: Image.Image, size: int, fit: str) -> np.ndarray:
     """Resize keeping aspect: 'crop' fills size x size and center-crops, 'pad' fits inside and pads black.
 
     Returns (size, size, 3) uint8.
     """
-    img = img.convert("RGB")
+    img = to_rgb(img)
     w, h = img.size
     if fit == "crop":
         side = min(w, h)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from playworld.data.ingest import to_rgb
 from playworld.errors import DatasetError, PlayworldError
 
 
@@ -76,7 +77,7 @@ def fit_frame(img: Image.Image, size: tuple[int, int], fit: str) -> np.ndarray:
         rgba = img.convert("RGBA")
         img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img.alpha_composite(rgba)
-    img = img.convert("RGB")
+    img = to_rgb(img)  # 16-bit and float greyscale scaled, not clipped to white
     iw, ih = img.size
     if fit == "crop":
         scale = max(w / iw, h / ih)
