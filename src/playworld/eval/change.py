@@ -50,6 +50,12 @@ class ChangeSums:
                             ("dot", "energy", "moving_se", "moving_n")))
 
 
+def moving_mask(real_prev: Tensor, real_next: Tensor, threshold: float = MOVING_THRESHOLD) -> Tensor:
+    """(..., H, W, C) frames before and after -> bool (..., H, W, C): True at every channel of a pixel where
+    some channel changed by more than ``threshold``."""
+    return ((real_next - real_prev).abs().amax(-1, keepdim=True) > threshold).expand_as(real_next)
+
+
 @torch.no_grad()
 def change_terms(real_prev: Tensor, real_next: Tensor, model_prev: Tensor, model_next: Tensor,
                  threshold: float = MOVING_THRESHOLD) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -62,7 +68,7 @@ def change_terms(real_prev: Tensor, real_next: Tensor, model_prev: Tensor, model
         raise ValueError(f"change_sums needs four (B, T, H, W, C) videos of one shape, got {sorted(shapes)}")
     real_d = (real_next - real_prev).double()
     model_d = (model_next - model_prev).double()
-    moving = (real_d.abs().amax(-1, keepdim=True) > threshold).expand_as(real_d)  # (B, T, H, W, C)
+    moving = moving_mask(real_prev, real_next, threshold)  # (B, T, H, W, C)
     err = (model_next - real_next).double().square()
     dims = (1, 2, 3, 4)
     return ((model_d * real_d).sum(dims), real_d.square().sum(dims), (err * moving).sum(dims),

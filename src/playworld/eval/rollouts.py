@@ -78,9 +78,9 @@ class BatchFigures:
     the longest context (for gifs); step_seconds / frames_stepped: time inside ``World.step``;
     real_shift / recon_shift: (B, T-1, 2) (dy, dx) between consecutive real / reconstructed frames;
     tf_real_shift / tf_shift: (B, horizon, 2) from real frame t-1 to real frame t / to the world's
-    teacher-forced prediction of frame t, for t = max(context) .. T-1; recon_change / tf_change: the
-    pixel change kept by the reconstructions / the teacher-forced predictions / a copy of frame t-1 in their
-    place (the baseline of their moving PSNR) (:mod:`playworld.eval.change`)."""
+    teacher-forced prediction of frame t, for t = max(context) .. T-1; recon_change / tf_change / copy_change:
+    the pixel change kept by the reconstructions / by the teacher-forced predictions / by a copy of frame t-1
+    in their place (the baseline of their moving PSNR) (:mod:`playworld.eval.change`)."""
 
     recon_psnr: np.ndarray
     recon_ssim: np.ndarray

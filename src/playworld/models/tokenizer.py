@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from playworld.config import field
 from playworld.errors import CheckpointError, ConfigError
-from playworld.eval.change import MOVING_THRESHOLD, batch_change
+from playworld.eval.change import batch_change, moving_mask
 from playworld.models.base import LossOutput, TrainableModel, psnr_from_mse
 from playworld.nn.blocks import STTransformer, TemporalKVCache, init_weights
 from playworld.nn.convstem import ConvHead, ConvStem
@@ -399,7 +399,7 @@ class VideoTokenizer(TrainableModel):
             temporal = F.mse_loss(torch.diff(recon, dim=1), torch.diff(video, dim=1))
             loss, extra["temporal_loss"] = loss + c.temporal_weight * temporal, temporal.detach()
         if c.moving_weight > 0 and video.shape[1] > 1:  # MSE where the frame changed: small moving sprites
-            moving = (torch.diff(video, dim=1).abs().amax(-1, keepdim=True) > MOVING_THRESHOLD).expand_as(video[:, 1:])
+            moving = moving_mask(video[:, :-1], video[:, 1:])  # (B, T-1, H, W, C)
             err = (recon[:, 1:] - video[:, 1:]).square()
             moved = (err * moving).sum() / moving.sum().clamp_min(1)
             loss, extra["moving_loss"] = loss + c.moving_weight * moved, moved.detach()
