@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from playworld.eval.stats import Estimate, bootstrap
+from playworld.models.base import psnr_from_mse
 
 MOVING_THRESHOLD = 0.1
 """A pixel is moving where some channel of the real frame changed by more than this (in [0, 1] units;
@@ -65,7 +66,7 @@ def change_terms(real_prev: Tensor, real_next: Tensor, model_prev: Tensor, model
     stage's frame on the moving pixels, and the number of moving pixel values (pixels x channels)."""
     shapes = {tuple(x.shape) for x in (real_prev, real_next, model_prev, model_next)}
     if len(shapes) != 1 or real_prev.dim() != 5:
-        raise ValueError(f"change_sums needs four (B, T, H, W, C) videos of one shape, got {sorted(shapes)}")
+        raise ValueError(f"change figures need four (B, T, H, W, C) videos of one shape, got {sorted(shapes)}")
     real_d = (real_next - real_prev).double()
     model_d = (model_next - model_prev).double()
     moving = moving_mask(real_prev, real_next, threshold)  # (B, T, H, W, C)
@@ -112,6 +113,6 @@ def moving_psnr(sums: ChangeSums, *, seed: int, resamples: int) -> Estimate | No
         return None
 
     def pooled(v: np.ndarray) -> float:
-        return float(10 * np.log10(1.0 / max(v[:, 0].sum() / v[:, 1].sum(), 1e-10)))
+        return float(psnr_from_mse(torch.tensor(v[:, 0].sum() / v[:, 1].sum())))
 
     return bootstrap(rows, seed=seed, resamples=resamples, statistic=pooled)

@@ -404,10 +404,10 @@ class VideoTokenizer(TrainableModel):
             moved = (err * moving).sum() / moving.sum().clamp_min(1)
             loss, extra["moving_loss"] = loss + c.moving_weight * moved, moved.detach()
         with torch.no_grad():
-            clamped_mse = F.mse_loss(recon.clamp(0.0, 1.0), video)
-            psnr = psnr_from_mse(clamped_mse)
+            clamped = recon.clamp(0.0, 1.0)
+            psnr = psnr_from_mse(F.mse_loss(clamped, video))
             if video.shape[1] > 1:  # what a fixed-screen game's small sprites need (playworld.eval.change)
-                kept, moving_mse = batch_change(video, recon.clamp(0.0, 1.0))
+                kept, moving_mse = batch_change(video, clamped)
                 extra["change_kept"], extra["moving_psnr"] = kept, psnr_from_mse(moving_mse)
         return LossOutput(
             loss=loss,
