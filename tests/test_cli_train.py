@@ -245,3 +245,17 @@ def test_the_command_line_builds_without_the_video_server_and_gym_packages():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage: playworld train" in proc.stdout
+
+
+def test_a_relative_data_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """A run's config.json is read from other directories (eval, the LAM check, resumes): its data path
+    must not depend on the directory training ran in."""
+    from playworld.presets import build_run_config
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    by_flag = build_run_config("tokenizer", "tiny", data_path="../ds")
+    by_set = build_run_config("lam", "tiny", overrides=["data.path=../ds"])
+    monkeypatch.chdir(tmp_path)
+    for cfg in (by_flag, by_set):
+        assert cfg.data.path == str((tmp_path / "ds").resolve())

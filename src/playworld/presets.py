@@ -12,6 +12,8 @@ A preset gives values for a run config's sections; anything not named keeps the 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 from playworld.config import apply_overrides, from_dict
@@ -124,6 +126,9 @@ def build_run_config(kind: str, preset: str, *, data_path: str = "", overrides: 
     cfg = RunConfig.from_dict({"kind": kind, "preset": preset, "deps": deps or {}, **sections},
                               where=f"preset {preset}/{kind}")
     cfg = apply_overrides(cfg, overrides)
+    if cfg.data.path:  # recorded absolute: eval, measure_lam and resumes read it from any directory
+        data_dir = str(Path(cfg.data.path).expanduser().resolve())
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=data_dir))
     if kind == "dynamics" and cfg.deps:
         cfg = _match_dependencies(cfg)
     if kind == "lam" and cfg.model.label_weight > 0 and cfg.model.label_actions == 0 and cfg.data.path:
@@ -144,8 +149,6 @@ def _override(overrides: list[str] | None, key: str) -> str | None:
 def _match_label_actions(cfg):
     """A LAM that reads recorded actions scores them over the dataset's action space (its manifest's
     num_actions); a dataset without actions is refused here, before any training."""
-    import dataclasses
-
     from playworld.data.format import Dataset
 
     dataset = Dataset(cfg.data.path)
@@ -157,7 +160,6 @@ def _match_label_actions(cfg):
 
 def _match_dependencies(cfg):
     """Set the dynamics model's vocabulary, token grid and action count from its tokenizer and LAM runs."""
-    import dataclasses
     from pathlib import Path
 
     from playworld.release import read_checkpoint_config
