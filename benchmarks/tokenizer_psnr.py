@@ -1,5 +1,6 @@
 """Reconstruction PSNR of trained tokenizers on a held-out split (levels never trained on), with a
-95% bootstrap interval over clips, plus code usage and perplexity of the tokens each produces, and the
+95% bootstrap interval over episodes (clips of one episode share a level, so episodes are what is
+resampled, as in `playworld eval`), plus code usage and perplexity of the tokens each produces, and the
 motion it keeps (shift between consecutive reconstructions regressed on the real shift, per axis;
 docs/eval.md), and the pixel change it keeps and its PSNR on the pixels that move (playworld.eval.change:
 what a fixed-screen game's small sprites need). Several tokenizers are measured on the same clips;
@@ -29,8 +30,23 @@ from playworld.io import atomic_write
 from playworld.models.base import psnr_from_mse
 
 
-def measure(tok, clips: ClipDataset, idx: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
-    """Figures of one tokenizer on clips ``idx``; also the reconstructions of the first batch (B, T, H, W, C)."""
+def by_episode(values: np.ndarray, episode: np.ndarray) -> np.ndarray:
+    """values (N, ...) of N clips, episode (N,) -> their sums per episode (E, ...), in episode order."""
+    ids, inverse = np.unique(episode, return_inverse=True)
+    out = np.zeros((len(ids), *values.shape[1:]), dtype=np.float64)
+    np.add.at(out, inverse, values)
+    return out
+
+
+def clip_mean(values: np.ndarray, episode: np.ndarray, seed: int):
+    """The mean of per-clip ``values`` (N,) with an interval that resamples episodes (each keeps its clips)."""
+    rows = by_episode(np.stack([values, np.ones_like(values)], 1), episode)  # (E, 2): sum, count
+    return bootstrap(rows, seed=seed, resamples=2000, statistic=lambda v: float(v[:, 0].sum() / v[:, 1].sum()))
+
+
+def measure(tok, clips: ClipDataset, idx: np.ndarray, episode: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
+    """Figures of one tokenizer on clips ``idx`` of episodes ``episode`` (N,); also the reconstructions of
+    the first batch (B, T, H, W, C)."""
     psnr, counts = [], torch.zeros(tok.num_codes)
     motion, real_shift, rec_shift, first, change = MotionEstimator(), [], [], None, []
     with torch.no_grad():
@@ -46,17 +62,19 @@ def measure(tok, clips: ClipDataset, idx: np.ndarray, seed: int) -> tuple[dict, 
             change.append(change_sums(video[:, :-1], video[:, 1:], recon[:, :-1], recon[:, 1:]))
             counts += torch.bincount(enc.indices.flatten(), minlength=tok.num_codes).float()
     psnr_a = np.asarray(psnr)
-    ci = bootstrap(psnr_a, seed=seed, resamples=2000)
+    ci = clip_mean(psnr_a, episode, seed)
     prob = counts / counts.sum()
     real, rec = np.concatenate(real_shift), np.concatenate(rec_shift)  # (N, T-1, 2)
-    kept = motion_kept(rec.reshape(-1, 2), real.reshape(-1, 2), np.repeat(np.arange(len(real)), real.shape[1]),
+    kept = motion_kept(rec.reshape(-1, 2), real.reshape(-1, 2), np.repeat(episode, real.shape[1]),
                        seed=seed, resamples=1000)
+    sums = ChangeSums.cat(change)  # per clip; summed per episode, so the ratios resample episodes
+    sums = ChangeSums(*(by_episode(getattr(sums, f), episode) for f in ("dot", "energy", "moving_se", "moving_n")))
     return {
         "clips": psnr_a, "psnr": ci.mean, "low": ci.low, "high": ci.high,
         "used": int((counts > 0).sum()), "codes": tok.num_codes,
         "ppl": float(torch.exp(-(prob[prob > 0] * prob[prob > 0].log()).sum())), "kept": kept,
-        "change_kept": change_kept(ChangeSums.cat(change), seed=seed, resamples=1000),
-        "moving_psnr": moving_psnr(ChangeSums.cat(change), seed=seed, resamples=1000),
+        "change_kept": change_kept(sums, seed=seed, resamples=1000),
+        "moving_psnr": moving_psnr(sums, seed=seed, resamples=1000),
     }, first
 
 
@@ -103,14 +121,15 @@ def main() -> None:
         p.error(f"--names gives {len(names)} names for {len(args.runs)} runs")
     clips = ClipDataset(args.data, clip_len=args.clip_len, split=args.split)
     idx = np.sort(np.random.default_rng(args.seed).choice(len(clips), size=min(args.clips, len(clips)), replace=False))
-    print(f"{args.split} split: {len(idx)} clips x {args.clip_len} frames from "
-          f"{len(clips.dataset.episodes(args.split))} episodes")
+    episode = np.array([clips.locate(int(i))[0] for i in idx])  # (N,) dataset episode of each clip
+    print(f"{args.split} split: {len(idx)} clips x {args.clip_len} frames from {len(np.unique(episode))} of its "
+          f"{len(clips.dataset.episodes(args.split))} episodes (intervals resample episodes)")
     recons, first_clips = [], None
     for run, name in zip(args.runs, names):
         tok = playworld.load(run).tokenizer
         if tok is None:
             raise SystemExit(f"{run}: no tokenizer")
-        f, first = measure(tok, clips, idx, args.seed)
+        f, first = measure(tok, clips, idx, episode, args.seed)
         recons.append(first)
         kept = f["kept"]
         print(f"{name}: reconstruction PSNR {f['psnr']:.2f} dB (95% CI {f['low']:.2f}-{f['high']:.2f}); "
@@ -124,7 +143,7 @@ def main() -> None:
             first_clips = f["clips"]
         else:  # paired over the same clips: far tighter than the two intervals above
             diff = f["clips"] - first_clips
-            d = bootstrap(diff, seed=args.seed, resamples=2000)
+            d = clip_mean(diff, episode, args.seed)
             print(f"  {name} - {names[0]}: {d.mean:+.2f} dB (paired 95% CI {d.low:+.2f} to {d.high:+.2f}; "
                   f"better on {(diff > 0).mean():.0%} of clips)")
     if args.grid:
