@@ -256,6 +256,8 @@ def test_a_relative_data_path_is_recorded_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "work")
     by_flag = build_run_config("tokenizer", "tiny", data_path="../ds")
     by_set = build_run_config("lam", "tiny", overrides=["data.path=../ds"])
+    dynamics = build_run_config("dynamics", "tiny", data_path="../ds", deps={"tokenizer": "../tok", "lam": "lam"})
     monkeypatch.chdir(tmp_path)
-    for cfg in (by_flag, by_set):
+    for cfg in (by_flag, by_set, dynamics):
         assert cfg.data.path == str((tmp_path / "ds").resolve())
+    assert dynamics.deps == {"tokenizer": str((tmp_path / "tok").resolve()), "lam": str((tmp_path / "work" / "lam").resolve())}

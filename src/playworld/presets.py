@@ -123,10 +123,11 @@ def build_run_config(kind: str, preset: str, *, data_path: str = "", overrides: 
             sections.get("model", {}).pop(name, None)
     if data_path:
         sections.setdefault("data", {})["path"] = data_path
-    cfg = RunConfig.from_dict({"kind": kind, "preset": preset, "deps": deps or {}, **sections},
+    deps = {name: str(Path(where).expanduser().resolve()) for name, where in (deps or {}).items()}
+    cfg = RunConfig.from_dict({"kind": kind, "preset": preset, "deps": deps, **sections},
                               where=f"preset {preset}/{kind}")
     cfg = apply_overrides(cfg, overrides)
-    if cfg.data.path:  # recorded absolute: eval, measure_lam and resumes read it from any directory
+    if cfg.data.path:  # recorded absolute, as deps are: a run's config.json is read from any directory
         data_dir = str(Path(cfg.data.path).expanduser().resolve())
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=data_dir))
     if kind == "dynamics" and cfg.deps:
