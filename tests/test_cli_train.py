@@ -260,4 +260,5 @@ def test_a_relative_data_path_is_recorded_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for cfg in (by_flag, by_set, dynamics):
         assert cfg.data.path == str((tmp_path / "ds").resolve())
-    assert dynamics.deps == {"tokenizer": str((tmp_path / "tok").resolve()), "lam": str((tmp_path / "work" / "lam").resolve())}
+    assert dynamics.deps == {"tokenizer": str((tmp_path / "tok").resolve()),
+                             "lam": str((tmp_path / "work" / "lam").resolve())}

@@ -161,8 +161,6 @@ def _match_label_actions(cfg):
 
 def _match_dependencies(cfg):
     """Set the dynamics model's vocabulary, token grid and action count from its tokenizer and LAM runs."""
-    from pathlib import Path
-
     from playworld.release import read_checkpoint_config
     from playworld.train.config import RunConfig
 
