@@ -10,6 +10,7 @@ released their initialisation"). Writes OUT/model.safetensors and OUT/config.jso
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from playworld.release import load_tensors, read_release_config, save_release
@@ -36,7 +37,7 @@ def main() -> None:
     raw = {k: trained[prefix + k] for k in released}
     config = {k: v for k, v in config.items() if k not in ("files", "progress")}
     config["train"] = {**config["train"], "ema_decay": 0.0}
-    step = int(latest.name.rsplit("-", 1)[-1])
+    step = int(json.loads((latest / "state.json").read_text())["step"])  # what the checkpoint records
     save_release(args.out, raw, config, step=step, steps=step)
     print(f"{latest.name}: {len(raw)} raw tensors -> {args.out}")
 

@@ -14,6 +14,7 @@ its error (x4), upscaled without smoothing, so fine detail (the agent's sprite, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def measure(tok, clips: ClipDataset, idx: np.ndarray, episode: np.ndarray, seed:
     kept = motion_kept(rec.reshape(-1, 2), real.reshape(-1, 2), np.repeat(episode, real.shape[1]),
                        seed=seed, resamples=1000)
     sums = ChangeSums.cat(change)  # per clip; summed per episode, so the ratios resample episodes
-    sums = ChangeSums(*(by_episode(getattr(sums, f), episode) for f in ("dot", "energy", "moving_se", "moving_n")))
+    sums = ChangeSums(*(by_episode(getattr(sums, f.name), episode) for f in dataclasses.fields(ChangeSums)))
     return {
         "clips": psnr_a, "psnr": ci.mean, "low": ci.low, "high": ci.high,
         "used": int((counts > 0).sum()), "codes": tok.num_codes,
