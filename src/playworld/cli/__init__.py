@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "playworld.cli.data",
     "playworld.cli.train",
     "playworld.cli.tokenize",
+    "playworld.cli.retoken",
     "playworld.cli.eval",
     "playworld.cli.names",
     "playworld.cli.play_setting",
