@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -68,6 +69,16 @@ def test_an_old_code_split_in_two_shares_its_probability_by_frequency() -> None:
     torch.testing.assert_close(state["token_emb.weight"][-1], emb[-1])  # [MASK] kept
 
 
+def test_a_code_book_of_another_size_gives_a_model_of_that_vocabulary() -> None:
+    _, _, dyn = tiny_models()
+    counts = torch.rand(16, dyn.config.vocab_size, generator=torch.Generator().manual_seed(5))  # 16 new codes
+    state = transplant_vocabulary(dyn.state_dict(), counts)
+    smaller = DynamicsModel(dataclasses.replace(dyn.config, vocab_size=16))
+    smaller.load_state_dict(state)  # shapes fit: 16 codes + [MASK] in, 16 logits out
+    assert smaller(torch.randint(0, 16, (1, 2, dyn.config.num_tokens)), torch.zeros(1, 2, dtype=torch.long)
+                   ).shape[-1] == 16
+
+
 def test_cooccurrence_of_a_relabelled_tokenizer_is_the_relabelling() -> None:
     tok, _, _ = tiny_models()
     perm = torch.randperm(tok.num_codes, generator=torch.Generator().manual_seed(2))
@@ -122,3 +133,17 @@ def test_cli_writes_a_release_that_train_init_from_can_read(tmp_path, capsys) ->
     assert main(["retoken", str(world), "--tokenizer", str(tmp_path / "newtok"), "--data", str(data),
                  "--out", str(world / "dynamics")]) == 2
     assert "would replace" in capsys.readouterr().err
+
+
+def test_cli_carries_a_world_to_a_tokenizer_with_fewer_codes(tmp_path) -> None:
+    world = save_tiny_run(tmp_path / "world")
+    torch.manual_seed(6)
+    small = VideoTokenizer(TokenizerConfig(image_size=SIZE, patch=4, dim=32, enc_depth=1, dec_depth=1, heads=2,
+                                           num_codes=16, code_dim=8))
+    save_release(tmp_path / "tok16", small.state_dict(), {"kind": "tokenizer", "model": to_dict(small.config)})
+    data = make_dataset(tmp_path / "data", episodes=2, length=4, size=SIZE)
+    assert main(["retoken", str(world), "--tokenizer", str(tmp_path / "tok16"), "--data", str(data),
+                 "--out", str(tmp_path / "carried"), "--clips", "8", "--clip-len", "2", "--threads", "1"]) == 0
+    carried = load(tmp_path / "carried")
+    assert carried.configs["dynamics"].model.vocab_size == 16
+    assert carried.dynamics.head.out_features == 16

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     config = {k: v for k, v in config.items() if k not in ("files", "progress")}
     tok_dir = new.path / "tokenizer" if (new.path / "tokenizer").is_dir() else new.path
     config["deps"] = {**config.get("deps", {}), "tokenizer": str(tok_dir.resolve())}
+    config["model"] = {**config["model"], "vocab_size": new.tokenizer.num_codes}  # a code book of another size
     seen = int((counts.sum(1) > 0).sum())
     # how much of the old code a new code's most frequent old code explains, over all places
     purity = float(counts.max(1).values.sum() / counts.sum())
