@@ -103,6 +103,9 @@ def test_refuses_tokenizers_with_other_grids_and_models_of_other_vocabularies() 
         transplant_vocabulary(dyn.state_dict(), torch.ones(64, 64))
     with pytest.raises(ConfigError, match="no token places"):
         transplant_vocabulary(dyn.state_dict(), torch.zeros(32, 32))
+    _, _, flow = tiny_models(backend="flow")  # predicts code vectors, not ids
+    with pytest.raises(ConfigError, match="only a MaskGIT"):
+        transplant_vocabulary(flow.state_dict(), torch.ones(32, 32))
 
 
 def test_cli_writes_a_release_that_train_init_from_can_read(tmp_path, capsys) -> None:
@@ -147,3 +150,12 @@ def test_cli_carries_a_world_to_a_tokenizer_with_fewer_codes(tmp_path) -> None:
     carried = load(tmp_path / "carried")
     assert carried.configs["dynamics"].model.vocab_size == 16
     assert carried.dynamics.head.out_features == 16
+
+
+def test_cli_refuses_a_flow_world_before_encoding(tmp_path, capsys) -> None:
+    world = save_tiny_run(tmp_path / "world", backend="flow")
+    data = make_dataset(tmp_path / "data", episodes=2, length=4, size=SIZE)
+    assert main(["retoken", str(world), "--tokenizer", str(world / "tokenizer"), "--data", str(data),
+                 "--out", str(tmp_path / "carried")]) == 2
+    assert "only a MaskGIT" in capsys.readouterr().err
+    assert not (tmp_path / "carried").exists()

@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     dyn_dir = world.path / "dynamics" if (world.path / "dynamics").is_dir() else world.path
     if out.resolve() in (dyn_dir.resolve(), world.path.resolve()):
         raise ConfigError(f"--out {out}: would replace the world's own dynamics model; give another directory")
+    backend = world.configs["dynamics"].model.backend
+    if backend != "maskgit":
+        raise ConfigError(f"{dyn_dir}: a {backend} dynamics model; only a MaskGIT model (token ids in and out) "
+                          "can be carried over to another tokenizer's codes")
     if args.clips < 1:
         raise ConfigError(f"--clips {args.clips}: give at least one clip")
     clips = ClipDataset(args.data, clip_len=args.clip_len, split=args.split)
@@ -73,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
     config["deps"] = {**config.get("deps", {}), "tokenizer": str(tok_dir.resolve())}
     config["model"] = {**config["model"], "vocab_size": new.tokenizer.num_codes}  # a code book of another size
     seen = int((counts.sum(1) > 0).sum())
-    # how much of the old code a new code's most frequent old code explains, over all places
+    # the share of token places where the old code is the new code's most frequent one
     purity = float(counts.max(1).values.sum() / counts.sum())
     record = {"from_world": str(world.path.resolve()), "data": str(Path(args.data).resolve()),
-                         "split": args.split, "clips": len(idx), "clip_len": args.clip_len,
-                         "places": int(counts.sum()), "new_codes_seen": seen, "purity": round(purity, 4)}
+              "split": args.split, "clips": len(idx), "clip_len": args.clip_len,
+              "places": int(counts.sum()), "new_codes_seen": seen, "purity": round(purity, 4)}
     save_release(out, weights, config)
     # beside the release, not in it: config.json holds a run config, which admits no other keys
     atomic_write_text(out / "retoken.json", json.dumps(record, indent=2) + "\n")

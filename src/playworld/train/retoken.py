@@ -68,6 +68,9 @@ def transplant_vocabulary(state: dict[str, Tensor], counts: Tensor,
     """A dynamics state dict over the old vocabulary -> the same over the new (see the module docstring).
     counts (V_new, V_old) from ``code_cooccurrence``; other tensors are returned unchanged (shared)."""
     v_new, v_old = counts.shape
+    if EMBEDDINGS[0] not in state:
+        raise ConfigError(f"no {EMBEDDINGS[0]}: only a MaskGIT dynamics model (token ids in and out) can be "
+                          "carried over to another tokenizer's codes")
     for name in EMBEDDINGS + HEAD:
         if name in state and state[name].shape[0] not in (v_old, v_old + 1):
             raise ConfigError(f"{name}: {state[name].shape[0]} rows, but the old tokenizer has {v_old} codes "
