@@ -23,17 +23,21 @@ from playworld.eval.stats import bootstrap
 
 
 @torch.no_grad()
-def losses(dynamics, tokenizer, lam, videos: list[torch.Tensor], seed: int) -> dict[str, np.ndarray]:
+def tokens_of(tokenizer, videos: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each clip (1, T, H, W, C) -> its tokens (1, T, S)."""
+    return [rearrange(tokenizer.encode(v).indices, "b t h w -> b t (h w)") for v in videos]
+
+
+@torch.no_grad()
+def losses(dynamics, tokens: list[torch.Tensor], actions: list[torch.Tensor], seed: int) -> dict[str, np.ndarray]:
     """Per-clip masked cross-entropy and accuracy (on all masked tokens and on those that change)."""
     dynamics.eval()
     out: dict[str, list[float]] = {"ce": [], "accuracy": [], "ce_changed": [], "accuracy_changed": []}
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        for video in videos:  # (1, T, H, W, C)
-            tokens = rearrange(tokenizer.encode(video).indices, "b t h w -> b t (h w)")
-            actions = lam.infer_actions(video)
-            metrics = dynamics.compute_loss_tokens(tokens, actions).metrics
+        for t, a in zip(tokens, actions):
+            metrics = dynamics.compute_loss_tokens(t, a).metrics
             for k in out:
                 out[k].append(float(metrics[k]))
     finally:
@@ -52,7 +56,6 @@ def main() -> None:
     p.add_argument("--clip-len", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     world = playworld.load(args.world)
     new_tok = playworld.load(args.tokenizer).tokenizer
     carried = playworld.load(args.retokened).dynamics
@@ -60,13 +63,16 @@ def main() -> None:
     idx = np.sort(np.random.default_rng(args.seed).choice(len(clips), size=min(args.clips, len(clips)),
                                                           replace=False))
     videos = [clips.get_batch([int(i)]).float().div(255.0) for i in idx]
-    rows = [("world on its own tokenizer", world.dynamics, world.tokenizer),
-            ("old vocabulary rows on the new tokenizer (init_from alone)", world.dynamics, new_tok),
-            ("carried over by retoken, on the new tokenizer", carried, new_tok)]
+    with torch.no_grad():  # encoded once each: the same actions and tokens for every row that reads them
+        actions = [world.lam.infer_actions(v) for v in videos]
+    old_tokens, new_tokens = tokens_of(world.tokenizer, videos), tokens_of(new_tok, videos)
+    rows = [("world on its own tokenizer", world.dynamics, old_tokens),
+            ("old vocabulary rows on the new tokenizer (init_from alone)", world.dynamics, new_tokens),
+            ("carried over by retoken, on the new tokenizer", carried, new_tokens)]
     print(f"{args.split} split: {len(idx)} clips x {args.clip_len} frames; masked-token figures, 95% intervals "
           "over clips")
-    for name, dyn, tok in rows:
-        f = losses(dyn, tok, world.lam, videos, args.seed)
+    for name, dyn, tokens in rows:
+        f = losses(dyn, tokens, actions, args.seed)
         parts = []
         for k in ("ce", "accuracy", "ce_changed", "accuracy_changed"):
             b = bootstrap(f[k], seed=args.seed)
