@@ -34,6 +34,13 @@ def test_save_release_records_the_size_and_sha256_of_the_weights(run):
         World.load(run)
 
 
+def test_load_names_the_directory_each_model_came_from(run):
+    world = playworld.load(run)
+    assert world.dirs == {part: run / part for part in ("tokenizer", "lam", "dynamics")}
+    single = playworld.load(run / "lam")  # one model's release, given directly
+    assert single.dirs == {"lam": run / "lam"} and single.tokenizer is None
+
+
 def test_a_flipped_byte_is_named(run):
     weights = run / "dynamics" / "model.safetensors"
     data = bytearray(weights.read_bytes())

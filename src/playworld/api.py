@@ -44,13 +44,15 @@ def run_prompts(run_dir: str | Path) -> Path | None:
 
 @dataclass
 class LoadedRun:
-    """The models found in a run (None where a part is absent) and each part's run config."""
+    """The models found in a run (None where a part is absent), each part's run config and the directory it
+    was loaded from (``run/part``, or ``run`` itself when it is a single model's release)."""
 
     path: Path
     tokenizer: nn.Module | None = None
     lam: nn.Module | None = None
     dynamics: nn.Module | None = None
     configs: dict[str, Any] = field(default_factory=dict)
+    dirs: dict[str, Path] = field(default_factory=dict)
 
     def require(self, *parts: str) -> None:
         missing = [p for p in parts if getattr(self, p) is None]
@@ -88,4 +90,5 @@ def load(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     for part, d in dirs.items():
         setattr(out, part, load_model(d, device))
         out.configs[part] = RunConfig.from_dict(read_checkpoint_config(d), where=str(d / "config.json"))
+        out.dirs[part] = d
     return out

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     world.require("tokenizer", "dynamics")
     new = load(args.tokenizer)
     new.require("tokenizer")
-    dyn_dir = world.path / "dynamics" if (world.path / "dynamics").is_dir() else world.path
+    dyn_dir = world.dirs["dynamics"]
     if out.resolve() in (dyn_dir.resolve(), world.path.resolve()):
         raise ConfigError(f"--out {out}: would replace the world's own dynamics model; give another directory")
     backend = world.configs["dynamics"].model.backend
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     weights = transplant_vocabulary(state, counts)
     config = read_checkpoint_config(dyn_dir)
     config = {k: v for k, v in config.items() if k not in ("files", "progress")}
-    tok_dir = new.path / "tokenizer" if (new.path / "tokenizer").is_dir() else new.path
+    tok_dir = new.dirs["tokenizer"]
     config["deps"] = {**config.get("deps", {}), "tokenizer": str(tok_dir.resolve())}
     config["model"] = {**config["model"], "vocab_size": new.tokenizer.num_codes}  # a code book of another size
     seen = int((counts.sum(1) > 0).sum())
