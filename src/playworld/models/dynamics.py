@@ -304,6 +304,15 @@ class DynamicsModel(nn.Module):
         """(B, T-1) transition actions -> (B, T) per-frame conditioning, frame 1 = no action."""
         return frame_actions(actions, self.no_action_id)
 
+    def init_from_notes(self, source: DynamicsConfig) -> list[str]:
+        """What ``train.init_from`` should say when it starts this model from a source of config ``source``
+        that plays otherwise: a one_pass source trained on without ``one_pass`` becomes a two-pass model
+        (legal, the same parameters, but rarely meant once a world plays one pass per frame)."""
+        if source.one_pass and not self.config.one_pass:
+            return ["a one_pass model (one pass per frame), but this run trains without model.one_pass, so the "
+                    "result plays two passes per frame; add --set model.one_pass=true to keep one pass"]
+        return []
+
     def init_from_optional(self) -> set[str]:
         """Parameters that ``train.init_from`` may find missing from a source model without changing what
         the model computes: the adaLN modulation (zero at init) and the embedding it reads."""

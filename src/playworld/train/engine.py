@@ -243,6 +243,9 @@ class Trainer:
         saved, weights = read_release(source, self.device)
         if saved.kind != self.cfg.kind:
             raise CheckpointError(f"train.init_from {source}: a {saved.kind} run, but this run trains {self.cfg.kind}")
+        for note in getattr(self.release, "init_from_notes", lambda _: [])(saved.model):
+            if self.dist.is_main:  # said, not refused: a model may be fine-tuned into another way of playing
+                tqdm.write(f"warning: train.init_from {source}: {note}", file=sys.stderr)
         # parameters a model may add at their identity keep their init values (dynamics.action_cond='adaln')
         # or are set to it by the model (tokenizer.decoder_only with a deeper decoder)
         optional = getattr(self.release, "init_from_optional", set)()
