@@ -144,9 +144,10 @@ def test_init_from_a_one_pass_release_without_one_pass_says_so(tmp_path, capsys)
     import dataclasses
     import json
 
-    from helpers import make_dataset
     from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig, Trainer
     from tiny_world import save_tiny_run
+
+    from helpers import make_dataset
 
     world = save_tiny_run(tmp_path / "world")
     config_file = world / "dynamics" / "config.json"
