@@ -123,20 +123,14 @@ def test_action_token_is_one_more_place_of_each_frame_and_replaces_the_added_emb
 def test_init_from_adds_the_modulation_to_a_trained_dynamics_model(tmp_path):
     from safetensors.torch import load_file
 
-    from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig, Trainer
-    from tiny_world import save_tiny_run
+    from playworld.train import Trainer
+    from tiny_world import save_tiny_run, tiny_dynamics_finetune
 
     from helpers import make_dataset
 
     world = save_tiny_run(tmp_path / "world")
     data = make_dataset(tmp_path / "ds", episodes=4, length=8, size=16)
-    base = RunConfig(kind="dynamics", model=DynamicsConfig(vocab_size=32, num_actions=4, token_height=4,
-                                                            token_width=4, dim=32, depth=2, heads=2),
-                     optim=OptimConfig(lr=1e-3, warmup_steps=0), data=DataConfig(path=str(data), clip_len=3,
-                                                                                   batch_size=2),
-                     train=TrainConfig(steps=2, log_every=1, val_every=0, ckpt_every=2, seed=0,
-                                       init_from=str(world / "dynamics")),
-                     deps={"tokenizer": str(world / "tokenizer"), "lam": str(world / "lam")})
+    base = tiny_dynamics_finetune(world, data, log_every=1, val_every=0, ckpt_every=2)
     saved = load_file(str(world / "dynamics" / "model.safetensors"))
     adaln = dataclasses.replace(base, model=dataclasses.replace(base.model, action_cond="adaln"))
     trainer = Trainer(adaln, tmp_path / "run", progress=False)

@@ -139,25 +139,19 @@ def test_one_pass_refuses_what_it_cannot_do():
     assert set(_model(one_pass=False).state_dict()) == set(m.state_dict())
 
 
-
 def test_init_from_a_one_pass_release_without_one_pass_says_so(tmp_path, capsys):
     import dataclasses
     import json
 
-    from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig, Trainer
-    from tiny_world import save_tiny_run
+    from playworld.train import Trainer
+    from tiny_world import save_tiny_run, tiny_dynamics_finetune
 
     from helpers import make_dataset
 
     world = save_tiny_run(tmp_path / "world")
     config_file = world / "dynamics" / "config.json"
     data = make_dataset(tmp_path / "ds", episodes=4, length=8, size=16)
-    base = RunConfig(kind="dynamics", model=DynamicsConfig(vocab_size=32, num_actions=4, token_height=4,
-                                                            token_width=4, dim=32, depth=2, heads=2),
-                     optim=OptimConfig(lr=1e-3, warmup_steps=0),
-                     data=DataConfig(path=str(data), clip_len=3, batch_size=2),
-                     train=TrainConfig(steps=2, val_every=0, seed=0, init_from=str(world / "dynamics")),
-                     deps={"tokenizer": str(world / "tokenizer"), "lam": str(world / "lam")})
+    base = tiny_dynamics_finetune(world, data, val_every=0)
     one_pass = dataclasses.replace(base, model=dataclasses.replace(base.model, one_pass=True))
     Trainer(one_pass, tmp_path / "a", progress=False)  # a MaskGIT source fine-tuned into one pass: as meant
     assert "one_pass" not in capsys.readouterr().err

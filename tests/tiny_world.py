@@ -39,6 +39,19 @@ def save_tiny_run(out: Path, backend: str = "maskgit") -> Path:
     return out
 
 
+def tiny_dynamics_finetune(world: Path, data: Path, **train):
+    """A RunConfig that fine-tunes the tiny world's dynamics model (``save_tiny_run``) on ``data`` through
+    ``train.init_from``: the tiny world's shapes, 3-frame clips of 2, ``train`` overriding TrainConfig's fields."""
+    from playworld.train import DataConfig, OptimConfig, RunConfig, TrainConfig
+
+    return RunConfig(kind="dynamics", model=DynamicsConfig(vocab_size=32, num_actions=NUM_ACTIONS, token_height=4,
+                                                           token_width=4, dim=32, depth=2, heads=2),
+                     optim=OptimConfig(lr=1e-3, warmup_steps=0),
+                     data=DataConfig(path=str(data), clip_len=3, batch_size=2),
+                     train=TrainConfig(**{"steps": 2, "seed": 0, "init_from": str(world / "dynamics"), **train}),
+                     deps={"tokenizer": str(world / "tokenizer"), "lam": str(world / "lam")})
+
+
 def decode_video(path: Path):
     """Every frame of an mp4 (PyAV) or gif (Pillow), with no resampling: (T, H, W, 3) uint8."""
     import av
