@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from playworld.errors import ConfigError
-from playworld.maskgit import SamplingConfig, masked_counts, maskgit_decode
+from playworld.maskgit import PLAY_COPY_PENALTY, SamplingConfig, masked_counts, maskgit_decode, play_sampling
 from playworld.models.dynamics import DynamicsConfig, DynamicsModel, DynamicsTrainer
 from playworld.models.lam import LAMConfig, LatentActionModel
 from playworld.models.tokenizer import TokenizerConfig, VideoTokenizer
@@ -290,6 +290,32 @@ def test_copy_penalty_turns_a_narrow_copy_mode_into_change_and_needs_prev():
         SamplingConfig(copy_penalty=-1.0)
     with pytest.raises(ConfigError, match="copy_penalty"):
         SamplingConfig(copy_penalty=float("nan"))
+
+
+def test_self_forcing_rollouts_decode_at_their_own_copy_penalty():
+    tokens = torch.randint(0, 32, (4, 5, 6))
+    actions = torch.randint(0, 4, (4, 4))
+    seen = []
+
+    def run(**kw):
+        m = _dynamics(self_forcing=1.0, **kw).train()
+        free_run = m.free_run
+
+        def spy(tokens, fa, frames, sampling=None):
+            seen.append(sampling.copy_penalty)
+            return free_run(tokens, fa, frames, sampling)
+
+        m.free_run = spy
+        torch.manual_seed(3)
+        return m.compute_loss_tokens(tokens, actions).loss.item()
+
+    run()
+    zero, strong = run(self_forcing_copy_penalty=0.0), run(self_forcing_copy_penalty=50.0)
+    assert seen == [PLAY_COPY_PENALTY, 0.0, 50.0]
+    assert zero != strong  # a penalty that forbids copying gives the model another past to learn from
+    assert _dynamics().forcing_sampling() == play_sampling()
+    with pytest.raises(ConfigError, match="self_forcing_copy_penalty"):
+        DynamicsConfig(self_forcing_copy_penalty=-1.0)
 
 
 def test_self_forcing_starts_at_its_share_of_the_run():

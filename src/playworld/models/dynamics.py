@@ -120,6 +120,11 @@ class DynamicsConfig:
                                       "self_forcing turns on (0: from the first step). One run then learns the "
                                       "game's motion from real frames first and its own rollouts last, as the "
                                       "shipped world's self-forced fine-tune did in a second run (docs/models.md)")
+    self_forcing_copy_penalty: float | None = field(None, help="training only: the copy penalty that "
+                                                    "self_forcing's rollouts decode with (None: play's default, "
+                                                    "playworld.maskgit.PLAY_COPY_PENALTY). Set it to the one the "
+                                                    "world will play at (its play_setting.json), so the past the "
+                                                    "model learns from is the kind its own play makes")
     action_dropout: float = field(0.0, help="training only: each frame's action is replaced by the no-action id "
                                   "(the one frame 1 has) with this probability, so the model also learns the next "
                                   "frame without its action: the action-free model that action guidance then "
@@ -170,6 +175,10 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.self_forcing must be in [0, 1], got {self.self_forcing}")
         if not 0.0 <= self.self_forcing_start < 1.0:
             raise ConfigError(f"dynamics.self_forcing_start must be in [0, 1), got {self.self_forcing_start}")
+        if self.self_forcing_copy_penalty is not None and not 0.0 <= self.self_forcing_copy_penalty < float("inf"):
+            raise ConfigError("dynamics.self_forcing_copy_penalty must be a finite number >= 0 (or null: play's "
+                              "default), got "
+                              f"{self.self_forcing_copy_penalty}")
         if not self.change_weight >= 0.0:
             raise ConfigError(f"dynamics.change_weight must be >= 0, got {self.change_weight}")
         if self.action_cond not in ("input", "adaln", "token"):
@@ -427,6 +436,13 @@ class DynamicsModel(nn.Module):
             raise ConfigError(f"a one_pass dynamics model samples each frame in 1 MaskGIT step (it never sees "
                               f"unmasked inputs to refine), got steps={sampling.steps}")
 
+    def forcing_sampling(self) -> SamplingConfig:
+        """How self_forcing's rollouts decode: play's setting, at ``self_forcing_copy_penalty`` if set."""
+        sampling = play_sampling()
+        if self.config.self_forcing_copy_penalty is not None:
+            sampling.copy_penalty = self.config.self_forcing_copy_penalty
+        return sampling
+
     @torch.no_grad()
     def free_run(self, tokens: Tensor, frame_actions: Tensor, frames: int,
                  sampling: SamplingConfig | None = None) -> Tensor:
@@ -478,7 +494,7 @@ class DynamicsModel(nn.Module):
         if forcing and t > 2 and float(torch.rand(())) < self.config.self_forcing:
             own = int(torch.randint(1, t - 1, ()))
         if self.config.one_pass:  # frames 2..T, each fully masked, predicted from the one before
-            known = self.free_run(tokens, fa, own) if own else tokens  # frames 2..own+1 the model's own
+            known = self.free_run(tokens, fa, own, self.forcing_sampling()) if own else tokens  # frames 2..own+1 the model's own
             mask = torch.ones_like(tokens, dtype=torch.bool)  # (B, T, S): the tokens the loss covers
             mask[:, : own + 1] = False  # frames own+2..T
             logits = self(known[:, 1:], fa[:, 1:], prev=known[:, 0])  # (B, T-1, S, V): frames 2..T
@@ -489,7 +505,7 @@ class DynamicsModel(nn.Module):
             if own:
                 past = torch.arange(t, device=tokens.device)[None, :, None] <= own  # (1, T, 1)
                 mask &= ~past  # the loss covers frames own+2..T
-                inputs = torch.where(past, self.free_run(tokens, fa, own), inputs)
+                inputs = torch.where(past, self.free_run(tokens, fa, own, self.forcing_sampling()), inputs)
             logits = self(inputs, fa)  # (B, T, S, V)
         if not mask.any():  # vanishingly rare; keep the loss defined
             mask[:, -1] = True
