@@ -29,7 +29,7 @@ Shapes: B batch, T frames, S = h*w tokens per frame, V tokenizer vocabulary, D w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -177,8 +177,7 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.self_forcing_start must be in [0, 1), got {self.self_forcing_start}")
         if self.self_forcing_copy_penalty is not None and not 0.0 <= self.self_forcing_copy_penalty < float("inf"):
             raise ConfigError("dynamics.self_forcing_copy_penalty must be a finite number >= 0 (or null: play's "
-                              "default), got "
-                              f"{self.self_forcing_copy_penalty}")
+                              f"default), got {self.self_forcing_copy_penalty}")
         if not self.change_weight >= 0.0:
             raise ConfigError(f"dynamics.change_weight must be >= 0, got {self.change_weight}")
         if self.action_cond not in ("input", "adaln", "token"):
@@ -438,10 +437,8 @@ class DynamicsModel(nn.Module):
 
     def forcing_sampling(self) -> SamplingConfig:
         """How self_forcing's rollouts decode: play's setting, at ``self_forcing_copy_penalty`` if set."""
-        sampling = play_sampling()
-        if self.config.self_forcing_copy_penalty is not None:
-            sampling.copy_penalty = self.config.self_forcing_copy_penalty
-        return sampling
+        penalty = self.config.self_forcing_copy_penalty
+        return play_sampling() if penalty is None else replace(play_sampling(), copy_penalty=penalty)
 
     @torch.no_grad()
     def free_run(self, tokens: Tensor, frame_actions: Tensor, frames: int,
@@ -494,7 +491,8 @@ class DynamicsModel(nn.Module):
         if forcing and t > 2 and float(torch.rand(())) < self.config.self_forcing:
             own = int(torch.randint(1, t - 1, ()))
         if self.config.one_pass:  # frames 2..T, each fully masked, predicted from the one before
-            known = self.free_run(tokens, fa, own, self.forcing_sampling()) if own else tokens  # frames 2..own+1 the model's own
+            # frames 2..own+1 the model's own
+            known = self.free_run(tokens, fa, own, self.forcing_sampling()) if own else tokens
             mask = torch.ones_like(tokens, dtype=torch.bool)  # (B, T, S): the tokens the loss covers
             mask[:, : own + 1] = False  # frames own+2..T
             logits = self(known[:, 1:], fa[:, 1:], prev=known[:, 0])  # (B, T-1, S, V): frames 2..T
