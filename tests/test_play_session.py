@@ -1,6 +1,7 @@
 """Play sessions and the step scheduler without the server: exact undo, rebasing, flat memory, fairness."""
 
 import asyncio
+import dataclasses
 import tracemalloc
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from playworld.maskgit import SamplingConfig
+from playworld.models.dynamics import DynamicsModel
 from playworld.play.config import SessionLimits
 from playworld.play.scheduler import StepScheduler
 from playworld.play.session import Session, SessionError, run_op
@@ -206,3 +208,26 @@ def test_scheduler_replies_first_and_commits_the_frame_while_idle():
     asyncio.run(off.run(s.step(0)))
     off.close()
     assert not s.world.uncommitted and off.stats.idle_commits == 0
+
+
+def test_scheduler_has_no_commit_to_wait_for_after_a_one_pass_step():
+    """A one_pass model writes its frame while sampling: the scheduler must not queue a commit pass (a
+    worker round trip a key arriving next would wait for) for a world that has nothing pending."""
+    tok, lam, dyn = MODELS
+    one_pass = DynamicsModel(dataclasses.replace(dyn.config, one_pass=True)).eval()
+    one_pass.load_state_dict(dyn.state_dict())
+    world = World(tok, lam, one_pass, WorldConfig(context_frames=4, decoder_context=4, sampling=SamplingConfig(steps=1)))
+    s, alone = Session(world), Session(World(tok, lam, one_pass, world.config))
+    run(s.start(PROMPT, seed=4))
+    run(alone.start(PROMPT, seed=4))
+    sched = StepScheduler(window_ms=0.0)
+
+    async def play():
+        frames = [await sched.run(s.step(a)) for a in (1, 2)]
+        return frames, list(sched._uncommitted)
+
+    frames, queued = asyncio.run(play())
+    sched.close()
+    assert queued == [] and not world.uncommitted and sched.stats.idle_commits == 0
+    for f, a in zip(frames, (1, 2)):
+        assert np.array_equal(f, run(alone.step(a)))

@@ -164,8 +164,8 @@ class StepScheduler:
             try:
                 frames = World.step_many([r.world for r in group], [r.action for r in group],
                                          defer_commit=self.defer_commit)
-                if self.defer_commit:
-                    self._uncommitted.extend(r.world for r in group)
+                if self.defer_commit:  # a one_pass world wrote its frame while sampling: nothing to wait for
+                    self._uncommitted.extend(r.world for r in group if r.world.uncommitted)
                 results: list[Any] = [f[0].numpy() for f in frames]
             except Exception:  # noqa: BLE001 - isolate the culprit below
                 results = []
