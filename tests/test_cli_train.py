@@ -41,6 +41,29 @@ def test_train_all_writes_three_released_models(trained):
     tok = json.loads((run / "tokenizer" / "config.json").read_text())
     assert dyn["model"]["vocab_size"] == tok["model"]["num_codes"]
     assert dyn["deps"]["tokenizer"].endswith("tokenizer")
+    assert not (run / "play_setting.json").exists()  # a two-pass world plays at play's own setting
+
+
+def test_train_all_gives_a_one_pass_world_its_copy_penalty_and_keeps_a_chosen_one(tmp_path, capsys):
+    from playworld.play_setting import (
+        ONE_PASS_COPY_PENALTY,
+        read_play_setting,
+        save_play_setting,
+        world_sampling,
+    )
+
+    data = make_dataset(tmp_path / "ds", episodes=4, length=8, size=64)
+    run = tmp_path / "run"
+    args = ["train", "all", "--data", str(data), "--out", str(run), "--preset", "tiny", "--steps", "1",
+            "--set", "data.clip_len=3", "--set", "data.batch_size=2", "--set", "train.val_every=0",
+            "--set", "dynamics.model.one_pass=true", "--no-progress", "--allow-collapsed-lam"]
+    assert main(args) == 0
+    assert read_play_setting(run) == {"copy_penalty": ONE_PASS_COPY_PENALTY}
+    assert world_sampling(run).copy_penalty == ONE_PASS_COPY_PENALTY == 3.0
+    assert "play setting:" in capsys.readouterr().out
+    save_play_setting(run, note="chosen on this world's eval", copy_penalty=2.5)
+    assert main(args) == 0  # a finished run re-run: the setting chosen since is kept
+    assert read_play_setting(run) == {"copy_penalty": 2.5}
 
 
 def test_rerun_of_a_finished_run_trains_nothing_more(trained, capsys):

@@ -110,12 +110,13 @@ def test_flow_config_is_checked_and_maskgit_options_are_refused():
         FlowBackend(wide, fsq, lam)
 
 
-def test_the_small_preset_switched_to_the_flow_backend_trains_without_maskgits_self_forcing():
+def test_the_small_preset_switched_to_the_flow_backend_trains_without_maskgits_self_forcing_and_one_pass():
     from playworld.presets import build_run_config
 
-    assert build_run_config("dynamics", "small").model.self_forcing == 1.0  # MaskGIT's preset self-forces ...
+    maskgit = build_run_config("dynamics", "small").model
+    assert (maskgit.self_forcing, maskgit.one_pass) == (1.0, True)  # MaskGIT's preset self-forces, one pass ...
     flow = build_run_config("dynamics", "small", overrides=["model.backend=maskgit", "model.backend=flow"]).model
-    assert (flow.backend, flow.self_forcing, flow.self_forcing_start) == ("flow", 0.0, 0.0)  # ... flow's does not
+    assert (flow.backend, flow.self_forcing, flow.self_forcing_start, flow.one_pass) == ("flow", 0.0, 0.0, False)
     assert build_run_config("dynamics", "small", overrides=["model.backend=maskgit"]).model.self_forcing == 1.0
     with pytest.raises(ConfigError, match="MaskGIT's"):  # asked for by name, it is still refused
         build_run_config("dynamics", "small", overrides=["model.backend=flow", "model.self_forcing=0.5"])

@@ -129,3 +129,17 @@ def test_the_command_shows_sets_adopts_an_evaluation_and_clears(tmp_path, capsys
     assert main(["play-setting", str(run), "--clear"]) == 0
     assert not (run / FILENAME).exists() and world_sampling(run) == play_sampling()
     assert main(["play-setting", str(tmp_path)]) == 2  # not a world
+
+
+def test_default_play_setting_is_written_for_one_pass_worlds_only_and_never_over_a_chosen_one(tmp_path):
+    from playworld.models.dynamics import DynamicsConfig
+    from playworld.play_setting import ONE_PASS_COPY_PENALTY, default_play_setting
+
+    two_pass, one_pass = DynamicsConfig(), DynamicsConfig(one_pass=True)
+    assert default_play_setting(tmp_path / "a", two_pass) is None and not (tmp_path / "a").exists()
+    (tmp_path / "b").mkdir()
+    assert default_play_setting(tmp_path / "b", one_pass) == tmp_path / "b" / FILENAME
+    assert read_play_setting(tmp_path / "b") == {"copy_penalty": ONE_PASS_COPY_PENALTY}
+    save_play_setting(tmp_path / "b", copy_penalty=1.5)
+    assert default_play_setting(tmp_path / "b", one_pass) is None
+    assert read_play_setting(tmp_path / "b") == {"copy_penalty": 1.5}

@@ -28,6 +28,11 @@ FILENAME = "play_setting.json"
 FORMAT = "playworld-play-setting"
 # the fields a world may set, and their types (the rest of SamplingConfig stays at play's)
 FIELDS: dict[str, type] = {"steps": int, "temperature": float, "copy_penalty": float, "action_guidance": float}
+# the copy penalty a world of one pass per frame (dynamics.one_pass) plays at: at play's default (2) two one_pass
+# CoinRun worlds, one fine-tuned and one trained so from scratch, let a held key's world settle late (0.62-0.65
+# of the real game's pixel change at steps 20-30 from real starts, paired worse); at 3 they kept 0.80-0.83
+# (docs/models.md, "One pass per frame" and "One pass from the first step")
+ONE_PASS_COPY_PENALTY = 3.0
 
 
 def parse_play_setting(data: Any, where: str) -> dict[str, Any]:
@@ -89,3 +94,16 @@ def save_play_setting(run_dir: str | Path, note: str = "", **values: Any) -> Pat
     parse_play_setting(data, str(path))
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
+
+
+def default_play_setting(run_dir: str | Path, dynamics_config: Any) -> Path | None:
+    """Give a freshly trained world the play setting its kind of dynamics model plays best at, unless
+    ``run_dir`` already has one (a setting chosen on its own figures is never overwritten). Today that is
+    one setting: a ``one_pass`` model's copy penalty (``ONE_PASS_COPY_PENALTY``). Returns the file written,
+    or None."""
+    if not getattr(dynamics_config, "one_pass", False) or (Path(run_dir) / FILENAME).exists():
+        return None
+    return save_play_setting(run_dir, note="one pass per frame (dynamics.one_pass): copy penalty 3 keeps a held "
+                             "key's world alive late where play's default of 2 lets it settle (written by "
+                             "`playworld train all`; docs/models.md, 'One pass from the first step')",
+                             copy_penalty=ONE_PASS_COPY_PENALTY)

@@ -162,6 +162,23 @@ def _check_lam(out: Path, args: argparse.Namespace, retry: LAMRetry | None,
     return 0
 
 
+def _default_play_setting(out: Path, pipeline: PipelineProgress | None) -> None:
+    """The finished world's play setting for the kind of dynamics model its run recorded (rank 0 writes it;
+    :func:`playworld.play_setting.default_play_setting`)."""
+    from playworld.play_setting import ONE_PASS_COPY_PENALTY, default_play_setting
+    from playworld.release import read_checkpoint_config
+    from playworld.train.config import RunConfig
+    from playworld.train.distributed import init_distributed
+
+    where = out / "dynamics"
+    model = RunConfig.from_dict(read_checkpoint_config(where), where=str(where / "config.json")).model
+    if init_distributed("cpu").is_main:  # under torchrun the engine has joined the group already
+        written = default_play_setting(out, model)
+        if written is not None:
+            (pipeline.write if pipeline is not None else print)(
+                f"play setting: {written} (copy penalty {ONE_PASS_COPY_PENALTY:g}: one pass per frame)")
+
+
 def _start_retry_on_rank0(out: Path, args: argparse.Namespace, first_check: str) -> LAMRetry:
     """Record the retry and move the collapsed LAM aside once: under torchrun every rank has measured the same
     LAM; rank 0 writes and renames between two barriers, then every rank reads the record."""
@@ -212,6 +229,8 @@ def _run(args: argparse.Namespace) -> int:
                 code = _train_one(kind, out / kind, args, True, deps if kind == "dynamics" else {}, pipeline, extra)
                 if code:
                     return code
+            if not args.print_config:
+                _default_play_setting(out, pipeline)
         finally:
             if pipeline is not None:
                 pipeline.close()
