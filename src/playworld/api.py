@@ -67,8 +67,7 @@ def _is_model_dir(path: Path) -> bool:
 
 def load(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """Load every trained model in ``run`` (eval mode, on ``device``)."""
-    from playworld.release import load_model, read_checkpoint_config
-    from playworld.train.config import RunConfig
+    from playworld.release import load_model, read_checkpoint_config, read_run_config
 
     path = Path(run)
     if not path.exists():
@@ -89,6 +88,6 @@ def load(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
                               f"neither directly nor in {', '.join(PARTS)}/")
     for part, d in dirs.items():
         setattr(out, part, load_model(d, device))
-        out.configs[part] = RunConfig.from_dict(read_checkpoint_config(d), where=str(d / "config.json"))
+        out.configs[part] = read_run_config(d)
         out.dirs[part] = d
     return out

@@ -18,11 +18,14 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from playworld.errors import ConfigError
 from playworld.io import atomic_write_text, read_json
 from playworld.maskgit import SamplingConfig, play_sampling
+
+if TYPE_CHECKING:
+    from playworld.models.dynamics import DynamicsConfig
 
 FILENAME = "play_setting.json"
 FORMAT = "playworld-play-setting"
@@ -96,14 +99,15 @@ def save_play_setting(run_dir: str | Path, note: str = "", **values: Any) -> Pat
     return path
 
 
-def default_play_setting(run_dir: str | Path, dynamics_config: Any) -> Path | None:
+def default_play_setting(run_dir: str | Path, dynamics_config: DynamicsConfig) -> Path | None:
     """Give a freshly trained world the play setting its kind of dynamics model plays best at, unless
     ``run_dir`` already has one (a setting chosen on its own figures is never overwritten). Today that is
     one setting: a ``one_pass`` model's copy penalty (``ONE_PASS_COPY_PENALTY``). Returns the file written,
     or None."""
-    if not getattr(dynamics_config, "one_pass", False) or (Path(run_dir) / FILENAME).exists():
+    if not dynamics_config.one_pass or (Path(run_dir) / FILENAME).exists():
         return None
-    return save_play_setting(run_dir, note="one pass per frame (dynamics.one_pass): copy penalty 3 keeps a held "
-                             "key's world alive late where play's default of 2 lets it settle (written by "
-                             "`playworld train all`; docs/models.md, 'One pass from the first step')",
+    return save_play_setting(run_dir, note=f"one pass per frame (dynamics.one_pass): copy penalty "
+                             f"{ONE_PASS_COPY_PENALTY:g} keeps a held key's world alive late where play's default "
+                             f"of {play_sampling().copy_penalty:g} lets it settle (written by `playworld train "
+                             "all`; docs/models.md, 'One pass from the first step')",
                              copy_penalty=ONE_PASS_COPY_PENALTY)

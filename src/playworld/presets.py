@@ -166,14 +166,13 @@ def _match_label_actions(cfg):
 
 def _match_dependencies(cfg):
     """Set the dynamics model's vocabulary, token grid and action count from its tokenizer and LAM runs."""
-    from playworld.release import read_checkpoint_config
-    from playworld.train.config import RunConfig
+    from playworld.release import read_run_config
 
     found = {}
     for dep in ("tokenizer", "lam"):
         path = Path(cfg.deps.get(dep, ""))
         if cfg.deps.get(dep) and (path / "config.json").is_file():
-            found[dep] = RunConfig.from_dict(read_checkpoint_config(path), where=str(path / "config.json")).model
+            found[dep] = read_run_config(path).model
     model = cfg.model
     if "tokenizer" in found:
         tok = found["tokenizer"]

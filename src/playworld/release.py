@@ -15,7 +15,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -24,6 +24,9 @@ from torch import nn
 
 from playworld.errors import CheckpointError, UnfinishedRunWarning, UnverifiedWeightsWarning
 from playworld.io import atomic_write, atomic_write_text, read_json
+
+if TYPE_CHECKING:
+    from playworld.train.config import RunConfig
 
 # ----------------------------------------------------------------------------- tensors
 
@@ -82,6 +85,13 @@ def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], where: s
 
 def read_checkpoint_config(path: Path) -> dict[str, Any]:
     return read_json(Path(path) / "config.json", CheckpointError, "config")
+
+
+def read_run_config(path: Path) -> RunConfig:
+    """The validated run config of the run or release in ``path`` (errors name its config.json)."""
+    from playworld.train.config import RunConfig
+
+    return RunConfig.from_dict(read_checkpoint_config(path), where=str(Path(path) / "config.json"))
 
 
 # ----------------------------------------------------------------------------- release weights

@@ -166,14 +166,13 @@ def _default_play_setting(out: Path, pipeline: PipelineProgress | None) -> None:
     """The finished world's play setting for the kind of dynamics model its run recorded (rank 0 writes it;
     :func:`playworld.play_setting.default_play_setting`)."""
     from playworld.play_setting import ONE_PASS_COPY_PENALTY, default_play_setting
-    from playworld.release import read_checkpoint_config
-    from playworld.train.config import RunConfig
+    from playworld.release import read_run_config
     from playworld.train.distributed import init_distributed
+    from playworld.train.engine import pick_device
 
-    where = out / "dynamics"
-    model = RunConfig.from_dict(read_checkpoint_config(where), where=str(where / "config.json")).model
-    if init_distributed("cpu").is_main:  # under torchrun the engine has joined the group already
-        written = default_play_setting(out, model)
+    cfg = read_run_config(out / "dynamics")
+    if init_distributed(pick_device(cfg.train.device).type).is_main:  # joined already by the engine's stages
+        written = default_play_setting(out, cfg.model)
         if written is not None:
             (pipeline.write if pipeline is not None else print)(
                 f"play setting: {written} (copy penalty {ONE_PASS_COPY_PENALTY:g}: one pass per frame)")

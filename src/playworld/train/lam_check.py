@@ -47,12 +47,12 @@ def measure_lam(lam_dir: Path, *, max_clips: int = 128, batch_size: int = 16,
     ``max_clips`` clips, spread evenly over the validation split of the data it was trained on, at the
     clip length it was trained on."""
     from playworld.data.loader import ClipDataset
-    from playworld.train.checkpoint import load_model, read_checkpoint_config
-    from playworld.train.config import RunConfig
+    from playworld.release import read_run_config
+    from playworld.train.checkpoint import load_model
     from playworld.train.engine import pick_device
 
     lam_dir = Path(lam_dir)
-    cfg = RunConfig.from_dict(read_checkpoint_config(lam_dir), where=str(lam_dir / "config.json"))
+    cfg = read_run_config(lam_dir)
     device = torch.device(device) if device is not None else pick_device(cfg.train.device)
     lam = load_model(lam_dir, device)
     clips, split, held_out = None, cfg.data.val_split, True
