@@ -31,10 +31,11 @@ FILENAME = "play_setting.json"
 FORMAT = "playworld-play-setting"
 # the fields a world may set, and their types (the rest of SamplingConfig stays at play's)
 FIELDS: dict[str, type] = {"steps": int, "temperature": float, "copy_penalty": float, "action_guidance": float}
-# the copy penalty a world of one pass per frame (dynamics.one_pass) plays at: at play's default (2) two one_pass
-# CoinRun worlds, one fine-tuned and one trained so from scratch, let a held key's world settle late (0.62-0.65
+# the copy penalty a world of one pass per frame (dynamics.one_pass) plays at: at play's default (2) three one_pass
+# CoinRun worlds, one fine-tuned and two trained so from scratch, let a held key's world settle late (0.62-0.66
 # of the real game's pixel change at steps 20-30 from real starts, paired worse); at 3 they kept 0.80-0.83
-# (docs/models.md, "One pass per frame" and "One pass from the first step")
+# (docs/models.md, "One pass per frame", "One pass from the first step" and "Trained on to the shipped model's
+# steps")
 ONE_PASS_COPY_PENALTY = 3.0
 
 
