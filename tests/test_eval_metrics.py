@@ -292,7 +292,7 @@ def test_real_start_key_response_holds_the_mapped_keys_from_the_evaluated_levels
     assert np.asarray(early["real_shift"])[0, 1] < -0.25  # right: the scene moves left
     for w in ("early", "late"):  # a frozen world: no motion along the game's, no pixel change
         assert part["response"][w]["mean"] == 0.0 and part["agreement"][w]["mean"] == 0.0
-        assert part["liveness"][w]["mean"] == 0.0
+        assert part["liveness"][w]["mean"] == 0.0 and part["displacement"][w]["mean"] == 0.0
         assert np.asarray(part["per_action"][w]["real_shift"]).shape == (4, 2)
         assert part["per_action"][w]["world_change"] == [0.0] * 4
     for w in ("early", "late"):  # a frozen world's keys all give the same frame: no contrast between them

@@ -163,10 +163,23 @@ def test_key_response_from_real_starts_follows_the_game_step_by_step_and_counts_
     kept = summary(wild, live=dead)
     assert kept.response["late"].mean == pytest.approx(1.0) and kept.agreement["late"].mean == pytest.approx(1.0)
     assert kept.per_action["late"]["alive_steps"][0] == 5 * 11
+    # the world runs right as the game does but three steps late: the step-by-step slope loses what it
+    # matches, the net displacement over the window keeps it
+    bursts = np.zeros_like(real_shift)
+    bursts[:, 0, 20:24, 1] = -2.0  # the game's scene scrolls for four steps late in the hold, then stops
+    late3 = np.zeros_like(real_shift)
+    late3[:, 0, 23:27, 1] = -2.0
+    lag = summarise_paired(PairedHolds(late3, real_change, bursts, real_change, alive), seed=0, resamples=50)
+    assert lag.response["late"].mean == pytest.approx(0.25) and lag.displacement["late"].mean == pytest.approx(1.0)
+    for w in ("early", "late"):
+        assert same.displacement[w].mean == pytest.approx(1.0)
+    assert frozen.displacement["late"].mean == 0.0 and fast.displacement["early"].mean == pytest.approx(2.0)
+    backwards = summarise_paired(PairedHolds(-late3, real_change, bursts, real_change, alive), seed=0, resamples=50)
+    assert backwards.displacement["late"].mean == pytest.approx(-1.0)  # the scene goes the other way
     # a fixed screen: the real scene's global motion is the estimator's noise, nothing to follow
     still = summarise_paired(PairedHolds(real_shift, real_change, 0.05 * rng.normal(size=real_shift.shape),
                                          real_change, alive), seed=0, resamples=50)
-    assert still.response["early"] is None and still.agreement["late"] is None
+    assert still.response["early"] is None and still.agreement["late"] is None and still.displacement["late"] is None
     assert still.per_action["early"]["response"] == [None] * 3 and still.liveness["late"].mean == pytest.approx(1.0)
     with pytest.raises(ValueError, match="real_shift has shape"):
         PairedHolds(real_shift, real_change, real_shift[:, :, :5], real_change, alive)

@@ -500,7 +500,8 @@ class Evaluation:
         k = self.world.num_actions
         part: dict[str, Any] = {"available": False, "reason": None, "levels": 0, "steps": REAL_KEY_STEPS,
                                 "true_actions": None, "response": None, "agreement": None, "liveness": None,
-                                "contrast": None, "per_action": None, "curves": None, "alive_share": None}
+                                "contrast": None, "per_action": None, "curves": None, "alive_share": None,
+                                "displacement": None}
         seeds = self.level_seeds(cfg.real_key_starts) if cfg.real_key_starts else []
         part["reason"] = "turned off (--real-key-starts 0)" if not cfg.real_key_starts else self._press_reason(k, seeds)
         if part["reason"] is not None:
@@ -520,7 +521,7 @@ class Evaluation:
 
         part.update({"available": True, "levels": len(rh.level_seeds), "true_actions": true,
                      **{fig: {n: _opt_json(e) for n, e in getattr(summary, fig).items()}
-                        for fig in ("response", "agreement", "liveness")},
+                        for fig in ("response", "agreement", "liveness", "displacement")},
                      "contrast": {fig: {n: _opt_json(e) for n, e in by.items()} for fig, by in contrast.items()},
                      "per_action": summary.per_action, "curves": step_curves(holds),
                      "alive_share": float(rh.alive.mean())})
@@ -594,7 +595,8 @@ class Evaluation:
             "liveness_far": (m["motion"]["keys"]["liveness"]["far"], NEAR_ONE),
             **{f"{fig}_{w}_real_starts": ((m["motion"]["keys"]["real_starts"][part] or {}).get(w), better)
                for fig, part, better in (("key_response", "response", NEAR_ONE), ("key_agreement", "agreement", "higher"),
-                                         ("liveness", "liveness", NEAR_ONE)) for w in ("early", "late")},
+                                         ("liveness", "liveness", NEAR_ONE),
+                                         ("key_displacement", "displacement", NEAR_ONE)) for w in ("early", "late")},
             **{f"key_contrast{suffix}_{w}_real_starts": (((m["motion"]["keys"]["real_starts"]["contrast"] or {})
                                                          .get(fig) or {}).get(w), better)
                for suffix, fig, better in (("", "agreement", "higher"), ("_ratio", "ratio", NEAR_ONE))

@@ -19,7 +19,14 @@ with m and r the world's and the real game's motion (dy, dx) at that step:
 - agreement = sum m . r / sqrt(sum |m|^2 sum |r|^2), the cosine of the two motion series: 1 = the world
   moves exactly when, where and (up to scale) as much as the game does; a world that drifts while the game
   stands still, or rises steadily where the game jumps and falls, loses agreement that its slope keeps;
-- liveness = sum of the world's pixel change / sum of the game's (0-255 mean absolute change per step).
+- liveness = sum of the world's pixel change / sum of the game's (0-255 mean absolute change per step);
+- displacement = sum D_w . D_r / sum |D_r|^2 over every start and key, with D_w and D_r the world's and the
+  game's net scene shift over the window's alive steps: the same slope on where the scene ends up, whatever
+  the step at which it moved. Late in a hold the world and the game have left the same frame 20 steps
+  before, so a world that runs into the wall two steps after the game, or jumps a step late, loses the
+  step-by-step key response it deserves; its displacement keeps what matches (1 = the scene went as far in
+  the game's direction, 0 = unrelated or still). It gives no credit to motion the game's net shift does
+  not have (a jump arc that ends where it began counts as little in both).
 
 The 95% intervals resample start frames (world and real together).
 """
@@ -104,6 +111,11 @@ class WindowSums:
         den = self.real_change[sel].sum()
         return float(self.world_change[sel].sum() / den) if den > 0 else float("nan")
 
+    def displacement(self, sel: np.ndarray) -> float:
+        w, r = self.world_shift[sel], self.real_shift[sel]  # (n, K, 2) net shifts over the window
+        den = np.square(r).sum()
+        return float((w * r).sum() / den) if den > 0 else float("nan")
+
     def per_action(self) -> dict[str, list]:
         """Per key over every start: its response (None where the real scene stood still), both sides' mean
         motion and change per alive step, and the alive steps counted."""
@@ -136,19 +148,21 @@ def step_curves(holds: PairedHolds) -> dict[str, list]:
 
 @dataclass
 class RealStartSummary:
-    """Per window: key response, agreement and liveness (None where the real game gives nothing to compare
-    with), and per key the figures over every start."""
+    """Per window: key response, agreement, liveness and displacement (None where the real game gives
+    nothing to compare with), and per key the figures over every start."""
 
     response: dict[str, Estimate | None]
     agreement: dict[str, Estimate | None]
     liveness: dict[str, Estimate | None]
     per_action: dict[str, dict[str, list]]
+    displacement: dict[str, Estimate | None]
 
 
 def summarise_paired(holds: PairedHolds, *, seed: int, resamples: int) -> RealStartSummary:
-    """Key response, agreement and liveness per window, paired start by start; see the module docstring."""
+    """Key response, agreement, liveness and displacement per window, paired start by start; see the module
+    docstring."""
     starts = np.arange(holds.alive.shape[0])
-    out = RealStartSummary({}, {}, {}, {})
+    out = RealStartSummary({}, {}, {}, {}, {})
     for name, (lo, hi) in WINDOWS.items():
         sums = holds.window(lo, hi)
         moved, changed = moves(sums.real_sq.sum(), sums.steps.sum()), sums.real_change.sum() > 0
@@ -158,6 +172,8 @@ def summarise_paired(holds: PairedHolds, *, seed: int, resamples: int) -> RealSt
             if moved else None
         out.liveness[name] = _finite(bootstrap(starts, seed=seed, resamples=resamples, statistic=sums.liveness)) \
             if changed else None
+        out.displacement[name] = _finite(bootstrap(starts, seed=seed, resamples=resamples,
+                                                   statistic=sums.displacement)) if moved else None
         out.per_action[name] = sums.per_action()
     return out
 

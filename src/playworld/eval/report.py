@@ -198,16 +198,20 @@ def _real_start_parts(keys: dict[str, Any], m: dict[str, Any]) -> list[str]:
              f"before the end on both sides ({100 * part['alive_share']:.0f}% of steps alive). Step by step: key "
              "response = the slope of the world's motion on the game's (1 = the game's speed and direction at each "
              "step), agreement = their cosine (1 = moves when, where and as the game does; drift where the game "
-             "stands still lowers it), liveness = the world's pixel change over the game's; key contrast = what "
+             "stands still lowers it), liveness = the world's pixel change over the game's; displacement = the "
+             "slope of the world's net scene shift over the window on the game's (where the scene ends up, whatever "
+             "the step it moved at); key contrast = what "
              "each key does that the others do not, pixel by pixel (blurred): its agreement with the game's (cosine) "
              "and its size over the game's (ratio).</p>",
              "<table><tr><th>window</th><th>key response</th><th>agreement</th><th>liveness</th>"
-             "<th>key contrast agreement</th><th>key contrast ratio</th><th>per key response</th></tr>"]
+             "<th>displacement</th><th>key contrast agreement</th><th>key contrast ratio</th><th>per key response</th></tr>"]
     contrast = part.get("contrast") or {"agreement": {}, "ratio": {}}
     for name in ("early", "late"):
         per_key = ", ".join("—" if r is None else f"{r:+.2f}" for r in part["per_action"][name]["response"])
         parts.append(f"<tr><td>{name}</td><td>{_fmt(part['response'][name])}</td><td>{_fmt(part['agreement'][name])}"
-                     f"</td><td>{_fmt(part['liveness'][name])}</td><td>{_fmt(contrast['agreement'].get(name))}</td>"
+                     f"</td><td>{_fmt(part['liveness'][name])}</td>"
+                     f"<td>{_fmt((part.get('displacement') or {}).get(name))}</td>"
+                     f"<td>{_fmt(contrast['agreement'].get(name))}</td>"
                      f"<td>{_fmt(contrast['ratio'].get(name))}</td><td>{per_key}</td></tr>")
     parts.append("</table>")
     parts.append(_img(real_start_plot(m), "image/png", "keys held from real starts",

@@ -134,10 +134,11 @@ REAL_STARTS = {
                              "alive_steps": ListOf(int)})),
     "curves": Opt({"world_shift": ListOf(ListOf(ListOf(float))), "real_shift": ListOf(ListOf(ListOf(float))),
                    "world_change": ListOf(ListOf(float)), "real_change": ListOf(ListOf(float))}),
-    "alive_share": Opt(float)}
+    "alive_share": Opt(float), "displacement": Added(Opt(BY_EARLY_LATE))}
 # v4: key response, agreement and liveness from real starts (motion.keys.real_starts, ten headline figures);
 # headline ``better`` may be NEAR_ONE. Added later in v4: the pixel change kept and the PSNR on moving pixels
-# of the tokenizer (tokenizer.change_kept, .moving_psnr) and of teacher-forced dynamics (motion.dynamics_change)
+# of the tokenizer (tokenizer.change_kept, .moving_psnr) and of teacher-forced dynamics (motion.dynamics_change),
+# and the net displacement from real starts (motion.keys.real_starts.displacement)
 CHANGE = {"change_kept": Added(ESTIMATE), "moving_psnr": Added(Opt(ESTIMATE))}
 SCHEMA: dict[str, Any] = {
     **SCHEMA_V3, "tokenizer": {**SCHEMA_V3["tokenizer"], **CHANGE},
